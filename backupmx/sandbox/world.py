@@ -1,0 +1,165 @@
+"""The sandbox's on-disk state: directory, stable ports and secrets, CA, world.json.
+
+Everything the sandbox creates lives under one directory (``.sandbox/`` in the
+project root unless ``BACKUPMX_SANDBOX_DIR`` says otherwise). Ports and generated
+secrets are chosen once and kept, so ``up`` after ``down`` gives the same world.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
+
+
+def sandbox_root() -> Path:
+    return Path(os.environ.get("BACKUPMX_SANDBOX_DIR", PROJECT_ROOT / ".sandbox")).resolve()
+
+
+def world_path() -> Path:
+    return sandbox_root() / "world.json"
+
+
+def load_world(path: Path | None = None) -> dict:
+    """The world file that ``backupmx-sandbox up`` wrote; what tests and inventories read."""
+    path = path or world_path()
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: no sandbox world; run `backupmx-sandbox up` (or `make demo`) first") from None
+
+
+def _write_private_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+@dataclass
+class Service:
+    """One long-running process of the sandbox, started and stopped by pid.
+
+    ``ready`` is polled after start until it returns True; ``after_start`` runs once
+    it is ready (seeding data into it). ``argv`` must keep the process in the
+    foreground so its pid is the one to stop.
+    """
+
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    after_start: Callable[[], None] | None = None
+    ready_timeout: float = 60.0
+    stop_signal: int = 15
+
+
+@dataclass
+class Sandbox:
+    root: Path = field(default_factory=sandbox_root)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        self._ports_file = self.root / "ports.json"
+        self._secrets_file = self.root / "secrets.json"
+
+    def dir(self, *parts: str, mode: int = 0o755) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, mode)
+        return path
+
+    def _load(self, path: Path) -> dict:
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def port(self, name: str, udp_too: bool = False) -> int:
+        """A loopback port reserved for ``name``, the same on every ``up``."""
+        ports = self._load(self._ports_file)
+        if name not in ports:
+            taken = set(ports.values())
+            while True:
+                candidate = _free_port()
+                if candidate in taken:
+                    continue
+                if udp_too:
+                    try:
+                        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                            udp.bind((LOOPBACK, candidate))
+                    except OSError:
+                        continue
+                break
+            ports[name] = candidate
+            _write_private_json(self._ports_file, ports)
+        return ports[name]
+
+    def ports(self) -> dict[str, int]:
+        return self._load(self._ports_file)
+
+    def secret(self, name: str, factory: Callable[[], str] | None = None) -> str:
+        """A generated secret kept in ``secrets.json`` (mode 600), the same on every ``up``."""
+        values = self._load(self._secrets_file)
+        if name not in values:
+            values[name] = factory() if factory else secrets.token_urlsafe(30)
+            _write_private_json(self._secrets_file, values)
+        return values[name]
+
+    @property
+    def ca(self) -> "SandboxCA":
+        return SandboxCA(self.dir("ca", mode=0o755))
+
+
+class SandboxCA:
+    """A throw-away certificate authority for the sandbox's TLS endpoints.
+
+    Clients are told to trust ``ca.pem`` explicitly; nothing is added to the
+    machine's trust store.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.cert_path = directory / "ca.pem"
+        self._key_path = directory / "ca.key"
+
+    def _authority(self):
+        import trustme
+
+        if not self.cert_path.exists():
+            ca = trustme.CA(organization_name="backupmx sandbox CA")
+            ca.cert_pem.write_to_path(str(self.cert_path))
+            ca.private_key_pem.write_to_path(str(self._key_path))
+            os.chmod(self._key_path, 0o600)
+            return ca
+        return trustme.CA.from_pem(self.cert_path.read_bytes(), self._key_path.read_bytes())
+
+    def issue(self, name: str, hostnames: list[str], not_after=None) -> tuple[Path, Path]:
+        """Certificate and key files for ``hostnames``; kept once made (delete to renew)."""
+        cert_path = self.directory / f"{name}.pem"
+        key_path = self.directory / f"{name}.key"
+        if not cert_path.exists():
+            leaf = self._authority().issue_cert(*hostnames, not_after=not_after)
+            leaf.cert_chain_pems[0].write_to_path(str(cert_path))
+            leaf.private_key_pem.write_to_path(str(key_path))
+            os.chmod(key_path, 0o600)
+        return cert_path, key_path

@@ -1,0 +1,32 @@
+"""Shared fixtures: one sandbox world for the whole test session.
+
+If a world is already up (``backupmx-sandbox up`` by hand), the suite uses it and
+leaves it running; otherwise it brings one up and takes it down at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from backupmx.sandbox import cli
+from backupmx.sandbox.world import Sandbox, load_world
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Sandbox:
+    return Sandbox()
+
+
+@pytest.fixture(scope="session")
+def world(sandbox: Sandbox):
+    already_up = all(cli.status(sandbox).values())
+    data = cli.up(sandbox)
+    assert data == load_world()
+    yield data
+    if not already_up and not os.environ.get("BACKUPMX_KEEP_SANDBOX"):
+        cli.down(sandbox)
