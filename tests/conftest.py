@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.sandbox import cli
 from backupmx.sandbox.world import Sandbox, load_world
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +23,8 @@ def sandbox() -> Sandbox:
 
 @pytest.fixture(scope="session")
 def world(sandbox: Sandbox):
+    from backupmx.sandbox import cli
+
     already_up = all(cli.status(sandbox).values())
     data = cli.up(sandbox)
     assert data == load_world()

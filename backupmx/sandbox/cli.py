@@ -7,14 +7,18 @@ import json
 import sys
 import time
 
-from backupmx.sandbox import components
+from backupmx.sandbox import components, seed
 from backupmx.sandbox.supervisor import Supervisor
 from backupmx.sandbox.world import Sandbox, _write_private_json, port_in_use
 
 
 def up(sandbox: Sandbox) -> dict:
     supervisor = Supervisor(sandbox)
-    world: dict = {"root": str(sandbox.root)}
+    world: dict = {
+        "root": str(sandbox.root),
+        "primary_mx": {"host": seed.PRIMARY_MX, "priority": seed.PRIMARY_PRIORITY},
+        "backup_priority": seed.BACKUP_PRIORITY,
+    }
     for component in components.ORDER:
         for service in component.services(sandbox):
             supervisor.start(service)

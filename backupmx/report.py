@@ -1,0 +1,48 @@
+"""The gate report: every stage and gate with pass / fail / warn and its evidence.
+
+Printed once per run before anything changes, also under ``--dry``, so a
+reviewer sees why a deploy will or will not go ahead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PASS, FAIL, WARN, SKIP, TODO = "pass", "FAIL", "warn", "skip", "todo"
+BLOCKING = {FAIL}
+
+
+@dataclass(frozen=True)
+class Check:
+    key: str  # "0", "1", "G1" ...
+    title: str
+    status: str
+    evidence: str
+    next_step: str | None = None
+
+
+@dataclass
+class Report:
+    title: str
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, key: str, title: str, status: str, evidence: str, next_step: str | None = None) -> Check:
+        check = Check(key, title, status, evidence, next_step)
+        self.checks.append(check)
+        return check
+
+    @property
+    def blocked(self) -> bool:
+        return any(check.status in BLOCKING for check in self.checks)
+
+    def render(self) -> str:
+        key_width = max([len(c.key) for c in self.checks] + [5])
+        title_width = max([len(c.title) for c in self.checks] + [5])
+        lines = [self.title, f"  {'stage':<{key_width}}  {'check':<{title_width}}  {'status':<6}  evidence"]
+        for check in self.checks:
+            lines.append(f"  {check.key:<{key_width}}  {check.title:<{title_width}}  {check.status:<6}  {check.evidence}")
+            if check.next_step and check.status != PASS:
+                lines.append(f"  {'':<{key_width}}  {'':<{title_width}}  {'':<6}  next: {check.next_step}")
+        verdict = "BLOCKED: nothing will be changed" if self.blocked else "gates allow the deploy to proceed"
+        lines.append(f"  => {verdict}")
+        return "\n".join(lines)

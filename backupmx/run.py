@@ -1,0 +1,82 @@
+"""One deploy run's shared context: settings, secrets and the gate report.
+
+pyinfra executes a deploy file once per host while preparing. Stages 0-2 are
+about the run, not a host, so they happen once per pyinfra ``State`` and every
+host's pass through the deploy file gets the same ``Run``.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import click
+from pyinfra import host as current_host
+from pyinfra.api import DeployError
+from pyinfra.context import state as current_state
+
+from backupmx.config import Settings, load_settings
+from backupmx.errors import BackupMXError
+from backupmx.report import FAIL, PASS, TODO, Report
+from backupmx.secrets import SecretStore
+
+# Keys the deploy needs from the secret store, read up front so a missing one
+# stops the run before anything is contacted.
+REQUIRED_SECRETS = ("cloudflare_api_token", "rollernet_api_key")
+
+_runs: "weakref.WeakKeyDictionary[object, Run]" = weakref.WeakKeyDictionary()
+
+
+class Run:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.secrets = SecretStore(settings.vault)
+        self.report = Report(self._title())
+        self.reported = False
+
+    def _title(self) -> str:
+        names = ", ".join(domain.name for domain in self.settings.domains)
+        return f"backupmx gate report: {names}"
+
+    def check_inventory(self) -> None:
+        settings = self.settings
+        backup = settings.backup_mx
+        self.report.add("0", "inventory data", PASS,
+                        f"{len(settings.domains)} domain(s); backups {', '.join(backup.hosts)} at "
+                        f"{backup.priority}; {len(settings.relay_cidrs)} relay CIDR(s)")
+
+    def check_secrets(self) -> None:
+        try:
+            for key in REQUIRED_SECRETS:
+                self.secrets.get(key)
+        except BackupMXError as error:
+            self.report.add("1", "secrets", FAIL, str(error))
+            return
+        self.report.add("1", "secrets", PASS,
+                        f"{', '.join(REQUIRED_SECRETS)} from vault {self.settings.vault.secret_path}")
+
+    def pending(self, key: str, title: str) -> None:
+        self.report.add(key, title, TODO, "not implemented yet")
+
+    def print_report_once(self) -> None:
+        if not self.reported:
+            click.echo(self.report.render())
+            self.reported = True
+        if self.report.blocked:
+            failed = next(check for check in self.report.checks if check.status == FAIL)
+            raise DeployError(f"stage {failed.key} ({failed.title}) failed: {failed.evidence}")
+
+
+def current_run() -> Run:
+    """The run of the pyinfra state being prepared, made (stages 0 and 1) on first use."""
+    state = current_state.get()
+    run = _runs.get(state)
+    if run is None:
+        try:
+            settings = load_settings(current_host.data)
+        except BackupMXError as error:
+            raise DeployError(str(error)) from None
+        run = Run(settings)
+        run.check_inventory()
+        run.check_secrets()
+        _runs[state] = run
+    return run

@@ -1,0 +1,50 @@
+"""The sandbox world on loopback, as written by `backupmx-sandbox up` (.sandbox/world.json).
+
+Every deploy runs against it exactly as against production.
+"""
+
+from backupmx.sandbox.world import load_world
+
+_world = load_world()
+
+_settings = {
+    "domains": [
+        {
+            "name": _world["zone"],
+            "primary_mx": [{"host": _world["primary_mx"]["host"], "priority": _world["primary_mx"]["priority"]}],
+        },
+    ],
+    "backup_mx": {
+        "provider": "rollernet",
+        "hosts": [relay["host"] for relay in _world["relays"]],
+        "priority": _world["backup_priority"],
+    },
+    "relay_cidrs": _world["relay_cidrs"],
+    "vault": {
+        "addr": _world["vault_addr"],
+        "secret_path": _world["vault_secret_path"],
+        "token_file": _world["vault_token_file"],
+    },
+    "cloudflare": {"api_base": _world["cloudflare_api_base"], "record_quota": _world["record_quota"]},
+    "dns_servers": [_world["dns"]],
+    "provider": {"name": "rollernet", "backend": "api", "api_base": _world["acc_api_base"],
+                 "user": _world["acc_user"]},
+}
+
+_ssh = _world["ssh"]
+
+mailhosts = [
+    (
+        "sandbox-mailhost",
+        {
+            **_settings,
+            "ssh_hostname": _ssh["host"],
+            "ssh_port": _ssh["port"],
+            "ssh_user": _ssh["user"],
+            "ssh_key": _ssh["key"],
+            "ssh_known_hosts_file": _ssh["known_hosts"],
+            "ssh_strict_host_key_checking": "yes",
+            "mailhost": _world["mailhost"],
+        },
+    ),
+]
