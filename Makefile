@@ -1,44 +1,50 @@
-# The two commands a user needs: `make demo` and `make test`. Both set up everything.
+# The two commands a user needs: `make demo` and `make test`. Both set everything up.
 SHELL := /bin/bash
 VENV := .venv
-PY := $(VENV)/bin/python
-APT_PACKAGES := postfix rspamd openssh-server prometheus prometheus-blackbox-exporter swaks util-linux ca-certificates
-STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+APT_PACKAGES := postfix rspamd openssh-server prometheus prometheus-blackbox-exporter swaks ca-certificates
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test sandbox-up sandbox-down clean
+.PHONY: setup apt venv demo test sandbox-up sandbox-down bench clean
 
-setup: .apt-installed $(STAMP)
+setup: apt venv
 
-# System packages: postfix is preseeded to "No configuration" so the machine's own
-# /etc/postfix stays unused; rspamd without recommends (no redis).
-.apt-installed:
-	@if ! dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | grep -vq '^install ok installed$$' \
-	    && [ "$$(dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | wc -l)" = "$(words $(APT_PACKAGES))" ]; then \
-	  echo "apt packages present"; \
-	else \
-	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
-	  apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+# Debian packages. Postfix is preseeded to "No configuration" so the machine's own
+# /etc/postfix stays unconfigured; the sandbox runs Postfix from its own directory.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
-	@touch $@
 
-$(STAMP): pyproject.toml
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --progress-bar off -e '.[test]'
 	@touch $@
 
 demo: setup
-	$(VENV)/bin/backupmx-sandbox up
-	$(VENV)/bin/pyinfra inventory/sandbox.py deploys/backupmx.py --dry
+	$(BIN)/backupmx-sandbox up
+	$(BIN)/pyinfra inventory/sandbox.py deploys/backupmx.py --dry
 
+# pytest exits 5 when it collected no test: that must fail, not pass.
 test: setup
-	$(VENV)/bin/pytest
+	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 sandbox-up: setup
-	$(VENV)/bin/backupmx-sandbox up
+	$(BIN)/backupmx-sandbox up
 
 sandbox-down:
-	$(VENV)/bin/backupmx-sandbox down
+	@[ ! -x $(BIN)/backupmx-sandbox ] || $(BIN)/backupmx-sandbox down
+
+bench: setup
+	$(BIN)/python -m bench
 
 clean: sandbox-down
-	rm -rf .sandbox $(VENV) .apt-installed
+	rm -rf .sandbox $(VENV)

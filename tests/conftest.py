@@ -31,3 +31,11 @@ def world(sandbox: Sandbox):
     yield data
     if not already_up and not os.environ.get("BACKUPMX_KEEP_SANDBOX"):
         cli.down(sandbox)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "lifecycle: takes the sandbox world down; runs last")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.get_closest_marker("lifecycle") is not None)

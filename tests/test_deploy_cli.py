@@ -1,0 +1,81 @@
+"""The deploy as a user runs it: the pyinfra CLI against the sandbox world."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import hvac
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+
+
+def pyinfra(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYINFRA, "inventory/sandbox.py", "deploys/backupmx.py", *args],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )
+
+
+def world_secret_values(world) -> list[str]:
+    secrets = json.loads((Path(world["root"]) / "secrets.json").read_text())
+    return [value for value in secrets.values() if len(value) >= 8]
+
+
+def test_dry_run_prints_the_gate_report(world):
+    result = pyinfra("--dry")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "backupmx gate report: " + world["zone"] in result.stdout
+    assert "inventory data" in result.stdout and "pass" in result.stdout
+    assert f"from vault {world['vault_secret_path']}" in result.stdout
+
+
+def test_secrets_never_reach_output_even_with_vvv(world):
+    result = pyinfra("--dry", "-vvv")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for value in world_secret_values(world):
+        assert value not in output
+
+
+@pytest.mark.parametrize("data,field", [
+    ('relay_cidrs=["192.0.2.1/24"]', "relay_cidrs[0]"),
+    ('relay_cidrs=["0.0.0.0/0"]', "relay_cidrs[0]"),
+    ("relay_cidrs=[]", "relay_cidrs"),
+    ('backup_mx={"provider": "rollernet", "hosts": ["mail.rollernet.us"], "priority": 1}', "backup_mx.priority"),
+])
+def test_bad_data_is_one_line_naming_the_field(world, data, field):
+    result = pyinfra("--dry", "--data", data)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    error_lines = [line for line in output.splitlines() if "pyinfra error" in line]
+    assert len(error_lines) == 1 and field in error_lines[0], output
+
+
+def test_missing_secret_stops_with_the_vault_path(world):
+    client = hvac.Client(url=world["vault_addr"], token=world["vault_token"])
+    original = client.secrets.kv.v2.read_secret_version(path="viktor", mount_point="secret")["data"]["data"]
+    without = {key: value for key, value in original.items() if key != "cloudflare_api_token"}
+    client.secrets.kv.v2.create_or_update_secret(path="viktor", mount_point="secret", secret=without)
+    try:
+        result = pyinfra("--dry")
+    finally:
+        client.secrets.kv.v2.create_or_update_secret(path="viktor", mount_point="secret", secret=original)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "has no key 'cloudflare_api_token'" in output
+    assert "Traceback" not in output
+
+
+def test_wrong_vault_token_is_refused_cleanly(world):
+    env = {"PATH": "/usr/bin:/bin", "VAULT_TOKEN": "not-the-token", "HOME": "/nonexistent"}
+    result = pyinfra("--dry", env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "permission denied reading secret/viktor" in output
+    assert "Traceback" not in output and "not-the-token" not in output
