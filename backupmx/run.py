@@ -12,7 +12,7 @@ import weakref
 import click
 from pyinfra import host as current_host
 from pyinfra.api import DeployError
-from pyinfra.context import state as current_state
+from pyinfra.context import ctx_state
 
 from backupmx.config import Settings, load_settings
 from backupmx.errors import BackupMXError
@@ -68,7 +68,7 @@ class Run:
 
 def current_run() -> Run:
     """The run of the pyinfra state being prepared, made (stages 0 and 1) on first use."""
-    state = current_state.get()
+    state = ctx_state.get()
     run = _runs.get(state)
     if run is None:
         try:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 from backupmx.sandbox import components, seed
 from backupmx.sandbox.supervisor import Supervisor
-from backupmx.sandbox.world import Sandbox, _write_private_json, port_in_use
+from backupmx.sandbox.world import Sandbox, _write_private_json
 
 
 def up(sandbox: Sandbox) -> dict:
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if args.command == "up":
-            world = up(sandbox)
+            up(sandbox)
             print(f"sandbox up in {time.monotonic() - started:.1f}s; world: {sandbox.root / 'world.json'}")
             return 0
         if args.command == "down":

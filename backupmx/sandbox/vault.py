@@ -13,6 +13,7 @@ memory and are revoked/forgotten at once.
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -146,7 +147,7 @@ def services(sandbox: Sandbox) -> list[Service]:
             # initialises and waits for 200.
             ready=lambda: health_status(addr) is not None,
             # HOME inside the sandbox: nothing (token helper files) lands in ~.
-            env={"HOME": str(home), "BAO_ADDR": addr},
+            env={"HOME": str(home)},
             cwd=sandbox.dir("vault"),
             after_start=lambda: seed_vault(sandbox),
             ready_timeout=30.0,
@@ -158,5 +159,15 @@ def world(sandbox: Sandbox) -> dict:
     return {
         "vault_addr": address(sandbox),
         "vault_token": root_token(sandbox),
+        "vault_token_file": str(token_file(sandbox)),
         "vault_secret_path": seed.VAULT_SECRET_PATH,
     }
+
+
+def token_file(sandbox: Sandbox) -> Path:
+    """The root token in a file, as `bao login` leaves one, so inventories hold no secret."""
+    path = sandbox.dir("vault") / "token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(root_token(sandbox))
+    return path
