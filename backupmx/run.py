@@ -32,6 +32,9 @@ class Run:
         self.secrets = SecretStore(settings.vault)
         self.report = Report(self._title())
         self.reported = False
+        # Stage 4's proof per mail host, filled in at execution time; stage 5
+        # (DNS) refuses unless every mail host of the inventory is in here as live.
+        self.mailhost_proofs: dict[str, tuple[bool, str]] = {}
 
     def _title(self) -> str:
         names = ", ".join(domain.name for domain in self.settings.domains)
@@ -53,6 +56,13 @@ class Run:
             return
         self.report.add("1", "secrets", PASS,
                         f"{', '.join(REQUIRED_SECRETS)} from vault {self.settings.vault.secret_path}")
+
+    def record_mailhost_proof(self, host_name: str, live: bool, evidence: str) -> None:
+        self.mailhost_proofs[host_name] = (live, evidence)
+
+    def unproven_mailhosts(self, host_names: list[str]) -> list[str]:
+        """The mail hosts whose whitelist and exemption were not proven live in this run."""
+        return [name for name in host_names if not self.mailhost_proofs.get(name, (False, ""))[0]]
 
     def pending(self, key: str, title: str) -> None:
         self.report.add(key, title, TODO, "not implemented yet")
