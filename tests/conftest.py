@@ -26,7 +26,11 @@ def world(sandbox: Sandbox):
     from backupmx.sandbox import cli
 
     already_up = all(cli.status(sandbox).values())
-    data = cli.up(sandbox)
+    try:
+        data = cli.up(sandbox)
+    except Exception:
+        cli.down(sandbox)  # leave nothing half-started behind
+        raise
     assert data == load_world()
     yield data
     if not already_up and not os.environ.get("BACKUPMX_KEEP_SANDBOX"):

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:16} {'running, pid ' + str(pid) if pid else 'stopped'}")
         return 0 if all(report.values()) else 3
     except RuntimeError as error:
-        print(f"backupmx-sandbox {args.command}: {error}", file=sys.stderr)
+        hint = "; `backupmx-sandbox down` stops what did start" if args.command in ("up", "restart") else ""
+        print(f"backupmx-sandbox {args.command}: {error}{hint}", file=sys.stderr)
         return 1
 
 

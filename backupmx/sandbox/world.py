@@ -7,6 +7,7 @@ secrets are chosen once and kept, so ``up`` after ``down`` gives the same world.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -20,7 +21,29 @@ LOOPBACK = "127.0.0.1"
 
 
 def sandbox_root() -> Path:
-    return Path(os.environ.get("BACKUPMX_SANDBOX_DIR", PROJECT_ROOT / ".sandbox")).resolve()
+    """Where the sandbox keeps its state: ``BACKUPMX_SANDBOX_DIR`` or ``.sandbox/``.
+
+    Postfix's master, its delivery agents and rspamd drop to their own users and
+    must traverse every directory above their files. A project checked out under
+    ``/root`` (mode 700) is closed to them, so there ``.sandbox`` becomes a link to
+    a directory under /var/tmp, and every path written into a config is the real one.
+    """
+    explicit = os.environ.get("BACKUPMX_SANDBOX_DIR")
+    if explicit:
+        return Path(explicit).resolve()
+    link = PROJECT_ROOT / ".sandbox"
+    if not link.exists() and not _traversable_by_all(PROJECT_ROOT):
+        digest = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:12]
+        target = Path("/var/tmp") / f"backupmx-sandbox-{digest}"
+        target.mkdir(mode=0o755, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(target)
+    return link.resolve()
+
+
+def _traversable_by_all(path: Path) -> bool:
+    return all(os.stat(part).st_mode & 0o001 for part in [path, *path.parents])
 
 
 def world_path() -> Path:

@@ -1,0 +1,141 @@
+"""The live MX set, asked of the sandbox's authoritative DNS (the fake Cloudflare serves its zone)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import dns.resolver
+import pytest
+import requests
+from cloudflare import Cloudflare
+
+from backupmx import dnscheck
+from backupmx.dnscheck import DNSCheckError, live_mx, wait_for_mx
+from backupmx.sandbox import seed
+
+PRIMARY = (seed.PRIMARY_PRIORITY, seed.PRIMARY_MX)
+BACKUPS = {(seed.BACKUP_PRIORITY, host) for host in seed.BACKUP_MX}
+
+
+@pytest.fixture(autouse=True)
+def fresh(world):
+    requests.post(f"{world['cloudflare_admin']}/reset", timeout=5).raise_for_status()
+    yield
+    requests.delete(f"{world['cloudflare_admin']}/faults", timeout=5).raise_for_status()
+
+
+@pytest.fixture
+def servers(world) -> list[str]:
+    return [world["dns"]]
+
+
+@pytest.fixture
+def sdk(world) -> Cloudflare:
+    return Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
+
+
+def add_backups(sdk, world) -> list:
+    return [sdk.dns.records.create(zone_id=world["cloudflare_zone_id"], type="MX", name="@", content=host,
+                                   priority=seed.BACKUP_PRIORITY, ttl=1) for host in seed.BACKUP_MX]
+
+
+def test_sandbox_dns_answers_the_seeded_mx(servers):
+    assert live_mx(seed.DOMAIN, servers) == {PRIMARY}
+
+
+def test_records_created_through_the_api_are_visible_at_once(sdk, world, servers):
+    add_backups(sdk, world)
+    assert live_mx(seed.DOMAIN, servers) == {PRIMARY} | BACKUPS
+    started = time.monotonic()
+    assert wait_for_mx(seed.DOMAIN, servers, want_present={PRIMARY} | BACKUPS, timeout=5) == {PRIMARY} | BACKUPS
+    assert time.monotonic() - started < 1
+
+
+def test_wait_for_absence_after_delete(sdk, world, servers):
+    created = add_backups(sdk, world)
+    for record in created:
+        sdk.dns.records.delete(dns_record_id=record.id, zone_id=world["cloudflare_zone_id"])
+    assert wait_for_mx(seed.DOMAIN, servers, want_present={PRIMARY}, want_absent=BACKUPS, timeout=5) == {PRIMARY}
+
+
+def test_wait_times_out_naming_what_is_missing_and_what_is_still_there(servers):
+    started = time.monotonic()
+    with pytest.raises(DNSCheckError) as timed_out:
+        wait_for_mx(seed.DOMAIN, servers, want_present=BACKUPS, want_absent={PRIMARY}, timeout=1, interval=0.2)
+    elapsed = time.monotonic() - started
+    assert 1 <= elapsed < 3
+    message = str(timed_out.value)
+    assert message.startswith(f"DNS: MX of {seed.DOMAIN} not as wanted after 1 s: ")
+    assert f"{servers[0]} lacks 20 mail.rollernet.us, 20 mail2.rollernet.us" in message
+    assert f"{servers[0]} still has 1 mail.viktorbarzin.me" in message
+    assert "\n" not in message
+
+
+def test_wait_sees_a_record_that_appears_later(sdk, world, servers):
+    clock = iter(range(100))
+    calls = []
+
+    def sleep(seconds):
+        calls.append(seconds)
+        if len(calls) == 2:
+            add_backups(sdk, world)
+
+    answer = wait_for_mx(seed.DOMAIN, servers, want_present=BACKUPS, timeout=50, interval=1,
+                         clock=lambda: next(clock), sleep=sleep)
+    assert BACKUPS <= answer and len(calls) == 2
+
+
+def test_large_answers_fall_back_to_tcp(sdk, world, servers, monkeypatch):
+    requests.post(f"{world['cloudflare_admin']}/faults", json={"quota": 400}, timeout=5).raise_for_status()
+    hosts = {(30, f"relay{n:02d}.a-rather-long-name-for-a-mail-exchanger.example.net") for n in range(30)}
+    sdk.dns.records.batch(zone_id=world["cloudflare_zone_id"], posts=[
+        {"type": "MX", "name": "@", "content": host, "priority": priority, "ttl": 1} for priority, host in hosts])
+    over_tcp = []
+    real_tcp = dnscheck.dns.query.tcp
+    monkeypatch.setattr(dnscheck.dns.query, "tcp", lambda *a, **k: over_tcp.append(1) or real_tcp(*a, **k))
+    assert live_mx(seed.DOMAIN, servers) == {PRIMARY} | hosts
+    assert over_tcp == [1]
+
+
+def test_null_mx_reads_as_a_dot(world, servers):
+    requests.post(f"{world['cloudflare_admin']}/records", timeout=5, json={
+        "zone": seed.DOMAIN, "records": [{"type": "MX", "name": seed.DOMAIN, "content": ".", "priority": 0}],
+    }).raise_for_status()
+    assert (0, ".") in live_mx(seed.DOMAIN, servers)
+
+
+def test_a_server_not_authoritative_for_the_zone_is_an_error(servers):
+    with pytest.raises(DNSCheckError, match=r"REFUSED for example\.com MX; is it authoritative"):
+        live_mx("example.com", servers)
+
+
+def test_a_silent_server_is_an_error_naming_it():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        server = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(DNSCheckError) as failed:
+            live_mx(seed.DOMAIN, [server], timeout=0.3)
+    assert time.monotonic() - started < 2
+    assert str(failed.value).startswith(f"DNS {server}: no answer for {seed.DOMAIN} MX (Timeout)")
+
+
+def test_servers_that_disagree_are_reported(monkeypatch, servers):
+    answers = {"a:53": frozenset({PRIMARY}), "b:53": frozenset({PRIMARY} | BACKUPS)}
+    monkeypatch.setattr(dnscheck, "mx_per_server", lambda *args, **kwargs: answers)
+    with pytest.raises(DNSCheckError, match="disagree .*a:53: 1 mail.viktorbarzin.me; b:53: 1 mail"):
+        live_mx(seed.DOMAIN, ["a:53", "b:53"])
+
+
+def test_name_servers_are_found_through_a_resolver_and_must_have_addresses(world):
+    host, port = world["dns"].rsplit(":", 1)
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = [host], int(port)
+    resolver.cache = None
+    # The zone's NS are Cloudflare's names, which the sandbox does not resolve.
+    with pytest.raises(DNSCheckError, match="ada.ns.cloudflare.com, bob.ns.cloudflare.com.*have no address"):
+        dnscheck.authoritative_servers(seed.DOMAIN, resolver)
+    assert dnscheck.txt(f"_mta-sts.{seed.DOMAIN}", [world["dns"]]) == ["v=STSv1; id=20260412"]
+    assert dnscheck.exists(seed.PRIMARY_MX, [world["dns"]])
+    assert not dnscheck.exists(f"mta-sts.{seed.DOMAIN}", [world["dns"]])
