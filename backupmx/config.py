@@ -77,6 +77,14 @@ class CloudflareSettings:
 
 
 @dataclass(frozen=True)
+class MtaStsSettings:
+    # Where to fetch https://mta-sts.<domain>/ from ("ip:port"), and a CA bundle
+    # to trust instead of the system's: both only for a sandbox or a split horizon.
+    connect_to: str | None = None
+    ca_bundle: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     domains: tuple[Domain, ...]
     backup_mx: BackupMX
@@ -86,6 +94,9 @@ class Settings:
     # Authoritative servers to ask ("ip:port"); empty means the zone's own NS.
     dns_servers: tuple[str, ...] = ()
     provider: Mapping[str, Any] = field(default_factory=dict)
+    mta_sts: MtaStsSettings = MtaStsSettings()
+    # How long stage 5 waits for the authoritative DNS to show the new MX set.
+    dns_wait_seconds: int = 300
 
 
 def load_settings(data: Mapping[str, Any]) -> Settings:
@@ -101,6 +112,8 @@ def load_settings(data: Mapping[str, Any]) -> Settings:
         cloudflare=_cloudflare(_get(data, "cloudflare") or {}),
         dns_servers=_dns_servers(_get(data, "dns_servers") or []),
         provider=_mapping(_get(data, "provider") or {}, "provider"),
+        mta_sts=_mta_sts(_get(data, "mta_sts") or {}),
+        dns_wait_seconds=_seconds(_get(data, "dns_wait_seconds"), "dns_wait_seconds", default=300),
     )
 
 
@@ -273,15 +286,34 @@ def _cloudflare(value: Any) -> CloudflareSettings:
 def _dns_servers(value: Any) -> tuple[str, ...]:
     if not value:
         return ()
-    servers = []
-    for index, server in enumerate(_list(value, "dns_servers")):
-        host, _, port = str(server).rpartition(":")
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-            valid = port.isdigit() and 0 < int(port) < 65536
-        except ValueError:
-            valid = False
-        if not valid:
-            raise ConfigError(f"dns_servers[{index}]", f"{server!r} is not ip:port")
-        servers.append(str(server))
-    return tuple(servers)
+    return tuple(_endpoint(server, f"dns_servers[{index}]")
+                 for index, server in enumerate(_list(value, "dns_servers")))
+
+
+def _endpoint(value: Any, field_name: str) -> str:
+    """An ``ip:port`` (``[v6]:port`` for IPv6) to connect to."""
+    host, _, port = str(value).rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        valid = port.isdigit() and 0 < int(port) < 65536
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(field_name, f"{value!r} is not ip:port")
+    return str(value)
+
+
+def _mta_sts(value: Any) -> MtaStsSettings:
+    value = _mapping(value, "mta_sts")
+    connect_to = value.get("connect_to")
+    if connect_to is not None:
+        _endpoint(connect_to, "mta_sts.connect_to")
+    return MtaStsSettings(connect_to, value.get("ca_bundle"))
+
+
+def _seconds(value: Any, field_name: str, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
+        raise ConfigError(field_name, f"{value!r} is not a number of seconds (1-3600)")
+    return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PASS, FAIL, WARN, SKIP, TODO = "pass", "FAIL", "warn", "skip", "todo"
+CHANGE = "change"  # passes its checks and will change something
 BLOCKING = {FAIL}
 
 

@@ -48,3 +48,6 @@ mailhosts = [
         },
     ),
 ]
+
+# The control machine: Cloudflare, DNS checks and the provider API are driven from here.
+controller = [("@local", _settings)]
