@@ -6,8 +6,9 @@ The seed's zone shows the other common state: the ``_mta-sts`` TXT is published
 but nothing serves the policy, which senders treat as no policy at all ("inert").
 
 Pure parts (``parse_txt``, ``parse_policy``, ``mx_matches``, ``guard``,
-``generate_policy``, ``policy_id``) take plain data; ``observe`` does the I/O:
-TXT from the authoritative servers, the policy over HTTPS.
+``generate_policy``, ``policy_id``; for the whole MX set ``mx_hosts``,
+``policy_for``, ``rotate`` and ``check_coverage``) take plain data; ``observe``
+does the I/O: TXT from the authoritative servers, the policy over HTTPS.
 """
 
 from __future__ import annotations
@@ -288,3 +289,111 @@ def guard(observation: Observation, backup_hosts: Sequence[str]) -> Decision:
     return Decision(FAIL, f"MTA-STS policy is in enforce mode and does not list {absent}: enforcing senders "
                           f"would never use the backup; add mx: {absent} to the policy and publish it with a "
                           f"new id in _mta-sts.{observation.domain} first, then run again")
+
+
+# ------------------------------------------------------- policy for the MX set
+
+
+def mx_hosts(domain, backup) -> list[str]:
+    """Every MX host a policy for ``domain`` must list: the primaries (by preference), then the backups.
+
+    ``domain`` is a ``backupmx.config.Domain``, ``backup`` its ``BackupMX``.
+    """
+    primaries = [mx.host for mx in sorted(domain.primary_mx, key=lambda mx: (mx.priority, mx.host))]
+    return primaries + [host for host in backup.hosts if host not in primaries]
+
+
+def policy_for(domain, backup, mode: str = "enforce", max_age: int = DEFAULT_MAX_AGE) -> str:
+    """The policy body for ``domain``: ``version: STSv1``, ``mode``, one ``mx:`` per primary and
+    backup host, ``max_age``. Refuses a mode or max_age RFC 8461 does not allow."""
+    if mode not in MODES:
+        raise PolicyError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if isinstance(max_age, bool) or not isinstance(max_age, int) or not 0 <= max_age <= MAX_AGE_LIMIT:
+        raise PolicyError(f"max_age {max_age!r} is not a whole number of seconds 0-{MAX_AGE_LIMIT}")
+    return generate_policy(mode, mx_hosts(domain, backup), max_age)
+
+
+def same_policy(a: Policy, b: Policy) -> bool:
+    """Do two policies tell senders the same (the order of ``mx:`` lines does not matter)?"""
+    return (a.version, a.mode, a.max_age, frozenset(a.mx)) == (b.version, b.mode, b.max_age, frozenset(b.mx))
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What to publish for a wanted policy: the body, the id, the TXT, and whether anything changes."""
+
+    policy: str
+    id: str
+    txt: str
+    changed: bool  # the policy file and/or the TXT must be (re)published
+    reason: str
+
+
+def rotate(observation: Observation | None, text: str) -> Rotation:
+    """The id for policy ``text``, given what is published now (RFC 8461 §3.1: a new id whenever the policy changes).
+
+    The id is derived from the text (``policy_id``), so the same policy keeps its id
+    and a changed one gets a new one. When the served policy already says the same,
+    the published id is kept (nothing to do). When the published id equals the one
+    derived from ``text`` but a different policy is served under it, senders may
+    have cached that other policy under this id: a different id is derived so they
+    fetch again.
+    """
+    wanted = parse_policy(text)
+    current_id = observation.txt_id if observation else None
+    served = observation.policy if observation else None
+    if current_id and served is not None and same_policy(served, wanted):
+        return Rotation(text, current_id, f"v={VERSION}; id={current_id}", False,
+                        f"the served policy already says this (id {current_id}); nothing to publish")
+    new_id = policy_id(text)
+    if current_id == new_id and served is not None:
+        new_id = hashlib.sha256(f"{text}\n{current_id}".encode()).hexdigest()[:20]
+    if current_id is None:
+        reason = "no policy id is published: publish the policy, then the TXT"
+    elif served is None:
+        reason = f"id {current_id} is published but no policy is served: publish the policy, then the TXT"
+    else:
+        reason = f"the served policy (id {current_id}) differs: publish the new policy, then the TXT with the new id"
+    return Rotation(text, new_id, f"v={VERSION}; id={new_id}", True, reason)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Does what senders find for a domain let them deliver to every MX host?"""
+
+    status: str  # report.PASS, WARN or FAIL
+    reason: str
+    inert: bool = False  # the seed's finding: TXT published, no policy served
+    uncovered: tuple[str, ...] = ()
+
+
+def check_coverage(observation: Observation, hosts: Sequence[str]) -> Coverage:
+    """Report the domain's MTA-STS state against every MX host (primaries and backups).
+
+    FAIL only when an enforce-mode policy leaves an MX host out: enforcing senders
+    would refuse to deliver to it. The seed's finding (TXT published, nothing served)
+    is a WARN: inert, so harmless now, but the fix must list every host.
+    """
+    listed = ", ".join(hosts)
+    if observation.txt_problem:
+        return Coverage(WARN, f"_mta-sts.{observation.domain} TXT is invalid ({observation.txt_problem}): senders "
+                              f"assume no policy; a fixed policy must list {listed}")
+    if observation.txt_id is None:
+        return Coverage(PASS, f"no MTA-STS policy published for {observation.domain}")
+    policy = observation.policy
+    if policy is None:
+        return Coverage(WARN, f"{INERT} for {observation.domain} (TXT id {observation.txt_id}; "
+                              f"{observation.policy_problem}); when it is fixed, its mx: lines must cover {listed}",
+                        inert=True)
+    missing = tuple(policy.unmatched(hosts))
+    where = f"MTA-STS policy of {observation.domain} (mode {policy.mode}, id {observation.txt_id})"
+    if not missing:
+        return Coverage(PASS, f"{where} covers every MX host: {listed}")
+    absent = ", ".join(missing)
+    if policy.mode == "enforce":
+        return Coverage(FAIL, f"{where} does not cover {absent}: enforcing senders will not deliver there; "
+                              f"publish a policy listing {listed} with a new id", uncovered=missing)
+    if policy.mode == "testing":
+        return Coverage(WARN, f"{where} does not cover {absent}: senders deliver but report failures; add it "
+                              "before switching to enforce", uncovered=missing)
+    return Coverage(PASS, f"{where} applies no checks (it would not cover {absent})", uncovered=missing)

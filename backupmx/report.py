@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 PASS, FAIL, WARN, SKIP, TODO = "pass", "FAIL", "warn", "skip", "todo"
 CHANGE = "change"  # passes its checks and will change something
 BLOCKING = {FAIL}
+# The order rows are shown in, whatever order the hosts' passes added them.
+STAGE_ORDER = ["0", "1", "G1", "G2", "G3", "G4", "2", "3", "4", "5", "6"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,14 @@ class Report:
         key_width = max([len(c.key) for c in self.checks] + [5])
         title_width = max([len(c.title) for c in self.checks] + [5])
         lines = [self.title, f"  {'stage':<{key_width}}  {'check':<{title_width}}  {'status':<6}  evidence"]
-        for check in self.checks:
+        for check in sorted(self.checks, key=_stage_rank):
             lines.append(f"  {check.key:<{key_width}}  {check.title:<{title_width}}  {check.status:<6}  {check.evidence}")
             if check.next_step and check.status != PASS:
                 lines.append(f"  {'':<{key_width}}  {'':<{title_width}}  {'':<6}  next: {check.next_step}")
         verdict = "BLOCKED: nothing will be changed" if self.blocked else "gates allow the deploy to proceed"
         lines.append(f"  => {verdict}")
         return "\n".join(lines)
+
+
+def _stage_rank(check: Check) -> int:
+    return STAGE_ORDER.index(check.key) if check.key in STAGE_ORDER else len(STAGE_ORDER)

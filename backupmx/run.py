@@ -10,21 +10,27 @@ from __future__ import annotations
 import weakref
 
 import click
+import gevent.event
+import gevent.lock
 from pyinfra import host as current_host
 from pyinfra.api import DeployError
 from pyinfra.context import ctx_state
 
 from backupmx.config import Settings, load_settings
 from backupmx.errors import BackupMXError
+from backupmx.gates import run_gates
 from backupmx.dnsstage import Assessment, DNSStage
 from backupmx.report import CHANGE, FAIL, PASS, SKIP, TODO, WARN, Report
 from backupmx.secrets import SecretStore
 
-# Keys the deploy needs from the secret store, read up front so a missing one
-# stops the run before anything is contacted.
-REQUIRED_SECRETS = ("cloudflare_api_token", "rollernet_api_key")
+CLOUDFLARE_TOKEN_KEY = "cloudflare_api_token"
 
 _runs: "weakref.WeakKeyDictionary[object, Run]" = weakref.WeakKeyDictionary()
+# pyinfra prepares hosts in parallel greenlets; a greenlet switches out during the
+# Vault read, so making the Run must be serialised or each host would get its own.
+_runs_lock = gevent.lock.BoundedSemaphore()
+# How long a host's pass waits for the other hosts' assessments before the report.
+REPORT_WAIT_SECONDS = 600
 
 
 class Run:
@@ -34,6 +40,8 @@ class Run:
         self.report = Report(self._title())
         self.reported = False
         self._first_pass = True
+        self._assessed: set[str] = set()
+        self._all_assessed = gevent.event.Event()
         # Stage 4's proof per mail host, filled in at execution time; stage 5
         # (DNS) refuses unless every mail host of the inventory is in here as live.
         self.mailhost_proofs: dict[str, tuple[bool, str]] = {}
@@ -51,15 +59,24 @@ class Run:
                         f"{len(settings.domains)} domain(s); backups {', '.join(backup.hosts)} at "
                         f"{backup.priority}; {len(settings.relay_cidrs)} relay CIDR(s)")
 
+    def required_secrets(self) -> list[str]:
+        """Keys read up front, so a missing one stops the run before anything is contacted."""
+        provider = self.settings.provider
+        return [CLOUDFLARE_TOKEN_KEY] + ([provider.key_secret] if provider.backend == "api" else [])
+
     def check_secrets(self) -> None:
+        keys = self.required_secrets()
         try:
-            for key in REQUIRED_SECRETS:
+            for key in keys:
                 self.secrets.get(key)
         except BackupMXError as error:
             self.report.add("1", "secrets", FAIL, str(error))
             return
-        self.report.add("1", "secrets", PASS,
-                        f"{', '.join(REQUIRED_SECRETS)} from vault {self.settings.vault.secret_path}")
+        self.report.add("1", "secrets", PASS, f"{', '.join(keys)} from vault {self.settings.vault.secret_path}")
+
+    def check_gates(self) -> None:
+        """Stage 2: G1-G4, read-only; every gate runs so the report shows them all."""
+        run_gates(self.settings, self.secrets, self.report)
 
     def assess_dns(self) -> None:
         """Stage 5, read-only part: the record plan and MTA-STS decision per domain."""
@@ -67,7 +84,7 @@ class Run:
             self.report.add("5", "DNS: backup MX records", SKIP, "not read: an earlier stage failed")
             return
         try:
-            self.dns_stage = DNSStage(self.settings, self.secrets.get("cloudflare_api_token"))
+            self.dns_stage = DNSStage(self.settings, self.secrets.get(CLOUDFLARE_TOKEN_KEY))
         except BackupMXError as error:
             self.report.add("5", "DNS: backup MX records", FAIL, str(error))
             return
@@ -97,6 +114,13 @@ class Run:
         """The mail hosts whose whitelist and exemption were not proven live in this run."""
         return [name for name in host_names if not self.mailhost_proofs.get(name, (False, ""))[0]]
 
+    def report_monitoring_targets(self, host_names: list[str]) -> None:
+        if not host_names:
+            self.report.add("6", "monitoring and runbook", SKIP, "no host in the inventory's monitoring group")
+            return
+        self.report.add("6", "monitoring and runbook", PASS, f"validated files go to {', '.join(host_names)} after "
+                        "stage 5 (diffs below); runbook rendered with live values")
+
     def first_pass(self) -> bool:
         """True once per run: for the run-level reads a deploy file does on its first host."""
         first, self._first_pass = self._first_pass, False
@@ -105,10 +129,22 @@ class Run:
     def pending(self, key: str, title: str) -> None:
         self.report.add(key, title, TODO, "not implemented yet")
 
-    def print_report_once(self) -> None:
-        if not self.reported:
+    def print_report_when_all_assessed(self, host_name: str, host_names: set[str]) -> None:
+        """Print the report once every host's pass has added its rows; stop if it is blocked.
+
+        Each host's pass through the deploy file calls this after its read-only
+        assessment; the last one to arrive prints the whole table, the others wait
+        for it, so the report is complete and shown exactly once, before anything
+        changes.
+        """
+        self._assessed.add(host_name)
+        if self._assessed >= host_names:
             click.echo(self.report.render())
             self.reported = True
+            self._all_assessed.set()
+        elif not self._all_assessed.wait(timeout=REPORT_WAIT_SECONDS):
+            missing = ", ".join(sorted(host_names - self._assessed))
+            raise DeployError(f"gave up waiting {REPORT_WAIT_SECONDS}s for the assessment of {missing}")
         if self.report.blocked:
             failed = next(check for check in self.report.checks if check.status == FAIL)
             raise DeployError(f"stage {failed.key} ({failed.title}) failed: {failed.evidence}")
@@ -117,14 +153,15 @@ class Run:
 def current_run() -> Run:
     """The run of the pyinfra state being prepared, made (stages 0 and 1) on first use."""
     state = ctx_state.get()
-    run = _runs.get(state)
-    if run is None:
-        try:
-            settings = load_settings(current_host.data)
-        except BackupMXError as error:
-            raise DeployError(str(error)) from None
-        run = Run(settings)
-        run.check_inventory()
-        run.check_secrets()
-        _runs[state] = run
+    with _runs_lock:
+        run = _runs.get(state)
+        if run is None:
+            try:
+                settings = load_settings(current_host.data)
+            except BackupMXError as error:
+                raise DeployError(str(error)) from None
+            run = Run(settings)
+            run.check_inventory()
+            run.check_secrets()
+            _runs[state] = run
     return run

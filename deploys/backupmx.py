@@ -7,19 +7,94 @@ Review runs are ``--dry`` without ``-y``: with ``-y`` pyinfra skips change
 detection and would show no diff.
 """
 
+from pyinfra import host
+from pyinfra.context import ctx_state
+
 from backupmx.run import current_run
+from operations.dns import backup_mx_records
+from operations.monitoring import is_monitoring_host, monitoring_stage
+from operations.stages import boundary
+from operations.mailhost import (
+    assess_mailhost,
+    is_mailhost,
+    mailhost_settings,
+    postscreen_whitelist,
+    report_mailhost,
+    rspamd_exemption,
+    verify_live,
+)
+
+inventory = ctx_state.get().inventory
+# Every mail host of the inventory, connected or not: --limit cannot shrink what
+# the ordering guard asks to be proven.
+mailhost_names = [target.name for target in inventory if is_mailhost(target)]
 
 # Stages 0 (inventory data) and 1 (secrets): once per run, whatever the host.
 run = current_run()
+relay_cidrs = run.settings.relay_cidrs
+probe_domain = run.settings.domains[0].name
 
-# Stage 2: gates G1-G4, read-only.
-if not run.reported:
-    run.pending("G1", "provider domain: Secondary MX, allow any")
-    run.pending("G2", "overage answers 4xx (ledger)")
-    run.pending("G3", "STARTTLS on backup MX hosts")
-    run.pending("G4", "relay CIDRs match the provider")
-    run.pending("3", "mail host: whitelist + exemption")
-    run.pending("4", "verify live on every mail host")
-    run.pending("5", "DNS: backup MX records")
-    run.pending("6", "monitoring and runbook")
-run.print_report_once()
+if run.first_pass():
+    # Stage 2: gates G1-G4, read-only.
+    run.check_gates()
+    # Stage 5, read-only: the record plan per domain, quota and MTA-STS checks.
+    run.assess_dns()
+    run.report_monitoring_targets([target.name for target in inventory if is_monitoring_host(target)])
+
+# Stages 3-4, read-only part, on each mail host: its `mailhost` data (bad data
+# stops here, nothing contacted), what stage 3 would change, and, when nothing,
+# the proof that the whitelist and the exemption are live already.
+if is_mailhost(host):
+    mailhost = mailhost_settings(host)
+    mailhost_assessment = assess_mailhost(mailhost, relay_cidrs, probe_domain)
+    report_mailhost(run, host.name, mailhost_assessment)
+
+# The whole report, once, after every host's assessment; a failed gate stops here.
+run.print_report_when_all_assessed(host.name, {target.name for target in inventory.get_active_hosts()})
+
+if is_mailhost(host):
+    # Stage 3: each operation is one transaction on the mail host: files swapped
+    # atomically, validated (postfix check, rspamadm configtest, postmap probes)
+    # before any reload, the previous files restored on failure. The exemption
+    # goes first: alone it only changes how relayed mail is scored, while a lone
+    # whitelist would let relayed mail in to be judged on SPF and DMARC.
+    rspamd_exemption(
+        name="Stage 3: rspamd SPF/DMARC exemption for the relay networks",
+        mailhost=mailhost,
+        relay_cidrs=relay_cidrs,
+    )
+    postscreen_whitelist(
+        name="Stage 3: postscreen whitelist on the PROXY-v2 listener",
+        mailhost=mailhost,
+        relay_cidrs=relay_cidrs,
+    )
+    # Stage 4: the ordering guard's proof. Proven while preparing if stage 3 has
+    # nothing to change; otherwise checked at execution, after stage 3.
+    if mailhost_assessment.proof is not None:
+        run.record_mailhost_proof(host.name, mailhost_assessment.proof.live, mailhost_assessment.proof.evidence())
+    else:
+        verify_live(
+            name="Stage 4: prove the whitelist and exemption are live",
+            mailhost=mailhost,
+            relay_cidrs=relay_cidrs,
+            domain=probe_domain,
+            record=run.record_mailhost_proof,
+        )
+
+# Every host passes here: stage 5 cannot start before stages 3-4 ended everywhere.
+boundary(name="Stages 3-4 finished on every mail host", stage="stages 3-4")
+
+if "controller" in host.groups:
+    # Stage 5 refuses unless stage 4 proved every mail host of the inventory.
+    for domain in run.settings.domains:
+        backup_mx_records(
+            name=f"Stage 5: backup MX records for {domain.name}",
+            run=run,
+            domain=domain,
+            mailhost_names=mailhost_names,
+        )
+
+# Stage 6, after the records exist: a drift probe pushed earlier would alert on
+# the MX set it is about to see change.
+boundary(name="Stage 5 finished", stage="stage 5")
+monitoring_stage(run.settings)

@@ -26,7 +26,24 @@ _settings = {
         "secret_path": "secret/viktor",
     },
     "cloudflare": {"record_quota": 200},
-    "provider": {"name": "rollernet", "backend": "api", "user": "viktor"},
+    # The ACC API's mail module names and answers are assumed (docs/provider-api.md):
+    # correct them under "api" here if Roller Network names them differently. The
+    # relay source networks are shown only on the logged-in Resource Access page,
+    # so that fact comes from the gate ledger below, not from the API.
+    "provider": {
+        "name": "rollernet",
+        "backend": "api",
+        "user": "viktor",
+        "api": {"facts": {"relay_cidrs": None}},
+    },
+    # Operator-confirmed facts (docs/gates.md): value, date, evidence each. Both
+    # G2 and G4 are deliberately NOT recorded yet: the seed design calls the
+    # overage behaviour unverified and the relay ranges "to be confirmed in the
+    # ACC", so the deploy stops at G2 and G4 until the operator records them, e.g.
+    #   "overage": {"value": "4xx", "date": "2026-07-10", "evidence": "support ticket #12345"},
+    #   "relay_cidrs": {"value": ["162.216.242.0/24", "72.51.58.0/24"], "date": "2026-07-10",
+    #                   "evidence": "ACC Resource Access page, screenshot 2026-07-10"},
+    "gate_ledger": {},
 }
 
 # The mail host: docker-mailserver behind pfSense HAProxy (PROXY v2 on :2525).
@@ -39,10 +56,14 @@ mailhosts = [
             "ssh_user": "root",
             "ssh_strict_host_key_checking": "yes",
             "ssh_known_hosts_file": os.path.join(os.path.dirname(__file__), "known_hosts"),
+            # docs/mailhost.md: pyinfra writes the mounted config directory on the
+            # docker host (host_config_dir); Postfix and rspamd read it in the
+            # container at config_dir; commands run through `docker exec mailserver`.
             "mailhost": {
                 "flavour": "docker-mailserver",
                 "container": "mailserver",
                 "config_dir": "/tmp/docker-mailserver",
+                "host_config_dir": "/srv/mailserver/docker-data/dms/config",
                 "proxy_service": "2525/inet",
             },
         },
@@ -51,3 +72,31 @@ mailhosts = [
 
 # The control machine: Cloudflare, DNS checks and the provider API are driven from here.
 controller = [("@local", _settings)]
+
+# Monitoring (seed change 4). ASSUMPTION, see docs/monitoring.md: Prometheus and
+# blackbox_exporter run in the Kubernetes cluster; the rendered files are pushed to
+# a directory on the cluster's control host and turned into a ConfigMap there.
+# Change the host and directory to yours. That host has neither validator, so the
+# checks run on the control machine before the push (make setup installs both).
+monitoring = [
+    (
+        "k8s-master.viktorbarzin.lan",
+        {
+            **_settings,
+            "ssh_user": "root",
+            "ssh_strict_host_key_checking": "yes",
+            "ssh_known_hosts_file": os.path.join(os.path.dirname(__file__), "known_hosts"),
+            "monitoring": {
+                "dir": "/srv/backupmx/monitoring",
+                "blackbox_check": False,
+                "promtool_check": False,
+                # What senders see; the zone's Cloudflare name servers (dig NS) watch the source itself.
+                "dns_targets": ["1.1.1.1:53", "8.8.8.8:53"],
+                "blackbox_address": "prometheus-blackbox-exporter.monitoring.svc.cluster.local:9115",
+                "runbook_url": "docs/runbook.md#mx-set-drift",
+                "runbook": "docs/runbook.md",
+                "architecture": "docs/architecture.md",
+            },
+        },
+    ),
+]

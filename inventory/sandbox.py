@@ -18,6 +18,10 @@ _settings = {
         "provider": "rollernet",
         "hosts": [relay["host"] for relay in _world["relays"]],
         "priority": _world["backup_priority"],
+        # Gate G3 connects to the sandbox relays on loopback and trusts the sandbox CA;
+        # the certificates are still checked against the relays' names.
+        "smtp_endpoints": {relay["host"]: relay["smtp"] for relay in _world["relays"]},
+        "tls_ca_bundle": _world["ca_cert"],
     },
     "relay_cidrs": _world["relay_cidrs"],
     "vault": {
@@ -29,6 +33,11 @@ _settings = {
     "dns_servers": [_world["dns"]],
     "provider": {"name": "rollernet", "backend": "api", "api_base": _world["acc_api_base"],
                  "user": _world["acc_user"]},
+    # Operator-confirmed facts (docs/gates.md). The fake ACC defers over-limit mail
+    # by construction; no API can say so, hence the ledger.
+    "gate_ledger": {
+        "overage": {"value": "4xx", "date": "2026-07-04", "evidence": "sandbox fake ACC"},
+    },
 }
 
 _ssh = _world["ssh"]
@@ -51,3 +60,27 @@ mailhosts = [
 
 # The control machine: Cloudflare, DNS checks and the provider API are driven from here.
 controller = [("@local", _settings)]
+
+# Monitoring (seed change 4): the blackbox modules, alert rules and scrape jobs go to
+# a directory of the sandbox, over the mail host's SSH endpoint; the runbook and the
+# architecture page are rendered on the control machine (deploys/monitoring.py).
+monitoring = [
+    (
+        "sandbox-monitoring",
+        {
+            **_settings,
+            "ssh_hostname": _ssh["host"],
+            "ssh_port": _ssh["port"],
+            "ssh_user": _ssh["user"],
+            "ssh_key": _ssh["key"],
+            "ssh_known_hosts_file": _ssh["known_hosts"],
+            "ssh_strict_host_key_checking": "yes",
+            "monitoring": {
+                "dir": _world["root"] + "/monitoring",
+                "blackbox_check": True,
+                "runbook": _world["root"] + "/docs/runbook.md",
+                "architecture": _world["root"] + "/docs/architecture.md",
+            },
+        },
+    ),
+]

@@ -115,6 +115,15 @@ class Paths:
     def rspamd_log(self) -> Path:
         return self.root / "rspamd-log"
 
+    @property
+    def rspamd_reload(self) -> Path:
+        return self.root / "bin" / "rspamd-reload"
+
+    @property
+    def rspamd_pidfile(self) -> Path:
+        # Where the supervisor records rspamd's pid (<sandbox>/run, see supervisor.py).
+        return self.root.parent / "run" / "rspamd.pid"
+
 
 @dataclass(frozen=True)
 class Ports:
@@ -173,7 +182,17 @@ def world(sandbox: Sandbox) -> dict:
         "rspamd_local_dir": str(paths.rspamd_local),
         "rspamd_controller": f"{LOOPBACK}:{ports.rspamd_controller}",
         "rspamd_var_args": rspamd_var_args(paths),
-        "mailhost": {"flavour": "native"},
+        # The inventory's `mailhost` data (docs/mailhost.md): the native flavour, with
+        # this instance's own directories, rspamadm arguments and reload command.
+        "mailhost": {
+            "flavour": "native",
+            "proxy_service": f"{proxy_service_name(ports.smtp_proxy)}/inet",
+            "postfix_config_dir": str(paths.postfix_config),
+            "rspamd_local_dir": str(paths.rspamd_local),
+            "rspamadm_args": rspamd_var_args(paths),
+            "rspamd_controller": f"{LOOPBACK}:{ports.rspamd_controller}",
+            "rspamd_reload": [str(paths.rspamd_reload)],
+        },
     }
 
 
@@ -328,6 +347,11 @@ def _write_rspamd_config(paths: Paths, ports: Ports) -> None:
     _install(override_d / "fuzzy_check.conf", _render("rspamd/fuzzy_check.conf"))
     for worker in ("worker-normal.inc", "worker-controller.inc", "worker-proxy.inc"):
         _install(override_d / worker, _render(f"rspamd/{worker}.j2", **values))
+    # rspamd runs in the foreground without a pidfile: the product reloads it with
+    # this script (the `rspamd_reload` command of the inventory's mailhost data).
+    _root_dir(paths.rspamd_reload.parent)
+    _install(paths.rspamd_reload, _render("rspamd-reload.sh.j2", pidfile=paths.rspamd_pidfile,
+                                           controller=f"{LOOPBACK}:{ports.rspamd_controller}"), 0o755)
 
 
 def _rspamd_pong(port: int) -> bool:

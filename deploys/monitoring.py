@@ -1,0 +1,30 @@
+"""Monitoring and runbook (seed changes 4 and 5): push the probe and alert files, render the docs.
+
+    pyinfra inventory/production.py deploys/monitoring.py --dry   # review: unified diff of every file
+    pyinfra inventory/production.py deploys/monitoring.py         # push, validate, render the runbook
+
+On each host of the inventory's ``monitoring`` group: the blackbox_exporter modules
+(MX-set drift guard, SMTP probe of the backups), the Prometheus alert rules and the
+scrape jobs, rendered from the inventory, into ``monitoring.dir``; validated in
+place (blackbox_exporter --config.check, promtool check rules/config) before they
+replace the old files, which come back on any failure. On the control machine the
+same files are validated first when the validators are installed here, and the
+runbook and architecture page are rendered (``monitoring.runbook``,
+``monitoring.architecture``). Changes nothing on the mail hosts or in DNS; needs no
+secrets. See docs/monitoring.md.
+"""
+
+from pyinfra import host
+from pyinfra.api import DeployError
+
+from backupmx.config import load_settings
+from backupmx.errors import BackupMXError
+from operations.monitoring import is_monitoring_host, monitoring_stage
+
+if is_monitoring_host(host):
+    try:
+        settings = load_settings(host.data)
+    except BackupMXError as error:
+        raise DeployError(str(error)) from None
+    summary = monitoring_stage(settings)
+    host.log(f"monitoring: {summary}")

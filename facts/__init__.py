@@ -1,0 +1,1 @@
+"""pyinfra facts of backupmx (mail host: ``facts.mailhost``)."""

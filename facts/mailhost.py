@@ -1,0 +1,366 @@
+"""Facts of the mail host stage: what Postfix and rspamd on the mail host have now.
+
+Every fact runs one read-only shell script (``backupmx.mailhost.capture_script``)
+that always exits 0 and prints each command's exit code, output and errors, so a
+missing program or an unreadable file is reported as such and never mistaken for
+"not configured yet". For docker-mailserver the commands run through
+``docker exec <container>``; files of its mounted config directory are read on
+the docker host.
+
+The arguments are plain values (paths, a container name) rather than a
+``MailHost``, so ``pyinfra -v`` prints them readably; ``facts_args(mailhost)``
+builds them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+
+from backupmx import mailhost as mh
+
+
+def _target(container: str | None, docker: str, argv: list[str], stdin: bool = False) -> list[str]:
+    if not container:
+        return list(argv)
+    return [docker, "exec", *(["-i"] if stdin else []), container, *argv]
+
+
+def _script(commands, stdin=None, labels=None) -> StringCommand:
+    return StringCommand("sh", "-c", QuoteString(mh.capture_script(commands, stdin=stdin, labels=labels)))
+
+
+def _has(container: str | None, docker: str, program: str) -> list[str]:
+    return _target(container, docker, ["sh", "-c", 'command -v "$1"', "sh", program])
+
+
+def facts_args(mailhost: mh.MailHost) -> dict[str, Any]:
+    """The ``container``/``docker`` arguments every fact here takes."""
+    return {"container": mailhost.container, "docker": mailhost.docker}
+
+
+class MailhostFiles(FactBase):
+    """
+    The contents of files on the host: ``{path: {"content": text or None if absent,
+    "error": None or why it could not be read}}``. Read byte for byte (base64 on
+    the wire), so a diff or a restore check sees exactly what is there.
+
+    .. code:: python
+
+        host.get_fact(MailhostFiles, paths=("/etc/postfix/master.cf",))
+    """
+
+    def command(self, paths, container=None, docker="docker"):
+        commands = [(f"f{index}", _target(container, docker, mh.read_file_argv(path)))
+                    for index, path in enumerate(paths)]
+        return _script(commands, labels={f"f{index}": path for index, path in enumerate(paths)})
+
+    @staticmethod
+    def default():
+        return {}
+
+    def process(self, output):
+        files = {}
+        for captured in mh.parse_captures(output).values():
+            readable, content, error = mh.file_content(captured)
+            files[captured.label] = {"content": content, "error": None if readable else error}
+        return files
+
+
+class PostscreenAccessFile(FactBase):
+    """
+    The postscreen CIDR table: ``None`` when absent, else ``{"path", "content",
+    "networks" (the ones it permits), "invalid" (lines Postfix would skip),
+    "error"}``.
+
+    .. code:: python
+
+        host.get_fact(PostscreenAccessFile, path="/etc/postfix/postscreen_access.cidr")
+    """
+
+    def command(self, path, container=None, docker="docker"):
+        return _script([("cidr", _target(container, docker, mh.read_file_argv(path)))], labels={"cidr": path})
+
+    def process(self, output):
+        captured = mh.parse_captures(output).get("cidr")
+        readable, content, error = mh.file_content(captured)
+        path = captured.label if captured else ""
+        if not readable:
+            return {"path": path, "content": None, "networks": [], "invalid": [], "error": error}
+        if content is None:
+            return None
+        networks, invalid = mh.parse_postscreen_access(content)
+        return {"path": path, "content": content, "networks": networks, "invalid": invalid, "error": None}
+
+
+class PostscreenListeners(FactBase):
+    """
+    Postfix's services as it reports them: ``{"postconf": bool, "error", "services":
+    {"name/type": Listener(command, params)}, "main": {postscreen_* of main.cf}}``.
+    ``params`` are the service's own ``-o`` overrides (``postconf -P``). With
+    ``postconf`` missing or failing, ``postconf`` is False and ``error`` says why:
+    "Postfix is not there" never reads as "no whitelist yet".
+
+    .. code:: python
+
+        host.get_fact(PostscreenListeners, config_dir="/etc/postfix")
+    """
+
+    def command(self, config_dir, container=None, docker="docker"):
+        postconf = _target(container, docker, ["postconf", "-c", config_dir])
+        return _script([
+            ("has", _has(container, docker, "postconf")),
+            ("master", postconf + ["-M"]),
+            ("overrides", postconf + ["-P"]),
+            ("main", postconf + [mh.ACCESS_LIST, mh.CACHE_MAP]),
+        ])
+
+    @staticmethod
+    def default():
+        return {"postconf": False, "error": "no output", "services": {}, "main": {}}
+
+    def process(self, output):
+        captured = mh.parse_captures(output)
+        has = captured.get("has")
+        if has is None or has.rc != 0:
+            why = has.problem() if has and (has.err or has.rc not in (1, 127)) else "postconf not found"
+            return {"postconf": False, "error": why, "services": {}, "main": {}}
+        for name in ("master", "overrides", "main"):
+            part = captured.get(name)
+            if part is None or part.rc != 0:
+                return {"postconf": False, "error": f"postconf ({name}): {part.problem() if part else 'no output'}",
+                        "services": {}, "main": {}}
+        services = mh.parse_postconf_services(captured["master"].out.splitlines(), captured["overrides"].out.splitlines())
+        return {
+            "postconf": True,
+            "error": None,
+            "warnings": mh.one_line(captured["master"].err + captured["overrides"].err),
+            "services": services,
+            "main": mh.parse_postconf_main(captured["main"].out.splitlines()),
+        }
+
+
+class RspamdExemption(FactBase):
+    """
+    The rspamd side: our settings file (and the marked block in it), and what
+    ``rspamadm configdump settings`` says is configured. ``{"file": text or None,
+    "file_error", "block": our block or None, "live_file" (docker-mailserver: the
+    container's copy), "rspamadm": bool, "rules": {name: rule}, "error"}``.
+    ``dump=False`` skips configdump (about a second).
+
+    .. code:: python
+
+        host.get_fact(RspamdExemption, settings_path="/etc/rspamd/local.d/settings.conf",
+                      rspamadm_args=(), dump=True)
+    """
+
+    def command(self, settings_path, rspamadm_args=(), live_path=None, dump=True, container=None, docker="docker"):
+        commands = [("file", mh.read_file_argv(settings_path))]
+        if live_path:
+            commands.append(("live", _target(container, docker, mh.read_file_argv(live_path))))
+        commands.append(("has", _has(container, docker, "rspamadm")))
+        if dump:
+            commands.append(("dump", _target(container, docker, ["rspamadm", *rspamadm_args, "configdump", "-j", "settings"])))
+        return _script(commands)
+
+    def process(self, output):
+        captured = mh.parse_captures(output)
+        readable, content, error = mh.file_content(captured.get("file"))
+        result: dict[str, Any] = {"file": content, "file_error": None if readable else error, "block": None,
+                                  "live_file": None, "live_error": None, "rspamadm": False, "rules": {}, "error": None}
+        if readable:
+            try:
+                result["block"] = mh.find_block(content, mh.RSPAMD_BLOCK)
+            except mh.BackupMXError as damaged:
+                result["file_error"] = str(damaged)
+        if "live" in captured:
+            live_ok, live, live_error = mh.file_content(captured["live"])
+            result["live_file"], result["live_error"] = live, None if live_ok else live_error
+        has = captured.get("has")
+        result["rspamadm"] = bool(has and has.rc == 0)
+        if not result["rspamadm"]:
+            result["error"] = has.problem() if has and has.err else "rspamadm not found"
+            return result
+        dump = captured.get("dump")
+        if dump is not None:
+            if dump.rc != 0:
+                result["error"] = f"rspamadm configdump: {dump.problem()}"
+            else:
+                try:
+                    rules = json.loads(dump.out[dump.out.find("{"):]) if "{" in dump.out else {}
+                    result["rules"] = rules if isinstance(rules, dict) else {}
+                except ValueError:
+                    result["error"] = f"rspamadm configdump printed no JSON: {mh.one_line(dump.out)}"
+        return result
+
+
+class RelayWhitelistProbes(FactBase):
+    """
+    The liveness of the CIDR table as Postfix reads it: ``postmap -q <address>
+    cidr:<file>`` per address. ``{"postmap": bool, "error", "answers": {address:
+    {"answer": "permit" or None, "error": stderr or None}}}``. An address in a
+    relay network must answer ``permit``; one outside every relay network must get
+    no answer and no error (postmap exits 1 both for "no match" and for a missing
+    file, so its stderr decides).
+
+    .. code:: python
+
+        host.get_fact(RelayWhitelistProbes, config_dir="/etc/postfix",
+                      cidr_path="/etc/postfix/postscreen_access.cidr",
+                      addresses=("192.0.2.1", "203.0.113.1"))
+    """
+
+    def command(self, config_dir, cidr_path, addresses, container=None, docker="docker"):
+        commands = [("has", _has(container, docker, "postmap"))]
+        labels = {}
+        for index, address in enumerate(addresses):
+            commands.append((f"q{index}", _target(container, docker, ["postmap", "-c", config_dir, "-q", address,
+                                                                      f"cidr:{cidr_path}"])))
+            labels[f"q{index}"] = address
+        return _script(commands, labels=labels)
+
+    @staticmethod
+    def default():
+        return {"postmap": False, "error": "no output", "answers": {}}
+
+    def process(self, output):
+        captured = mh.parse_captures(output)
+        has = captured.get("has")
+        if has is None or has.rc != 0:
+            return {"postmap": False, "error": "postmap not found", "answers": {}}
+        answers = {}
+        for name, item in captured.items():
+            if not name.startswith("q"):
+                continue
+            answers[item.label] = {"answer": item.out.strip() or None,
+                                   "error": mh.one_line(item.err) or (None if item.rc in (0, 1) else f"exit {item.rc}")}
+        return {"postmap": True, "error": None, "answers": answers}
+
+
+class RspamdSymbols(FactBase):
+    """
+    What the running rspamd concludes about a probe message claimed to come from
+    each of ``ips`` (``rspamc -i IP -F FROM symbols`` through the controller): a
+    scan, not a config read, so it shows the rules rspamd has loaded now.
+    ``{"rspamc": bool, "results": {ip: {"symbols": [...] or None, "error"}}}``.
+
+    .. code:: python
+
+        host.get_fact(RspamdSymbols, controller="127.0.0.1:11334", ips=("192.0.2.1",),
+                      mail_from="postmaster@example.org", message="From: ...")
+    """
+
+    def command(self, controller, ips, mail_from, message, container=None, docker="docker"):
+        commands = [("has", _has(container, docker, "rspamc"))]
+        stdin, labels = {}, {}
+        for index, ip in enumerate(ips):
+            name = f"s{index}"
+            commands.append((name, _target(container, docker, ["rspamc", "-h", controller, "-t", "20", "-j", "-i", ip,
+                                                               "-F", mail_from, "--helo", "backupmx-probe.invalid",
+                                                               "symbols"], stdin=True)))
+            stdin[name], labels[name] = message, ip
+        return _script(commands, stdin=stdin, labels=labels)
+
+    @staticmethod
+    def default():
+        return {"rspamc": False, "results": {}}
+
+    def process(self, output):
+        captured = mh.parse_captures(output)
+        has = captured.get("has")
+        if has is None or has.rc != 0:
+            return {"rspamc": False, "results": {}}
+        results = {}
+        for name, item in captured.items():
+            if not name.startswith("s"):
+                continue
+            symbols = mh.parse_rspamc_symbols(item.out) if item.rc == 0 else None
+            results[item.label] = {"symbols": symbols,
+                                   "error": None if symbols is not None else item.problem()}
+        return {"rspamc": True, "results": results}
+
+
+class PostscreenPregreet(FactBase):
+    """
+    An SMTP session through the PROXY-v2 listener claiming each of ``sources``,
+    talking before the greeting, up to RCPT (no mail is sent): a whitelisted
+    source gets RCPT 250 at once, any other fails postscreen's pregreet test.
+    Runs ``python3`` on the mail host. ``{"python": bool, "results": {source:
+    {"code", "text", "error"}}}``.
+
+    .. code:: python
+
+        host.get_fact(PostscreenPregreet, listener="127.0.0.1:2525", sources=("192.0.2.1",),
+                      rcpt="postmaster@example.org")
+    """
+
+    def command(self, listener, sources, rcpt, container=None, docker="docker"):
+        address, _, port = listener.rpartition(":")
+        commands = [("has", _has(container, docker, "python3"))]
+        labels = {}
+        for index, source in enumerate(sources):
+            name = f"p{index}"
+            commands.append((name, _target(container, docker, ["python3", "-c", mh.PREGREET_PROBE, address, port,
+                                                               source, rcpt])))
+            labels[name] = source
+        return _script(commands, labels=labels)
+
+    @staticmethod
+    def default():
+        return {"python": False, "results": {}}
+
+    def process(self, output):
+        captured = mh.parse_captures(output)
+        has = captured.get("has")
+        if has is None or has.rc != 0:
+            return {"python": False, "results": {}}
+        results = {}
+        for name, item in captured.items():
+            if not name.startswith("p"):
+                continue
+            code, _, text = item.out.strip().partition(" ")
+            if item.rc == 0 and code.isdigit():
+                results[item.label] = {"code": int(code), "text": text, "error": None}
+            else:
+                results[item.label] = {"code": None, "text": "", "error": item.problem()}
+        return {"python": True, "results": results}
+
+
+class DockerMailserverPolicies(FactBase):
+    """
+    docker-mailserver's SMTP-time SPF and DMARC policies: the container's
+    ``ENABLE_POLICYD_SPF``/``ENABLE_OPENDMARC`` (unset means the default, 1) and
+    the live ``smtpd_recipient_restrictions``/``smtpd_milters``. ``{"ok": bool,
+    "error", "env": {...}, "restrictions", "milters"}``.
+
+    .. code:: python
+
+        host.get_fact(DockerMailserverPolicies, container="mailserver")
+    """
+
+    def command(self, container, docker="docker"):
+        printenv = 'for v in "$@"; do eval "x=\\${$v-__unset__}"; printf "%s=%s\\n" "$v" "$x"; done'
+        return _script([
+            ("env", [docker, "exec", container, "sh", "-c", printenv, "sh", *mh.DMS_POLICIES]),
+            ("postconf", [docker, "exec", container, "postconf", "-h", "smtpd_recipient_restrictions", "smtpd_milters"]),
+        ])
+
+    @staticmethod
+    def default():
+        return {"ok": False, "error": "no output", "env": {}, "restrictions": "", "milters": ""}
+
+    def process(self, output):
+        captured = mh.parse_captures(output)
+        env_part, postconf = captured.get("env"), captured.get("postconf")
+        if env_part is None or env_part.rc != 0:
+            return {"ok": False, "error": f"docker exec: {env_part.problem() if env_part else 'no output'}",
+                    "env": {}, "restrictions": "", "milters": ""}
+        env = {}
+        for line in env_part.out.splitlines():
+            key, _, value = line.partition("=")
+            env[key] = None if value == "__unset__" else value
+        lines = postconf.out.splitlines() if postconf and postconf.rc == 0 else []
+        return {"ok": True, "error": None, "env": env,
+                "restrictions": lines[0] if lines else "", "milters": lines[1] if len(lines) > 1 else ""}

@@ -1,0 +1,1 @@
+"""pyinfra operations of backupmx (mail host: ``operations.mailhost``)."""

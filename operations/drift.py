@@ -1,0 +1,203 @@
+"""The drift check's reads, per host of the run (``deploys/drift.py``). Read-only.
+
+Each host's pass through the deploy file adds ``Finding``s (``backupmx.drift``) to
+the run's ``DriftRun``; the pass that finishes last prints them and, if anything
+drifted or could not be read, stops the run with exit code 1. Nothing here yields
+an operation, so ``--dry`` and a normal run do exactly the same.
+
+- control machine (the ``controller`` group): the live MX set of every domain
+  (authoritative DNS), the provider's relay networks, the MTA-STS coverage;
+- each mail host: the postscreen whitelist (table and listener options) and the
+  rspamd exemption, as stage 3 would write them (the mail host stage's own plans);
+- each monitoring host: the pushed files against the rendered ones.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import weakref
+
+import click
+from pyinfra import host, state
+from pyinfra.api import DeployError
+from pyinfra.context import ctx_state
+
+from backupmx import dnscheck, mtasts
+from backupmx import drift as dr
+from backupmx import monitoring as mon
+from backupmx.config import Settings, load_settings
+from backupmx.errors import BackupMXError
+from backupmx.secrets import SecretStore
+from facts.mailhost import MailhostFiles, PostscreenAccessFile, facts_args
+
+_runs: weakref.WeakKeyDictionary[object, DriftRun] = weakref.WeakKeyDictionary()
+
+
+class DriftRun:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.findings: list[dr.Finding] = []
+        self.finished: set[str] = set()
+        self.started = time.monotonic()
+        self.findings_for_controller_noted = False
+
+    def add(self, findings: list[dr.Finding]) -> None:
+        self.findings.extend(findings)
+
+    def finish(self, host_name: str) -> None:
+        """Record one host's pass; after the last one, print and stop with exit 1 on drift."""
+        self.finished.add(host_name)
+        active = {active_host.name for active_host in state.inventory.get_active_hosts()}
+        if not active <= self.finished:
+            return
+        for failed in sorted(getattr(state, "failed_hosts", set()) or (), key=lambda h: h.name):
+            self.findings.append(dr.Finding("host", failed.name, dr.UNKNOWN, "could not be reached: not checked"))
+        lines, failing = dr.summary(self.findings, verbose=bool(host.data.get("drift_verbose")))
+        elapsed = time.monotonic() - self.started
+        click.echo("backupmx drift check:")
+        for line in lines:
+            click.echo(f"  {line}")
+        checked = len([finding for finding in self.findings if finding.status != dr.NOTE])
+        click.echo(f"  ({checked} check(s) on {len(self.finished)} host(s), {elapsed:.1f} s)")
+        if failing:
+            count = len([finding for finding in self.findings if finding.failing])
+            first = next(finding for finding in self.findings if finding.failing)
+            raise DeployError(f"{count} drift(s) found; first: {first.line()}")
+
+
+def current_drift_run() -> DriftRun:
+    current = ctx_state.get()
+    run = _runs.get(current)
+    if run is None:
+        try:
+            settings = load_settings(host.data)
+        except BackupMXError as error:
+            raise DeployError(str(error)) from None
+        run = _runs[current] = DriftRun(settings)
+    return run
+
+
+# --- the control machine -----------------------------------------------------------
+
+
+def controller_findings(settings: Settings) -> list[dr.Finding]:
+    findings = []
+    for domain in settings.domains:
+        source = f"DNS {', '.join(settings.dns_servers) or 'the zone NS'}"
+        try:
+            live = dnscheck.live_mx(domain.name, settings.dns_servers)
+        except BackupMXError as error:
+            findings.append(dr.Finding("mx", domain.name, dr.UNKNOWN, str(error)))
+        else:
+            findings += dr.mx_drift(domain, settings, live, source)
+        findings.append(mta_sts_finding(settings, domain))
+    findings += provider_findings(settings)
+    return findings
+
+
+def provider_findings(settings: Settings) -> list[dr.Finding]:
+    from backupmx.provider import open_provider
+
+    subject = settings.provider.name
+    try:
+        provider = open_provider(settings, SecretStore(settings.vault), fail_fast=True)
+    except BackupMXError as error:
+        return [dr.Finding("provider-cidrs", subject, dr.UNKNOWN, f"cannot open the provider: {error}")]
+    try:
+        fact = provider.relay_cidrs()
+    except BackupMXError as error:
+        return [dr.Finding("provider-cidrs", subject, dr.UNKNOWN, str(error))]
+    finally:
+        provider.close()
+    if not fact.known:
+        return [dr.Finding("provider-cidrs", subject, dr.UNKNOWN, f"the provider's relay networks are unknown: "
+                           f"{fact.evidence}")]
+    return dr.provider_cidr_drift(settings, list(fact.value), fact.evidence)
+
+
+def mta_sts_finding(settings: Settings, domain) -> dr.Finding:
+    options = settings.mta_sts
+    try:
+        observation = mtasts.observe(domain.name, settings.dns_servers, connect_to=options.connect_to,
+                                     ca_bundle=options.ca_bundle)
+    except BackupMXError as error:
+        return dr.Finding("mta-sts", domain.name, dr.UNKNOWN, str(error))
+    coverage = mtasts.check_coverage(observation, mtasts.mx_hosts(domain, settings.backup_mx))
+    status = {"FAIL": dr.DRIFT, "warn": dr.NOTE}.get(coverage.status, dr.OK)
+    return dr.Finding("mta-sts", domain.name, status, coverage.reason)
+
+
+# --- a mail host -------------------------------------------------------------------
+
+
+_RULE_NETWORK = re.compile(r'"([0-9A-Fa-f:.]+/\d{1,3})"')
+
+
+def mailhost_findings(settings: Settings) -> list[dr.Finding]:
+    """The whitelist and exemption on the current mail host, as stage 3's plans see them."""
+    from operations.mailhost import (
+        mailhost_settings,
+        plan_postscreen_whitelist,
+        plan_rspamd_exemption,
+    )
+
+    mailhost = mailhost_settings(host)
+    findings = []
+    whitelist = plan_postscreen_whitelist(mailhost, settings.relay_cidrs)
+    if whitelist.problems:
+        findings.append(dr.Finding("whitelist", host.name, dr.UNKNOWN, whitelist.problems[0]))
+    elif not whitelist.changed:
+        findings.append(dr.Finding("whitelist", host.name, dr.OK, whitelist.already))
+    else:
+        table = host.get_fact(PostscreenAccessFile, path=mailhost.cidr_host_path, **facts_args(mailhost))
+        if table is None:
+            findings.append(dr.Finding("whitelist", host.name, dr.DRIFT, f"{mailhost.cidr_host_path} is missing"))
+        elif table["error"] is None:
+            findings += [finding for finding in dr.cidr_drift("whitelist", host.name, settings.relay_cidrs,
+                                                              table["networks"], mailhost.cidr_host_path)
+                         if finding.status == dr.DRIFT]
+        listener = [change.path for change in whitelist.files if change.path != mailhost.cidr_host_path]
+        if listener or whitelist.live:
+            findings.append(dr.Finding("whitelist", host.name, dr.DRIFT, "listener options of "
+                                       f"{mailhost.service_key} are not as wanted "
+                                       f"({'; '.join(listener + whitelist.live)})"))
+        if not any(finding.status == dr.DRIFT for finding in findings):
+            findings.append(dr.Finding("whitelist", host.name, dr.DRIFT, whitelist.summary()))
+    exemption = plan_rspamd_exemption(mailhost, settings.relay_cidrs)
+    if exemption.problems:
+        findings.append(dr.Finding("exemption", host.name, dr.UNKNOWN, exemption.problems[0]))
+    elif not exemption.changed:
+        findings.append(dr.Finding("exemption", host.name, dr.OK, exemption.already))
+    else:
+        path = mailhost.rspamd_settings_host_path
+        current = exemption.files[0].old if exemption.files else None
+        block = None
+        try:
+            from backupmx.mailhost import RSPAMD_BLOCK, find_block
+
+            block = find_block(current, RSPAMD_BLOCK)
+        except BackupMXError:
+            pass
+        if block is None:
+            findings.append(dr.Finding("exemption", host.name, dr.DRIFT, f"no backupmx rule in {path}"))
+        else:
+            detail = dr.cidr_drift("exemption", host.name, settings.relay_cidrs, _RULE_NETWORK.findall(block), path)
+            findings += [finding for finding in detail if finding.status == dr.DRIFT] or [
+                dr.Finding("exemption", host.name, dr.DRIFT, exemption.summary())]
+    return findings
+
+
+# --- a monitoring host ---------------------------------------------------------------
+
+
+def monitoring_findings(settings: Settings) -> list[dr.Finding]:
+    from operations.monitoring import monitoring_settings
+
+    monitoring = monitoring_settings(host, settings)
+    files = {monitoring.path(name): text for name, text in mon.render_all(settings, monitoring).items()}
+    current = host.get_fact(MailhostFiles, paths=tuple(files))
+    unreadable = [f"{path}: {entry['error']}" for path, entry in current.items() if entry["error"]]
+    if unreadable or len(current) != len(files):
+        return [dr.Finding("monitoring", host.name, dr.UNKNOWN, f"cannot read {unreadable[0] if unreadable else 'the files'}")]
+    return dr.files_drift("monitoring", host.name, files, {path: entry["content"] for path, entry in current.items()})

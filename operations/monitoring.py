@@ -1,0 +1,262 @@
+"""Operations of the monitoring stage (seed changes 4 and 5): push the rendered files, render the docs.
+
+- ``monitoring_files``: the blackbox modules, the alert rules and the scrape jobs
+  into ``monitoring.dir`` on a host of the ``monitoring`` group, as one transaction
+  (``backupmx.mailhost.transaction_script``, the mail host stage's): every file
+  written next to its target and renamed in, then validated in place
+  (``blackbox_exporter --config.check``, ``promtool check rules``, ``promtool check
+  config``), the previous files put back byte for byte if any check fails, the
+  reload commands run only after all pass.
+- ``local_file``: a file on the control machine (the rendered runbook and
+  architecture page), written atomically, with a diff under ``--dry``.
+
+Both show a unified diff while preparing (the ``--dry`` review) and change nothing
+when the files already hold what was rendered.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from pyinfra import host, logger, state
+from pyinfra.api import (
+    DeployError,
+    FunctionCommand,
+    OperationError,
+    QuoteString,
+    StringCommand,
+    operation,
+)
+
+from backupmx import mailhost as mh
+from backupmx import monitoring as mon
+from backupmx.config import Settings
+from backupmx.errors import BackupMXError
+from facts.mailhost import MailhostFiles
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def is_monitoring_host(target) -> bool:
+    """A host of the inventory's ``monitoring`` group, or any host with ``monitoring`` data."""
+    return "monitoring" in (target.groups or []) or target.data.get("monitoring") is not None
+
+
+def monitoring_settings(target, settings: Settings) -> mon.Monitoring:
+    """Stage 0 for one monitoring host: its ``monitoring`` data validated, or one ``DeployError`` line."""
+    try:
+        return mon.load_monitoring(target.data.get("monitoring"), settings)
+    except BackupMXError as error:
+        raise DeployError(f"{target.name}: {error}") from None
+
+
+def _show(title: str, lines: list[str]) -> None:
+    # While preparing (the --dry review) and, with -y (no preparing pass), once when it runs.
+    if state.is_executing and state.should_check_for_changes():
+        return
+    host.log(title, logger.info)
+    for line in lines:
+        logger.info("    %s", line)
+
+
+def _fail(state, host, message):  # pyinfra calls it with (state, host, ...)
+    host.log(f"backupmx: {message}", log_func=logger.error)
+    return False
+
+
+def plan_monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]) -> tuple[list[mh.FileChange], str | None]:
+    """The file changes on the current host, or a problem that stops the operation."""
+    paths = {monitoring.path(name): text for name, text in files.items()}
+    current = host.get_fact(MailhostFiles, paths=tuple(paths))
+    changes = []
+    for path, text in paths.items():
+        entry = current.get(path)
+        if entry is None or entry["error"]:
+            return [], f"cannot read {path} on {host.name}: {entry['error'] if entry else 'no answer'}"
+        if entry["content"] != text:
+            changes.append(mh.FileChange(path, entry["content"], text))
+    return changes, None
+
+
+@operation()
+def monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]):
+    """
+    Put the rendered monitoring files into ``monitoring.dir`` on the host, validated.
+
+    + monitoring: the host's ``backupmx.monitoring.Monitoring`` (``load_monitoring``)
+    + files: file name -> content (``backupmx.monitoring.render_all``)
+
+    One transaction: each file still holds what was read (or the run stops), the
+    new files are renamed in, ``blackbox_exporter --config.check`` and ``promtool
+    check rules`` / ``check config`` run on them in place (skipped with
+    ``blackbox_check: false`` / ``promtool_check: false``), and on any failure the
+    previous files come back byte for byte and nothing is reloaded.
+
+    **Example:**
+
+    .. code:: python
+
+        monitoring_files(
+            name="Monitoring: blackbox modules, alert rules, scrape jobs",
+            monitoring=load_monitoring(host.data.monitoring, settings),
+            files=render_all(settings, monitoring),
+        )
+    """
+    changes, problem = plan_monitoring_files(monitoring, files)
+    if problem:
+        if not state.is_executing:
+            raise OperationError(problem)
+        yield FunctionCommand(_fail, (problem,), {})
+        return
+    if not changes:
+        host.noop(f"monitoring files already as rendered in {monitoring.dir} ({len(files)} files)")
+        return
+    diff = []
+    for change in changes:
+        diff.extend(mh.unified_diff(change.path, change.old, change.new))
+    summary = "; ".join(f"{'create' if c.old is None else 'change'} {c.path}" for c in changes)
+    checks = ", ".join(what for what, _ in monitoring.validations()) or "no validation (disabled in the inventory)"
+    _show(f"monitoring_files: {summary} (validated with {checks})", diff)
+    transaction = mh.Transaction(
+        label="monitoring_files",
+        files=tuple(changes),
+        # Run after the swap and before any reload; a failure restores the old files.
+        live_commands=tuple(monitoring.validations()),
+        reloads=monitoring.reload,
+    )
+    yield StringCommand("sh", "-c", QuoteString(mh.transaction_script(transaction)))
+
+
+def _write_local(path: str, text: str) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".backupmx-new")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        if target.exists():
+            shutil.copymode(target, temporary)
+        else:
+            os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _local_path(path: str) -> Path:
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
+
+
+@operation()
+def local_file(path: str, text: str):
+    """
+    A file on the control machine (the rendered runbook): written atomically when it differs.
+
+    + path: absolute, or relative to the project
+    + text: the wanted content
+    """
+    target = _local_path(path)
+    old = target.read_text(encoding="utf-8") if target.exists() else None
+    if old == text:
+        host.noop(f"{path} already as rendered")
+        return
+    _show(f"local_file: {'create' if old is None else 'change'} {path} (on the control machine)",
+          mh.unified_diff(path, old, text))
+    yield FunctionCommand(_write_local, (str(target), text), {})
+
+
+# --- the stage as a whole -----------------------------------------------------------
+
+
+def monitoring_stage(settings: Settings) -> str | None:
+    """Stage 6 on the current host, if it is a monitoring host: validate, push, render the docs.
+
+    For ``deploys/monitoring.py`` and stage 6 of ``deploys/backupmx.py``. Returns a
+    one-line summary for a report row (``None`` on other hosts); bad data or files
+    that do not validate raise ``DeployError`` (one line, nothing contacted).
+    """
+    if not is_monitoring_host(host):
+        return None
+    monitoring = monitoring_settings(host, settings)
+    try:
+        files = mon.render_all(settings, monitoring)
+    except BackupMXError as error:
+        raise DeployError(f"{host.name}: {error}") from None
+    # Validate on the control machine too: the monitoring host may not have the
+    # validators (a Kubernetes node), and a broken file must not get that far.
+    passed, problems = validate_locally(files)
+    if problems:
+        raise DeployError(f"{host.name}: the rendered monitoring files do not validate: {problems[0]}")
+    if not monitoring.validations() and len(passed) < 3:
+        raise DeployError(f"{host.name}: monitoring.blackbox_check and promtool_check are off and this machine "
+                          "lacks prometheus-blackbox-exporter or promtool: nothing would validate the files; "
+                          "install them here (make setup) or turn the checks on")
+    checked_here = ", ".join(passed) or "shape only (no validators installed here)"
+    monitoring_files(
+        name=f"Stage 6: monitoring files (blackbox modules, alert rules, scrape jobs) in {monitoring.dir}",
+        monitoring=monitoring,
+        files=files,
+    )
+    if monitoring.runbook or monitoring.architecture:
+        from backupmx import docs
+
+        inventory_file = next((f"inventory/{group}.py" for group in host.groups
+                               if Path(PROJECT_ROOT, "inventory", f"{group}.py").exists()), "inventory/production.py")
+        try:
+            view = docs.load_inventory(str(PROJECT_ROOT / inventory_file))
+        except BackupMXError as error:
+            raise DeployError(f"{inventory_file}: {error}") from None
+        if monitoring.runbook:
+            local_file(name=f"Stage 6: render the runbook {monitoring.runbook}", path=monitoring.runbook,
+                       text=docs.render_runbook(view))
+        if monitoring.architecture:
+            local_file(name=f"Stage 6: render the architecture page {monitoring.architecture}",
+                       path=monitoring.architecture, text=docs.render_architecture(view))
+    return (f"{host.name}: {len(files)} files for {monitoring.dir} (validated here: {checked_here}; on the host: "
+            f"{', '.join(what for what, _ in monitoring.validations()) or 'off'})")
+
+
+# --- validation on the control machine ----------------------------------------------
+
+
+BLACKBOX_PROGRAMS = ("prometheus-blackbox-exporter", "blackbox_exporter")  # Debian's name, upstream's
+
+
+def validate_locally(files: dict[str, str], promtool_bin: str = "promtool",
+                     timeout: float = 60.0) -> tuple[list[str], list[str]]:
+    """Run the validators that exist here on ``files`` in a scratch directory.
+
+    Returns (passed checks, problems). A validator that is not installed is neither:
+    its absence is reported by the caller, never taken for a pass.
+    """
+    passed, problems = [], []
+    with tempfile.TemporaryDirectory(prefix="backupmx-monitoring-") as scratch:
+        for name, text in files.items():
+            Path(scratch, name).write_text(text, encoding="utf-8")
+        problems += [f"{mon.BLACKBOX_FILE}: {problem}" for problem in mon.check_blackbox_shape(files[mon.BLACKBOX_FILE])]
+        checks = []
+        blackbox_bin = next((program for program in BLACKBOX_PROGRAMS if shutil.which(program)), None)
+        if blackbox_bin:
+            checks.append((f"{blackbox_bin} --config.check",
+                           [blackbox_bin, f"--config.file={Path(scratch, mon.BLACKBOX_FILE)}", "--config.check"]))
+        if shutil.which(promtool_bin):
+            checks.append(("promtool check rules", [promtool_bin, "check", "rules", str(Path(scratch, mon.RULES_FILE))]))
+            checks.append(("promtool check config", [promtool_bin, "check", "config", str(Path(scratch, mon.SCRAPE_FILE))]))
+        for what, argv in checks:
+            try:
+                result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout, cwd=scratch)
+            except subprocess.TimeoutExpired:
+                problems.append(f"{what}: no answer in {timeout:.0f} s")
+                continue
+            if result.returncode != 0:
+                problems.append(f"{what} (exit {result.returncode}): {mh.one_line(result.stderr + result.stdout)}")
+            else:
+                passed.append(what)
+    return passed, problems

@@ -1,0 +1,118 @@
+"""Operations on the backup provider's account, run on the control machine (``@local``).
+
+Accept-and-Hold for planned maintenance: read while the deploy is prepared (also
+under ``--dry``), changed at execution in a Python callback, then read back.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from pyinfra import host, logger, state
+from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
+from pyinfra.context import ctx_state
+
+from backupmx.config import load_settings
+from backupmx.errors import BackupMXError
+from backupmx.maintenance import REMINDER, Maintenance
+from backupmx.provider import ManualStepRequired
+
+_runs: weakref.WeakKeyDictionary[object, Maintenance] = weakref.WeakKeyDictionary()
+
+
+def current_maintenance(data) -> Maintenance:
+    """The maintenance run of the pyinfra state being prepared (settings validated once)."""
+    current = ctx_state.get()
+    maintenance = _runs.get(current)
+    if maintenance is None:
+        try:
+            settings = load_settings(data)
+        except BackupMXError as error:
+            raise DeployError(str(error)) from None
+        maintenance = _runs[current] = Maintenance(settings)
+    return maintenance
+
+
+def _show(message: str, log_func=logger.info) -> None:
+    # Shown while preparing (the --dry review) and, with -y (no preparing pass), when it runs.
+    if state.is_executing and state.should_check_for_changes():
+        return
+    host.log(message, log_func)
+
+
+def _fail(state, host, message):  # pyinfra calls it with (state, host, ...)
+    host.log(message, log_func=logger.error)
+    return False
+
+
+def _stop(message: str):
+    """Fail this operation with one line: while preparing, or when it runs."""
+    if not state.is_executing:
+        raise OperationError(message)
+    yield FunctionCommand(_fail, (message,), {})
+
+
+def _set_hold(state, host, maintenance, domain, on) -> bool:  # pyinfra calls it with (state, host, ...)
+    try:
+        after = maintenance.set_hold(domain, on)
+    except ManualStepRequired as manual:
+        host.log(f"Accept-and-Hold {domain}: not changed: {manual}", log_func=logger.error)
+        return False
+    except BackupMXError as error:
+        steps = maintenance.provider_steps("hold_on" if on else "hold_off", domain)
+        host.log(f"Accept-and-Hold {domain}: not changed: {error}; by hand: {'; '.join(steps)}",
+                 log_func=logger.error)
+        return False
+    host.log(f"Accept-and-Hold is now {'ON' if after.value else 'off'} for {domain} ({after.evidence})", logger.info)
+    host.log(REMINDER["on" if after.value else "off"], logger.warning if after.value else logger.info)
+    return True
+
+
+@operation(is_idempotent=False)
+def accept_and_hold(maintenance, domain, on: bool):
+    """
+    Turn the provider's Accept-and-Hold on or off for ``domain``.
+
+    + maintenance: the run's ``backupmx.maintenance.Maintenance``
+    + domain: the ``backupmx.config.Domain``
+    + on: ``True`` holds (accept and queue, deliver nothing), ``False`` releases
+
+    The state is read first (nothing changes when it already is as wanted) and
+    read back after the change. The ledger backend cannot change it: the step
+    fails with the steps to take in the provider's console.
+    """
+    word = "on" if on else "off"
+    try:
+        hold = maintenance.hold(domain.name)
+    except BackupMXError as error:
+        steps = maintenance.provider_steps(f"hold_{word}", domain.name)
+        yield from _stop(f"Accept-and-Hold {domain.name}: cannot read the provider: {error}; or by hand: "
+                         f"{'; '.join(steps)}")
+        return
+    if hold.known and hold.value is on:
+        already = f"Accept-and-Hold is already {word} for {domain.name} ({hold.evidence})"
+        _show(already)
+        _show(REMINDER[word], logger.warning if on else logger.info)
+        host.noop(already)
+        return
+    now = ("ON" if hold.value else "off") if hold.known else f"unknown: {hold.evidence}"
+    _show(f"Accept-and-Hold {domain.name}: turn it {word} (now {now})")
+    yield FunctionCommand(_set_hold, (maintenance, domain.name, on), {})
+
+
+@operation(is_idempotent=False)
+def hold_status(maintenance, domain):
+    """
+    Report Accept-and-Hold and the provider's queue for ``domain``; changes nothing.
+
+    + maintenance: the run's ``backupmx.maintenance.Maintenance``
+    + domain: the ``backupmx.config.Domain``
+    """
+    try:
+        lines = maintenance.status(domain.name)
+    except BackupMXError as error:
+        yield from _stop(f"Accept-and-Hold {domain.name}: cannot read the provider: {error}")
+        return
+    for line in lines:
+        _show(line)
+    host.noop(lines[0])

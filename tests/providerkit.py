@@ -1,0 +1,100 @@
+"""Helpers shared by the provider, gates, rollback and maintenance tests."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from backupmx.config import Settings, load_settings
+from backupmx.secrets import SecretStore
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+ACC_WRITES = {"domain_set", "hold_set", "usertable_set_default", "queue_flush"}
+CF_WRITES = {"POST", "PATCH", "PUT", "DELETE"}
+
+
+def sandbox_data() -> dict:
+    """A deep copy of ``inventory/sandbox.py``'s settings (it reads .sandbox/world.json)."""
+    spec = importlib.util.spec_from_file_location("sandbox_inventory", PROJECT_ROOT / "inventory" / "sandbox.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return copy.deepcopy(module._settings)
+
+
+def sandbox_settings(**changes) -> Settings:
+    data = sandbox_data()
+    data.update(copy.deepcopy(changes))
+    return load_settings(data)
+
+
+def secrets_for(settings: Settings) -> SecretStore:
+    return SecretStore(settings.vault)
+
+
+def admin(world, name: str, payload=None):
+    """The fake ACC's test-only endpoints (GET without payload, POST with one)."""
+    url = f"{world['acc_admin']}/{name}"
+    if payload is None:
+        response = requests.get(url, timeout=10)
+    else:
+        response = requests.post(url, json=payload, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def acc_requests(world) -> list[dict]:
+    return admin(world, "requests")
+
+
+def acc_writes(world) -> list[dict]:
+    return [entry for entry in acc_requests(world) if entry.get("action") in ACC_WRITES]
+
+
+def cloudflare_admin(world, method: str, name: str):
+    response = requests.request(method, f"{world['cloudflare_admin']}/{name}", timeout=10)
+    response.raise_for_status()
+    return response.json() if response.content else None
+
+
+def cloudflare_writes(world) -> list[dict]:
+    log = cloudflare_admin(world, "GET", "requests")
+    entries = log.get("requests", log) if isinstance(log, dict) else log
+    return [entry for entry in entries if entry["method"] in CF_WRITES and "/client/v4/" in entry["path"]]
+
+
+def secret_values(world) -> list[str]:
+    values = json.loads((Path(world["root"]) / "secrets.json").read_text())
+    return [value for value in values.values() if isinstance(value, str) and len(value) >= 8]
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on (what a stopped daemon looks like to a client)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def pyinfra(deploy: str, *args: str, env: dict | None = None, yes: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [PYINFRA, *(["-y"] if yes else []), "inventory/sandbox.py", deploy, *args]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def provider_data(world, **changes) -> str:
+    """``--data provider=...`` JSON: the sandbox profile with ``changes``."""
+    profile = {"name": "rollernet", "backend": "api", "api_base": world["acc_api_base"], "user": world["acc_user"]}
+    profile.update(changes)
+    return "provider=" + json.dumps(profile)

@@ -1,0 +1,713 @@
+"""The mail host stage without a mail host: settings, rendering, master.cf and
+user-patches.sh edits, probe addresses, and the shell it runs, executed locally.
+
+The docker-mailserver flavour cannot be tested against a real container here (no
+Docker daemon, no image registry on this machine). Its files, its commands and the
+transaction that applies them are tested with a stand-in ``docker`` that runs the
+``docker exec`` command line locally (``fake_docker``), against real ``postconf``
+and ``postmap`` on a scratch Postfix configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:  # facts/ and operations/ live next to deploys/
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from backupmx import mailhost as mh  # noqa: E402
+from backupmx.errors import BackupMXError, ConfigError  # noqa: E402
+from facts import mailhost as facts  # noqa: E402
+
+RELAYS = ["192.0.2.0/24", "198.51.100.0/24", "2001:db8:2::/48"]
+# A scratch Postfix config: a fixed host name, so postconf/postmap never ask a resolver.
+SCRATCH_MAIN_CF = "compatibility_level = 3.6\nmyhostname = mail.example.test\nmydomain = example.test\n"
+
+
+def scratch_main_cf(directory: Path) -> None:
+    """main.cf dated a minute back: Postfix waits for a main.cf younger than a second or two to settle."""
+    path = directory / "main.cf"
+    path.write_text(SCRATCH_MAIN_CF)
+    os.utime(path, (path.stat().st_mtime - 60,) * 2)
+MASTER_CF = """\
+# a site's master.cf
+smtp      inet  n       -       y       -       1       postscreen
+2525      inet  n       -       y       -       1       postscreen
+  -o syslog_name=postfix/smtpd-proxyprotocol
+  -o postscreen_upstream_proxy_protocol=haproxy
+smtpd     pass  -       -       y       -       -       smtpd
+"""
+
+
+def native(**overrides) -> mh.MailHost:
+    return mh.load_mailhost({"flavour": "native", "proxy_service": "2525/inet", **overrides})
+
+
+def dms(**overrides) -> mh.MailHost:
+    return mh.load_mailhost({"flavour": "docker-mailserver", "container": "mailserver",
+                             "host_config_dir": "/srv/mailserver/docker-data/dms/config",
+                             "proxy_service": "2525/inet", **overrides})
+
+
+# --- the settings model ------------------------------------------------------------
+
+
+def test_native_defaults_are_debians():
+    m = native()
+    assert (m.postfix_config_dir, m.rspamd_local_dir, m.rspamd_controller) == ("/etc/postfix", "/etc/rspamd",
+                                                                            "127.0.0.1:11334")
+    assert m.cidr_path == m.cidr_host_path == "/etc/postfix/postscreen_access.cidr"
+    assert m.rspamd_settings_host_path == "/etc/rspamd/local.d/settings.conf"
+    assert m.postfix_reload_argv() == ["postfix", "-c", "/etc/postfix", "reload"]
+    assert m.rspamd_reload_argv() == ["systemctl", "reload", "rspamd"]
+    assert m.smtp_probe == "127.0.0.1:2525"
+    assert m.postfix_check() == ["script", "-qec", "postfix -c /etc/postfix check", "/dev/null"]
+
+
+def test_docker_mailserver_paths_and_commands():
+    m = dms()
+    # Postfix reads the seed's path in the container; pyinfra writes the mounted directory on the host.
+    assert m.cidr_path == "/tmp/docker-mailserver/postscreen_access.cidr"
+    assert m.cidr_host_path == "/srv/mailserver/docker-data/dms/config/postscreen_access.cidr"
+    assert m.user_patches_host_path == "/srv/mailserver/docker-data/dms/config/user-patches.sh"
+    assert m.rspamd_settings_host_path == "/srv/mailserver/docker-data/dms/config/rspamd/override.d/settings.conf"
+    assert m.rspamd_settings_mounted_path == "/tmp/docker-mailserver/rspamd/override.d/settings.conf"
+    assert m.rspamd_settings_live_path == "/etc/rspamd/override.d/settings.conf"
+    assert m.postmap_query("192.0.2.1") == ["docker", "exec", "mailserver", "postmap", "-c", "/etc/postfix", "-q",
+                                            "192.0.2.1", "cidr:/tmp/docker-mailserver/postscreen_access.cidr"]
+    assert m.postfix_check() == ["docker", "exec", "mailserver", "script", "-qec", "postfix -c /etc/postfix check",
+                                 "/dev/null"]
+    assert m.rspamadm("configtest") == ["docker", "exec", "mailserver", "rspamadm", "configtest"]
+    assert m.rspamd_reload_argv() == ["docker", "exec", "mailserver", "supervisorctl", "signal", "HUP", "rspamd"]
+    assert m.postfix_reload_argv() == ["docker", "exec", "mailserver", "postfix", "-c", "/etc/postfix", "reload"]
+    assert mh.rspamc_argv(m, "192.0.2.1", "postmaster@example.org")[:4] == ["docker", "exec", "-i", "mailserver"]
+
+
+def test_production_shaped_data_keeps_the_seeds_path():
+    # inventory/production.py's mailhost data (tests never load that inventory).
+    m = mh.load_mailhost({"flavour": "docker-mailserver", "container": "mailserver",
+                          "config_dir": "/tmp/docker-mailserver",
+                          "host_config_dir": "/srv/mailserver/docker-data/dms/config", "proxy_service": "2525/inet"})
+    assert m.is_docker and m.service_key == "2525/inet"
+    assert m.cidr_path == "/tmp/docker-mailserver/postscreen_access.cidr"  # the seed's own path
+
+
+@pytest.mark.parametrize("data,field", [
+    (None, "mailhost"),
+    ({"flavour": "exim", "proxy_service": "2525"}, "mailhost.flavour"),
+    ({"flavour": "native"}, "mailhost.proxy_service"),
+    ({"flavour": "native", "proxy_service": "2525 inet"}, "mailhost.proxy_service"),
+    ({"flavour": "native", "proxy_service": "2525/tcp"}, "mailhost.proxy_service"),
+    ({"flavour": "native", "proxy_service": "2525", "postfix_config_dir": "etc/postfix"}, "mailhost.postfix_config_dir"),
+    ({"flavour": "native", "proxy_service": "2525", "rspamd_local_dir": "/etc/rspamd dir"}, "mailhost.rspamd_local_dir"),
+    ({"flavour": "native", "proxy_service": "2525", "rspamd_reload": "systemctl reload rspamd"}, "mailhost.rspamd_reload"),
+    ({"flavour": "native", "proxy_service": "2525", "rspamd_controller": "localhost"}, "mailhost.rspamd_controller"),
+    ({"flavour": "native", "proxy_service": "2525", "container": "x"}, "mailhost.container"),
+    ({"flavour": "native", "proxy_service": "2525", "flavor": "native"}, "mailhost.flavor"),
+    ({"flavour": "docker-mailserver", "proxy_service": "2525", "host_config_dir": "/srv/x"}, "mailhost.container"),
+    ({"flavour": "docker-mailserver", "proxy_service": "2525", "container": "mailserver"}, "mailhost.host_config_dir"),
+    ({"flavour": "docker-mailserver", "proxy_service": "2525", "container": "mail server", "host_config_dir": "/x"},
+     "mailhost.container"),
+])
+def test_bad_mailhost_data_names_the_field(data, field):
+    with pytest.raises(ConfigError) as error:
+        mh.load_mailhost(data)
+    assert str(error.value).startswith(f"inventory data {field}:")
+    assert "\n" not in str(error.value)
+
+
+def test_smtp_probe_address():
+    assert native(proxy_service="127.0.0.1:2525/inet").smtp_probe == "127.0.0.1:2525"
+    assert native(proxy_service="smtpd-proxy/inet").smtp_probe == ""  # a name, no address: no probe
+    assert native(smtp_probe=False).smtp_probe == ""
+    assert native(smtp_probe="10.0.0.5:2525").smtp_probe == "10.0.0.5:2525"
+
+
+# --- probe addresses ---------------------------------------------------------------
+
+
+def test_probe_addresses_inside_each_network_and_outside_all():
+    probes = mh.probe_addresses(RELAYS)
+    assert probes.inside == (("192.0.2.0/24", "192.0.2.1"), ("198.51.100.0/24", "198.51.100.1"),
+                             ("2001:db8:2::/48", "2001:db8:2::1"))
+    assert probes.outside == ("203.0.113.1", "2001:db8:ffff:ffff::1")
+    networks = [ipaddress.ip_network(n) for n in RELAYS]
+    for address in probes.outside:
+        assert not any(ipaddress.ip_address(address) in network for network in networks)
+
+
+def test_outside_probe_skips_candidates_inside_a_relay_network():
+    probes = mh.probe_addresses(["203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"])
+    assert probes.outside == ("198.18.0.1",)
+    assert mh.probe_addresses(["162.216.242.0/24", "72.51.58.0/24"]).outside == ("203.0.113.1",)
+
+
+# --- rendering ----------------------------------------------------------------------
+
+
+def test_postscreen_access_table_permits_every_relay_network():
+    text = mh.render_postscreen_access(RELAYS)
+    rules = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert rules == ["192.0.2.0/24\tpermit", "198.51.100.0/24\tpermit", "2001:db8:2::/48\tpermit"]
+    assert mh.parse_postscreen_access(text) == (RELAYS, [])
+    assert mh.parse_postscreen_access("garbage here\n10.0.0.0/8 reject\n") == ([], ["garbage here"])
+
+
+def test_postscreen_access_table_works_with_postmap(tmp_path):
+    scratch_main_cf(tmp_path)
+    table = tmp_path / "postscreen_access.cidr"
+    table.write_text(mh.render_postscreen_access(RELAYS))
+
+    def query(address):
+        result = subprocess.run(["postmap", "-c", str(tmp_path), "-q", address, f"cidr:{table}"],
+                                capture_output=True, text=True)
+        return result.stdout.strip(), result.stderr
+
+    probes = mh.probe_addresses(RELAYS)
+    assert all(query(address) == ("permit", "") for _, address in probes.inside)
+    assert all(query(address) == ("", "") for address in probes.outside)
+
+
+def test_rspamd_rule_disables_only_spf_and_dmarc_for_the_relays():
+    block = mh.render_rspamd_block(RELAYS)
+    assert block.startswith(mh.block_begin(mh.RSPAMD_BLOCK) + "\n") and block.endswith(mh.block_end(mh.RSPAMD_BLOCK) + "\n")
+    assert "backupmx_relay_exempt {" in block and "priority = high;" in block
+    assert 'groups_disabled = ["spf", "dmarc"];' in block
+    for network in RELAYS:
+        assert f'"{network}",' in block
+    for kept in ("dkim", "bayes", "antivirus", "symbols_disabled", "actions"):
+        assert kept not in block.split("# END")[0].split("{", 1)[1]
+
+
+def test_rspamd_rule_passes_configtest_and_configdump_shows_it(tmp_path):
+    (tmp_path / "local.d").mkdir()
+    (tmp_path / "local.d" / "settings.conf").write_text(mh.render_rspamd_block(RELAYS))
+    args = [f"--var=LOCAL_CONFDIR={tmp_path}"]
+    test = subprocess.run(["rspamadm", *args, "configtest"], capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0 and test.stdout.strip() == "syntax OK", test.stdout + test.stderr
+    dump = subprocess.run(["rspamadm", *args, "configdump", "-j", "settings"], capture_output=True, text=True,
+                          timeout=60)
+    import json
+
+    rule = json.loads(dump.stdout)[mh.RSPAMD_RULE]
+    assert rule["ip"] == RELAYS and rule["apply"]["groups_disabled"] == ["spf", "dmarc"]
+
+
+# --- marked blocks -----------------------------------------------------------------------
+
+
+FOREIGN_SETTINGS = """# the site's own rules
+authenticated {
+    priority = high;
+    authenticated = yes;
+    apply { groups_enabled = [dkim]; }
+}"""  # no trailing newline on purpose
+
+
+def test_marked_block_keeps_foreign_content_byte_for_byte():
+    block = mh.render_rspamd_block(RELAYS)
+    once = mh.with_block(FOREIGN_SETTINGS, mh.RSPAMD_BLOCK, block)
+    assert once.startswith(FOREIGN_SETTINGS + "\n\n") and once.endswith(block)
+    assert mh.with_block(once, mh.RSPAMD_BLOCK, block) == once  # idempotent
+    other = mh.with_block(once, mh.RSPAMD_BLOCK, mh.render_rspamd_block(RELAYS[:1]))
+    assert other.startswith(FOREIGN_SETTINGS + "\n\n") and '"198.51.100.0/24"' not in other
+    assert mh.with_block(once, mh.RSPAMD_BLOCK, None) == FOREIGN_SETTINGS + "\n"
+    assert mh.find_block(once, mh.RSPAMD_BLOCK) == block
+
+
+def test_marked_block_alone_makes_and_removes_the_whole_file():
+    block = mh.render_rspamd_block(RELAYS)
+    assert mh.with_block(None, mh.RSPAMD_BLOCK, block) == block
+    assert mh.with_block(block, mh.RSPAMD_BLOCK, None) is None
+    assert mh.with_block(None, mh.RSPAMD_BLOCK, None) is None
+
+
+def test_damaged_markers_are_refused():
+    block = mh.render_rspamd_block(RELAYS)
+    for damaged in (block.replace(mh.block_end(mh.RSPAMD_BLOCK), ""), block + block):
+        with pytest.raises(BackupMXError, match="markers are damaged"):
+            mh.with_block(damaged, mh.RSPAMD_BLOCK, block)
+
+
+# --- master.cf -----------------------------------------------------------------------------
+
+
+def test_options_go_on_the_listener_only_and_nothing_else_moves():
+    m = native()
+    options = {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", mh.CACHE_MAP: m.cache_map()}
+    edited = mh.set_service_options(MASTER_CF, "2525", "inet", options)
+    added = [line for line in edited.splitlines() if line not in MASTER_CF.splitlines()]
+    assert added == [f"  -o postscreen_access_list=permit_mynetworks,cidr:{m.cidr_path}",
+                     "  -o postscreen_cache_map=btree:$data_directory/postscreen_2525_cache"]
+    lines = edited.splitlines()
+    assert lines.index(added[0]) == lines.index("  -o postscreen_upstream_proxy_protocol=haproxy") + 1
+    assert mh.set_service_options(edited, "2525", "inet", options) == edited
+    changed = mh.set_service_options(edited, "2525", "inet", {mh.ACCESS_LIST: "permit_mynetworks"})
+    assert changed.count("postscreen_access_list") == 1 and "  -o postscreen_access_list=permit_mynetworks\n" in changed
+    assert mh.remove_service_options(edited, "2525", "inet", options) == MASTER_CF
+
+
+def test_master_cf_edits_check_out_with_postconf(tmp_path):
+    scratch_main_cf(tmp_path)
+    m = native(postfix_config_dir=str(tmp_path))
+    (tmp_path / "master.cf").write_text(mh.set_service_options(
+        MASTER_CF, "2525", "inet", {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", mh.CACHE_MAP: m.cache_map()}))
+    overrides = subprocess.run(["postconf", "-c", str(tmp_path), "-P"], capture_output=True, text=True).stdout
+    assert f"2525/inet/postscreen_access_list = permit_mynetworks,cidr:{m.cidr_path}" in overrides
+    assert not any(line.startswith("smtp/inet/postscreen_access_list") for line in overrides.splitlines())
+
+
+def test_master_cf_without_the_service_or_with_an_inline_option_is_refused():
+    with pytest.raises(mh.MasterCfError, match="no service 2526/inet"):
+        mh.set_service_options(MASTER_CF, "2526", "inet", {mh.ACCESS_LIST: "x"})
+    inline = MASTER_CF.replace("1       postscreen\n  -o syslog", "1       postscreen -o postscreen_access_list=x\n  -o syslog")
+    with pytest.raises(mh.MasterCfError, match="inline"):
+        mh.set_service_options(inline, "2525", "inet", {mh.ACCESS_LIST: "y"})
+    with pytest.raises(mh.MasterCfError, match="whitespace"):
+        mh.set_service_options(MASTER_CF, "2525", "inet", {mh.ACCESS_LIST: "permit_mynetworks, cidr:/x"})
+
+
+def test_master_cf_without_a_final_newline():
+    text = "smtp inet n - y - 1 postscreen\n2525 inet n - y - 1 postscreen"
+    edited = mh.set_service_options(text, "2525", "inet", {mh.ACCESS_LIST: "permit_mynetworks"})
+    assert edited == text + "\n  -o postscreen_access_list=permit_mynetworks\n"
+
+
+def listeners(params_2525: dict, params_smtp: dict | None = None) -> dict:
+    return {"smtp/inet": mh.Listener("smtp", "inet", "postscreen", params_smtp or {}),
+            "2525/inet": mh.Listener("2525", "inet", "postscreen", params_2525),
+            "smtpd/pass": mh.Listener("smtpd", "pass", "smtpd", {})}
+
+
+def test_wanted_options_keep_the_sites_entries_and_give_the_listener_its_own_cache():
+    m = native()
+    ours = f"cidr:{m.cidr_path}"
+    main = {mh.ACCESS_LIST: "permit_mynetworks", mh.CACHE_MAP: "btree:$data_directory/postscreen_cache"}
+    assert mh.wanted_listener_options(m, listeners({}), main) == {
+        mh.ACCESS_LIST: f"permit_mynetworks,{ours}", mh.CACHE_MAP: m.cache_map()}
+    # Its own cache already: left alone.
+    own = {mh.CACHE_MAP: "btree:$data_directory/proxy_cache"}
+    assert mh.wanted_listener_options(m, listeners(own), main) == {mh.ACCESS_LIST: f"permit_mynetworks,{ours}"}
+    # The same file as the other postscreen service: ours instead.
+    shared = {mh.CACHE_MAP: "btree:$data_directory/x"}
+    assert mh.wanted_listener_options(m, listeners(shared, dict(shared)), main)[mh.CACHE_MAP] == m.cache_map()
+    # A site's blocklist stays first; ours is added once.
+    site = {mh.ACCESS_LIST: "cidr:/etc/postfix/block.cidr,permit_mynetworks", **own}
+    assert mh.wanted_listener_options(m, listeners(site), main)[mh.ACCESS_LIST] == \
+        f"cidr:/etc/postfix/block.cidr,permit_mynetworks,{ours}"
+    done = {mh.ACCESS_LIST: f"permit_mynetworks,{ours}", mh.CACHE_MAP: m.cache_map()}
+    assert mh.wanted_listener_options(m, listeners(done), main) == done
+
+
+def test_missing_listener_names_the_postscreen_services_that_exist():
+    message = mh.missing_listener_message(native(proxy_service="2526/inet"), listeners({}))
+    assert "no service 2526/inet" in message and "postscreen services are: 2525/inet, smtp/inet" in message
+    assert "runs smtpd, not postscreen" in mh.missing_listener_message(native(proxy_service="smtpd/pass"), listeners({}))
+    assert mh.missing_listener_message(native(), listeners({})) is None
+
+
+# --- docker-mailserver -------------------------------------------------------------------------
+
+
+def test_docker_mailserver_spf_and_dmarc_policies_are_detected():
+    both = mh.dms_policy_conflicts({"ENABLE_POLICYD_SPF": None, "ENABLE_OPENDMARC": None})
+    assert len(both) == 2 and "ENABLE_POLICYD_SPF=unset, default 1" in both[0] and "set ENABLE_POLICYD_SPF=0" in both[0]
+    assert mh.dms_policy_conflicts({"ENABLE_POLICYD_SPF": "0", "ENABLE_OPENDMARC": "0"}) == []
+    wired = mh.dms_policy_conflicts({"ENABLE_POLICYD_SPF": "0", "ENABLE_OPENDMARC": "0"},
+                                    "permit_mynetworks, check_policy_service unix:private/policyd-spf",
+                                    "$dkim_milter $dmarc_milter $rspamd_milter")
+    assert [c.split("=")[0] for c in wired] == ["ENABLE_POLICYD_SPF", "ENABLE_OPENDMARC"]
+
+
+USER_PATCHES = """#!/bin/bash
+# the site's own patches: the PROXY-v2 listener for HAProxy
+postconf -M '2525/inet=2525 inet n - n - 1 postscreen'
+postconf -P '2525/inet/postscreen_upstream_proxy_protocol=haproxy'
+"""
+
+
+def test_user_patches_block_is_appended_marked_and_idempotent():
+    m = dms()
+    options = {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", mh.CACHE_MAP: m.cache_map()}
+    block = mh.render_user_patches_block(m, options)
+    once = mh.with_block(USER_PATCHES, mh.USER_PATCHES_BLOCK, block)
+    assert once == USER_PATCHES + "\n" + block, "after the lines that define the listener"
+    assert mh.with_block(once, mh.USER_PATCHES_BLOCK, block) == once
+    assert "postconf -P 2525/inet/postscreen_access_list=permit_mynetworks,cidr:/tmp/docker-mailserver/" \
+           "postscreen_access.cidr" in block
+    assert "postconf -P '2525/inet/postscreen_cache_map=btree:$data_directory/postscreen_2525_cache'" in block
+    assert mh.with_block(once, mh.USER_PATCHES_BLOCK, None) == USER_PATCHES
+
+
+def test_user_patches_block_runs_the_postconf_commands_it_shows(tmp_path):
+    """Run the block under bash with a postconf that records its arguments."""
+    m = dms()
+    options = {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", mh.CACHE_MAP: m.cache_map()}
+    log = tmp_path / "calls"
+    stub = tmp_path / "postconf"
+    stub.write_text(f"#!/bin/sh\nfor a in \"$@\"; do printf '[%s]' \"$a\"; done >>{log}\necho >>{log}\n")
+    stub.chmod(0o755)
+    script = tmp_path / "user-patches.sh"
+    script.write_text(mh.with_block(None, mh.USER_PATCHES_BLOCK, mh.render_user_patches_block(m, options),
+                                    header="#!/bin/bash\n"))
+    subprocess.run(["bash", str(script)], check=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert log.read_text().splitlines() == [
+        "[-P][2525/inet/postscreen_access_list=permit_mynetworks,cidr:/tmp/docker-mailserver/postscreen_access.cidr]",
+        "[-P][2525/inet/postscreen_cache_map=btree:$data_directory/postscreen_2525_cache]",
+    ]
+
+
+# --- the transaction, executed locally -----------------------------------------------------------
+
+
+def stub(directory: Path, name: str, body: str) -> None:
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def bin_dir(tmp_path):
+    """Stand-ins for the daemons' commands: each logs its call; behaviour set by env files."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    log = tmp_path / "calls.log"
+    for name in ("reload-postfix", "reload-rspamd"):
+        stub(directory, name, f'echo "{name} $*" >>{log}')
+    # "postfix check": prints $tmp/postfix-check.out if it exists (after the swap, if armed).
+    stub(directory, "postfix", f'echo "postfix $*" >>{log}; '
+                               f'[ -f {tmp_path}/postfix-check.out ] && cat {tmp_path}/postfix-check.out; exit 0')
+    stub(directory, "rspamadm", f'echo "rspamadm $*" >>{log}; if [ -f {tmp_path}/rspamd.bad ]; then '
+                                'echo "syntax BAD" >&2; exit 1; fi; echo "syntax OK"')
+    return directory
+
+
+def run_script(script: str, bin_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+
+
+def calls(tmp_path: Path) -> list[str]:
+    log = tmp_path / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def scratch_files(tmp_path: Path) -> tuple[Path, Path]:
+    old = tmp_path / "conf" / "settings.conf"
+    old.parent.mkdir()
+    old.write_bytes(b"old contents\r\nno final newline")
+    old.chmod(0o640)
+    return old, tmp_path / "conf" / "new.cidr"
+
+
+def text_of(path: Path) -> str:
+    """A file's text exactly (no newline translation), as the facts read it."""
+    return path.read_bytes().decode()
+
+
+def test_transaction_swaps_validates_reloads_and_cleans_up(tmp_path, bin_dir):
+    old, new = scratch_files(tmp_path)
+    tx = mh.Transaction(
+        label="test", files=(mh.FileChange(str(old), text_of(old), "replaced\n"), mh.FileChange(str(new), None, "x\n")),
+        rspamd_configtest=("rspamadm", "configtest"), reloads=(("reload-rspamd",),))
+    result = run_script(mh.transaction_script(tx), bin_dir)
+    assert result.returncode == 0, result.stderr
+    assert old.read_text() == "replaced\n" and stat.S_IMODE(old.stat().st_mode) == 0o640
+    assert new.read_text() == "x\n" and stat.S_IMODE(new.stat().st_mode) == 0o644
+    assert calls(tmp_path) == ["rspamadm configtest", "rspamadm configtest", "reload-rspamd "]
+    assert sorted(p.name for p in old.parent.iterdir()) == ["new.cidr", "settings.conf"]
+
+
+def test_transaction_failure_restores_byte_for_byte_and_reloads_nothing(tmp_path, bin_dir):
+    old, new = scratch_files(tmp_path)
+    before = old.read_bytes()
+    tx = mh.Transaction(
+        label="test", files=(mh.FileChange(str(old), text_of(old), "broken\n"), mh.FileChange(str(new), None, "x\n")),
+        rspamd_configtest=("sh", "-c", f"[ -f {tmp_path}/armed ] && rspamadm configtest; touch {tmp_path}/armed; "
+                                       "echo 'syntax OK'"),
+        reloads=(("reload-rspamd",),))
+    (tmp_path / "rspamd.bad").touch()
+    result = run_script(mh.transaction_script(tx), bin_dir)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    # Exit 0, but a new complaint on its output: that is a failure too.
+    assert line.startswith("backupmx: test: rspamadm configtest fails after the change (exit 0): syntax BAD")
+    assert "previous files restored byte for byte (settings.conf, new.cidr), nothing reloaded" in line
+    assert old.read_bytes() == before and stat.S_IMODE(old.stat().st_mode) == 0o640
+    assert not new.exists() and "reload-rspamd " not in calls(tmp_path)
+    assert sorted(p.name for p in old.parent.iterdir()) == ["settings.conf"]
+
+
+def test_transaction_counts_only_new_postfix_check_warnings(tmp_path, bin_dir):
+    old, _ = scratch_files(tmp_path)
+    (tmp_path / "postfix-check.out").write_text("postfix/postfix-script: warning: an old complaint\n")
+    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), text_of(old), "new\n"),),
+                        postfix_check=("postfix", "check"), reloads=(("reload-postfix",),))
+    assert run_script(mh.transaction_script(tx), bin_dir).returncode == 0  # a warning that was there before
+    (tmp_path / "new.out").write_text("postconf: warning: master.cf: unused parameter: postscren_x=1\n")
+    # Before the swap: the old complaint; after it: the old one and a new one.
+    check = f"postfix check; [ -f {tmp_path}/swapped ] && cat {tmp_path}/new.out; touch {tmp_path}/swapped"
+    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), "new\n", "newer\n"),),
+                        postfix_check=("sh", "-c", check), reloads=(("reload-postfix",),))
+    result = run_script(mh.transaction_script(tx), bin_dir)
+    assert result.returncode == 1 and old.read_text() == "new\n"
+    assert "postfix check warns after the change: postconf: warning: master.cf: unused parameter: postscren_x=1;" \
+           in result.stderr
+    assert "an old complaint" not in result.stderr
+
+
+def test_transaction_refuses_a_file_changed_since_the_plan(tmp_path, bin_dir):
+    old, new = scratch_files(tmp_path)
+    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), "what the plan saw\n", "new\n"),),
+                        reloads=(("reload-postfix",),))
+    result = run_script(mh.transaction_script(tx), bin_dir)
+    assert result.returncode == 1 and "changed since it was read; re-run" in result.stderr
+    assert old.read_bytes() == b"old contents\r\nno final newline" and calls(tmp_path) == []
+    new.write_text("someone else's\n")
+    tx = mh.Transaction(label="test", files=(mh.FileChange(str(new), None, "ours\n"),))
+    result = run_script(mh.transaction_script(tx), bin_dir)
+    assert result.returncode == 1 and "appeared since it was read" in result.stderr
+    assert new.read_text() == "someone else's\n"
+
+
+def test_transaction_probes_must_answer_as_expected(tmp_path, bin_dir):
+    old, _ = scratch_files(tmp_path)
+    before = old.read_bytes()
+    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), text_of(old), "new\n"),),
+                        probes=((("echo", "-q", "192.0.2.1", "cidr:x"), "permit"),),
+                        reloads=(("reload-postfix",),))
+    result = run_script(mh.transaction_script(tx), bin_dir)
+    assert result.returncode == 1 and "postmap probe: 192.0.2.1 should answer permit, got '-q 192.0.2.1 cidr:x'" \
+        in result.stderr
+    assert old.read_bytes() == before and calls(tmp_path) == []
+
+
+# --- docker-mailserver, with a stand-in docker ------------------------------------------------
+
+
+@pytest.fixture
+def fake_docker(tmp_path, bin_dir):
+    """A docker-mailserver layout on local disk, and a `docker` that runs `docker exec` locally.
+
+    The "container" and the host share the file system, so the mounted config
+    directory is the same path on both sides, as a bind mount makes it.
+    """
+    config = tmp_path / "dms-config"
+    (config / "rspamd" / "override.d").mkdir(parents=True)
+    (config / "user-patches.sh").write_text(USER_PATCHES)
+    postfix = tmp_path / "etc-postfix"
+    postfix.mkdir()
+    scratch_main_cf(postfix)
+    (postfix / "master.cf").write_text(MASTER_CF)
+    rspamd = tmp_path / "etc-rspamd"
+    (rspamd / "override.d").mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    stub(bin_dir, "docker", f'echo "docker $*" >>{log}; [ "$1" = exec ] || exit 99; shift; '
+                            '[ "$1" = -i ] && shift; shift; exec "$@"')
+    stub(bin_dir, "supervisorctl", f'echo "supervisorctl $*" >>{log}')
+    # `postfix -c DIR check` reports master.cf/main.cf warnings the way postconf does.
+    stub(bin_dir, "postfix", f'echo "postfix $*" >>{log}; if [ "$3" = check ]; then postconf -c "$2" -n >/dev/null; fi')
+    m = mh.load_mailhost({"flavour": "docker-mailserver", "container": "mailserver", "proxy_service": "2525/inet",
+                          "docker": str(bin_dir / "docker"), "config_dir": str(config), "host_config_dir": str(config),
+                          "postfix_config_dir": str(postfix), "rspamd_local_dir": str(rspamd)})
+    return m
+
+
+def run_fact(fact_class, bin_dir, **kwargs):
+    """A fact's command run locally (as pyinfra would over SSH), its output processed."""
+    fact = fact_class()
+    command = fact.command(**kwargs).get_raw_value()
+    result = run_script(command, bin_dir)
+    assert result.returncode == 0, result.stderr
+    return fact.process(result.stdout.splitlines()) if result.stdout else fact.default()
+
+
+def test_docker_mailserver_facts_run_through_docker_exec(tmp_path, bin_dir, fake_docker):
+    m = fake_docker
+    found = run_fact(facts.PostscreenListeners, bin_dir, config_dir=m.postfix_config_dir, **facts.facts_args(m))
+    assert found["postconf"] and found["services"]["2525/inet"].params == {
+        "syslog_name": "postfix/smtpd-proxyprotocol", "postscreen_upstream_proxy_protocol": "haproxy"}
+    assert f"docker exec mailserver postconf -c {m.postfix_config_dir} -P" in calls(tmp_path)
+    env = {"ENABLE_OPENDMARC": "0"}
+    policies = run_fact(facts.DockerMailserverPolicies, bin_dir, container="mailserver", docker=m.docker)
+    assert policies["ok"] and policies["env"]["ENABLE_POLICYD_SPF"] is None  # unset: docker-mailserver's default 1
+    os.environ.update(env)
+    try:
+        policies = run_fact(facts.DockerMailserverPolicies, bin_dir, container="mailserver", docker=m.docker)
+    finally:
+        del os.environ["ENABLE_OPENDMARC"]
+    assert policies["env"]["ENABLE_OPENDMARC"] == "0"
+    files = run_fact(facts.MailhostFiles, bin_dir, paths=(m.user_patches_host_path, m.cidr_host_path))
+    assert files == {m.user_patches_host_path: {"content": USER_PATCHES, "error": None},
+                     m.cidr_host_path: {"content": None, "error": None}}
+
+
+def test_postconf_missing_is_not_an_absent_whitelist(tmp_path, bin_dir):
+    stub(bin_dir, "postconf", "exit 127")  # shadows the real one, as if Postfix were not installed
+    (bin_dir / "postconf").unlink()
+    env_path = f"{bin_dir}:/usr/local/bin:/bin"  # /usr/sbin (postconf) left out
+    command = facts.PostscreenListeners().command(config_dir="/etc/postfix").get_raw_value()
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env={"PATH": env_path})
+    found = facts.PostscreenListeners().process(result.stdout.splitlines())
+    assert found["postconf"] is False and "postconf not found" in found["error"]
+
+
+def docker_plan_transaction(m: mh.MailHost, listener_params: dict, user_patches: str | None) -> mh.Transaction:
+    """What operations.mailhost builds for docker-mailserver, from the same pure pieces."""
+    services = listeners(listener_params)
+    options = mh.wanted_listener_options(m, services, {mh.ACCESS_LIST: "permit_mynetworks"})
+    block = mh.render_user_patches_block(m, options)
+    new_patches = mh.with_block(user_patches, mh.USER_PATCHES_BLOCK, block, header="#!/bin/bash\n")
+    probes = mh.probe_addresses(RELAYS)
+    return mh.Transaction(
+        label="postscreen_whitelist 2525/inet",
+        files=(mh.FileChange(m.cidr_host_path, None, mh.render_postscreen_access(RELAYS)),
+               mh.FileChange(m.user_patches_host_path, user_patches, new_patches)),
+        live_files=(tuple(m.in_target([m.master_cf_path])),),
+        live_commands=tuple((f"postconf -P {name}", tuple(m.postconf("-P", f"{m.service_key}/{name}={value}")))
+                            for name, value in options.items()),
+        postfix_check=tuple(m.postfix_check()),
+        probes=tuple((tuple(m.postmap_query(a)), "permit") for _, a in probes.inside)
+        + tuple((tuple(m.postmap_query(a)), "") for a in probes.outside),
+        reloads=(tuple(m.postfix_reload_argv()),),
+    )
+
+
+def test_docker_mailserver_whitelist_applies_live_in_the_container(tmp_path, bin_dir, fake_docker):
+    m = fake_docker
+    tx = docker_plan_transaction(m, {"syslog_name": "postfix/smtpd-proxyprotocol",
+                                     "postscreen_upstream_proxy_protocol": "haproxy"}, USER_PATCHES)
+    result = run_script(mh.transaction_script(tx), bin_dir)
+    assert result.returncode == 0, result.stderr
+    overrides = subprocess.run(["postconf", "-c", m.postfix_config_dir, "-P"], capture_output=True, text=True).stdout
+    assert f"2525/inet/postscreen_access_list = permit_mynetworks,cidr:{m.cidr_path}" in overrides
+    assert Path(m.user_patches_host_path).read_text().startswith(USER_PATCHES)
+    log = calls(tmp_path)
+    assert f"docker exec mailserver postconf -c {m.postfix_config_dir} -P 2525/inet/postscreen_access_list=" \
+           f"permit_mynetworks,cidr:{m.cidr_path}" in log
+    assert f"docker exec mailserver postfix -c {m.postfix_config_dir} reload" in log
+    assert any(line.startswith("docker exec mailserver postmap") for line in log)
+    assert not list(Path(m.postfix_config_dir).glob("*.backupmx-*"))
+
+
+def test_docker_mailserver_failure_restores_the_container_and_the_host(tmp_path, bin_dir, fake_docker):
+    m = fake_docker
+    master_before = Path(m.master_cf_path).read_bytes()
+    tx = docker_plan_transaction(m, {}, USER_PATCHES)
+    tx = mh.Transaction(**{**tx.__dict__, "live_commands": tx.live_commands + (
+        ("postconf -P a misspelled one", tuple(m.postconf("-P", "2525/inet/postscren_greet_action=enforce"))),)})
+    result = run_script(mh.transaction_script(tx), bin_dir)
+    assert result.returncode == 1
+    assert "postfix check warns after the change" in result.stderr or "unused parameter" in result.stderr, result.stderr
+    assert Path(m.master_cf_path).read_bytes() == master_before
+    assert Path(m.user_patches_host_path).read_text() == USER_PATCHES and not Path(m.cidr_host_path).exists()
+    assert not any("reload" in line for line in calls(tmp_path))
+
+
+def test_docker_mailserver_rspamd_settings_reach_the_container(tmp_path, bin_dir, fake_docker):
+    m = fake_docker
+    new = mh.with_block(None, mh.RSPAMD_BLOCK, mh.render_rspamd_block(RELAYS))
+    tx = mh.Transaction(
+        label="rspamd_exemption",
+        files=(mh.FileChange(m.rspamd_settings_host_path, None, new),),
+        live_files=(tuple(m.in_target([m.rspamd_settings_live_path])),),
+        live_commands=(("copy", tuple(m.in_target(["cp", m.rspamd_settings_mounted_path, m.rspamd_settings_live_path]))),),
+        rspamd_configtest=tuple(m.rspamadm("configtest")),
+        reloads=(tuple(m.rspamd_reload_argv()),))
+    result = run_script(mh.transaction_script(tx), bin_dir)
+    assert result.returncode == 0, result.stderr
+    assert Path(m.rspamd_settings_live_path).read_text() == new
+    assert "docker exec mailserver supervisorctl signal HUP rspamd" in calls(tmp_path)
+    found = run_fact(facts.RspamdExemption, bin_dir, settings_path=m.rspamd_settings_host_path,
+                     live_path=m.rspamd_settings_live_path, dump=False, **facts.facts_args(m))
+    assert found["block"] == mh.render_rspamd_block(RELAYS) and found["live_file"] == new
+
+
+# --- the docker-mailserver operations, through pyinfra, with the stand-in docker ---------------------
+
+
+def local_state():
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+
+    state = State(inventory=Inventory(([("@local", {})], {})), config=Config())
+    connect_all(state)
+    return state, state.inventory.get_host("@local")
+
+
+def add_and_run(operations, **kwargs):
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+
+    state, host = local_state()
+    metas = [add_op(state, operation, name=operation.__name__, **kwargs)[host] for operation in operations]
+    changes = [meta.will_change for meta in metas]
+    try:
+        run_ops(state)
+    except PyinfraError:
+        pass
+    return changes, host not in state.failed_hosts
+
+
+def test_docker_mailserver_operations_apply_and_converge(tmp_path, bin_dir, fake_docker, monkeypatch):
+    from operations.mailhost import postscreen_whitelist, rspamd_exemption
+
+    m = fake_docker
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("ENABLE_POLICYD_SPF", "0")
+    monkeypatch.setenv("ENABLE_OPENDMARC", "0")
+    master_before = Path(m.master_cf_path).read_text()
+
+    changes, ok = add_and_run([rspamd_exemption, postscreen_whitelist], mailhost=m, relay_cidrs=RELAYS)
+
+    assert changes == [True, True] and ok
+    patches = Path(m.user_patches_host_path).read_text()
+    assert patches.startswith(USER_PATCHES) and mh.find_block(patches, mh.USER_PATCHES_BLOCK)
+    assert Path(m.cidr_host_path).read_text() == mh.render_postscreen_access(RELAYS)
+    assert Path(m.rspamd_settings_live_path).read_text() == Path(m.rspamd_settings_host_path).read_text()
+    overrides = subprocess.run(["postconf", "-c", m.postfix_config_dir, "-P"], capture_output=True, text=True).stdout
+    assert f"2525/inet/postscreen_access_list = permit_mynetworks,cidr:{m.cidr_path}" in overrides
+    assert f"2525/inet/postscreen_cache_map = {m.cache_map()}" in overrides
+    assert Path(m.master_cf_path).read_text() != master_before
+    log = calls(tmp_path)
+    assert "docker exec mailserver supervisorctl signal HUP rspamd" in log
+    assert f"docker exec mailserver postfix -c {m.postfix_config_dir} reload" in log
+
+    # Second run: nothing to change, on the host or in the "container".
+    (tmp_path / "calls.log").unlink()
+    changes, ok = add_and_run([rspamd_exemption, postscreen_whitelist], mailhost=m, relay_cidrs=RELAYS)
+    assert changes == [False, False] and ok
+    assert not any("reload" in line or "HUP" in line for line in calls(tmp_path))
+
+    # The container was recreated from its image: user-patches.sh is right, the live master.cf is not.
+    Path(m.master_cf_path).write_text(master_before)
+    changes, ok = add_and_run([postscreen_whitelist], mailhost=m, relay_cidrs=RELAYS)
+    assert changes == [True] and ok
+    assert Path(m.user_patches_host_path).read_text() == patches
+    assert "postscreen_access_list" in Path(m.master_cf_path).read_text()
+
+
+def test_docker_mailserver_with_policyd_spf_on_is_refused_before_anything_changes(tmp_path, bin_dir, fake_docker,
+                                                                                  monkeypatch):
+    from pyinfra.api.exceptions import OperationError
+
+    from operations.mailhost import postscreen_whitelist
+
+    m = fake_docker
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("ENABLE_POLICYD_SPF", raising=False)  # unset: docker-mailserver's default, 1
+    monkeypatch.setenv("ENABLE_OPENDMARC", "0")
+    with pytest.raises(OperationError) as error:
+        add_and_run([postscreen_whitelist], mailhost=m, relay_cidrs=RELAYS)
+    assert "ENABLE_POLICYD_SPF=unset, default 1" in str(error.value)
+    assert "set ENABLE_POLICYD_SPF=0 in mailserver.env and recreate the container" in str(error.value)
+    assert Path(m.user_patches_host_path).read_text() == USER_PATCHES and not Path(m.cidr_host_path).exists()
