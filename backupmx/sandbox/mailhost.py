@@ -29,6 +29,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from backupmx.sandbox import seed
+from backupmx.sandbox.supervisor import group_alive
 from backupmx.sandbox.world import LOOPBACK, Sandbox, Service
 
 SERVICE_NAMES = ["sshd", "rspamd", "postfix"]
@@ -483,12 +484,12 @@ def _stop_postfix(config_dir: str, start_fg: subprocess.Popen, timeout: float = 
     subprocess.run(["/usr/sbin/postfix", "-c", config_dir, "stop"], capture_output=True, timeout=30)
 
     def running() -> bool:
-        return start_fg.poll() is None or (master is not None and _group_alive(master))
+        return start_fg.poll() is None or (master is not None and group_alive(master))
 
     while running() and time.monotonic() < deadline:
         time.sleep(0.05)
     for group in (master, start_fg.pid):
-        if group is not None and _group_alive(group):
+        if group is not None and group_alive(group):
             os.killpg(group, signal.SIGKILL)
     start_fg.wait()
 
@@ -511,12 +512,6 @@ def _master_pid(config_dir: str) -> int | None:
     if comm != "master" or f"MAIL_CONFIG={config_dir}".encode() not in environ:
         return None
     return pid
-
-
-def _group_alive(pgid: int) -> bool:
-    from backupmx.sandbox.supervisor import Supervisor
-
-    return Supervisor._group_alive(pgid)
 
 
 if __name__ == "__main__":

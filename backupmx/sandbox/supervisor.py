@@ -102,15 +102,15 @@ class Supervisor:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._group_alive(pid):
+        while time.monotonic() < deadline and group_alive(pid):
             self._reap(pid)
             time.sleep(0.05)
-        if self._group_alive(pid):
+        if group_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            while self._group_alive(pid):
+            while group_alive(pid):
                 self._reap(pid)
                 time.sleep(0.05)
         pidfile.unlink(missing_ok=True)
@@ -123,14 +123,14 @@ class Supervisor:
         except ChildProcessError:
             pass
 
-    @staticmethod
-    def _group_alive(pgid: int) -> bool:
-        """Whether any live (non-zombie) process is still in process group ``pgid``."""
-        for stat_path in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat_path.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-        return False
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is still in process group ``pgid``."""
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.sandbox.supervisor import Supervisor
+from backupmx.sandbox.supervisor import Supervisor, group_alive
 
 SANDBOX_CLI = str(Path(sys.executable).with_name("backupmx-sandbox"))
 pytestmark = pytest.mark.lifecycle
@@ -46,7 +46,7 @@ def test_up_twice_then_down_twice_leaves_nothing(world, sandbox):
 
     for name, pid in before.items():
         assert not os.path.exists(f"/proc/{pid}") or supervisor.pid(name) is None, name
-    assert not [group for group in before.values() if Supervisor._group_alive(group)]
+    assert not [group for group in before.values() if group_alive(group)]
     open_ports = {name: port for name, port in sandbox.ports().items() if listening(port)}
     assert not open_ports
 
