@@ -43,8 +43,11 @@ sandbox-up: setup
 sandbox-down:
 	@[ ! -x $(BIN)/backupmx-sandbox ] || $(BIN)/backupmx-sandbox down
 
+# Benchmarks (bench/, docs/performance.md): not part of `make test`; they print a table.
+# Their own sandbox world (/var/tmp/backupmx-bench unless BACKUPMX_SANDBOX_DIR is set).
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python -m pip install -q --progress-bar off -e '.[test,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: sandbox-down
 	rm -rf .sandbox $(VENV)

@@ -89,6 +89,8 @@ class VaultSettings:
 class CloudflareSettings:
     api_base: str = PRODUCTION_CLOUDFLARE_API
     record_quota: int = FREE_PLAN_RECORD_QUOTA
+    # Seconds to wait for an answer (connect timeout is 5 s); a timed-out write is re-read, not blindly retried.
+    read_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,10 @@ class Settings:
     mta_sts: MtaStsSettings = MtaStsSettings()
     # How long stage 5 waits for the authoritative DNS to show the new MX set.
     dns_wait_seconds: int = 300
+    # Controller-side state: the per-domain run locks and the change log
+    # (docs/reliability.md). Defaults: ~/.local/state/backupmx, <state_dir>/audit.jsonl.
+    state_dir: str = ""
+    audit_log: str = ""
 
 
 def load_settings(data: Mapping[str, Any]) -> Settings:
@@ -133,7 +139,25 @@ def load_settings(data: Mapping[str, Any]) -> Settings:
         gate_ledger=gate_ledger(_get(data, "gate_ledger"), domains),
         mta_sts=_mta_sts(_get(data, "mta_sts") or {}),
         dns_wait_seconds=_seconds(_get(data, "dns_wait_seconds"), "dns_wait_seconds", default=300),
+        state_dir=_local_path(_get(data, "state_dir"), "state_dir") or default_state_dir(),
+        audit_log=_local_path(_get(data, "audit_log"), "audit_log"),
     )
+
+
+def default_state_dir() -> str:
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "backupmx")
+
+
+def _local_path(value: Any, field_name: str) -> str:
+    """An absolute path on the control machine, or "" when not set."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value or value.endswith("/.."):
+        raise ConfigError(field_name, f"{value!r} is not an absolute path", "e.g. /var/lib/backupmx")
+    return value
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
@@ -267,6 +291,12 @@ def relay_cidrs(value: Any, field_name: str = "relay_cidrs") -> tuple[IPNetwork,
             loose = _loose_network(raw)
             fix = f"did you mean {loose}?" if loose else "write it as address/prefix, e.g. 192.0.2.0/24"
             raise ConfigError(where, f"{raw!r} is not a network ({_why(error)})", fix) from None
+        mapped = network.version == 6 and network.network_address.ipv4_mapped
+        if mapped:
+            # Postfix sees an IPv4 client as IPv4: a ::ffff: entry would never match it.
+            prefix = network.prefixlen - 96
+            fix = f"write {mapped}/{prefix}" if prefix >= 0 else "write the IPv4 network"
+            raise ConfigError(where, f"{raw!r} is an IPv4-mapped IPv6 network", fix)
         widest = WIDEST_PREFIX[network.version]
         if network.prefixlen < widest:
             raise ConfigError(where, f"{raw!r} is wider than /{widest}: whitelisting it would exempt "
@@ -309,7 +339,9 @@ def _cloudflare(value: Any) -> CloudflareSettings:
     quota = value.get("record_quota", FREE_PLAN_RECORD_QUOTA)
     if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
         raise ConfigError("cloudflare.record_quota", f"{quota!r} is not a record count")
-    return CloudflareSettings(api_base.rstrip("/"), quota)
+    _known_keys(value, "cloudflare", ("api_base", "record_quota", "read_timeout"))
+    return CloudflareSettings(api_base.rstrip("/"), quota,
+                              _timeout(value.get("read_timeout", 30.0), "cloudflare.read_timeout"))
 
 
 def _dns_servers(value: Any) -> tuple[str, ...]:
@@ -474,6 +506,9 @@ def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
     if value is None:
         return ProviderProfile(name=backup_provider)
     value = _mapping(value, "provider")
+    if not value:
+        raise ConfigError("provider", "is an empty profile",
+                          "set provider.backend ('api' with provider.user, or 'ledger'), or leave `provider` out")
     _known_keys(value, "provider", ("name", "backend", "api_base", "user", "key_secret", "ca_bundle",
                                     "connect_timeout", "read_timeout", "retries", "manual_url", "api"))
     name = value.get("name", backup_provider)

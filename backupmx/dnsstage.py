@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from backupmx import dnscheck, mtasts, mxplan
+from backupmx import audit, dnscheck, mtasts, mxplan
 from backupmx.cloudflare import CloudflareClient
 from backupmx.config import Domain, Settings
 from backupmx.errors import BackupMXError
@@ -38,7 +38,8 @@ class Assessment:
 class DNSStage:
     def __init__(self, settings: Settings, token):
         self.settings = settings
-        self.client = CloudflareClient(settings.cloudflare.api_base, token)
+        self.client = CloudflareClient(settings.cloudflare.api_base, token,
+                                       timeout=(5.0, settings.cloudflare.read_timeout))
 
     def assess(self, domain: Domain) -> Assessment:
         zone_id = self.client.zone_id(domain.zone)
@@ -69,7 +70,15 @@ class DNSStage:
         if not plan.changed:
             log(f"MX {domain.name}: already as wanted")
             return plan
-        self.client.apply(assessment.zone_id, plan)
+        # Creates first, then deletes (the MX set never shrinks mid-way), as
+        # CloudflareClient.apply does; one audit line right after each change.
+        for record in plan.creates:
+            created = self.client.create_mx(assessment.zone_id, record.name, record.host, record.priority,
+                                            record.comment)
+            audit.append(self.settings, "dns.create", domain.name, None, audit.record_dict(created))
+        for record in plan.deletes:
+            self.client.delete_record(assessment.zone_id, record.id)
+            audit.append(self.settings, "dns.delete", domain.name, audit.record_dict(record), None)
         for line in plan.diff():
             log(f"applied {line}")
         wanted = {(mx.priority, mx.host) for mx in domain.primary_mx} | {

@@ -91,7 +91,13 @@ class Maintenance:
         return lines
 
     def set_hold(self, domain: str, on: bool) -> Fact:
-        return self.provider().set_hold(domain, on)
+        from backupmx import audit
+
+        before = self.provider().domain_facts(domain).hold
+        after = self.provider().set_hold(domain, on)
+        audit.append(self.settings, "provider.hold", domain, {"hold": before.value},
+                     {"hold": after.value, "evidence": after.evidence})
+        return after
 
     def provider_steps(self, change: str, domain: str) -> list[str]:
         return manual_steps(self.settings, change, domain)

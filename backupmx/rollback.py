@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from backupmx import dnscheck, mxplan
+from backupmx import audit, dnscheck, mxplan
 from backupmx.cloudflare import CloudflareClient
 from backupmx.config import Domain, Settings
 from backupmx.errors import BackupMXError, SecretError
@@ -93,7 +93,8 @@ class Rollback:
             token = self.secrets.get(CLOUDFLARE_TOKEN, allow_env=True)
             source = self.secrets.sources.get(CLOUDFLARE_TOKEN, "Vault")
             self._cloudflare = CloudflareClient(self.settings.cloudflare.api_base, token,
-                                                token_source=source)
+                                                token_source=source,
+                                                timeout=(5.0, self.settings.cloudflare.read_timeout))
         return self._cloudflare
 
     def token_source(self) -> str | None:
@@ -167,6 +168,7 @@ class Rollback:
                 log(f"warning: {warning}")
             for record in plan.deletes:
                 client.delete_record(zone_id, record.id)
+                audit.append(self.settings, "dns.delete", domain.name, audit.record_dict(record), None)
                 log(f"deleted {record.render()}")
         except BackupMXError as error:
             backups = ", ".join(f"{self.settings.backup_mx.priority} {h}" for h in self.settings.backup_mx.hosts)
@@ -230,6 +232,8 @@ class Rollback:
             if facts.enabled.known and facts.enabled.value is False:
                 return self.add("3", title, PASS, f"already disabled ({facts.enabled.evidence}){queued}")
             after = provider.set_enabled(domain.name, False)
+            audit.append(self.settings, "provider.domain_enabled", domain.name,
+                         {"enabled": facts.enabled.value}, {"enabled": after.value, "evidence": after.evidence})
             log(f"{name}: {domain.name} disabled ({after.evidence})")
             return self.add("3", title, CHANGE, f"disabled ({after.evidence}){queued}")
         except ManualStepRequired as manual:

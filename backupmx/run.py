@@ -160,8 +160,24 @@ def current_run() -> Run:
                 settings = load_settings(current_host.data)
             except BackupMXError as error:
                 raise DeployError(str(error)) from None
+            take_run_lock(settings, current_host.data)
             run = Run(settings)
             run.check_inventory()
             run.check_secrets()
             _runs[state] = run
     return run
+
+
+def take_run_lock(settings: Settings, data) -> None:
+    """The per-domain locks (backupmx.lock), before any stage reads state to change it; not under --dry."""
+    from backupmx import lock
+    from backupmx.audit import deploy_name
+
+    if lock.dry_run():
+        return
+    try:
+        wait = lock.parse_wait(data.get("lock_wait"))
+        lock.acquire(settings.state_dir, [domain.name for domain in settings.domains], deploy_name(), wait,
+                     sleep=gevent.sleep)
+    except BackupMXError as error:
+        raise DeployError(str(error)) from None

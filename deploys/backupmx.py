@@ -33,6 +33,10 @@ mailhost_names = [target.name for target in inventory if is_mailhost(target)]
 run = current_run()
 relay_cidrs = run.settings.relay_cidrs
 probe_domain = run.settings.domains[0].name
+# Stage 0 for the mail hosts too: every mail host's `mailhost` data is validated
+# here, whichever host is prepared first, so bad data stops the run before a gate
+# contacts anything.
+mailhost_data = {target.name: mailhost_settings(target) for target in inventory if is_mailhost(target)}
 
 if run.first_pass():
     # Stage 2: gates G1-G4, read-only.
@@ -45,7 +49,7 @@ if run.first_pass():
 # stops here, nothing contacted), what stage 3 would change, and, when nothing,
 # the proof that the whitelist and the exemption are live already.
 if is_mailhost(host):
-    mailhost = mailhost_settings(host)
+    mailhost = mailhost_data[host.name]
     mailhost_assessment = assess_mailhost(mailhost, relay_cidrs, probe_domain)
     report_mailhost(run, host.name, mailhost_assessment)
 

@@ -31,6 +31,8 @@ _settings = {
     },
     "cloudflare": {"api_base": _world["cloudflare_api_base"], "record_quota": _world["record_quota"]},
     "dns_servers": [_world["dns"]],
+    # Run locks and the change log (docs/reliability.md) stay inside the sandbox.
+    "state_dir": _world["root"] + "/state",
     "provider": {"name": "rollernet", "backend": "api", "api_base": _world["acc_api_base"],
                  "user": _world["acc_user"]},
     # Operator-confirmed facts (docs/gates.md). The fake ACC defers over-limit mail
@@ -54,6 +56,17 @@ mailhosts = [
             "ssh_known_hosts_file": _ssh["known_hosts"],
             "ssh_strict_host_key_checking": "yes",
             "mailhost": _world["mailhost"],
+            # The failover drill (deploys/failover_test.py, docs/failover-drill.md):
+            # stop/start only the sandbox Postfix, its Maildir, the test sender.
+            "failover": {
+                **_world.get("failover", {}),
+                "sender_domain": _world["sender_domain"],
+                "dkim_key": _world["dkim_key"],
+                "dkim_selector": _world["dkim_selector"],
+                "probes": 3,
+                "window_seconds": 20,
+                "drain_seconds": 30,
+            },
         },
     ),
 ]

@@ -37,6 +37,9 @@ def current_rollback(data) -> Rollback:
             settings = load_settings(data)
         except BackupMXError as error:
             raise DeployError(str(error)) from None
+        from backupmx.run import take_run_lock
+
+        take_run_lock(settings, data)
         rollback = Rollback(settings)
         _runs[current] = rollback
         # One table at the very end, whatever happened: pyinfra stops running a

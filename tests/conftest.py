@@ -43,3 +43,51 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("lifecycle") is not None)
+
+
+# --- secret hygiene, suite-wide (docs/reliability.md) ---------------------------------
+
+_secret_values: list[str] | None = None
+
+
+def _seeded_secrets() -> list[str]:
+    """The sandbox's generated secret values (``<sandbox root>/secrets.json``), read once."""
+    global _secret_values
+    if _secret_values is None:
+        import json
+
+        from backupmx.sandbox.world import sandbox_root
+
+        try:
+            values = json.loads((sandbox_root() / "secrets.json").read_text())
+        except (OSError, ValueError):
+            return []  # no world yet: nothing seeded that could leak
+        _secret_values = [value for value in values.values() if isinstance(value, str) and len(value) >= 8]
+    return _secret_values
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Fail any test whose captured output or failure report holds a seeded secret value."""
+    outcome = yield
+    report = outcome.get_result()
+    values = _seeded_secrets()
+    if not values:
+        return
+    leaked = False
+    sections = []
+    for name, content in report.sections:
+        for value in values:
+            if value in content:
+                leaked = True
+                content = content.replace(value, "<SEEDED SECRET>")
+        sections.append((name, content))
+    report.sections = sections  # the terminal report must not show it either
+    if report.longrepr is not None and any(value in str(report.longrepr) for value in values):
+        leaked = True
+        report.longrepr = "the failure report held a seeded secret value (not shown)"
+    # Sections accumulate over setup, call and teardown: flag the call (or the phase that failed).
+    if leaked and (report.when == "call" or report.failed):
+        report.outcome = "failed"
+        if not isinstance(report.longrepr, str) or "seeded secret" not in report.longrepr:
+            report.longrepr = "a seeded secret value was in this test's captured output (shown as <SEEDED SECRET>)"

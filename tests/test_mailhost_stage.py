@@ -27,13 +27,22 @@ from pathlib import Path
 import dkim
 import pytest
 import requests
+from mailhostkit import (
+    leftovers,
+    managed_paths,
+    pristine_state,
+    reload_rspamd,
+    restore,
+    services_answer,
+    snapshot,
+)
+from mailpath import endpoint, fresh_ipv4, fresh_ipv6, wait_for_delivery
 
 from backupmx import mailhost as mh
 from backupmx.sandbox import seed
 from backupmx.sandbox.smtp_client import build_message, send_mail
 from backupmx.sandbox.supervisor import Supervisor
 from backupmx.sandbox.world import Sandbox
-from mailpath import endpoint, fresh_ipv4, fresh_ipv6, wait_for_delivery
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # facts/ and operations/ are top-level packages next to deploys/: pyinfra's CLI finds
@@ -60,60 +69,6 @@ def deploy(*args: str, dry: bool = False, timeout: float = 300) -> subprocess.Co
 
 def output(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
-
-
-def managed_paths(world) -> dict[str, Path]:
-    m = mh.load_mailhost(world["mailhost"])
-    return {"cidr": Path(m.cidr_host_path), "master.cf": Path(m.master_cf_path),
-            "settings.conf": Path(m.rspamd_settings_host_path)}
-
-
-def snapshot(world) -> dict[str, bytes | None]:
-    return {name: path.read_bytes() if path.exists() else None for name, path in managed_paths(world).items()}
-
-
-def leftovers(world) -> list[Path]:
-    """Staged or set-aside files a transaction must never leave behind."""
-    found = []
-    for path in managed_paths(world).values():
-        found += list(path.parent.glob(f"{path.name}.backupmx-*"))
-    return found
-
-
-def reload_postfix(world) -> None:
-    subprocess.run(["postfix", "-c", world["postfix_config_dir"], "reload"], check=True, capture_output=True, timeout=30)
-
-
-def reload_rspamd(world) -> None:
-    subprocess.run(world["mailhost"]["rspamd_reload"], check=True, capture_output=True, timeout=90)
-
-
-def restore(world, state: dict[str, bytes | None]) -> None:
-    """Put the three files back as ``state`` has them and reload what changed."""
-    current = snapshot(world)
-    for name, path in managed_paths(world).items():
-        if current[name] == state[name]:
-            continue
-        if state[name] is None:
-            path.unlink()
-        else:
-            path.write_bytes(state[name])
-    if current["cidr"] != state["cidr"] or current["master.cf"] != state["master.cf"]:
-        reload_postfix(world)
-    if current["settings.conf"] != state["settings.conf"]:
-        reload_rspamd(world)
-
-
-def pristine_state(world) -> dict[str, bytes | None]:
-    """The sandbox's own configuration: master.cf as `backupmx-sandbox up` writes it, no table, no rule."""
-    master_cf = managed_paths(world)["master.cf"]
-    settings = managed_paths(world)["settings.conf"]
-    text = master_cf.read_text()
-    listener = world["mailhost"]["proxy_service"].split("/")[0]
-    ours = {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{managed_paths(world)['cidr']}"}
-    original = mh.remove_service_options(text, listener, "inet", ours)
-    foreign = mh.with_block(settings.read_text(), mh.RSPAMD_BLOCK, None) if settings.exists() else None
-    return {"cidr": None, "master.cf": original.encode(), "settings.conf": foreign.encode() if foreign else None}
 
 
 def relay_address(network: str = seed.RELAY_CIDRS[0]) -> str:
@@ -408,12 +363,7 @@ def run_operation(world, operation, caplog, **kwargs) -> tuple[bool, str]:
 
 
 def assert_services_answer(world) -> None:
-    host, port = endpoint(world["proxy_listener"])
-    result = send_mail(host, port, SENDER, RECIPIENT, build_message(SENDER, RECIPIENT)[0],
-                       proxy_source=outside_address())  # waits for the greeting, as a good client does
-    assert result.accepted, str(result)
-    ping = subprocess.run(["rspamc", "-h", world["rspamd_controller"], "stat"], capture_output=True, timeout=30)
-    assert ping.returncode == 0
+    services_answer(world, RECIPIENT)
 
 
 def test_broken_rspamd_include_is_rolled_back_byte_for_byte(world, pristine, monkeypatch, caplog):

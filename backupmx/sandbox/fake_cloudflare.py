@@ -790,6 +790,32 @@ class World:
         self.throttle.configure(None)
         self.log.clear()
 
+    def add_zone(self, name: str, records: list[dict]) -> dict:
+        """A further zone (benchmarks: many zones in one account), granted to every token that has a zone.
+
+        Its records are validated like API writes and become its seed (``reset``
+        restores them). Kept in memory only: a restart of the fake forgets it.
+        """
+        name = name.strip().lower().rstrip(".")
+        if not HOSTNAME_PATTERN.match(name):
+            raise ValueError(f"not a zone name: {name!r}")
+        store = self.store
+        with store.lock:
+            existing = store.zone_by_name(name)
+            if existing is not None:
+                return existing.as_api()
+            first = next(iter(store.zones.values()))
+            zone = Zone(hashlib.md5(f"backupmx-sandbox-zone:{name}".encode()).hexdigest(), name,
+                        first.account, first.name_servers, list(records))
+            seeded = zone.seed_records()  # raises ApiError on a bad record, before anything changes
+            store.zones[zone.id] = zone
+            store.records[zone.id] = seeded
+            for granted in self.api.tokens.values():
+                if granted:
+                    granted.append(zone.id)
+            store.changed()
+            return zone.as_api()
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -896,7 +922,8 @@ def admin(world: World, method: str, path: str, body) -> Response:
     ``GET|DELETE /requests``; ``GET|POST|DELETE /faults`` (see ``Faults``, plus
     ``quota`` and ``limit`` {requests, window, block} for the real rate limit);
     ``GET /records`` (every zone's records), ``POST /records`` {zone, records}
-    (append records unvalidated, for states the API would refuse).
+    (append records unvalidated, for states the API would refuse); ``POST /zones``
+    {name, records} (one more zone, its records validated, kept in memory).
     """
     body = body if isinstance(body, dict) else {}
     if path == "/health" and method == "GET":
@@ -922,6 +949,12 @@ def admin(world: World, method: str, path: str, body) -> Response:
                 world.throttle.configure(body["limit"])
         return Response(200, {"faults": world.faults.view(), "quota": world.store.quota,
                                "limit": world.throttle.view()})
+    if path == "/zones" and method == "POST":
+        # {name, records}: one more zone in the account (see World.add_zone).
+        try:
+            return Response(200, {"zone": world.add_zone(body["name"], body.get("records") or [])})
+        except ApiError as error:
+            return Response(400, {"error": error.errors})
     if path == "/records":
         if method != "POST":
             return Response(200, {"zones": {z.name: world.store.snapshot(z.id) for z in world.store.zones.values()}})

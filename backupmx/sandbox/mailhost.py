@@ -29,7 +29,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from backupmx.sandbox import seed
-from backupmx.sandbox.supervisor import group_alive
+from backupmx.sandbox.supervisor import Supervisor, group_alive
 from backupmx.sandbox.world import LOOPBACK, Sandbox, Service
 
 SERVICE_NAMES = ["sshd", "rspamd", "postfix"]
@@ -121,6 +121,11 @@ class Paths:
         return self.root / "bin" / "rspamd-reload"
 
     @property
+    def postfix_service(self) -> Path:
+        # Stops/starts only the sandbox Postfix (the failover drill's stop/start commands).
+        return self.root / "bin" / "postfix-service"
+
+    @property
     def rspamd_pidfile(self) -> Path:
         # Where the supervisor records rspamd's pid (<sandbox>/run, see supervisor.py).
         return self.root.parent / "run" / "rspamd.pid"
@@ -193,6 +198,13 @@ def world(sandbox: Sandbox) -> dict:
             "rspamadm_args": rspamd_var_args(paths),
             "rspamd_controller": f"{LOOPBACK}:{ports.rspamd_controller}",
             "rspamd_reload": [str(paths.rspamd_reload)],
+        },
+        # The failover drill's `failover` data (docs/failover-drill.md): how to take
+        # the primary mail path down and back, and where its Maildir is.
+        "failover": {
+            "stop_command": [str(paths.postfix_service), "stop"],
+            "start_command": [str(paths.postfix_service), "start"],
+            "maildir": str(paths.maildir),
         },
     }
 
@@ -383,6 +395,7 @@ def _postfix(paths: Paths, ports: Ports) -> Service:
 
 
 def _write_postfix_config(paths: Paths, ports: Ports) -> None:
+    _write_postfix_service(paths)
     _root_dir(paths.postfix_config)
     _root_dir(paths.postfix_queue)
     _root_dir(paths.log)
@@ -472,6 +485,39 @@ def run_postfix_foreground(config_dir: str) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _stop_postfix(config_dir, start_fg)
         return 0
+
+
+def _write_postfix_service(paths: Paths) -> None:
+    """The failover drill's stop/start commands: the Supervisor stops or starts the sandbox Postfix only."""
+    _root_dir(paths.postfix_service.parent)
+    sandbox_dir = paths.root.parent
+    script = (
+        "#!/bin/sh\n"
+        "# Stop or start only the sandbox's Postfix through the sandbox Supervisor (written by\n"
+        "# backupmx.sandbox.mailhost): the failover drill's mailhost stop/start commands.\n"
+        "set -eu\n"
+        f"export BACKUPMX_SANDBOX_DIR={shlex.quote(str(sandbox_dir))}\n"
+        f"exec {shlex.quote(sys.executable)} -c {shlex.quote(_POSTFIX_SERVICE_CODE)} \"$1\"\n"
+    )
+    _install(paths.postfix_service, script, 0o755)
+
+
+# By module name, not `python -m`: the Postfix service's argv names this module by __name__.
+_POSTFIX_SERVICE_CODE = ("import sys; from backupmx.sandbox.mailhost import postfix_service; "
+                         "sys.exit(postfix_service(sys.argv[1]))")
+
+
+def postfix_service(action: str) -> int:
+    """``stop`` or ``start`` the sandbox Postfix (start waits until both listeners accept)."""
+    sandbox = Sandbox()
+    supervisor = Supervisor(sandbox)
+    if action == "stop":
+        supervisor.stop("postfix")
+    elif action == "start":
+        supervisor.start(_postfix(_paths(sandbox), _ports(sandbox)))
+    else:
+        raise SystemExit(f"postfix-service: {action!r}: use stop or start")
+    return 0
 
 
 def _stop_postfix(config_dir: str, start_fg: subprocess.Popen, timeout: float = 8.0) -> None:

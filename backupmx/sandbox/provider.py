@@ -131,5 +131,8 @@ def world(sandbox: Sandbox) -> dict:
             for relay in relays(sandbox)
         ],
         "relay_cidrs": list(seed.RELAY_CIDRS),
+        # What the relays retry on (seconds, sliding), as their config has it: the
+        # failover drill's drain wait is sized from it.
+        "relay_retry_schedule": list(RETRY_SCHEDULE),
         "ca_cert": str(sandbox.ca.cert_path),
     }

@@ -1,0 +1,200 @@
+"""The failover drill's operations (gate G5), run on the mail host, acting at execution.
+
+Three operations, each one Python callback at execution (``FunctionCommand``):
+
+- ``drill_preflight`` (step 1): the backup MX set live in DNS and the whitelist
+  + exemption proven live on this mail host (stage 4's ``prove_live`` again);
+- ``drill_down_window`` (steps 2-5): stop the primary, send and confirm the probes,
+  and bring the primary back in a ``finally``, with SIGINT/SIGTERM turned into
+  "restore, then fail" for the whole window;
+- ``drill_verify`` (steps 6-7): wait for the queue to drain, read the mailbox.
+
+A failed operation fails the host, so the later ones do not run; the report is
+printed once at exit whatever happened (like the rollback's).
+"""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+
+import click
+from pyinfra import host, logger, state
+from pyinfra.api import (
+    DeployError,
+    FunctionCommand,
+    QuoteString,
+    StringCommand,
+    operation,
+)
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_state
+
+from backupmx import dnscheck
+from backupmx.config import load_settings
+from backupmx.errors import BackupMXError
+from backupmx.failover import Drill, SignalGuard, load_failover
+from backupmx.mailhost import shell_join
+from backupmx.report import CHANGE, FAIL
+from operations.mailhost import mailhost_settings, prove_live
+
+_drills: weakref.WeakKeyDictionary[object, Drill] = weakref.WeakKeyDictionary()
+
+
+def current_drill(target) -> Drill:
+    """The drill of the pyinfra state being prepared (one mail host); its report is printed at exit."""
+    current = ctx_state.get()
+    drill = _drills.get(current)
+    if drill is None:
+        try:
+            settings = load_settings(target.data)
+            mailhost = mailhost_settings(target)
+            failover = load_failover(target.data.get("failover"), mailhost, settings.domains[0].name)
+        except BackupMXError as error:
+            raise DeployError(f"{target.name}: {error}") from None
+        drill = Drill(settings, mailhost, failover, target.name)
+        _drills[current] = drill
+        atexit.register(_print_report, drill, weakref.ref(current))
+    elif drill.host_name != target.name:
+        raise DeployError(f"the failover drill takes one mail host at a time ({drill.host_name}, {target.name}): "
+                          f"use --limit")
+    return drill
+
+
+def _print_report(drill: Drill, state_ref) -> None:
+    current = state_ref()
+    executed = current is not None and current.current_stage >= StateStage.Execute
+    if not executed:
+        drill.report.title += " (review: nothing was stopped or sent)"
+        click.echo(drill.report.render().rsplit("\n", 1)[0])
+    else:
+        drill.skip_rest("not run: an earlier step failed")
+        click.echo(drill.render())
+    drill.close()
+
+
+def _log(message: str, log_func=logger.info) -> None:
+    host.log(message, log_func)
+
+
+def _show(message: str) -> None:
+    # The plan, shown while preparing (the --dry review); at execution the steps say what they do.
+    if state.is_executing:
+        return
+    host.log(message, logger.info)
+
+
+def _plan(drill: Drill, key: str, title: str, evidence: str) -> None:
+    if not state.is_executing:
+        drill.add(key, title, CHANGE, evidence)
+
+
+def remote_runner(target):
+    """``argv -> (ok, stdout lines, stderr)`` on the mail host, over its pyinfra connection."""
+
+    def run(argv):
+        command = StringCommand(*[QuoteString(part) for part in argv])
+        ok, output = target.run_shell_command(command, print_output=False, print_input=False)
+        return ok, list(output.stdout_lines), output.stderr
+
+    return run
+
+
+def _preflight(state, host, drill):  # (state, host): pyinfra passes them to a FunctionCommand
+    log = lambda message: host.log(message, logger.info)
+    dns_ok = drill.check_dns(log)
+    try:
+        proof = prove_live(drill.mailhost, drill.settings.relay_cidrs, drill.domain, target=host)
+        live, evidence = proof.live, proof.evidence()
+    except BackupMXError as error:
+        live, evidence = False, str(error)
+    drill.record_whitelist(live, evidence)
+    if not (dns_ok and live):
+        failed = next(c for c in drill.report.checks if c.status == FAIL)
+        host.log(f"failover 1: refused: {failed.title}: {failed.evidence}; the primary was not stopped",
+                 logger.error)
+        return False
+    host.log("failover 1: backup MX live in DNS, whitelist + exemption live", logger.info)
+    return True
+
+
+def _down_window(state, host, drill):
+    log = lambda message: host.log(message, logger.info)
+    with SignalGuard(drill, log):
+        ok = drill.down_window(remote_runner(host), log)
+    if not ok:
+        host.log("failover 2-5: failed (report at the end); the primary is "
+                 f"{'STILL DOWN' if drill.primary_down else 'up again'}", logger.error)
+    return ok
+
+
+def _verify(state, host, drill):
+    log = lambda message: host.log(message, logger.info)
+    with SignalGuard(drill, log):
+        try:
+            drill.drain(remote_runner(host), log)
+        except BackupMXError as error:
+            drill.add("6", "provider queue drained", FAIL, str(error))
+    if drill.report.blocked:
+        host.log("failover 6-7: failed (report at the end)", logger.error)
+        return False
+    return True
+
+
+@operation(is_idempotent=False)
+def drill_preflight(drill: Drill):
+    """
+    Step 1: refuse unless the backup MX set is live in DNS and the whitelist is live.
+
+    + drill: the run's ``backupmx.failover.Drill``
+    """
+    backup = drill.settings.backup_mx
+    _show(f"failover 1: would check the authoritative DNS of {drill.domain} lists "
+          f"{', '.join(f'{backup.priority} {h}' for h in backup.hosts)} and prove the whitelist + exemption live")
+    if not state.is_executing:
+        try:
+            answer = dnscheck.render(dnscheck.live_mx(drill.domain, drill.settings.dns_servers))
+        except BackupMXError as error:
+            answer = f"not readable now ({error})"
+        _show(f"failover 1: the authoritative DNS answers now: {answer}")
+    _plan(drill, "1", "backup MX live in DNS", "checked when the drill runs")
+    _plan(drill, "1", "whitelist + exemption live", "proven when the drill runs")
+    yield FunctionCommand(_preflight, (drill,), {})
+
+
+@operation(is_idempotent=False)
+def drill_down_window(drill: Drill):
+    """
+    Steps 2-5: stop the primary, send the probes, confirm them queued, start the primary (always).
+
+    + drill: the run's ``backupmx.failover.Drill``
+    """
+    f = drill.failover
+    hosts = drill.settings.backup_mx.hosts
+    _show(f"failover 2: would stop the primary mail path: {shell_join(f.stop_command)} "
+          f"(at most {f.window_seconds:.0f} s)")
+    _show(f"failover 3: would send {f.probes} DKIM-signed probe(s) from {f.sender_domain} to {f.recipient} via "
+          f"{', '.join(hosts)}")
+    _show(f"failover 4: would wait up to {f.queue_seconds:.0f} s for each in the {drill.settings.provider.name} queue")
+    _show(f"failover 5: would start it again (always): {shell_join(f.start_command)}; then {f.up_check} must accept")
+    _plan(drill, "2", "take the primary down", f"would run {shell_join(f.stop_command)}")
+    _plan(drill, "3", "send probes", f"would send {f.probes} to {', '.join(hosts)}")
+    _plan(drill, "4", "probes queued at the provider", "would check the provider's queue listing")
+    _plan(drill, "5", "bring the primary back", f"would run {shell_join(f.start_command)}")
+    yield FunctionCommand(_down_window, (drill,), {})
+
+
+@operation(is_idempotent=False)
+def drill_verify(drill: Drill):
+    """
+    Steps 6-7: wait for the provider's queue to drain; check each probe in the mailbox.
+
+    + drill: the run's ``backupmx.failover.Drill``
+    """
+    f = drill.failover
+    _show(f"failover 6: would wait up to {f.drain_seconds:.0f} s for the queue to drain")
+    _show(f"failover 7: would read {f.maildir} on {drill.host_name}: each probe delivered once, no R_SPF_*/DMARC_*, "
+          f"R_DKIM_ALLOW, relay address in Received, first attempt after primary-up")
+    _plan(drill, "6", "provider queue drained", f"would wait up to {f.drain_seconds:.0f} s")
+    _plan(drill, "7", "mailbox verdicts", f"would read {f.maildir}")
+    yield FunctionCommand(_verify, (drill,), {})

@@ -1,0 +1,84 @@
+"""Mail host helpers shared by the stage 3 tests and the fault matrix.
+
+The three files stage 3 manages, their snapshot, putting a state back (and
+reloading what changed), the sandbox's pristine configuration, and a check that
+both daemons still answer.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from mailpath import endpoint, fresh_ipv4
+
+from backupmx import mailhost as mh
+from backupmx.sandbox import seed
+from backupmx.sandbox.smtp_client import build_message, send_mail
+
+SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
+
+
+def managed_paths(world) -> dict[str, Path]:
+    m = mh.load_mailhost(world["mailhost"])
+    return {"cidr": Path(m.cidr_host_path), "master.cf": Path(m.master_cf_path),
+            "settings.conf": Path(m.rspamd_settings_host_path)}
+
+
+def snapshot(world) -> dict[str, bytes | None]:
+    return {name: path.read_bytes() if path.exists() else None for name, path in managed_paths(world).items()}
+
+
+def leftovers(world) -> list[Path]:
+    """Staged or set-aside files a transaction must never leave behind."""
+    found = []
+    for path in managed_paths(world).values():
+        found += list(path.parent.glob(f"{path.name}.backupmx-*"))
+    return found
+
+
+def reload_postfix(world) -> None:
+    subprocess.run(["postfix", "-c", world["postfix_config_dir"], "reload"], check=True, capture_output=True, timeout=30)
+
+
+def reload_rspamd(world) -> None:
+    subprocess.run(world["mailhost"]["rspamd_reload"], check=True, capture_output=True, timeout=90)
+
+
+def restore(world, state: dict[str, bytes | None]) -> None:
+    """Put the three files back as ``state`` has them and reload what changed."""
+    current = snapshot(world)
+    for name, path in managed_paths(world).items():
+        if current[name] == state[name]:
+            continue
+        if state[name] is None:
+            path.unlink()
+        else:
+            path.write_bytes(state[name])
+    if current["cidr"] != state["cidr"] or current["master.cf"] != state["master.cf"]:
+        reload_postfix(world)
+    if current["settings.conf"] != state["settings.conf"]:
+        reload_rspamd(world)
+
+
+def pristine_state(world) -> dict[str, bytes | None]:
+    """The sandbox's own configuration: master.cf as `backupmx-sandbox up` writes it, no table, no rule."""
+    master_cf = managed_paths(world)["master.cf"]
+    settings = managed_paths(world)["settings.conf"]
+    text = master_cf.read_text()
+    listener = world["mailhost"]["proxy_service"].split("/")[0]
+    ours = {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{managed_paths(world)['cidr']}"}
+    original = mh.remove_service_options(text, listener, "inet", ours)
+    foreign = mh.with_block(settings.read_text(), mh.RSPAMD_BLOCK, None) if settings.exists() else None
+    return {"cidr": None, "master.cf": original.encode(), "settings.conf": foreign.encode() if foreign else None}
+
+
+def services_answer(world, recipient: str) -> None:
+    """Postfix (through postscreen on the PROXY-v2 listener) accepts mail and rspamd's controller answers."""
+    host, port = endpoint(world["proxy_listener"])
+    result = send_mail(host, port, SENDER, recipient, build_message(SENDER, recipient)[0],
+                       proxy_source=fresh_ipv4())  # waits for the greeting, as a good client does
+    assert result.accepted, str(result)
+    ping = subprocess.run(["rspamc", "-h", world["rspamd_controller"], "stat"], capture_output=True, timeout=30,
+                          check=False)
+    assert ping.returncode == 0, ping.stderr

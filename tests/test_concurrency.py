@@ -1,0 +1,148 @@
+"""Two changing runs against the same domain never interleave (backupmx.lock).
+
+The CLI tests start one real deploy, wait until it holds the domain's lock, and
+start a second: without ``lock_wait`` it fails at once with one line naming the
+holder; with ``--data lock_wait=N`` it waits and runs only after the first ended.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from providerkit import PROJECT_ROOT, PYINFRA, admin, cloudflare_admin, output, pyinfra
+
+from backupmx import lock
+
+DOMAIN = "viktorbarzin.me"
+
+
+def lock_file(world) -> Path:
+    return lock.lock_path(str(Path(world["root"]) / "state"), DOMAIN)
+
+
+def start(deploy: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([PYINFRA, "-y", "inventory/sandbox.py", deploy, *args], cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def wait_until_locked_by(world, pid: int, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            holder = json.loads(lock_file(world).read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if holder.get("pid") == pid:
+            return holder
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} never took the lock {lock_file(world)}")
+
+
+@pytest.fixture
+def fresh(world):
+    admin(world, "reset", {})
+    cloudflare_admin(world, "POST", "reset")
+    yield world
+    admin(world, "reset", {})
+    cloudflare_admin(world, "POST", "reset")
+
+
+def test_second_deploy_fails_at_once_naming_the_holder(fresh):
+    first = start("deploys/backupmx.py")
+    try:
+        holder = wait_until_locked_by(fresh, first.pid)
+        began = time.monotonic()
+        second = pyinfra("deploys/backupmx.py", timeout=60)
+        took = time.monotonic() - began
+        first_still_running = first.poll() is None
+    finally:
+        out, err = first.communicate(timeout=120)
+    text = output(second)
+    assert second.returncode != 0
+    errors = [line for line in text.splitlines() if "pyinfra error" in line]
+    assert len(errors) == 1, text
+    assert f"{DOMAIN} is locked by pid {first.pid}" in errors[0] and holder["who"] in errors[0], errors[0]
+    assert "Traceback" not in text and "Starting operation" not in text
+    assert first_still_running and took < 10
+    assert first.returncode == 0, out + err
+
+
+def test_rollback_during_a_deploy_is_refused_too(fresh):
+    first = start("deploys/backupmx.py")
+    try:
+        wait_until_locked_by(fresh, first.pid)
+        second = pyinfra("deploys/rollback.py", "--limit", "controller", timeout=60)
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert second.returncode != 0 and f"{DOMAIN} is locked by pid {first.pid}" in output(second)
+    assert first.returncode == 0, out + err
+
+
+def test_lock_wait_makes_the_second_run_wait_for_the_first(fresh):
+    first = start("deploys/backupmx.py")
+    try:
+        wait_until_locked_by(fresh, first.pid)
+        second = start("deploys/backupmx.py", "--data", "lock_wait=120")
+        out2, err2 = second.communicate(timeout=180)
+        second_ended = time.monotonic()
+    finally:
+        out1, err1 = first.communicate(timeout=120)
+    assert first.returncode == 0, out1 + err1
+    assert second.returncode == 0, out2 + err2
+    # The second run's stages ran after the first ended: the first published the
+    # records, so the second found nothing to do in DNS.
+    assert "backup MX records already published" in out2, out2
+    assert second_ended > 0
+
+
+def test_dry_run_needs_no_lock(fresh):
+    first = start("deploys/backupmx.py")
+    try:
+        wait_until_locked_by(fresh, first.pid)
+        review = subprocess.run([PYINFRA, "inventory/sandbox.py", "deploys/backupmx.py", "--dry"], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    finally:
+        first.communicate(timeout=120)
+    assert review.returncode == 0, output(review)
+
+
+# --- the lock itself, across processes -----------------------------------------------------
+
+HOLD = """
+import sys, time
+from backupmx import lock
+lock.acquire(sys.argv[1], ["a.example", "b.example"], "test")
+print("held", flush=True)
+time.sleep(30)
+"""
+
+
+def test_lock_is_released_when_its_holder_dies(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=PROJECT_ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(lock.LockBusy, match=rf"a\.example is locked by pid {holder.pid} on "):
+            lock.acquire(str(tmp_path), ["b.example", "a.example"], "test")
+        began = time.monotonic()
+        with pytest.raises(lock.LockBusy, match="after waiting 1s"):
+            lock.acquire(str(tmp_path), ["a.example"], "test", wait=1)
+        assert 0.9 < time.monotonic() - began < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    try:
+        assert len(lock.acquire(str(tmp_path), ["a.example", "b.example"], "test")) == 2
+    finally:
+        lock.release_all()
+
+
+@pytest.mark.parametrize("value", [-1, "10", True, 99999])
+def test_lock_wait_must_be_seconds(value):
+    with pytest.raises(lock.BackupMXError, match="lock_wait"):
+        lock.parse_wait(value)

@@ -1,0 +1,217 @@
+"""Gate G5: ``deploys/failover_test.py`` through the pyinfra CLI, in the sandbox, end to end.
+
+The relays really store and forward (fake_rollernet); the mail host's Postfix is
+really stopped and started (its Supervisor, through the inventory's
+``failover.stop_command``/``start_command`` over SSH). Every test ends with the
+mail host's PROXY-v2 listener accepting connections again.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from backupmx import mailhost as mh
+from backupmx.errors import ConfigError
+from backupmx.failover import load_failover, parse_maildir_listing, verdicts
+from backupmx.sandbox.supervisor import Supervisor
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+DRILL = [PYINFRA, "-y", "inventory/sandbox.py", "deploys/failover_test.py"]
+RELAY_CIDRS = ["192.0.2.0/24", "198.51.100.0/24", "2001:db8:2::/48"]
+
+
+def run(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(command, check=False, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def output(result) -> str:
+    return result.stdout + result.stderr
+
+
+def listener_up(world) -> bool:
+    host, port = world["proxy_listener"].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def relay(world, **switches) -> None:
+    requests.post(f"{world['acc_admin']}/relay", json=switches, timeout=10).raise_for_status()
+
+
+def default_relay(world) -> None:
+    relay(world, source_override=None, deliver=True, deliver_to=None,
+          retry_schedule=world["relay_retry_schedule"])
+
+
+@pytest.fixture(scope="module")
+def published(world):
+    """The live state G5 starts from: stages 3-5 applied (whitelist live, backup MX in DNS)."""
+    result = run([PYINFRA, "-y", "inventory/sandbox.py", "deploys/backupmx.py"], timeout=300)
+    assert result.returncode == 0, output(result)
+    return world
+
+
+@pytest.fixture
+def drill_world(published, sandbox):
+    default_relay(published)
+    yield published
+    default_relay(published)
+    if not listener_up(published):  # never leave the mail host down for the next test
+        from backupmx.sandbox import mailhost
+
+        Supervisor(sandbox).start(mailhost._postfix(mailhost._paths(sandbox), mailhost._ports(sandbox)))
+
+
+# --- the drill in the sandbox ---------------------------------------------------------
+
+
+def test_dry_run_says_what_it_would_do_and_does_nothing(drill_world, sandbox):
+    before = Supervisor(sandbox).pid("postfix")
+    result = run([PYINFRA, "inventory/sandbox.py", "deploys/failover_test.py", "--dry"])
+    text = output(result)
+    assert result.returncode == 0, text
+    assert "would stop the primary mail path" in text and "postfix-service stop" in text
+    assert "would send 3 DKIM-signed probe(s)" in text
+    assert "review: nothing was stopped or sent" in text
+    assert Supervisor(sandbox).pid("postfix") == before
+
+
+def test_full_drill_passes_and_leaves_the_mail_host_up(drill_world):
+    started = time.monotonic()
+    result = run(DRILL)
+    wall = time.monotonic() - started
+    text = output(result)
+    assert result.returncode == 0, text
+    assert "drill passed" in text
+    for index in (1, 2, 3):
+        assert f"probe {index} via" in text
+    assert "no SPF/DMARC symbol; DKIM R_DKIM_ALLOW" in text
+    assert "first attempt after primary-up" in text
+    assert "failover 4: all 3 probes queued" in text
+    assert listener_up(drill_world)
+    assert wall <= 60, f"drill took {wall:.1f}s"
+    print(f"\nsandbox drill wall time {wall:.1f} s; " + next(line.strip() for line in text.splitlines()
+                                                          if "wall time" in line))
+
+
+def test_whitelist_removed_by_hand_refuses_at_step_1_without_stopping(drill_world, sandbox):
+    config_dir = drill_world["postfix_config_dir"]
+    cidr = Path(config_dir, mh.CIDR_FILE_NAME)
+    original = cidr.read_text()
+    before = Supervisor(sandbox).pid("postfix")
+    cidr.write_text("# emptied by hand\n")
+    subprocess.run(["/usr/sbin/postfix", "-c", config_dir, "reload"], check=True, capture_output=True)
+    try:
+        result = run(DRILL)
+    finally:
+        cidr.write_text(original)
+        subprocess.run(["/usr/sbin/postfix", "-c", config_dir, "reload"], check=True, capture_output=True)
+    text = output(result)
+    assert result.returncode != 0, text
+    assert "failover 1: refused: whitelist + exemption live" in text
+    assert "DRILL FAILED at step 1" in text
+    assert "postfix-service stop (window" not in text  # step 2 never ran
+    assert Supervisor(sandbox).pid("postfix") == before  # never stopped
+    assert listener_up(drill_world)
+
+
+def test_relay_outside_the_whitelist_shows_the_penalty_and_fails(drill_world):
+    relay(drill_world, source_override="203.0.113.77")
+    result = run(DRILL)
+    text = output(result)
+    assert result.returncode != 0, text
+    assert "SPF/DMARC penalty" in text and "R_SPF_FAIL" in text
+    assert "postscreen saw 203.0.113.77, outside the relay CIDRs" in text
+    assert "DRILL FAILED at step 7" in text
+    assert listener_up(drill_world)
+
+
+def test_sigint_during_the_down_window_brings_the_primary_back(drill_world):
+    # The relays accept but do not try the primary: step 4 waits (the window stays open).
+    relay(drill_world, deliver=False)
+    process = subprocess.Popen(DRILL, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        for line in process.stdout:
+            lines.append(line)
+            if "failover 4: queued" in line:
+                assert not listener_up(drill_world), "the primary should be down during the window"
+                process.send_signal(signal.SIGINT)
+                break
+            assert time.monotonic() < deadline, "".join(lines)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = "".join(lines) + (rest or "")
+    assert process.returncode != 0, text
+    assert "SIGINT" in text
+    assert "failover 5: primary up" in text
+    assert listener_up(drill_world)
+
+
+# --- the pure parts -------------------------------------------------------------------
+
+
+NATIVE = mh.load_mailhost({"flavour": "native", "proxy_service": "127.0.0.1:2525/inet"})
+DMS = mh.load_mailhost({"flavour": "docker-mailserver", "proxy_service": "2525/inet", "container": "mailserver",
+                        "host_config_dir": "/srv/dms/config"})
+SENDER = {"maildir": "/var/mail/catchall", "sender_domain": "probe.example", "dkim_key": "/k", "dkim_selector": "s"}
+
+
+def test_failover_data_is_validated():
+    with pytest.raises(ConfigError, match="failover.stop_command"):
+        load_failover(SENDER, NATIVE, "example.org")
+    with pytest.raises(ConfigError, match="failover.bogus"):
+        load_failover({**SENDER, "bogus": 1}, DMS, "example.org")
+    with pytest.raises(ConfigError, match="failover.probes"):
+        load_failover({**SENDER, "probes": 0}, DMS, "example.org")
+    settings = load_failover(SENDER, DMS, "example.org")
+    assert settings.stop_command == ("docker", "stop", "mailserver")
+    assert settings.start_command == ("docker", "start", "mailserver")
+    assert settings.recipient == "failover-drill@example.org"
+    native = load_failover({**SENDER, "stop_command": ["systemctl", "stop", "postfix"],
+                            "start_command": ["systemctl", "start", "postfix"]}, NATIVE, "example.org")
+    assert native.up_check == "127.0.0.1:2525"
+
+
+def _message(spamd: str, client: str):
+    raw = (f"Received: from relay (unknown [{client}]) by mail.example with ESMTP id X\r\n"
+           f"Received: from sender by mail.rollernet.us\r\n"
+           f"X-Spamd-Result: default: False [1.0 / 15.0]; {spamd}\r\n"
+           "Message-ID: <a@probe.example>\r\n\r\nbody\r\n").encode()
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def test_verdicts_from_the_delivered_headers():
+    shown, problems = verdicts(_message("R_DKIM_ALLOW(-0.20)[probe.example:s]; ARC_NA(0.00)[]", "192.0.2.25"),
+                               RELAY_CIDRS)
+    assert problems == [] and "via 192.0.2.25 (whitelisted)" in shown
+    shown, problems = verdicts(_message("R_SPF_FAIL(1.00)[-all]; DMARC_POLICY_REJECT(2.00)[]; R_DKIM_REJECT(1)[]",
+                                        "203.0.113.77"), RELAY_CIDRS)
+    assert any("R_SPF_FAIL" in p and "DMARC_POLICY_REJECT" in p for p in problems)
+    assert any("DKIM does not verify" in p for p in problems)
+    assert any("outside the relay CIDRs" in p for p in problems)
+
+
+def test_maildir_listing_parses_every_copy():
+    import base64
+
+    data = base64.b64encode(b"Message-ID: <a@x>\r\n\r\nhi\r\n").decode()
+    found = parse_maildir_listing([f"==> <a@x> {data}", f"==> <a@x> {data}", "noise"])
+    assert len(found["<a@x>"]) == 2
