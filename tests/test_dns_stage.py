@@ -7,6 +7,7 @@ operator's other tools would.
 from __future__ import annotations
 
 import http.server
+import json
 import ssl
 import subprocess
 import sys
@@ -239,3 +240,25 @@ def test_txt_without_a_served_policy_warns_that_mta_sts_is_inert(world, cf):
     result = deploy(dry=True)
     assert result.returncode == 0, output(result)
     assert "MTA-STS is inert" in result.stdout
+
+
+def test_two_domains_in_one_inventory_each_get_their_own_records(world, cf):
+    """Each domain is its own zone: looked up, planned, applied and checked on its own."""
+    second = "second-domain.test"
+    records = [{"type": "MX", "name": second, "content": f"mail.{second}", "priority": 5, "ttl": 1},
+               {"type": "A", "name": f"mail.{second}", "content": "127.0.0.1", "ttl": 1}]
+    requests.post(f"{world['cloudflare_admin']}/zones", json={"name": second, "records": records},
+                  timeout=10).raise_for_status()
+    requests.post(f"{world['acc_admin']}/state", timeout=10, json={
+        "domain": second, "mode": "secondary_mx", "enabled": True, "user_table_default": "allow_any",
+        "hold": False}).raise_for_status()
+    domains = [{"name": world["zone"], "primary_mx": [{"host": "mail.viktorbarzin.me", "priority": 1}]},
+               {"name": second, "primary_mx": [{"host": f"mail.{second}", "priority": 5}]}]
+    try:
+        result = deploy("--data", "domains=" + json.dumps(domains))
+    finally:
+        requests.post(f"{world['acc_admin']}/reset", timeout=10).raise_for_status()
+    assert result.returncode == 0, output(result)
+    assert dns_answer(world) == {(1, "mail.viktorbarzin.me"), (20, "mail.rollernet.us"), (20, "mail2.rollernet.us")}
+    assert set(dnscheck.live_mx(second, [world["dns"]])) == {
+        (5, f"mail.{second}"), (20, "mail.rollernet.us"), (20, "mail2.rollernet.us")}
