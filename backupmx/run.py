@@ -8,6 +8,7 @@ host's pass through the deploy file gets the same ``Run``.
 from __future__ import annotations
 
 import weakref
+from typing import Callable, TypeVar
 
 import click
 import gevent.event
@@ -29,6 +30,7 @@ _runs: "weakref.WeakKeyDictionary[object, Run]" = weakref.WeakKeyDictionary()
 # pyinfra prepares hosts in parallel greenlets; a greenlet switches out during the
 # Vault read, so making the Run must be serialised or each host would get its own.
 _runs_lock = gevent.lock.BoundedSemaphore()
+T = TypeVar("T")
 # How long a host's pass waits for the other hosts' assessments before the report.
 REPORT_WAIT_SECONDS = 600
 
@@ -150,21 +152,35 @@ class Run:
             raise DeployError(f"stage {failed.key} ({failed.title}) failed: {failed.evidence}")
 
 
-def current_run() -> Run:
-    """The run of the pyinfra state being prepared, made (stages 0 and 1) on first use."""
+def once_per_state(registry: weakref.WeakKeyDictionary, data, make: Callable[[Settings], T]) -> T:
+    """The object ``registry`` holds for the pyinfra state being prepared, made on first use.
+
+    Stage 0 (inventory data validated into ``Settings``) happens here, once, for
+    every deploy: bad data becomes one ``DeployError`` line before anything is
+    contacted. Serialised, because hosts are prepared in parallel greenlets.
+    """
     state = ctx_state.get()
     with _runs_lock:
-        run = _runs.get(state)
-        if run is None:
+        made = registry.get(state)
+        if made is None:
             try:
-                settings = load_settings(current_host.data)
+                settings = load_settings(data)
             except BackupMXError as error:
                 raise DeployError(str(error)) from None
-            take_run_lock(settings, current_host.data)
-            run = Run(settings)
-            run.check_inventory()
-            run.check_secrets()
-            _runs[state] = run
+            made = registry[state] = make(settings)
+    return made
+
+
+def current_run() -> Run:
+    """The run of the pyinfra state being prepared, made (stages 0 and 1) on first use."""
+    return once_per_state(_runs, current_host.data, _start_run)
+
+
+def _start_run(settings: Settings) -> Run:
+    take_run_lock(settings, current_host.data)
+    run = Run(settings)
+    run.check_inventory()
+    run.check_secrets()
     return run
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import weakref
 
 from pyinfra import host, logger, state
-from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
-from pyinfra.context import ctx_state
+from pyinfra.api import FunctionCommand, OperationError, operation
 
-from backupmx.config import load_settings
 from backupmx.errors import BackupMXError
 from backupmx.maintenance import REMINDER, Maintenance
+from backupmx.run import once_per_state
 from backupmx.provider import ManualStepRequired
 
 _runs: weakref.WeakKeyDictionary[object, Maintenance] = weakref.WeakKeyDictionary()
@@ -22,15 +21,7 @@ _runs: weakref.WeakKeyDictionary[object, Maintenance] = weakref.WeakKeyDictionar
 
 def current_maintenance(data) -> Maintenance:
     """The maintenance run of the pyinfra state being prepared (settings validated once)."""
-    current = ctx_state.get()
-    maintenance = _runs.get(current)
-    if maintenance is None:
-        try:
-            settings = load_settings(data)
-        except BackupMXError as error:
-            raise DeployError(str(error)) from None
-        maintenance = _runs[current] = Maintenance(settings)
-    return maintenance
+    return once_per_state(_runs, data, Maintenance)
 
 
 def _show(message: str, log_func=logger.info) -> None:

@@ -14,15 +14,15 @@ import weakref
 
 import click
 from pyinfra import host, logger, state
-from pyinfra.api import DeployError, FunctionCommand, operation
+from pyinfra.api import FunctionCommand, operation
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
 from backupmx import dnscheck
-from backupmx.config import load_settings
 from backupmx.errors import BackupMXError
 from backupmx.report import CHANGE, FAIL, PASS, SKIP, WARN
 from backupmx.rollback import Rollback
+from backupmx.run import once_per_state, take_run_lock
 
 _runs: weakref.WeakKeyDictionary[object, Rollback] = weakref.WeakKeyDictionary()
 STEPS = (("1", "remove backup MX {}"), ("2", "DNS without backups {}"), ("3", "disable {} at {}"))
@@ -30,21 +30,15 @@ STEPS = (("1", "remove backup MX {}"), ("2", "DNS without backups {}"), ("3", "d
 
 def current_rollback(data) -> Rollback:
     """The rollback of the pyinfra state being prepared: settings validated once, summary printed at exit."""
-    current = ctx_state.get()
-    rollback = _runs.get(current)
-    if rollback is None:
-        try:
-            settings = load_settings(data)
-        except BackupMXError as error:
-            raise DeployError(str(error)) from None
-        from backupmx.run import take_run_lock
+    return once_per_state(_runs, data, lambda settings: _start_rollback(settings, data))
 
-        take_run_lock(settings, data)
-        rollback = Rollback(settings)
-        _runs[current] = rollback
-        # One table at the very end, whatever happened: pyinfra stops running a
-        # failed host's operations, and the operator must still see every step.
-        atexit.register(_print_summary, rollback, weakref.ref(current))
+
+def _start_rollback(settings, data) -> Rollback:
+    take_run_lock(settings, data)
+    rollback = Rollback(settings)
+    # One table at the very end, whatever happened: pyinfra stops running a
+    # failed host's operations, and the operator must still see every step.
+    atexit.register(_print_summary, rollback, weakref.ref(ctx_state.get()))
     return rollback
 
 
