@@ -91,3 +91,15 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         if not isinstance(report.longrepr, str) or "seeded secret" not in report.longrepr:
             report.longrepr = "a seeded secret value was in this test's captured output (shown as <SEEDED SECRET>)"
+
+
+@pytest.fixture
+def fresh(world):
+    """Both fakes (Cloudflare, Roller Network ACC) at their seed before and after the test."""
+    from providerkit import admin, cloudflare_admin
+
+    admin(world, "reset", {})
+    cloudflare_admin(world, "POST", "reset")
+    yield world
+    admin(world, "reset", {})
+    cloudflare_admin(world, "POST", "reset")

@@ -6,10 +6,7 @@ import datetime
 import json
 from pathlib import Path
 
-import pytest
 from providerkit import (
-    admin,
-    cloudflare_admin,
     output,
     pyinfra,
     sandbox_settings,
@@ -35,15 +32,6 @@ def new_lines(world, since: int) -> list[dict]:
 def line_count(world) -> int:
     path = audit_file(world)
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-@pytest.fixture
-def fresh(world):
-    admin(world, "reset", {})
-    cloudflare_admin(world, "POST", "reset")
-    yield world
-    admin(world, "reset", {})
-    cloudflare_admin(world, "POST", "reset")
 
 
 def test_deploy_rollback_and_hold_each_leave_one_line_per_change(fresh):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from providerkit import PROJECT_ROOT, PYINFRA, admin, cloudflare_admin, output, pyinfra
+from providerkit import PROJECT_ROOT, PYINFRA, output, pyinfra
 
 from backupmx import lock
 
@@ -41,15 +41,6 @@ def wait_until_locked_by(world, pid: int, timeout: float = 30.0) -> dict:
             return holder
         time.sleep(0.05)
     raise AssertionError(f"pid {pid} never took the lock {lock_file(world)}")
-
-
-@pytest.fixture
-def fresh(world):
-    admin(world, "reset", {})
-    cloudflare_admin(world, "POST", "reset")
-    yield world
-    admin(world, "reset", {})
-    cloudflare_admin(world, "POST", "reset")
 
 
 def test_second_deploy_fails_at_once_naming_the_holder(fresh):

@@ -14,7 +14,6 @@ import traceback
 import pytest
 from providerkit import (
     admin,
-    cloudflare_admin,
     dead_port,
     output,
     pyinfra,
@@ -26,15 +25,6 @@ from backupmx.acc import AccClient
 from backupmx.cloudflare import CloudflareClient
 from backupmx.errors import BackupMXError
 from backupmx.secrets import SecretStore
-
-
-@pytest.fixture
-def fresh(world):
-    admin(world, "reset", {})
-    cloudflare_admin(world, "POST", "reset")
-    yield world
-    admin(world, "reset", {})
-    cloudflare_admin(world, "POST", "reset")
 
 
 RUNS = [
