@@ -265,6 +265,11 @@ class Rollback:
 
     # ---------------------------------------------------------------- summary
 
+    def manual_steps_left(self) -> bool:
+        """No step failed, but a warn row asks the operator to finish something by hand."""
+        statuses = {check.status for check in self.report.checks}
+        return FAIL not in statuses and WARN in statuses
+
     def render(self) -> str:
         lines = [self.report.render().rsplit("\n", 1)[0]]
         failed = [c for c in self.report.checks if c.status == FAIL]
@@ -272,8 +277,8 @@ class Rollback:
         if failed:
             lines.append(f"  => ROLLBACK INCOMPLETE: {failed[0].title}: see above")
         elif manual:
-            lines.append(f"  => the backup MX records are out of DNS; finish by hand what the warn row(s) say: "
-                         f"{', '.join(check.title for check in manual)}")
+            lines.append(f"  => the backup MX records are out of DNS; finish by hand what the warn row(s) say "
+                         f"(exit 2): {', '.join(check.title for check in manual)}")
         else:
             lines.append("  => rollback complete")
         return "\n".join(lines)

@@ -19,9 +19,11 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from paramiko.ssh_exception import SSHException
 from pyinfra import host, logger, state
 from pyinfra.context import ctx_state
 from pyinfra.api import DeployError, FunctionCommand, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api.util import print_host_combined_output
 
 from backupmx import mailhost as mh
 from backupmx.config import IPNetwork
@@ -263,7 +265,43 @@ def _apply(plan: Plan):
         host.noop(plan.already)
         return
     _show(plan)
-    yield StringCommand("sh", "-c", QuoteString(mh.transaction_script(plan.transaction)))
+    command = StringCommand("sh", "-c", QuoteString(mh.transaction_script(plan.transaction)))
+    yield FunctionCommand(_run_transaction, (plan.label, command), {})
+
+
+def _run_transaction(state, host, label: str, command: StringCommand) -> bool:  # (state, host): from pyinfra
+    """Run one transaction script; a connection lost on the way gets a line of its own.
+
+    pyinfra reports a session killed mid-command only as "executed 0 commands"
+    (the channel closes without an exit status), which names nothing.
+    """
+    try:
+        ok, output = host.run_shell_command(command, print_output=state.print_output,
+                                            print_input=state.print_input)
+    except (OSError, EOFError, SSHException) as error:
+        return _fail(state, host, _connection_lost(host, label, f"{type(error).__name__}"))
+    if ok:
+        return True
+    if not state.print_output:
+        print_host_combined_output(host, output)
+    if not _connected(host):
+        return _fail(state, host, _connection_lost(host, label, "the session closed without an exit status"))
+    return False
+
+
+def _connected(host) -> bool:
+    """Whether the host's SSH transport is still up (other connectors: assumed so)."""
+    client = getattr(host.connector, "client", None)
+    if client is None or not hasattr(client, "get_transport"):
+        return True
+    transport = client.get_transport()
+    return transport is not None and transport.is_active()
+
+
+def _connection_lost(host, label: str, how: str) -> str:
+    return (f"SSH connection to {host.name} lost during {label} ({how}): the transaction may not have finished "
+            f"on the host; no DNS change follows in this run; reconnect and run the deploy again (stage 3 re-plans "
+            f"from what the host holds, stage 4 proves the result)")
 
 
 @operation()

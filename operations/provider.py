@@ -12,8 +12,8 @@ from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, OperationError, operation
 
 from backupmx.errors import BackupMXError
-from backupmx.maintenance import REMINDER, Maintenance
-from backupmx.run import once_per_state
+from backupmx.maintenance import REMINDER, Maintenance, parse_action
+from backupmx.run import once_per_state, take_run_lock
 from backupmx.provider import ManualStepRequired
 
 _runs: weakref.WeakKeyDictionary[object, Maintenance] = weakref.WeakKeyDictionary()
@@ -21,7 +21,15 @@ _runs: weakref.WeakKeyDictionary[object, Maintenance] = weakref.WeakKeyDictionar
 
 def current_maintenance(data) -> Maintenance:
     """The maintenance run of the pyinfra state being prepared (settings validated once)."""
-    return once_per_state(_runs, data, Maintenance)
+    return once_per_state(_runs, data, lambda settings: _start_maintenance(settings, data))
+
+
+def _start_maintenance(settings, data) -> Maintenance:
+    # Changing the hold serialises with backupmx.py and rollback.py on the same
+    # domains; reading it does not (a status check must work while they run).
+    if parse_action(data.get("hold")) != "status":
+        take_run_lock(settings, data)
+    return Maintenance(settings)
 
 
 def _show(message: str, log_func=logger.info) -> None:

@@ -10,6 +10,9 @@ never fails: trouble there is a warning with the manual steps.
 from __future__ import annotations
 
 import atexit
+import logging
+import os
+import sys
 import weakref
 
 import click
@@ -26,6 +29,10 @@ from backupmx.run import once_per_state, take_run_lock
 
 _runs: weakref.WeakKeyDictionary[object, Rollback] = weakref.WeakKeyDictionary()
 STEPS = (("1", "remove backup MX {}"), ("2", "DNS without backups {}"), ("3", "disable {} at {}"))
+# Steps 1-2 done, DNS clear, but a provider step is left for the operator: not 0
+# (scripts and tired operators must not read "all done"), not 1 (nothing failed
+# that matters for mail routing). docs/rollback.md, "Exit codes".
+EXIT_MANUAL_STEP_LEFT = 2
 
 
 def current_rollback(data) -> Rollback:
@@ -63,6 +70,17 @@ def _print_summary(rollback: Rollback, state_ref) -> None:
         click.echo(f"  note: not reached or failed: {', '.join(others)}; steps 1-3 do not need them, but pyinfra "
                    f"exits 1 because of them (`--limit controller` leaves the other hosts out)")
     rollback.close()
+    if executed and not failed and rollback.manual_steps_left():
+        _exit_now(EXIT_MANUAL_STEP_LEFT)
+
+
+def _exit_now(code: int) -> None:
+    # pyinfra has already called sys.exit(0) when atexit handlers run; only
+    # os._exit can still change the status, so flush what the others would.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _show(message: str, log_func=logger.info) -> None:

@@ -91,6 +91,20 @@ def test_lock_wait_makes_the_second_run_wait_for_the_first(fresh):
     assert second_ended > 0
 
 
+def test_hold_change_during_a_deploy_is_refused_but_status_reads(fresh):
+    first = start("deploys/backupmx.py")
+    try:
+        wait_until_locked_by(fresh, first.pid)
+        change = pyinfra("deploys/maintenance.py", "--limit", "controller", "--data", "hold=on", timeout=60)
+        status = pyinfra("deploys/maintenance.py", "--limit", "controller", "--data", "hold=status", timeout=60)
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert change.returncode != 0 and f"{DOMAIN} is locked by pid {first.pid}" in output(change), output(change)
+    assert "Traceback" not in output(change)
+    assert status.returncode == 0, output(status)
+    assert first.returncode == 0, out + err
+
+
 def test_dry_run_needs_no_lock(fresh):
     first = start("deploys/backupmx.py")
     try:

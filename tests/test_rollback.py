@@ -198,14 +198,14 @@ def test_limit_controller_leaves_the_mail_host_out_and_exits_0(live):
 def test_acc_down_warns_with_the_manual_steps_and_dns_is_still_done(live):
     dead = f"http://127.0.0.1:{dead_port()}/api/api.php"
     result = rollback("--data", provider_data(live, api_base=dead))
-    assert result.returncode == 0, output(result)  # documented: the DNS part is what matters
+    assert result.returncode == 2, output(result)  # documented: DNS done, a step left by hand
     assert dns_answer(live) == {PRIMARY}
     row = summary_row(result, "3")
     assert "warn" in row and f"POST {dead} (m=mail a=domain_get)" in row
     assert "no connection (ConnectionError after 3 retries)" in row
     assert "log in to https://acc.rollernet.us/ as viktor" in result.stdout
     assert "open the mail domain viktorbarzin.me and disable it" in result.stdout
-    assert "finish by hand what the warn row(s) say" in result.stdout
+    assert "finish by hand what the warn row(s) say (exit 2)" in result.stdout
     assert acc_domain(live)["enabled"] is True and acc_requests(live) == []
     no_secret_in(live, result)
 
@@ -213,7 +213,7 @@ def test_acc_down_warns_with_the_manual_steps_and_dns_is_still_done(live):
 def test_acc_dropping_connections_is_the_same_warning(live):
     admin(live, "faults", {"down": True})
     result = rollback()
-    assert result.returncode == 0, output(result)
+    assert result.returncode == 2, output(result)
     assert dns_answer(live) == {PRIMARY}
     assert "no answer (ConnectionError after 3 retries)" in summary_row(result, "3")
 
@@ -236,7 +236,7 @@ def test_vault_down_with_the_env_tokens(live):
 def test_vault_down_with_only_the_cloudflare_token_still_removes_the_records(live):
     env = env_without_vault(CLOUDFLARE_API_TOKEN=live["cloudflare_token"])
     result = rollback("--data", vault_down(live), env=env)
-    assert result.returncode == 0, output(result)
+    assert result.returncode == 2, output(result)
     assert dns_answer(live) == {PRIMARY}
     row = summary_row(result, "3")
     assert "warn" in row and "set $ROLLERNET_API_KEY for an emergency run" in row
