@@ -275,14 +275,7 @@ class Drill:
     # -- plumbing ----------------------------------------------------------------
 
     def add(self, key: str, title: str, status: str, evidence: str, next_step: str | None = None) -> Check:
-        rows = self.report.checks
-        check = Check(key, title, status, evidence, next_step)
-        for index, row in enumerate(rows):
-            if (row.key, row.title) == (key, title):
-                rows[index] = check
-                return check
-        rows.append(check)
-        return check
+        return self.report.put(key, title, status, evidence, next_step)
 
     def t(self, at: float | None = None) -> str:
         return f"{(self.clock() if at is None else at) - self.started:5.1f}s"

@@ -34,6 +34,16 @@ class Report:
         self.checks.append(check)
         return check
 
+    def put(self, key: str, title: str, status: str, evidence: str, next_step: str | None = None) -> Check:
+        """Add a row, or replace the row of the same key and title (a plan row by its outcome)."""
+        check = Check(key, title, status, evidence, next_step)
+        for index, row in enumerate(self.checks):
+            if (row.key, row.title) == (key, title):
+                self.checks[index] = check
+                return check
+        self.checks.append(check)
+        return check
+
     @property
     def blocked(self) -> bool:
         return any(check.status in BLOCKING for check in self.checks)

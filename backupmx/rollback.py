@@ -79,14 +79,7 @@ class Rollback:
 
     def add(self, key: str, title: str, status: str, evidence: str, next_step: str | None = None) -> Check:
         """Add a step's row, replacing an earlier row of the same step (the plan shown while preparing)."""
-        check = Check(key, title, status, evidence, next_step)
-        rows = self.report.checks
-        for index, row in enumerate(rows):
-            if (row.key, row.title) == (key, title):
-                rows[index] = check
-                return check
-        rows.append(check)
-        return check
+        return self.report.put(key, title, status, evidence, next_step)
 
     def cloudflare(self) -> CloudflareClient:
         if self._cloudflare is None:

@@ -94,6 +94,25 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
+def sdk(world):
+    """The official Cloudflare SDK pointed at the fake (no retries: a test sees every answer)."""
+    from cloudflare import Cloudflare
+
+    return Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
+
+
+@pytest.fixture
+def cf(fresh, sdk):
+    """The SDK client, with both fakes at their seed before and after the test."""
+    return sdk
+
+
+@pytest.fixture
+def zone_id(world) -> str:
+    return world["cloudflare_zone_id"]
+
+
+@pytest.fixture
 def fresh(world):
     """Both fakes (Cloudflare, Roller Network ACC) at their seed before and after the test."""
     from providerkit import admin, cloudflare_admin

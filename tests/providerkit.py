@@ -64,6 +64,15 @@ def cloudflare_admin(world, method: str, name: str):
     return response.json() if response.content else None
 
 
+def cloudflare_faults(world, **settings) -> None:
+    """Switch the fake Cloudflare's faults (docs/reliability.md); a reset clears them."""
+    requests.post(f"{world['cloudflare_admin']}/faults", json=settings, timeout=10).raise_for_status()
+
+
+def cloudflare_requests(world) -> list[dict]:
+    return requests.get(f"{world['cloudflare_admin']}/requests", timeout=10).json()["requests"]
+
+
 def cloudflare_writes(world) -> list[dict]:
     log = cloudflare_admin(world, "GET", "requests")
     entries = log.get("requests", log) if isinstance(log, dict) else log

@@ -13,8 +13,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from providerkit import cloudflare_faults as faults
+from providerkit import cloudflare_requests as request_log
 import requests
-from cloudflare import Cloudflare
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from backupmx.cloudflare import (
@@ -35,12 +36,8 @@ from backupmx.sandbox import seed
 BACKUP = "mail.rollernet.us"
 
 
-@pytest.fixture(autouse=True)
-def fresh(world):
-    """Every test starts from the seeded zone, no faults, an empty request log."""
-    requests.post(f"{world['cloudflare_admin']}/reset", timeout=5).raise_for_status()
-    yield
-    requests.delete(f"{world['cloudflare_admin']}/faults", timeout=5).raise_for_status()
+# Every test starts from the seeded zone, no faults, an empty request log (conftest).
+pytestmark = pytest.mark.usefixtures("fresh")
 
 
 @pytest.fixture
@@ -49,24 +46,6 @@ def client(world) -> CloudflareClient:
                             backoff_factor=0.05, timeout=(2, 5))
     yield made
     made.close()
-
-
-@pytest.fixture
-def sdk(world) -> Cloudflare:
-    return Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
-
-
-@pytest.fixture
-def zone_id(world) -> str:
-    return world["cloudflare_zone_id"]
-
-
-def faults(world, **settings) -> None:
-    requests.post(f"{world['cloudflare_admin']}/faults", json=settings, timeout=5).raise_for_status()
-
-
-def request_log(world) -> list[dict]:
-    return requests.get(f"{world['cloudflare_admin']}/requests", timeout=5).json()["requests"]
 
 
 def clear_log(world) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from cloudflare import Cloudflare
 
 from backupmx import dnscheck
 from backupmx.mxplan import MANAGED_MARKER
@@ -31,15 +30,6 @@ def deploy(*args: str, dry: bool = False) -> subprocess.CompletedProcess:
     if dry:
         command.append("--dry")
     return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture
-def cf(world):
-    admin = world["cloudflare_admin"]
-    requests.post(f"{admin}/reset", timeout=10).raise_for_status()
-    client = Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
-    yield client
-    requests.post(f"{admin}/reset", timeout=10).raise_for_status()
 
 
 def zone_id(cf, world) -> str:

@@ -8,7 +8,6 @@ import time
 import dns.resolver
 import pytest
 import requests
-from cloudflare import Cloudflare
 
 from backupmx import dnscheck
 from backupmx.dnscheck import DNSCheckError, live_mx, wait_for_mx
@@ -18,21 +17,13 @@ PRIMARY = (seed.PRIMARY_PRIORITY, seed.PRIMARY_MX)
 BACKUPS = {(seed.BACKUP_PRIORITY, host) for host in seed.BACKUP_MX}
 
 
-@pytest.fixture(autouse=True)
-def fresh(world):
-    requests.post(f"{world['cloudflare_admin']}/reset", timeout=5).raise_for_status()
-    yield
-    requests.delete(f"{world['cloudflare_admin']}/faults", timeout=5).raise_for_status()
+# Every test starts from the seeded zone, no faults, an empty request log (conftest).
+pytestmark = pytest.mark.usefixtures("fresh")
 
 
 @pytest.fixture
 def servers(world) -> list[str]:
     return [world["dns"]]
-
-
-@pytest.fixture
-def sdk(world) -> Cloudflare:
-    return Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
 
 
 def add_backups(sdk, world) -> list:

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
-from cloudflare import Cloudflare
 
 from backupmx import drift as dr
 from backupmx.config import load_settings
@@ -112,15 +110,6 @@ def drift(*args: str, dry: bool = False, limit: tuple[str, ...] = ("@local", "sa
 
 def output(result) -> str:
     return result.stdout + result.stderr
-
-
-@pytest.fixture
-def cf(world):
-    admin = world["cloudflare_admin"]
-    requests.post(f"{admin}/reset", timeout=10).raise_for_status()
-    client = Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
-    yield client
-    requests.post(f"{admin}/reset", timeout=10).raise_for_status()
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from cloudflare import Cloudflare
 
 from backupmx import dnscheck
 from backupmx import monitoring as mon
@@ -302,15 +301,6 @@ def probe(base: str, module: str, target: str) -> tuple[dict[str, float], float]
             name, _, value = line.rpartition(" ")
             metrics[name] = float(value)
     return metrics, elapsed
-
-
-@pytest.fixture
-def cf(world):
-    admin = world["cloudflare_admin"]
-    requests.post(f"{admin}/reset", timeout=10).raise_for_status()
-    client = Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
-    yield client
-    requests.post(f"{admin}/reset", timeout=10).raise_for_status()
 
 
 PRIMARY = (1, "mail.viktorbarzin.me")

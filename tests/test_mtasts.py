@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 import trustme
-from cloudflare import Cloudflare
 
 from backupmx import mtasts
 from backupmx.mtasts import (
@@ -310,11 +309,6 @@ def test_fetch_of_nothing_listening_is_an_error():
 def zone(world):
     requests.post(f"{world['cloudflare_admin']}/reset", timeout=5).raise_for_status()
     return world
-
-
-@pytest.fixture
-def sdk(world) -> Cloudflare:
-    return Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
 
 
 def publish_policy_host(sdk, world) -> None:

@@ -19,6 +19,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from providerkit import cloudflare_faults as faults
+from providerkit import cloudflare_requests as request_log
 import requests
 from cloudflare import Cloudflare
 
@@ -28,29 +30,8 @@ from backupmx.sandbox.supervisor import Supervisor
 BACKUP = "mail.rollernet.us"
 
 
-@pytest.fixture(autouse=True)
-def fresh(world):
-    """Every test starts from the seeded zone, no faults, an empty request log."""
-    requests.post(f"{world['cloudflare_admin']}/reset", timeout=5).raise_for_status()
-    yield
-
-
-@pytest.fixture
-def cf(world) -> Cloudflare:
-    return Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
-
-
-@pytest.fixture
-def zone_id(world) -> str:
-    return world["cloudflare_zone_id"]
-
-
-def faults(world, **settings) -> None:
-    requests.post(f"{world['cloudflare_admin']}/faults", json=settings, timeout=5).raise_for_status()
-
-
-def request_log(world) -> list[dict]:
-    return requests.get(f"{world['cloudflare_admin']}/requests", timeout=5).json()["requests"]
+# Every test starts from the seeded zone, no faults, an empty request log (conftest).
+pytestmark = pytest.mark.usefixtures("fresh")
 
 
 def api(world, method: str, path: str, token: str | None = "world", **kwargs) -> requests.Response:
