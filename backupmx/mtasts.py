@@ -267,23 +267,16 @@ INERT = "MTA-STS is inert: TXT published but no policy is served (senders ignore
 
 
 def guard(observation: Observation, backup_hosts: Sequence[str]) -> Decision:
-    """May backup MX hosts be published, given the domain's MTA-STS state?"""
-    hosts = ", ".join(backup_hosts)
-    listed = f"when it is fixed, its mx: lines must cover {hosts}"
-    if observation.txt_problem:
-        return Decision(WARN, f"MTA-STS TXT at _mta-sts.{observation.domain} is invalid "
-                              f"({observation.txt_problem}): senders assume no policy; {listed}")
-    if observation.txt_id is None:
-        return Decision(PASS, f"no MTA-STS policy published for {observation.domain}")
-    policy = observation.policy
-    if policy is None:
-        return Decision(WARN, f"{INERT}: {observation.policy_problem}; {listed}")
-    missing = policy.unmatched(backup_hosts)
-    if policy.mode == "none" or not missing:
-        return Decision(PASS, f"MTA-STS policy (mode {policy.mode}, id {observation.txt_id}) "
-                              + ("applies no checks" if policy.mode == "none" else f"lists {hosts}"))
-    absent = ", ".join(missing)
-    if policy.mode == "testing":
+    """May backup MX hosts be published, given the domain's MTA-STS state?
+
+    ``check_coverage`` judges it for the backups; only a backup left out of a
+    testing or enforce policy is worded here, with what to do before stage 5.
+    """
+    coverage = check_coverage(observation, backup_hosts)
+    if not coverage.uncovered or coverage.status == PASS:
+        return Decision(coverage.status, coverage.reason)
+    absent = ", ".join(coverage.uncovered)
+    if coverage.status == WARN:
         return Decision(WARN, f"MTA-STS policy is in testing mode and does not list {absent}: senders still "
                               f"deliver but report failures; add mx: {absent} before switching to enforce")
     return Decision(FAIL, f"MTA-STS policy is in enforce mode and does not list {absent}: enforcing senders "
