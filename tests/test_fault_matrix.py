@@ -266,6 +266,19 @@ def restore_rspamd_reload(world, ctx):
         ctx["settings_after_drop"] = settings.read_bytes()
 
 
+def stop_postfix_with_a_whitelist_line_missing(world, ctx):
+    """Stage 3 has a whitelist line to add, and the mail host's Postfix is down (its master stopped
+    by the sandbox's service script, by pid): the change validates, the reload cannot."""
+    cidr = managed_paths(world)["cidr"]
+    lines = cidr.read_text().splitlines(keepends=True)
+    cidr.write_text("".join(lines[:-1]))
+    subprocess.run(world["failover"]["stop_command"], check=True, timeout=60, capture_output=True)
+
+
+def start_postfix(world, ctx):
+    subprocess.run(world["failover"]["start_command"], check=True, timeout=60, capture_output=True)
+
+
 # --- cells -------------------------------------------------------------------------------------
 
 
@@ -316,6 +329,9 @@ def _cells() -> list[Cell]:
         Cell("ssh-drop-b", "SSH", "dropped mid-stage", BACKUPMX, "3-4 mail host", "fresh",
              hang_rspamd_reload_and_drop_ssh, restore_rspamd_reload,
              names=r"SSH connection to sandbox-mailhost lost during rspamd_exemption"),
+        Cell("postfix-down-b", "Postfix", "daemon down (reload fails)", BACKUPMX, "3-4 mail host", "fresh",
+             stop_postfix_with_a_whitelist_line_missing, start_postfix,
+             names=r"passed validation and are in place, but .*postfix.* reload failed"),
         Cell("rspamd-invalid-b", "rspamd", "configtest fails", BACKUPMX, "3-4 mail host", "fresh",
              break_rspamd_settings, unbreak_rspamd_settings, names=r"rspamadm configtest fails", i4=True),
         Cell("cf-429-b", "Cloudflare", "429 + Retry-After", BACKUPMX, "5 DNS", "fresh",
