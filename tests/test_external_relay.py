@@ -251,6 +251,29 @@ def test_external_relay_a_legitimate_sender_via_the_relay_passes_spf_and_dmarc(e
     assert f"designates {LEGIT} as permitted sender" in auth
 
 
+def test_external_relay_parses_the_sandbox_relays_own_received_header(external_relay):
+    """Through the fake Roller Network relay itself: its real header (Postfix layout) is the one taken.
+
+    The sandbox relay's client is on loopback, so the address it records is
+    127.0.0.1, which rspamd's SPF module does not check (local address): the
+    proof here is the rule firing and rspamd logging the address from the header.
+    """
+    relay = next(item for item in external_relay["relays"] if item["host"] == "mail.rollernet.us")
+    host, port = endpoint(relay["smtp"])
+    message, message_id = build_message(SENDER, RECIPIENT, subject="through the sandbox relay")
+    result = send_mail(host, port, SENDER, RECIPIENT, message)
+    assert result.accepted, str(result)
+    delivered = wait_for_delivery(external_relay["maildir"], message_id, timeout=60)
+    received = [re.sub(r"\s+", " ", str(value)) for value in delivered.get_all("Received")]
+    assert "(Roller Network relay, backupmx sandbox)" in received[1], received
+    symbols, spamd, _ = delivered_verdict(external_relay, message_id)
+    print(f"via the sandbox relay: {received[1][:90]}...; {mh.RSPAMD_RELAY_SYMBOL} in {spamd[:120]}...")
+    assert mh.RSPAMD_RELAY_SYMBOL in symbols, spamd
+    log = Path(external_relay["root"], "mailhost", "rspamd-log", "rspamd.log").read_text(errors="replace")
+    line = next(line for line in reversed(log.splitlines()) if f"id: {message_id}" in line and "ip: " in line)
+    assert "ip: 127.0.0.1," in line, line  # the relay's client, not its PROXY source 192.0.2.25
+
+
 def test_external_relay_trusts_the_received_header_of_relay_addresses_only(external_relay):
     """A client outside the relay networks cannot name an address SPF allows in a Received header of its own."""
     outside = fresh_ipv4()
