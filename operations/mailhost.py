@@ -349,6 +349,13 @@ def rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = True):
     stay active. Validated with ``rspamadm configtest`` (any new output counts)
     before rspamd is reloaded; on failure the previous file is restored.
 
+    ``mailhost.relay_scoring: external_relay`` (native only) writes instead a rule
+    capping the relay networks' action (``reject = null``) in the same block, plus
+    marked blocks in ``local.d/external_relay.conf`` (a ``count`` rule taking the
+    sending address from the relay's own Received header) and ``local.d/rspamd.lua``
+    (the condition that limits that rule to relay addresses). The mode is switched
+    in one transaction over the three files (docs/mailhost.md, "Relay scoring").
+
     **Example:**
 
     .. code:: python
@@ -377,7 +384,9 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
       shows it;
     - rspamc through the controller: a message from ``postmaster@domain`` claimed
       from a relay address has no R_SPF_*/DMARC_* symbol, from an outside address it
-      has R_SPF_* (the running rspamd has the rule);
+      has R_SPF_* (the running rspamd has the rule); with relay scoring
+      ``external_relay``, ``mh.judge_scans`` checks instead that the relay's Received
+      header is taken and scored, and the action is not reject;
     - an SMTP session through the listener claiming each relay address and talking
       before the greeting reaches RCPT 250 (the running postscreen has the table).
     """
