@@ -328,6 +328,27 @@ def test_external_relay_second_run_changes_nothing(external_relay, inventories):
     assert files(external_relay) == before
 
 
+def test_external_relay_drift_check_sees_an_edited_lua_block_only(external_relay, inventories):
+    """deploys/drift.py: an edit inside our rspamd.lua block is drift; a site's own line after it is not."""
+    lua = rspamd_paths(external_relay)["rspamd.lua"]
+    original = lua.read_bytes()
+
+    def drift() -> subprocess.CompletedProcess:
+        return subprocess.run([PYINFRA, "-y", inventories[mh.EXTERNAL_RELAY], "deploys/drift.py", "--limit",
+                               "sandbox-mailhost"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+
+    try:
+        lua.write_bytes(original + b"-- a site's own line\n")
+        result = drift()
+        assert result.returncode == 0 and "  no drift" in result.stdout, output(result)
+        lua.write_bytes(original.replace(b"ip:is_valid() and ", b""))
+        result = drift()
+        assert result.returncode == 1, output(result)
+        assert f"DRIFT exemption sandbox-mailhost: change {lua}" in result.stdout, output(result)
+    finally:
+        lua.write_bytes(original)  # never loaded: rspamd was not reloaded
+
+
 # --- round trip, failure, bad input -------------------------------------------------------
 
 
