@@ -368,7 +368,7 @@ def test_exempt_to_external_relay_to_exempt_is_byte_identical(world, inventories
     assert leftovers(world) == []
 
 
-def _run_rspamd_operation(world, mailhost: mh.MailHost, caplog) -> tuple[bool, str]:
+def _run_rspamd_operation(world, mailhost: mh.MailHost, caplog, **kwargs) -> tuple[bool, str]:
     from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all, disconnect_all
     from pyinfra.api.exceptions import PyinfraError
@@ -385,7 +385,8 @@ def _run_rspamd_operation(world, mailhost: mh.MailHost, caplog) -> tuple[bool, s
     host = state.inventory.get_host("sandbox-mailhost")
     try:
         caplog.clear()
-        add_op(state, rspamd_exemption, name="switch test", mailhost=mailhost, relay_cidrs=world["relay_cidrs"])
+        add_op(state, rspamd_exemption, name="switch test", mailhost=mailhost, relay_cidrs=world["relay_cidrs"],
+               **kwargs)
         try:
             run_ops(state)
         except PyinfraError:
@@ -415,6 +416,18 @@ def test_a_failed_switch_restores_all_three_files_and_reloads_nothing(exempt, mo
     assert files(exempt) == before and leftovers(exempt) == []
     assert not [found for path in rspamd_paths(exempt).values() for found in path.parent.glob(f"{path.name}.backupmx-*")]
     assert worker_pids(exempt) == pids, "rspamd was reloaded"
+
+
+def test_present_false_takes_every_external_relay_block_out(external_relay, caplog):
+    """What rollback (--data revert_mailhost=true) runs: no rspamd file of ours is left, in either mode."""
+    mailhost = mh.load_mailhost({**external_relay["mailhost"], "relay_scoring": mh.EXTERNAL_RELAY})
+    ok, log = _run_rspamd_operation(external_relay, mailhost, caplog, present=False)
+    assert ok, log
+    state = files(external_relay)
+    assert state["settings.conf"] is None and state["external_relay.conf"] is None and state["rspamd.lua"] is None
+    message, _ = relayed(SPOOFER, "after present=False")
+    verdict = scan(external_relay, relay_address(), message)
+    assert "R_SPF_FAIL" in verdict["symbols"] and mh.RSPAMD_RELAY_SYMBOL not in verdict["symbols"]
 
 
 @pytest.mark.parametrize("value", ["spf_off", "External_Relay", 1])
