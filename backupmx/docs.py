@@ -155,6 +155,8 @@ def _context(view: InventoryView) -> dict[str, Any]:
         "domains": domains,
         "first": domains[0],
         "mailhosts": view.mailhosts,
+        # Relay scoring external_relay on any mail host changes what relayed mail shows.
+        "external_relay": any(m.mailhost.relay_scoring == "external_relay" for m in view.mailhosts),
         "monitoring": view.monitoring,
         "overage": ledger.overage,
         "ledger_cidrs": ledger.relay_cidrs,

@@ -43,6 +43,22 @@ CACHE_MAP = "postscreen_cache_map"
 RSPAMD_RULE = "backupmx_relay_exempt"
 EXEMPT_GROUPS = ("spf", "dmarc")
 RSPAMD_BLOCK = "rspamd-relay-exemption"
+# How rspamd scores relayed mail (docs/mailhost.md, "Relay scoring"): ``exempt``
+# drops SPF and DMARC for the relay networks (the seed's approach); ``external_relay``
+# scores them against the original sender address from the relay's Received header
+# and caps the action of relayed mail at "add header".
+EXEMPT, EXTERNAL_RELAY = RELAY_SCORING = ("exempt", "external_relay")
+RSPAMD_CAP_RULE = "backupmx_relay_cap"
+RSPAMD_RELAY_SYMBOL = "BACKUPMX_EXTERNAL_RELAY"
+EXTERNAL_RELAY_BLOCK = "rspamd-external-relay"
+# rspamd's Received list starts with an artificial header for its own hop (Postfix
+# hands the milter no Received header of its own; rspamc neither); the module's
+# ``count`` strategy takes it off, so 3 is the second real header: the relay's own.
+# Verified with rspamd 3.4 through rspamc and through postscreen -> smtpd -> milter.
+EXTERNAL_RELAY_COUNT = 3
+# Below the settings check (priority 10): the settings rule must still see the
+# relay's address, not the original one the module puts in its place.
+EXTERNAL_RELAY_PRIORITY = 9
 USER_PATCHES_BLOCK = "postscreen-relay-whitelist"
 # Postfix's default when main.cf does not set postscreen_access_list.
 POSTFIX_DEFAULT_ACCESS_LIST = "permit_mynetworks"
@@ -93,6 +109,8 @@ class MailHost:
     # Stage 4's SMTP probe of the listener, as reachable on the mail host ("ip:port");
     # derived from the service name when it names an address; "" = no SMTP probe.
     smtp_probe: str = ""
+    # How rspamd scores relayed mail: ``exempt`` or ``external_relay`` (RELAY_SCORING).
+    relay_scoring: str = EXEMPT
 
     # -- where things are ----------------------------------------------------
 
@@ -129,6 +147,16 @@ class MailHost:
         if self.is_docker:
             return f"{self.host_config_dir}/rspamd/override.d/settings.conf"
         return f"{self.rspamd_local_dir}/local.d/settings.conf"
+
+    @property
+    def rspamd_external_relay_host_path(self) -> str:
+        """external_relay mode: the module's settings (native only)."""
+        return f"{self.rspamd_local_dir}/local.d/external_relay.conf"
+
+    @property
+    def rspamd_lua_host_path(self) -> str:
+        """external_relay mode: the Lua file rspamd loads from local.d (the condition on our rule)."""
+        return f"{self.rspamd_local_dir}/local.d/rspamd.lua"
 
     @property
     def rspamd_settings_mounted_path(self) -> str:
@@ -190,7 +218,7 @@ def load_mailhost(data: Any) -> MailHost:
         raise ConfigError("mailhost", f"must be a mapping, got {type(data).__name__}")
     known = {"flavour", "proxy_service", "postfix_config_dir", "rspamd_local_dir", "rspamadm_args",
              "rspamd_controller", "postfix_reload", "rspamd_reload", "container", "config_dir",
-             "host_config_dir", "docker", "smtp_probe"}
+             "host_config_dir", "docker", "smtp_probe", "relay_scoring"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"mailhost.{unknown[0]}", "is not a known key",
@@ -232,7 +260,20 @@ def load_mailhost(data: Any) -> MailHost:
     default_rspamd_reload = ["supervisorctl", "signal", "HUP", "rspamd"] if docker else ["systemctl", "reload", "rspamd"]
     values["rspamd_reload"] = _argv(data.get("rspamd_reload", default_rspamd_reload), "mailhost.rspamd_reload")
     values["smtp_probe"] = _smtp_probe(data.get("smtp_probe", True), service)
+    values["relay_scoring"] = _relay_scoring(data.get("relay_scoring", EXEMPT), docker)
     return MailHost(**values)
+
+
+def _relay_scoring(value: Any, docker: bool) -> str:
+    if value not in RELAY_SCORING:
+        raise ConfigError("mailhost.relay_scoring", f"{value!r} is not a relay scoring mode",
+                          f"use one of {', '.join(RELAY_SCORING)} (docs/mailhost.md)")
+    if value == EXTERNAL_RELAY and docker:
+        # docker-mailserver copies only rspamd/override.d into the container; the
+        # Lua condition lives in local.d/rspamd.lua, which it does not manage.
+        raise ConfigError("mailhost.relay_scoring", "external_relay is not supported for docker-mailserver yet",
+                          "use exempt")
+    return value
 
 
 def _proxy_service(value: Any) -> tuple[str, str]:
@@ -336,6 +377,47 @@ def render_rspamd_block(relay_cidrs: Iterable[IPNetwork | str]) -> str:
                   rule=RSPAMD_RULE, networks=networks, groups=EXEMPT_GROUPS)
 
 
+def render_relay_cap_block(relay_cidrs: Iterable[IPNetwork | str]) -> str:
+    """external_relay mode: the marked settings rule that caps relayed mail at "add header"."""
+    networks = [str(ipaddress.ip_network(str(cidr))) for cidr in relay_cidrs]
+    return render("rspamd_relay_cap.conf.j2", begin=block_begin(RSPAMD_BLOCK), end=block_end(RSPAMD_BLOCK),
+                  rule=RSPAMD_CAP_RULE, networks=networks)
+
+
+def render_external_relay_block() -> str:
+    """external_relay mode: the module's rule, a marked block of local.d/external_relay.conf."""
+    return render("rspamd_external_relay.conf.j2", begin=block_begin(EXTERNAL_RELAY_BLOCK),
+                  end=block_end(EXTERNAL_RELAY_BLOCK), symbol=RSPAMD_RELAY_SYMBOL, count=EXTERNAL_RELAY_COUNT,
+                  priority=EXTERNAL_RELAY_PRIORITY, cap_rule=RSPAMD_CAP_RULE)
+
+
+def render_external_relay_lua(relay_cidrs: Iterable[IPNetwork | str]) -> str:
+    """external_relay mode: the Lua block (local.d/rspamd.lua) that limits the rule to relay addresses."""
+    networks = [str(ipaddress.ip_network(str(cidr))) for cidr in relay_cidrs]
+    return render("rspamd_external_relay.lua.j2", begin=block_begin(EXTERNAL_RELAY_BLOCK, "--"),
+                  end=block_end(EXTERNAL_RELAY_BLOCK, "--"), symbol=RSPAMD_RELAY_SYMBOL, networks=networks)
+
+
+def rspamd_files(mailhost: MailHost, relay_cidrs: Iterable[IPNetwork | str] | None) -> dict[str, tuple[str, str, str | None]]:
+    """Each rspamd file of the stage: path -> (block name, comment marker, wanted block or None).
+
+    ``relay_cidrs`` None: nothing of ours anywhere (``present=False``). Switching the
+    mode swaps the settings rule and adds or removes the two external_relay blocks.
+    """
+    external = relay_cidrs is not None and mailhost.relay_scoring == EXTERNAL_RELAY
+    cidrs = list(relay_cidrs or [])
+    settings = None
+    if relay_cidrs is not None:
+        settings = render_relay_cap_block(cidrs) if external else render_rspamd_block(cidrs)
+    files = {mailhost.rspamd_settings_host_path: (RSPAMD_BLOCK, "#", settings)}
+    if not mailhost.is_docker:
+        files[mailhost.rspamd_external_relay_host_path] = (EXTERNAL_RELAY_BLOCK, "#",
+                                                           render_external_relay_block() if external else None)
+        files[mailhost.rspamd_lua_host_path] = (EXTERNAL_RELAY_BLOCK, "--",
+                                                render_external_relay_lua(cidrs) if external else None)
+    return files
+
+
 def render_user_patches_block(mailhost: MailHost, options: Mapping[str, str]) -> str:
     """docker-mailserver: the marked user-patches.sh block that sets the listener's options at start."""
     settings = [f"{mailhost.service_key}/{name}={value}" for name, value in options.items()]
@@ -364,16 +446,16 @@ def parse_postscreen_access(text: str) -> tuple[list[str], list[str]]:
 # --- marked blocks ------------------------------------------------------------
 
 
-def block_begin(name: str) -> str:
-    return f"# BEGIN backupmx {name} (managed by backupmx; edit the inventory, not this block)"
+def block_begin(name: str, comment: str = "#") -> str:
+    return f"{comment} BEGIN backupmx {name} (managed by backupmx; edit the inventory, not this block)"
 
 
-def block_end(name: str) -> str:
-    return f"# END backupmx {name}"
+def block_end(name: str, comment: str = "#") -> str:
+    return f"{comment} END backupmx {name}"
 
 
-def _block_span(lines: list[str], name: str) -> tuple[int, int] | None:
-    begin_prefix, end_line = f"# BEGIN backupmx {name}", block_end(name)
+def _block_span(lines: list[str], name: str, comment: str = "#") -> tuple[int, int] | None:
+    begin_prefix, end_line = f"{comment} BEGIN backupmx {name}", block_end(name, comment)
     begins = [i for i, line in enumerate(lines) if line.rstrip("\r\n").startswith(begin_prefix)]
     ends = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == end_line]
     if not begins and not ends:
@@ -384,24 +466,25 @@ def _block_span(lines: list[str], name: str) -> tuple[int, int] | None:
     return begins[0], ends[0]
 
 
-def find_block(text: str | None, name: str) -> str | None:
+def find_block(text: str | None, name: str, comment: str = "#") -> str | None:
     if not text:
         return None
     lines = text.splitlines(keepends=True)
-    span = _block_span(lines, name)
+    span = _block_span(lines, name, comment)
     return None if span is None else "".join(lines[span[0]:span[1] + 1])
 
 
-def with_block(text: str | None, name: str, block: str | None, header: str = "") -> str | None:
+def with_block(text: str | None, name: str, block: str | None, header: str = "", comment: str = "#") -> str | None:
     """``text`` with the marked block ``name`` replaced by ``block`` (appended if absent; removed if None).
 
     Everything outside the markers is kept byte for byte. A file that held only
     our block (and ``header``) is removed (None) when the block is removed.
+    ``comment`` is the file's comment marker (``--`` for Lua).
     """
     if block is not None and not block.endswith("\n"):
         block += "\n"
     lines = (text or "").splitlines(keepends=True)
-    span = _block_span(lines, name)
+    span = _block_span(lines, name, comment)
     if span is not None:
         before, after = lines[:span[0]], lines[span[1] + 1:]
         if block is None:
@@ -973,6 +1056,91 @@ def parse_rspamc_symbols(text: str) -> list[str] | None:
 def exempted_symbols(symbols: Iterable[str]) -> list[str]:
     """The SPF and DMARC verdicts the exemption removes."""
     return sorted(s for s in symbols if s.startswith("R_SPF_") or s.startswith("DMARC_"))
+
+
+def parse_rspamc_action(text: str) -> str | None:
+    """The action from ``rspamc -j symbols`` (None when it is not a scan result)."""
+    start = text.find("{")
+    try:
+        data, _ = json.JSONDecoder().raw_decode(text[start:]) if start >= 0 else (None, 0)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    action = data.get("action")
+    if action is None and isinstance(data.get("default"), dict):  # older rspamc: per-metric
+        action = data["default"].get("action")
+    return action if isinstance(action, str) else None
+
+
+# --- stage 4: what each relay scoring mode must show ------------------------------
+
+
+def scan_message(mailhost: MailHost, domain: str, outside_ip: str) -> str:
+    """The probe message stage 4 scans: external_relay puts it behind a relay's Received header."""
+    message = probe_message(domain)
+    if mailhost.relay_scoring != EXTERNAL_RELAY:
+        return message
+    # The layout Postfix writes (and the sandbox relay): "from HELO (rDNS [IP])".
+    return (f"Received: from backupmx-probe.invalid (unknown [{outside_ip}])\r\n"
+            f"\tby relay.backupmx-probe.invalid with ESMTP id BACKUPMXPROBE\r\n"
+            f"\tfor <postmaster@{domain}>; Thu, 01 Jan 2026 00:00:00 +0000\r\n") + message
+
+
+def settings_rule_in_dump(mailhost: MailHost, rules: Mapping[str, Any], cidrs: Sequence[str]) -> tuple[bool, str]:
+    """Does ``rspamadm configdump settings`` show our rule of this mode, as rendered?"""
+    name = RSPAMD_CAP_RULE if mailhost.relay_scoring == EXTERNAL_RELAY else RSPAMD_RULE
+    rule = rules.get(name)
+    ok = isinstance(rule, dict) and sorted(rule.get("ip", [])) == sorted(cidrs)
+    apply = (rule.get("apply") or {}) if isinstance(rule, dict) else {}
+    if mailhost.relay_scoring == EXTERNAL_RELAY:
+        # configdump shows the disabled action as null.
+        actions = apply.get("actions") or {}
+        ok = ok and "reject" in actions and actions["reject"] is None
+    else:
+        ok = ok and sorted(apply.get("groups_disabled", [])) == sorted(EXEMPT_GROUPS)
+    return ok, name
+
+
+def judge_scans(mailhost: MailHost, relay_ip: str, outside_ip: str, relay: Mapping[str, Any],
+                outside: Mapping[str, Any]) -> tuple[bool, str]:
+    """Stage 4's rspamc check for the host's relay scoring mode: (live, evidence)."""
+    if mailhost.relay_scoring == EXTERNAL_RELAY:
+        return _judge_external_relay(relay_ip, outside_ip, relay, outside)
+    leaked = exempted_symbols(relay["symbols"])
+    spf_outside = [s for s in outside["symbols"] if s.startswith("R_SPF_")]
+    ok = not leaked and bool(spf_outside)
+    return ok, (f"relay {relay_ip} no R_SPF_*/DMARC_*, outside {outside_ip} {', '.join(spf_outside)}"
+                if ok else f"relay {relay_ip}: {', '.join(leaked) or 'none'}; outside {outside_ip}: "
+                f"{', '.join(spf_outside) or 'no R_SPF_* (SPF not checked at all?)'}")
+
+
+def _judge_external_relay(relay_ip: str, outside_ip: str, relay: Mapping[str, Any],
+                          outside: Mapping[str, Any]) -> tuple[bool, str]:
+    """Both scans carry a Received header naming ``outside_ip``.
+
+    From the relay address: our rule fired (the module took the address from the
+    header), SPF was scored, with the verdict ``outside_ip`` gets when it connects
+    directly (so against the original address), and the action is not reject.
+    From ``outside_ip`` itself: our rule did not fire (the header is not trusted).
+    """
+    spf_relay = sorted(s for s in relay["symbols"] if s.startswith("R_SPF_"))
+    spf_outside = sorted(s for s in outside["symbols"] if s.startswith("R_SPF_"))
+    action = relay.get("action")
+    problems = []
+    if RSPAMD_RELAY_SYMBOL not in relay["symbols"]:
+        problems.append(f"relay {relay_ip}: no {RSPAMD_RELAY_SYMBOL} (external_relay did not take the Received header)")
+    if not spf_relay or spf_relay != spf_outside:
+        problems.append(f"relay {relay_ip}: SPF {', '.join(spf_relay) or 'not scored'}, "
+                        f"but {outside_ip} directly: {', '.join(spf_outside) or 'not scored'}")
+    if action in (None, "reject"):
+        problems.append(f"relay {relay_ip}: action {action or 'unknown'} (must be capped at add header)")
+    if RSPAMD_RELAY_SYMBOL in outside["symbols"]:
+        problems.append(f"outside {outside_ip}: {RSPAMD_RELAY_SYMBOL} fired for a client outside the relay networks")
+    if problems:
+        return False, "; ".join(problems)
+    return True, (f"relay {relay_ip} scored as its Received header's {outside_ip}: {RSPAMD_RELAY_SYMBOL}, "
+                  f"{', '.join(spf_relay)}, action {action}; outside {outside_ip} not rewritten")
 
 
 @dataclass

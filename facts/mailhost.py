@@ -244,7 +244,7 @@ class RspamdSymbols(FactBase):
     What the running rspamd concludes about a probe message claimed to come from
     each of ``ips`` (``rspamc -i IP -F FROM symbols`` through the controller): a
     scan, not a config read, so it shows the rules rspamd has loaded now.
-    ``{"rspamc": bool, "results": {ip: {"symbols": [...] or None, "error"}}}``.
+    ``{"rspamc": bool, "results": {ip: {"symbols": [...] or None, "action", "error"}}}``.
 
     .. code:: python
 
@@ -278,6 +278,7 @@ class RspamdSymbols(FactBase):
                 continue
             symbols = mh.parse_rspamc_symbols(item.out) if item.rc == 0 else None
             results[item.label] = {"symbols": symbols,
+                                   "action": mh.parse_rspamc_action(item.out) if symbols is not None else None,
                                    "error": None if symbols is not None else item.problem()}
         return {"rspamc": True, "results": results}
 

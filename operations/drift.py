@@ -169,9 +169,12 @@ def mailhost_findings(settings: Settings) -> list[dr.Finding]:
         findings.append(dr.Finding("exemption", host.name, dr.UNKNOWN, exemption.problems[0]))
     elif not exemption.changed:
         findings.append(dr.Finding("exemption", host.name, dr.OK, exemption.already))
+    elif not any(change.path == mailhost.rspamd_settings_host_path for change in exemption.files):
+        # Relay scoring external_relay: its other two files drifted, the settings rule did not.
+        findings.append(dr.Finding("exemption", host.name, dr.DRIFT, exemption.summary()))
     else:
         path = mailhost.rspamd_settings_host_path
-        current = exemption.files[0].old if exemption.files else None
+        current = next(change.old for change in exemption.files if change.path == path)
         block = None
         try:
             from backupmx.mailhost import RSPAMD_BLOCK, find_block

@@ -711,3 +711,146 @@ def test_docker_mailserver_with_policyd_spf_on_is_refused_before_anything_change
     assert "ENABLE_POLICYD_SPF=unset, default 1" in str(error.value)
     assert "set ENABLE_POLICYD_SPF=0 in mailserver.env and recreate the container" in str(error.value)
     assert Path(m.user_patches_host_path).read_text() == USER_PATCHES and not Path(m.cidr_host_path).exists()
+
+
+# --- relay scoring: exempt | external_relay ------------------------------------------------
+
+
+def test_relay_scoring_defaults_to_exempt_and_accepts_external_relay():
+    assert native().relay_scoring == mh.EXEMPT
+    assert native(relay_scoring="external_relay").relay_scoring == mh.EXTERNAL_RELAY
+
+
+@pytest.mark.parametrize("value", ["spf_off", "EXEMPT", "", None, 1, ["exempt"]])
+def test_unknown_relay_scoring_is_refused_naming_the_field(value):
+    with pytest.raises(ConfigError) as error:
+        native(relay_scoring=value)
+    assert error.value.field == "mailhost.relay_scoring"
+    assert "\n" not in str(error.value) and "use one of exempt, external_relay" in str(error.value)
+
+
+def test_external_relay_is_refused_for_docker_mailserver():
+    with pytest.raises(ConfigError, match="mailhost.relay_scoring: external_relay is not supported for docker-mailserver"):
+        dms(relay_scoring="external_relay")
+
+
+def test_relay_cap_rule_disables_only_the_reject_action_for_the_relays():
+    block = mh.render_relay_cap_block(RELAYS)
+    assert block.startswith(mh.block_begin(mh.RSPAMD_BLOCK) + "\n") and block.endswith(mh.block_end(mh.RSPAMD_BLOCK) + "\n")
+    body = block.split("# END")[0].split("{", 1)[1]
+    assert f"{mh.RSPAMD_CAP_RULE} {{" in block and "priority = high;" in block and "reject = null;" in body
+    for network in RELAYS:
+        assert f'"{network}",' in block
+    for untouched in ("groups_disabled", "symbols_disabled", "add header", "greylist"):
+        assert untouched not in body
+
+
+def test_external_relay_rule_takes_the_relays_own_received_header():
+    block = mh.render_external_relay_block()
+    assert block.startswith(mh.block_begin(mh.EXTERNAL_RELAY_BLOCK) + "\n")
+    for line in ("enabled = true;", f"  {mh.RSPAMD_RELAY_SYMBOL} {{", 'strategy = "count";', "count = 3;",
+                 "priority = 9;"):
+        assert line in block
+
+
+def test_external_relay_lua_is_limited_to_the_relay_networks():
+    block = mh.render_external_relay_lua(RELAYS)
+    assert block.startswith(mh.block_begin(mh.EXTERNAL_RELAY_BLOCK, "--") + "\n")
+    assert block.endswith(mh.block_end(mh.EXTERNAL_RELAY_BLOCK, "--") + "\n")
+    assert "#" not in block  # not a Lua comment
+    assert f'rspamd_config:add_condition("{mh.RSPAMD_RELAY_SYMBOL}"' in block and '"radix"' in block
+    for network in RELAYS:
+        assert f'"{network}",' in block
+
+
+def test_rspamd_files_per_mode():
+    exempt, external = native(), native(relay_scoring="external_relay")
+    paths = [exempt.rspamd_settings_host_path, exempt.rspamd_external_relay_host_path, exempt.rspamd_lua_host_path]
+    assert list(mh.rspamd_files(exempt, RELAYS)) == paths  # settings.conf first
+    assert [block for _, _, block in mh.rspamd_files(exempt, RELAYS).values()] == [mh.render_rspamd_block(RELAYS),
+                                                                                   None, None]
+    assert [block for _, _, block in mh.rspamd_files(external, RELAYS).values()] == [
+        mh.render_relay_cap_block(RELAYS), mh.render_external_relay_block(), mh.render_external_relay_lua(RELAYS)]
+    assert [comment for _, comment, _ in mh.rspamd_files(external, RELAYS).values()] == ["#", "#", "--"]
+    for mailhost in (exempt, external):  # present=False: nothing of ours anywhere
+        assert all(block is None for _, _, block in mh.rspamd_files(mailhost, None).values())
+    assert list(mh.rspamd_files(dms(), RELAYS)) == [dms().rspamd_settings_host_path]
+
+
+def test_lua_block_keeps_a_sites_rspamd_lua_byte_for_byte():
+    site = "-- the site's own Lua\nrspamd_config:register_symbol({name = 'SITE', callback = function() end})\n"
+    block = mh.render_external_relay_lua(RELAYS)
+    once = mh.with_block(site, mh.EXTERNAL_RELAY_BLOCK, block, comment="--")
+    assert once == site + "\n" + block
+    assert mh.with_block(once, mh.EXTERNAL_RELAY_BLOCK, block, comment="--") == once
+    assert mh.find_block(once, mh.EXTERNAL_RELAY_BLOCK, comment="--") == block
+    assert mh.find_block(once, mh.EXTERNAL_RELAY_BLOCK) is None  # '#' markers are another block
+    assert mh.with_block(once, mh.EXTERNAL_RELAY_BLOCK, None, comment="--") == site
+
+
+def test_external_relay_files_pass_configtest_and_configdump_shows_them(tmp_path):
+    """The real rspamadm: no new output (a condition on a missing symbol only warns), the rules as rendered."""
+    import json
+
+    mailhost = native(relay_scoring="external_relay", rspamd_local_dir=str(tmp_path))
+    (tmp_path / "local.d").mkdir()
+    for path, (name, comment, block) in mh.rspamd_files(mailhost, RELAYS).items():
+        Path(path).write_text(mh.with_block(None, name, block, comment=comment))
+    args = [f"--var=LOCAL_CONFDIR={tmp_path}"]
+    test = subprocess.run(["rspamadm", *args, "configtest"], capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0 and test.stdout.strip() == "syntax OK", test.stdout + test.stderr
+    assert "condition" not in test.stderr and "external_relay" not in test.stderr, test.stderr  # fuzzy noise only
+
+    def dump(section):
+        result = subprocess.run(["rspamadm", *args, "configdump", "-j", section], capture_output=True, text=True,
+                                timeout=60)
+        return json.loads(result.stdout)
+
+    rule = dump("external_relay")["rules"][mh.RSPAMD_RELAY_SYMBOL]
+    assert rule == {"strategy": "count", "count": 3, "priority": 9}
+    settings = dump("settings")
+    assert mh.settings_rule_in_dump(mailhost, settings, RELAYS) == (True, mh.RSPAMD_CAP_RULE)
+    assert mh.settings_rule_in_dump(native(), settings, RELAYS)[0] is False  # not the exempt rule
+
+
+def test_stage_4_scan_message_per_mode():
+    assert mh.scan_message(native(), "example.org", "203.0.113.1") == mh.probe_message("example.org")
+    relayed = mh.scan_message(native(relay_scoring="external_relay"), "example.org", "203.0.113.1")
+    assert relayed.startswith("Received: from backupmx-probe.invalid (unknown [203.0.113.1])\r\n\tby ")
+    assert relayed.endswith(mh.probe_message("example.org"))
+
+
+def test_parse_rspamc_action():
+    assert mh.parse_rspamc_action('{"action": "add header", "score": 9.0, "symbols": {}}') == "add header"
+    assert mh.parse_rspamc_action('Results for file: stdin\n{"default": {"action": "reject"}}') == "reject"
+    assert mh.parse_rspamc_action("connection refused") is None
+
+
+def _scan(symbols, action="no action"):
+    return {"symbols": symbols, "action": action}
+
+
+def test_judge_scans_exempt_keeps_the_seed_proof():
+    m = native()
+    ok, detail = mh.judge_scans(m, "192.0.2.1", "203.0.113.1", _scan(["MIME_GOOD"]), _scan(["R_SPF_FAIL"]))
+    assert ok and detail == "relay 192.0.2.1 no R_SPF_*/DMARC_*, outside 203.0.113.1 R_SPF_FAIL"
+    ok, detail = mh.judge_scans(m, "192.0.2.1", "203.0.113.1", _scan(["R_SPF_FAIL"]), _scan(["R_SPF_FAIL"]))
+    assert not ok and detail == "relay 192.0.2.1: R_SPF_FAIL; outside 203.0.113.1: R_SPF_FAIL"
+    ok, detail = mh.judge_scans(m, "192.0.2.1", "203.0.113.1", _scan([]), _scan([]))
+    assert not ok and detail.endswith("no R_SPF_* (SPF not checked at all?)")
+
+
+@pytest.mark.parametrize("relay,outside,live,fragment", [
+    (_scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"], "add header"), _scan(["R_SPF_SOFTFAIL"]), True,
+     "scored as its Received header's 203.0.113.1"),
+    (_scan(["R_SPF_SOFTFAIL"], "add header"), _scan(["R_SPF_SOFTFAIL"]), False, "external_relay did not take"),
+    (_scan([mh.RSPAMD_RELAY_SYMBOL]), _scan(["R_SPF_SOFTFAIL"]), False, "SPF not scored"),
+    (_scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_FAIL"]), _scan(["R_SPF_SOFTFAIL"]), False, "203.0.113.1 directly"),
+    (_scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"], "reject"), _scan(["R_SPF_SOFTFAIL"]), False,
+     "action reject"),
+    (_scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"]), _scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"]), False,
+     "fired for a client outside"),
+])
+def test_judge_scans_external_relay(relay, outside, live, fragment):
+    ok, detail = mh.judge_scans(native(relay_scoring="external_relay"), "192.0.2.1", "203.0.113.1", relay, outside)
+    assert ok is live and fragment in detail, detail
