@@ -953,7 +953,8 @@ def transaction_script(tx: Transaction) -> str:
 
     # 5. Reload; the copies go once the new files are in force.
     for argv in tx.reloads:
-        steps.append(f"BMX_O=$({shell_join(argv)} </dev/null 2>&1) || {{ rm -rf \"$BMX_T\"; bmx_say \"the new files passed "
+        # The new files are validated and stay: the copies aside are of no use any more.
+        steps.append(f"BMX_O=$({shell_join(argv)} </dev/null 2>&1) || {{ bmx_cleanup; rm -rf \"$BMX_T\"; bmx_say \"the new files passed "
                      f"validation and are in place, but {_dq(shell_join(argv))} failed: $(printf '%s\\n' \"$BMX_O\" | bmx_norm | bmx_join); "
                      "the running service may still have the old configuration: fix it, reload it, then re-run\"; exit 1; }")
     steps.append("bmx_cleanup")
