@@ -403,6 +403,8 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
     _private_dir(paths.mail_base, MAIL_UID, MAIL_GID, 0o700)
     for sub in ("", "new", "cur", "tmp"):
         _private_dir(paths.maildir / sub, MAIL_UID, MAIL_GID, 0o700)
+    # A certificate for the primary's name from the sandbox CA: relays require TLS.
+    tls_cert, tls_key = Sandbox(paths.root.parent).ca.issue(HOSTNAME, [HOSTNAME])
     main_cf = _render(
         "main.cf.j2",
         config_dir=paths.postfix_config,
@@ -418,6 +420,8 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
         mail_gid=MAIL_GID,
         milter_port=ports.rspamd_milter,
         greet_wait=GREET_WAIT,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     master_cf = _render("master.cf.j2", smtp_port=ports.smtp, proxy_port=ports.smtp_proxy)
     _install(paths.postfix_config / "main.cf", main_cf)
