@@ -290,6 +290,12 @@ def main_settings(relay: RelayHost, domains: Sequence[str]) -> dict[str, str]:
         "postscreen_greet_action": "enforce",
         "postscreen_dnsbl_action": "enforce",
         "postscreen_dnsbl_sites": ", ".join(relay.dnsbl_sites),
+        # Off by default, but if someone turns them on they must defer too: their
+        # Postfix defaults include "drop" (521), which soft_bounce does not soften.
+        "postscreen_denylist_action": "enforce",
+        "postscreen_bare_newline_action": "enforce",
+        "postscreen_non_smtp_command_action": "enforce",
+        "postscreen_pipelining_action": "enforce",
     })
     if relay.tls_cert:
         settings.update({"smtpd_tls_cert_file": relay.tls_cert, "smtpd_tls_key_file": relay.tls_key,
@@ -534,17 +540,17 @@ def judge_smtp(results: Sequence[Mapping[str, Any]], domains: Sequence[str]) -> 
         by_case.setdefault(str(result.get("case")), []).append(result)
     checks = []
     catchall = by_case.get("catchall", [])
-    bad = [f"{r.get('rcpt')}: {r.get('code')} {r.get('text')}" for r in catchall if r.get("code") != 250]
+    bad = [f"{r.get('rcpt')}: {r.get('text') or r.get('code')}" for r in catchall if r.get("code") != 250]
     ok = len(catchall) == len(domains) and not bad
     checks.append(("catch-all", ok, f"a random recipient of {', '.join(domains)}: RCPT 250" if ok
                    else "; ".join(bad) or "no answer"))
     relay = (by_case.get("open_relay") or [{}])[0]
     code = relay.get("code")
     ok = isinstance(code, int) and 500 <= code < 600
-    checks.append(("not an open relay", ok, f"{relay.get('rcpt')}: {code} {relay.get('text', '')}".strip()))
+    checks.append(("not an open relay", ok, f"{relay.get('rcpt')}: {relay.get('text') or code}"))
     early = (by_case.get("pregreet") or [{}])[0]
     code = early.get("code")
     ok = isinstance(code, int) and 400 <= code < 500
     checks.append(("pregreet defers", ok, f"client talking first ({early.get('source') or 'probe'}): "
-                   f"{code} {early.get('text', '')}".strip()))
+                   f"{early.get('text') or code}"))
     return checks

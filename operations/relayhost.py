@@ -129,9 +129,7 @@ def prove_relay(relay: rh.RelayHost, domains: Sequence[str], target=None) -> mh.
     domains = rh.check_domains(domains)
     proof = mh.Proof(True)
     wanted = rh.main_settings(relay, domains)
-    names = tuple(wanted) + ("postscreen_denylist_action", "postscreen_bare_newline_action",
-                             "postscreen_non_smtp_command_action", "postscreen_pipelining_action")
-    found = on.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=names)
+    found = on.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=tuple(wanted))
     if not found["postconf"]:
         proof.add("postconf", False, found["error"])
         return proof
