@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from backupmx.config import IPNetwork
 from backupmx.errors import BackupMXError, ConfigError
-from backupmx.mailhost import _argv, _path, block_begin, block_end, shell_join, with_block
+from backupmx.mailhost import _argv, _path, block_begin, block_end, find_block, shell_join, with_block
 
 MAIN_BLOCK = "relay-main"
 MASTER_BLOCK = "relay-postscreen"
@@ -319,10 +319,24 @@ def render_tls_policy(relay: RelayHost) -> str:
             f"{relay.nexthop} {relay.primary_tls}{match}\n")
 
 
+# Inside a block: the file had no final newline before we appended the block.
+NO_FINAL_NEWLINE = "# (the file ended without a newline before this block)"
+
+
 def _restore_off(text: str, block: str) -> str:
     """``text`` without our block and with the lines it turned off turned back on."""
+    ours = find_block(text, block) or ""
     text = with_block(text, block, None) or ""
+    if NO_FINAL_NEWLINE in ours and text.endswith("\n"):
+        text = text[:-1]
     return "".join(line[len(OFF):] if line.startswith(OFF) else line for line in text.splitlines(keepends=True))
+
+
+def _append_block(text: str, name: str, block: str) -> str:
+    if text and not text.endswith("\n"):
+        first, rest = block.split("\n", 1)
+        block = f"{first}\n{NO_FINAL_NEWLINE}\n{rest}"
+    return with_block(text, name, block) or ""
 
 
 def _entries(lines: list[str]) -> list[tuple[int, int]]:
@@ -355,7 +369,7 @@ def configure_main_cf(current: str, relay: RelayHost, domains: Sequence[str], pr
     managed = set(main_settings(relay, domains))
     lines = original.splitlines(keepends=True)
     spans = [(s, e) for s, e in _entries(lines) if lines[s].split("=", 1)[0].strip() in managed]
-    return with_block("".join(_turn_off(lines, spans)), MAIN_BLOCK, render_main_block(relay, domains)) or ""
+    return _append_block("".join(_turn_off(lines, spans)), MAIN_BLOCK, render_main_block(relay, domains))
 
 
 SUPPORT_SERVICES = (("smtpd", "pass"), ("dnsblog", "unix"), ("tlsproxy", "unix"))
@@ -399,7 +413,7 @@ def configure_master_cf(current: str, relay: RelayHost, present: bool = True) ->
               f"tlsproxy unix - - {chroot} - 0 tlsproxy",
               block_end(MASTER_BLOCK)]
     turned = _turn_off(lines, [listener, *support])
-    return with_block("".join(turned), MASTER_BLOCK, "\n".join(block) + "\n") or ""
+    return _append_block("".join(turned), MASTER_BLOCK, "\n".join(block) + "\n")
 
 
 def wanted_files(relay: RelayHost, domains: Sequence[str], main_cf: str | None, master_cf: str | None,
