@@ -183,6 +183,33 @@ def test_configure_proves_itself_and_second_run_changes_nothing(configured):
     assert "+++ " not in output(dry) and "relay_config: change" not in output(dry)
 
 
+def gate_rows(text: str) -> dict[str, str]:
+    rows = {}
+    for line in text.splitlines():
+        if "gate row " in line:
+            key, _, rest = line.split("gate row ", 1)[1].partition(" ")
+            rows[key] = rest
+    return rows
+
+
+def test_assessment_rows_before_and_after(relay_world):
+    """G1/G2 say "will change" on a fresh relay and pass with evidence once configured; G4 compares addresses."""
+    inventory = relay_world["relay_inventory"]
+    fresh = gate_rows(output(deploy(inventory, "--data", "relay_assess=true", "--data",
+                                    'relay_cidrs=["127.0.0.66/32"]', dry=True)))
+    if fresh["G1"].startswith("pass"):
+        pytest.skip("the relay is configured already (module order)")
+    assert fresh["G1"].startswith("change:") and "relay_config will change" in fresh["G1"], fresh
+    assert fresh["G2"].startswith("todo:") and "queue 30d" in fresh["G2"], fresh
+    assert fresh["G4"].startswith("pass:") and "127.0.0.66/32" in fresh["G4"], fresh
+    result = deploy(inventory, "--data", "relay_assess=true", "--data", 'relay_cidrs=["192.0.2.0/24"]')
+    rows = gate_rows(output(result))
+    assert rows["G4"].startswith("FAIL:") and "whitelists 192.0.2.0/24" in rows["G4"], rows
+    after = gate_rows(output(deploy(inventory, "--data", "relay_assess=true", dry=True)))
+    assert after["G1"].startswith("pass:") and "RCPT 250" in after["G1"] and "Relay access denied" in after["G1"], after
+    assert after["G2"].startswith("pass:") and "450 4.5.1" in after["G2"] and "30d" in after["G2"], after
+
+
 def test_catch_all_accepts_any_recipient(configured):
     rcpt = f"nobody-{random.getrandbits(40):x}@{DOMAIN}"
     message, _ = build_message(SENDER, rcpt, subject="catch-all")
