@@ -236,6 +236,34 @@ def test_pregreeting_client_gets_4xx_never_5xx(configured):
     assert not result.accepted
 
 
+def test_denylisted_client_gets_4xx_never_5xx(configured, tmp_path):
+    """A reputation verdict other than pregreet: the same `enforce` reply a DNSBL hit gets.
+
+    The sandbox cannot serve a DNSBL to postscreen (dnsblog uses the system
+    resolver on port 53), so a denylist entry stands in for a listed client.
+    """
+    r = settings(configured)
+    before = snapshot(configured)
+    source = fresh_source()
+    table = tmp_path / "deny.cidr"
+    table.write_text(f"{source}/32 reject\n")
+    table.chmod(0o644)
+    tmp_path.chmod(0o755)
+    subprocess.run(r.postconf("-P", f"{r.listen_service}/inet/postscreen_access_list=cidr:{table}"), check=True,
+                   capture_output=True, timeout=30)
+    try:
+        reload_relay(configured)
+        rcpt = f"listed-{random.getrandbits(40):x}@{DOMAIN}"
+        message, _ = build_message(SENDER, rcpt, subject="denylisted")
+        result = send_mail(*relay_smtp(configured), SENDER, rcpt, message, source=source)
+        print(result)
+        assert result.code("RCPT") == 450, str(result)
+        assert all(code < 500 for code in result.codes().values()), str(result)
+        assert f"DENYLISTED [{source}]" in Path(configured["selfhosted"]["log"]).read_text(errors="replace")
+    finally:
+        put_back(configured, before)
+
+
 def test_queue_survives_a_relay_restart_and_drains_to_the_primary(configured):
     rcpt = f"drain-{random.getrandbits(40):x}@{DOMAIN}"
     message, message_id = build_message(SENDER, rcpt, subject="store and forward")
