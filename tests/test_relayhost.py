@@ -134,14 +134,23 @@ def haproxy(action: str) -> None:
 # --- fixtures ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def relay_world(world, tmp_path_factory):
-    """The relay at its fresh-install configuration for the module; as found afterwards."""
-    found = snapshot(world)
+def make_fresh(world) -> None:
+    """The relay's fresh-install configuration (what `backupmx-sandbox up` writes), reloaded."""
     r = settings(world)
     main, master = (Path(r.main_cf_path).read_text(), Path(r.master_cf_path).read_text())
     pristine = rh.wanted_files(r, [DOMAIN], main, master, present=False)
     put_back(world, {path: None if text is None else text.encode() for path, text in pristine.items()})
+
+
+@pytest.fixture(scope="module")
+def relay_world(world, tmp_path_factory):
+    """The relay at its fresh-install configuration for the module; as found afterwards.
+
+    The sandbox world is shared: a pipeline run elsewhere may configure the relay
+    meanwhile, so tests that need the fresh state make it again themselves.
+    """
+    found = snapshot(world)
+    make_fresh(world)
     world = dict(world, relay_inventory=write_inventory(world, tmp_path_factory.mktemp("relay")))
     yield world
     if Supervisor(Sandbox()).pid("haproxy") is None:
@@ -160,6 +169,7 @@ def configured(relay_world):
 
 
 def test_dry_run_shows_the_diff_and_changes_nothing(relay_world):
+    make_fresh(relay_world)
     before = snapshot(relay_world)
     result = deploy(relay_world["relay_inventory"], dry=True)
     text = output(result)
@@ -195,10 +205,9 @@ def gate_rows(text: str) -> dict[str, str]:
 def test_assessment_rows_before_and_after(relay_world):
     """G1/G2 say "will change" on a fresh relay and pass with evidence once configured; G4 compares addresses."""
     inventory = relay_world["relay_inventory"]
+    make_fresh(relay_world)
     fresh = gate_rows(output(deploy(inventory, "--data", "relay_assess=true", "--data",
                                     'relay_cidrs=["127.0.0.66/32"]', dry=True)))
-    if fresh["G1"].startswith("pass"):
-        pytest.skip("the relay is configured already (module order)")
     assert fresh["G1"].startswith("change:") and "relay_config will change" in fresh["G1"], fresh
     assert fresh["G2"].startswith("todo:") and "queue 30d" in fresh["G2"], fresh
     assert fresh["G4"].startswith("pass:") and "127.0.0.66/32" in fresh["G4"], fresh
@@ -298,7 +307,7 @@ def test_queue_survives_a_relay_restart_and_drains_to_the_primary(configured):
     # postscreen on the mail host saw the relay's address through HAProxy's PROXY v2 header,
     # and the relay verified the primary's certificate.
     mail_log = Path(configured["mailhost"]["postfix_config_dir"]).parent / "log" / "postfix.log"
-    assert f"postscreen" in mail_log.read_text() and f"CONNECT from [{sandbox_relay.RELAY_ADDRESS}]" in mail_log.read_text()
+    assert f"CONNECT from [{sandbox_relay.RELAY_ADDRESS}]" in mail_log.read_text()
     relay_log = Path(configured["selfhosted"]["log"]).read_text(errors="replace")
     assert f"Verified TLS connection established to 127.0.0.1[127.0.0.1]:{settings(configured).primary_port}" in relay_log
     assert f"{queue_id}: to=<{rcpt}>" in relay_log and "status=sent" in relay_log
