@@ -6,8 +6,8 @@ pyinfra uses for it (``Host.run_shell_command``), never with a secret on a comma
 line. What each provider operation means on a relay:
 
 * enabled: the domain is in ``relay_domains`` (disabling takes it out: the relay
-  refuses new mail for it, mail already queued still drains to the primary through
-  the relay's transport map);
+  refuses new mail for it; mail already queued still drains to the primary, through
+  an inline ``transport_maps`` entry added before it leaves);
 * Accept-and-Hold: the transport to the primary is in ``defer_transports``
   (deliver nothing, keep accepting); off removes it and flushes the queue. It is
   per relay, not per domain: a relay this tool configures serves only the backup
@@ -46,11 +46,6 @@ class RelayTarget:
     name: str
     relay: Any  # backupmx.relayhost.RelayHost
     run: Runner
-
-    @property
-    def transport(self) -> str:
-        # "smtp:[primary]:587" -> "smtp": the master.cf service that delivers to the primary.
-        return self.relay.nexthop.split(":", 1)[0]
 
 
 def _split(value: str) -> list[str]:
@@ -137,12 +132,20 @@ class SelfHostedProvider(Provider):
         if any(":" in value for value in values):
             raise ManualStepRequired(f"relay host {target.name}: {name} uses a lookup table; this tool only "
                                      f"edits a plain list", [f"edit {name} on {target.name} by hand"])
-        self._run(target, target.relay.postconf("-e", f"{name}={', '.join(values)}"), f"postconf -e {name}")
-        self._run(target, list(target.relay.postfix_reload), "postfix reload")
+        self._edit(target, name, ", ".join(values))
+
+    def _edit(self, target: RelayTarget, name: str, value: str) -> None:
+        self._run(target, target.relay.postconf("-e", f"{name}={value}"), f"postconf -e {name}")
+        self._run(target, target.relay.postfix_reload_argv(), "postfix reload")
 
     def _lists(self, target: RelayTarget) -> dict[str, list[str]]:
-        values = self._postconf(target, "relay_domains", "defer_transports", "relay_recipient_maps")
-        return {key: _split(value) for key, value in values.items()}
+        values = self._postconf(target, "relay_domains", "defer_transports", "relay_recipient_maps",
+                                "relay_transport", "transport_maps")
+        lists = {key: _split(value) for key, value in values.items()}
+        # "smtp:[primary]:587" -> "smtp": the master.cf service that delivers to the primary.
+        lists["transport"] = [values["relay_transport"].split(":", 1)[0] or "relay"]
+        lists["transport_maps_raw"] = [values["transport_maps"]]
+        return lists
 
     def _where(self, targets: list[RelayTarget], what: str) -> str:
         return f"{what} on {', '.join(target.name for target in targets)}"
@@ -163,7 +166,7 @@ class SelfHostedProvider(Provider):
         catch_all = [name for name, values in lists.items() if not values["relay_recipient_maps"]]
         table = self._agreed(targets, catch_all, "relay_recipient_maps empty")
         table = Fact("allow_any" if table.value else "deny", table.source, table.evidence) if table.known else table
-        held_on = [target.name for target in targets if target.transport in lists[target.name]["defer_transports"]]
+        held_on = [name for name, values in lists.items() if values["transport"][0] in values["defer_transports"]]
         hold = self._agreed(targets, held_on, "defer_transports")
         return ProviderFacts(domain, present, mode, enabled, table, hold)
 
@@ -185,7 +188,8 @@ class SelfHostedProvider(Provider):
     def queue(self, domain: str) -> list[QueuedMessage]:
         messages = []
         for target in self.targets():
-            held_all = target.transport in self._lists(target)["defer_transports"]
+            lists = self._lists(target)
+            held_all = lists["transport"][0] in lists["defer_transports"]
             for line in self._run(target, target.relay.postqueue("-j"), "postqueue -j"):
                 message = parse_queue_line(line, domain, held_all, target.name)
                 if message is not None:
@@ -197,9 +201,12 @@ class SelfHostedProvider(Provider):
     def set_enabled(self, domain: str, enabled: bool) -> Fact:
         targets = self.targets()
         for target in targets:
-            domains = self._lists(target)["relay_domains"]
+            lists = self._lists(target)
+            domains = lists["relay_domains"]
             wanted = (domains + [domain] if domain not in domains else domains) if enabled else \
                 [name for name in domains if name != domain]
+            if not enabled:
+                self._keep_route(target, lists, domain)
             if wanted != domains:
                 self._set(target, "relay_domains", wanted)
         after = self.domain_facts(domain).enabled
@@ -211,15 +218,36 @@ class SelfHostedProvider(Provider):
     def set_hold(self, domain: str, on: bool) -> Fact:
         targets = self.targets()
         for target in targets:
-            deferred = self._lists(target)["defer_transports"]
-            wanted = (deferred + [target.transport] if target.transport not in deferred else deferred) if on else \
-                [name for name in deferred if name != target.transport]
+            lists = self._lists(target)
+            deferred, transport = lists["defer_transports"], lists["transport"][0]
+            wanted = (deferred + [transport] if transport not in deferred else deferred) if on else \
+                [name for name in deferred if name != transport]
             if wanted != deferred:
                 self._set(target, "defer_transports", wanted)
             if not on:
                 # Released mail goes now, not at the next queue run.
                 self._run(target, target.relay.postqueue("-f"), "postqueue -f")
         return self.domain_facts(domain).hold
+
+    def _keep_route(self, target: RelayTarget, lists: dict[str, list[str]], domain: str) -> None:
+        """Before a domain leaves relay_domains: route it to the primary by transport_maps.
+
+        relay_transport applies only to relay_domains; mail already queued for a
+        domain taken out would fall back to an MX lookup (the relay itself, or port
+        25 a cloud VM cannot use) and bounce at the end of the queue lifetime. An
+        inline transport map keeps it going to the primary. An operator's own
+        transport_maps is never overwritten: then the route is theirs to keep.
+        """
+        route = f"{domain}=smtp:{target.relay.nexthop}"
+        current = lists["transport_maps_raw"][0].strip()
+        if route in current:
+            return
+        if current and not current.startswith("inline:{"):
+            return
+        entries = [entry for entry in current[len("inline:{"):].rstrip("}").split(",") if entry.strip()] \
+            if current else []
+        entries.append(f" {route} ")
+        self._edit(target, "transport_maps", "inline:{" + ",".join(entry.strip() for entry in entries) + "}")
 
     def manual_steps(self, change: str, domain: str) -> list[str]:
         return manual_steps(self.settings, change, domain, self._targets)
@@ -267,7 +295,7 @@ def manual_steps(settings: Settings, change: str, domain: str, targets: list[Rel
         return [f"on each relay host ({', '.join(settings.relay_hosts) or 'the relay group'}): "
                 + MANUAL_GENERIC[change].format(domain=domain, config="/etc/postfix", transport="smtp")]
     return [f"on {target.name}: " + MANUAL_GENERIC[change].format(
-        domain=domain, config=target.relay.postfix_config_dir, transport=target.transport) for target in targets]
+        domain=domain, config=target.relay.postfix_config_dir, transport="smtp") for target in targets]
 
 
 MANUAL_GENERIC = {

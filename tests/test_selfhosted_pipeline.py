@@ -87,10 +87,12 @@ class FakeRelay:
     """What SelfHostedProvider uses of backupmx.relayhost.RelayHost."""
 
     hostname: str = "relay1.example.org"
-    nexthop: str = "smtp:[mail.example.org]:25"
+    nexthop: str = "[mail.example.org]:25"
     postfix_config_dir: str = "/etc/postfix"
-    postfix_reload: tuple = ("postfix", "-c", "/etc/postfix", "reload")
     relay_cidrs: tuple = ()
+
+    def postfix_reload_argv(self):
+        return ["postfix", "-c", self.postfix_config_dir, "reload"]
 
     def postconf(self, *args):
         return ["postconf", "-c", self.postfix_config_dir, *args]
@@ -102,7 +104,8 @@ class FakeRelay:
 @dataclass
 class FakePostfix:
     main: dict = field(default_factory=lambda: {"relay_domains": DOMAIN, "defer_transports": "",
-                                                "relay_recipient_maps": ""})
+                                                "relay_recipient_maps": "", "transport_maps": "",
+                                                "relay_transport": "smtp:[mail.example.org]:25"})
     queue: list = field(default_factory=list)
     ran: list = field(default_factory=list)
 
@@ -132,10 +135,14 @@ def test_facts_from_the_relay_postfix():
 
 
 def test_disable_takes_the_domain_out_of_relay_domains_and_reloads():
-    postfix = FakePostfix(main={"relay_domains": f"other.org, {DOMAIN}", "defer_transports": "",
-                                "relay_recipient_maps": ""})
+    postfix = FakePostfix()
+    postfix.main["relay_domains"] = f"other.org, {DOMAIN}"
     after = provider_with(postfix).set_enabled(DOMAIN, False)
     assert after.value is False and postfix.main["relay_domains"] == "other.org"
+    # Mail already queued for it still goes to the primary, not to an MX lookup.
+    assert postfix.main["transport_maps"] == f"inline:{{{DOMAIN}=smtp:[mail.example.org]:25}}"
+    provider_with(postfix).set_enabled(DOMAIN, False)  # again: nothing more
+    assert postfix.main["transport_maps"].count(f"{DOMAIN}=") == 1
     assert ["postfix", "-c", "/etc/postfix", "reload"] in postfix.ran
 
 
