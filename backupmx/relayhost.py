@@ -461,6 +461,27 @@ def soft_only_problems(effective: Mapping[str, str], listener_params: Mapping[st
     return problems
 
 
+def trusted_by_mynetworks(addresses: Iterable[str], mynetworks: str) -> list[str]:
+    """The relay addresses the primary's ``mynetworks`` (its ``postconf -h`` value) would trust.
+
+    A relay inside the primary's mynetworks would skip postscreen and may relay
+    through the primary: it must not be. Only literal networks are judged; a
+    table (``hash:...``) or ``$name`` entry cannot be read here and is ignored.
+    """
+    networks = []
+    for entry in re.split(r"[\s,]+", mynetworks or ""):
+        try:  # "hash:/etc/postfix/network_table", "$name" and "" are not networks: skipped
+            networks.append(ipaddress.ip_network(entry.replace("[", "").replace("]", ""), strict=False))
+        except ValueError:
+            continue
+    found = []
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        if any(ip.version == network.version and ip in network for network in networks):
+            found.append(str(ip))
+    return found
+
+
 def parse_postqueue_json(text: str) -> tuple[list[dict], list[str]]:
     """``postqueue -j``: one JSON object per line; (messages, unreadable lines)."""
     messages, bad = [], []

@@ -366,3 +366,25 @@ def test_undo_gives_back_the_fresh_install(configured):
     listener = subprocess.run(r.postconf("-M", f"{r.listen_service}/inet"), capture_output=True, text=True,
                               timeout=30, check=True).stdout.split()
     assert listener[-1] == "smtpd"  # smtpd on the port again, as installed
+
+
+def test_expected_errors_are_one_line_naming_the_field(relay_world, tmp_path):
+    before = snapshot(relay_world)
+    bad = json.dumps({**relay_world["selfhosted"]["relayhost"], "primary_tls": "may"})
+    result = deploy(relay_world["relay_inventory"], "--data", f"relayhost={bad}", dry=True)
+    errors = [line for line in output(result).splitlines() if "error" in line.lower()]
+    assert result.returncode != 0 and len(errors) == 1, output(result)
+    assert "inventory data relayhost.primary_tls: 'may' is not a TLS level" in errors[0]
+    assert "Traceback" not in output(result)
+    wrong_dir = json.dumps({**relay_world["selfhosted"]["relayhost"], "postfix_config_dir": "/nonexistent/postfix"})
+    result = deploy(relay_world["relay_inventory"], "--data", f"relayhost={wrong_dir}", dry=True)
+    errors = [line for line in output(result).splitlines() if "error" in line.lower()]
+    assert result.returncode != 0 and len(errors) == 1, output(result)
+    assert "Postfix on sandbox-relay" in errors[0] and "relayhost.postfix_config_dir" in errors[0]
+    assert snapshot(relay_world) == before
+
+
+def test_relay_is_not_in_the_primary_mynetworks(relay_world):
+    mynetworks = subprocess.run(["postconf", "-c", relay_world["mailhost"]["postfix_config_dir"], "-h", "mynetworks"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    assert rh.trusted_by_mynetworks(relay_world["selfhosted"]["addresses"], mynetworks) == [], mynetworks

@@ -173,3 +173,10 @@ def test_seconds_and_queue_parsing():
     assert rh.seconds("30d") == 30 * 86400 and rh.seconds("5") == 5 * 86400 and rh.seconds("2h") == 7200
     messages, bad = rh.parse_postqueue_json('{"queue_id": "ABC", "queue_name": "deferred"}\nnot json\n')
     assert messages == [{"queue_id": "ABC", "queue_name": "deferred"}] and bad == ["not json"]
+
+
+def test_relay_must_not_be_trusted_by_the_primary():
+    assert rh.trusted_by_mynetworks(["127.0.0.66"], "127.0.0.1/32 [::1]/128") == []
+    assert rh.trusted_by_mynetworks(["127.0.0.66", "2001:db8::7", "192.0.2.1"],
+                                    "127.0.0.0/8 [::ffff:127.0.0.0]/104, [2001:db8::]/64 hash:/etc/postfix/net $x") \
+        == ["127.0.0.66", "2001:db8::7"]
