@@ -148,8 +148,8 @@ def prove_relay(relay: rh.RelayHost, domains: Sequence[str], target=None) -> mh.
               f"{relay.tls_policy_path}: {policy.get('error') or 'not as rendered'}")
     listener_at = "{}:{}".format(*relay.probe_endpoint)
     session = on.get_fact(RelaySmtpProof, listener=listener_at, domains=domains)
-    if not session["python"]:
-        proof.add("smtp", False, session["error"])
+    if not session["python"] or not session["results"]:
+        proof.add("smtp", False, f"no SMTP session with {listener_at}: {session['error'] or 'no answer'}")
     else:
         for name, ok, detail in rh.judge_smtp(session["results"], domains):
             proof.add(name, ok, detail)

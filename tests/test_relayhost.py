@@ -388,3 +388,36 @@ def test_relay_is_not_in_the_primary_mynetworks(relay_world):
     mynetworks = subprocess.run(["postconf", "-c", relay_world["mailhost"]["postfix_config_dir"], "-h", "mynetworks"],
                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     assert rh.trusted_by_mynetworks(relay_world["selfhosted"]["addresses"], mynetworks) == [], mynetworks
+
+
+def test_verify_relay_fails_on_a_fresh_relay_and_records_why(relay_world, caplog):
+    """Without relay_config the proof fails (loopback may relay, no postscreen) and says so once."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all, disconnect_all
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+
+    from operations.relayhost import verify_relay
+
+    make_fresh(relay_world)
+    ssh = relay_world["selfhosted"]["ssh"]
+    data = {"ssh_hostname": ssh["host"], "ssh_port": ssh["port"], "ssh_user": ssh["user"], "ssh_key": ssh["key"],
+            "ssh_known_hosts_file": ssh["known_hosts"], "ssh_strict_host_key_checking": "yes"}
+    state = State(inventory=Inventory(([("sandbox-relay", data)], {})), config=Config())
+    connect_all(state)
+    recorded = []
+    try:
+        add_op(state, verify_relay, name="verify a fresh relay", relay=settings(relay_world), domains=[DOMAIN],
+               record=lambda *args: recorded.append(args), timeout=1.0)
+        try:
+            run_ops(state)
+        except PyinfraError:
+            pass
+        failed = state.inventory.get_host("sandbox-relay") in state.failed_hosts
+    finally:
+        disconnect_all(state)
+    assert failed and len(recorded) == 1 and recorded[0][:2] == ("sandbox-relay", False), recorded
+    evidence = recorded[0][2]
+    assert evidence.startswith("NOT live:") and "mynetworks: want '(empty)'" in evidence, evidence
+    assert "the listener does not run postscreen" in evidence, evidence
