@@ -41,6 +41,8 @@ HOSTNAME = f"relay1.{seed.DOMAIN}"
 RELAY_ADDRESS = "127.0.0.66"
 LISTEN_SERVICE_PREFIX = LOOPBACK  # master.cf service "127.0.0.1:PORT"
 GREET_WAIT = "1s"
+# Queue retries (queue_run_delay, minimal/maximal_backoff_time), seconds.
+RETRY_MIN, RETRY_MAX = 2, 5
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ def world(sandbox: Sandbox) -> dict:
             "ca_cert": str(sandbox.ca.cert_path),
             "postfix_config_dir": str(paths.postfix_config),
             "log": str(paths.log / "postfix.log"),
+            # How often the relay retries deferred mail (seconds, min and max backoff).
+            "retry": [RETRY_MIN, RETRY_MAX],
             # The inventory's `relayhost` data (docs/selfhosted-relay.md).
             "relayhost": {
                 "hostname": HOSTNAME,
@@ -210,6 +214,8 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
         domain=seed.DOMAIN,
         bind_address=RELAY_ADDRESS,
         greet_wait=GREET_WAIT,
+        retry_min=f"{RETRY_MIN}s",
+        retry_max=f"{RETRY_MAX}s",
     )
     _install(paths.postfix_config / "main.cf", main_cf)
     _install(paths.postfix_config / "master.cf", _render("master.cf.j2", listen_service=listen_service(ports)))
