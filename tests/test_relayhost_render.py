@@ -180,3 +180,39 @@ def test_relay_must_not_be_trusted_by_the_primary():
     assert rh.trusted_by_mynetworks(["127.0.0.66", "2001:db8::7", "192.0.2.1"],
                                     "127.0.0.0/8 [::ffff:127.0.0.0]/104, [2001:db8::]/64 hash:/etc/postfix/net $x") \
         == ["127.0.0.66", "2001:db8::7"]
+
+
+def _captured(name: str, rc: int, out: str = "", err: str = "") -> list[str]:
+    import base64
+
+    return [f"{name} rc {rc}", f"{name} out {base64.b64encode(out.encode()).decode()}",
+            f"{name} err {base64.b64encode(err.encode()).decode()}"]
+
+
+def test_queue_fact_reads_postqueue_json_and_reports_failure():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from facts.relayhost import RelayQueue
+
+    fact = RelayQueue()
+    ok = fact.process(_captured("queue", 0, '{"queue_name": "deferred", "queue_id": "4F2A1"}\n'))
+    assert ok == {"ok": True, "error": None, "messages": [{"queue_name": "deferred", "queue_id": "4F2A1"}]}
+    down = fact.process(_captured("queue", 69, err="postqueue: fatal: Queue report unavailable - mail system is down"))
+    assert not down["ok"] and "mail system is down" in down["error"]
+
+
+def test_smtp_proof_fact_without_python():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from facts.relayhost import RelaySmtpProof
+
+    fact = RelaySmtpProof()
+    assert fact.process(_captured("has", 1)) == {"python": False, "error": "python3 not found on the relay host",
+                                                 "results": []}
+    line = '{"case": "catchall", "rcpt": "a@example.org", "code": 250, "text": "250 2.1.5 Ok", "source": ""}'
+    found = fact.process(_captured("has", 0, "/usr/bin/python3\n") + _captured("smtp", 0, line + "\n"))
+    assert found["python"] and found["error"] is None and found["results"][0]["code"] == 250
