@@ -357,6 +357,7 @@ def _write_rspamd_config(paths: Paths, ports: Ports) -> None:
     }
     _install(local_d / "options.inc", _render("rspamd/options.inc.j2", **values))
     _install(local_d / "milter_headers.conf", _render("rspamd/milter_headers.conf"))
+    _install(local_d / "dkim.conf", _render("rspamd/dkim.conf"))
     _install(override_d / "fuzzy_check.conf", _render("rspamd/fuzzy_check.conf"))
     for worker in ("worker-normal.inc", "worker-controller.inc", "worker-proxy.inc"):
         _install(override_d / worker, _render(f"rspamd/{worker}.j2", **values))
