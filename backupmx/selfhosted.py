@@ -65,8 +65,12 @@ def pyinfra_runner(target) -> Runner:
                 raise ProviderError(f"relay host {target.name}: cannot connect over SSH ({error}); check the "
                                     f"`relay` group's ssh data, then run again") from None
         command = StringCommand(*[QuoteString(part) for part in argv])
-        ok, output = target.run_shell_command(command, print_output=False, print_input=False,
-                                              _timeout=COMMAND_TIMEOUT)
+        try:
+            ok, output = target.run_shell_command(command, print_output=False, print_input=False,
+                                                  _timeout=COMMAND_TIMEOUT)
+        except Exception as error:  # a dropped connection or a timeout: one line, not a traceback
+            raise ProviderError(f"relay host {target.name}: {argv[0]} did not complete "
+                                f"({type(error).__name__}); check the host, then run again") from None
         return ok, list(output.stdout_lines), output.stderr
 
     return run

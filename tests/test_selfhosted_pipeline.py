@@ -179,6 +179,21 @@ def test_a_failed_command_is_one_line_naming_the_relay():
     assert "relay host relay-a: postconf failed (postconf: fatal" in str(caught.value)
 
 
+def test_a_dropped_ssh_connection_is_one_line_without_a_traceback():
+    from backupmx.selfhosted import pyinfra_runner
+
+    class DroppedHost:
+        name, connected = "relay-a", True
+
+        def run_shell_command(self, *args, **kwargs):
+            raise EOFError("socket closed")
+
+    with pytest.raises(BackupMXError) as caught:
+        pyinfra_runner(DroppedHost())(["postqueue", "-j"])
+    assert str(caught.value) == ("relay host relay-a: postqueue did not complete (EOFError); check the host, "
+                                 "then run again")
+
+
 def test_parse_queue_line_ignores_blank_lines():
     assert parse_queue_line("  ", DOMAIN, False, "r") is None
 
