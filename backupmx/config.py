@@ -121,27 +121,145 @@ class Settings:
     # (docs/reliability.md). Defaults: ~/.local/state/backupmx, <state_dir>/audit.jsonl.
     state_dir: str = ""
     audit_log: str = ""
+    # Provider selfhosted: the inventory names of the `relay` group (the hosts this
+    # tool configures as the backup MX). Stage 5 refuses unless each is proven.
+    relay_hosts: tuple[str, ...] = ()
+
+    @property
+    def selfhosted(self) -> bool:
+        return self.provider.name == SELFHOSTED
 
 
-def load_settings(data: Mapping[str, Any]) -> Settings:
-    """Validate inventory data (pyinfra ``host.data`` or a plain dict) into ``Settings``."""
+def load_settings(data: Mapping[str, Any], relays: Mapping[str, Any] | None = None) -> Settings:
+    """Validate inventory data (pyinfra ``host.data`` or a plain dict) into ``Settings``.
+
+    ``relays``: the inventory's ``relay`` group as ``{host name: its relayhost data}``;
+    only provider ``selfhosted`` reads it (its relay CIDRs are those hosts' addresses).
+    """
+    data = select_provider(data)
     domains = _domains(_required(data, "domains"))
-    backup = _backup_mx(_required(data, "backup_mx"))
+    backup_data = _required(data, "backup_mx")
+    selfhosted = isinstance(backup_data, Mapping) and backup_data.get("provider") == SELFHOSTED
+    relay_hosts: tuple[str, ...] = ()
+    if selfhosted:
+        relay_hosts = tuple(_relay_group(relays))
+        loaded = _relay_hosts(relays)
+        backup_data = _relay_backup_mx(backup_data, loaded)
+    backup = _backup_mx(backup_data)
     _check_backups_against_primaries(domains, backup)
+    profile = provider_profile(_get(data, "provider"), backup.provider)
+    if selfhosted:
+        cidrs = _get(data, "relay_cidrs")
+        # Not listed: the relay hosts' own addresses are the CIDRs (one place to
+        # edit). Listed: kept, and gate G4 compares them with the relay hosts'.
+        networks = (relay_cidrs(cidrs) if cidrs is not None else
+                    relay_cidrs(_relay_addresses(loaded), "relayhost.public_addresses"))
+    else:
+        networks = relay_cidrs(_required(data, "relay_cidrs"))
     return Settings(
         domains=domains,
         backup_mx=backup,
-        relay_cidrs=relay_cidrs(_required(data, "relay_cidrs")),
+        relay_cidrs=networks,
+        relay_hosts=relay_hosts,
         vault=_vault(_required(data, "vault")),
         cloudflare=_cloudflare(_get(data, "cloudflare") or {}),
         dns_servers=_dns_servers(_get(data, "dns_servers") or []),
-        provider=provider_profile(_get(data, "provider"), backup.provider),
+        provider=profile,
         gate_ledger=gate_ledger(_get(data, "gate_ledger"), domains),
         mta_sts=_mta_sts(_get(data, "mta_sts") or {}),
         dns_wait_seconds=_seconds(_get(data, "dns_wait_seconds"), "dns_wait_seconds", default=300),
         state_dir=_local_path(_get(data, "state_dir"), "state_dir") or default_state_dir(),
         audit_log=_local_path(_get(data, "audit_log"), "audit_log"),
     )
+
+
+# ----------------------------------------------------------- provider choice
+
+SELFHOSTED = "selfhosted"
+RELAY_GROUP = "relay"
+# The keys one entry of `providers` may set: what differs between providers.
+PROVIDER_KEYS = ("backup_mx", "relay_cidrs", "provider", "gate_ledger")
+
+
+def select_provider(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The data with the chosen entry of ``providers`` laid over it.
+
+    ``provider`` is normally the provider profile (a mapping). A name instead
+    (``provider = "selfhosted"`` in the inventory, or ``--data provider=selfhosted``,
+    which pyinfra lays over every host's data) picks ``providers[<name>]``, whose
+    keys (backup_mx, relay_cidrs, provider, gate_ledger) replace the top-level ones.
+    """
+    chosen = _get(data, "provider")
+    if not isinstance(chosen, str):
+        return data
+    providers = _get(data, "providers")
+    if providers is None:
+        raise ConfigError("provider", f"{chosen!r} names a provider but the inventory has no `providers` map",
+                          "define providers.<name> (docs/configuration.md), or give the profile itself")
+    providers = _mapping(providers, "providers")
+    if chosen not in providers:
+        names = ", ".join(sorted(providers)) or "none"
+        raise ConfigError("provider", f"{chosen!r} is not in `providers` (defined: {names})",
+                          "pass one of those, or add it (docs/configuration.md)")
+    entry = _mapping(providers[chosen], f"providers.{chosen}")
+    _known_keys(entry, f"providers.{chosen}", PROVIDER_KEYS)
+    profile = entry.get("provider", {"name": chosen})
+    if isinstance(profile, str):
+        raise ConfigError(f"providers.{chosen}.provider", "must be a profile (a mapping), not a name")
+    keys = ("domains", "backup_mx", "relay_cidrs", "vault", "cloudflare", "dns_servers", "provider",
+            "gate_ledger", "mta_sts", "dns_wait_seconds", "state_dir", "audit_log")
+    merged = {key: _get(data, key) for key in keys}
+    merged.update(entry)
+    merged["provider"] = profile
+    if "relay_cidrs" not in entry and profile.get("name", chosen) == SELFHOSTED:
+        # The other provider's CIDRs must not leak into a selfhosted run: there
+        # they are derived from the relay hosts unless this entry lists them.
+        merged["relay_cidrs"] = None
+    return {key: value for key, value in merged.items() if value is not None}
+
+
+def _relay_group(relays: Mapping[str, Any] | None) -> list[str]:
+    if not relays:
+        raise ConfigError(RELAY_GROUP, "provider selfhosted needs the inventory group `relay` (the relay hosts "
+                          "this tool configures) and it is missing or empty",
+                          "add relay = [(host, {'relayhost': {...}})] (docs/provider-selfhosted.md)")
+    return sorted(relays)
+
+
+def _relay_hosts(relays: Mapping[str, Any]) -> dict[str, Any]:
+    """Each relay host's validated ``relayhost`` data (``backupmx.relayhost.RelayHost``)."""
+    from backupmx.relayhost import load_relayhost
+
+    loaded = {}
+    for name in sorted(relays):
+        if relays[name] is None:
+            raise ConfigError(f"relay[{name!r}].relayhost", "missing",
+                              "give each relay host its `relayhost` data (docs/selfhosted-relay.md)")
+        loaded[name] = load_relayhost(relays[name])
+    return loaded
+
+
+def _relay_addresses(relays: Mapping[str, Any]) -> list[str]:
+    """The relay hosts' public addresses (``relayhost.public_addresses``), as host networks."""
+    networks: list[str] = []
+    for relay in relays.values():
+        for network in relay.relay_cidrs:
+            if str(network) not in networks:
+                networks.append(str(network))
+    return networks
+
+
+def _relay_backup_mx(value: Any, relays: Mapping[str, Any]) -> Any:
+    """backup_mx for selfhosted: its hosts are the relay hosts' names (derived when not listed)."""
+    value = dict(_mapping(value, "backup_mx"))
+    names = [relay.hostname for relay in relays.values()]
+    hosts = value.get("hosts")
+    if hosts is None:
+        value["hosts"] = names
+    elif not isinstance(hosts, (list, tuple)) or sorted(hosts) != sorted(names):
+        raise ConfigError("backup_mx.hosts", f"{value['hosts']!r} are not the relay hosts' names {names!r}",
+                          "list exactly the relayhost.hostname of each `relay` host, or leave hosts out")
+    return value
 
 
 def default_state_dir() -> str:
@@ -385,6 +503,8 @@ def _seconds(value: Any, field_name: str, default: int) -> int:
 ACC_API_BASE = "https://acc.rollernet.us/api/api.php"
 ACC_MANUAL_URL = "https://acc.rollernet.us/"
 PROVIDER_BACKENDS = ("api", "ledger")
+# Provider selfhosted's backend: facts and changes over SSH on the `relay` group.
+RELAYHOST_BACKEND = "relayhost"
 
 # Canonical values of the provider facts (docs/provider-api.md).
 DOMAIN_MODES = ("secondary_mx", "mail_mirror", "primary")
@@ -504,8 +624,13 @@ class ProviderProfile:
 def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
     """The ``provider`` inventory key; absent means the ledger backend for ``backup_mx.provider``."""
     if value is None:
-        return ProviderProfile(name=backup_provider)
+        return _selfhosted_profile({}) if backup_provider == SELFHOSTED else ProviderProfile(name=backup_provider)
     value = _mapping(value, "provider")
+    if value.get("name", backup_provider) == SELFHOSTED or (backup_provider == SELFHOSTED and "name" not in value):
+        if backup_provider != SELFHOSTED:
+            raise ConfigError("backup_mx.provider", f"{backup_provider!r} differs from provider.name 'selfhosted'",
+                              "name the same provider profile in both")
+        return _selfhosted_profile(value)
     if not value:
         raise ConfigError("provider", "is an empty profile",
                           "set provider.backend ('api' with provider.user, or 'ledger'), or leave `provider` out")
@@ -545,6 +670,15 @@ def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
         retries=retries, manual_url=manual_url,
         api=_acc_api_shape(_mapping(value.get("api") or {}, "provider.api")),
     )
+
+
+def _selfhosted_profile(value: Mapping[str, Any]) -> ProviderProfile:
+    """Provider ``selfhosted``: the relay hosts answer for themselves, so the ACC fields do not apply."""
+    for key in value:
+        if key != "name":
+            raise ConfigError(f"provider.{key}", "does not apply to provider selfhosted (its facts come from the "
+                              "relay hosts over SSH)", "leave only provider.name = 'selfhosted'")
+    return ProviderProfile(name=SELFHOSTED, backend=RELAYHOST_BACKEND, manual_url="", key_secret="")
 
 
 def _known_keys(value: Mapping[str, Any], where: str, known: tuple[str, ...]) -> None:

@@ -1,6 +1,7 @@
 """The backup provider behind one interface: domain state, relay CIDRs, hold, queue.
 
-Two backends, chosen by ``provider.backend`` in the inventory:
+Two backends, chosen by ``provider.backend`` in the inventory (and provider
+``selfhosted``, whose relay hosts answer for themselves: ``backupmx.selfhosted``):
 
 * ``api`` (``backupmx.acc``): the provider's account API, with the module/action
   names and the response parser taken from the provider profile (data, not code).
@@ -126,6 +127,10 @@ class Provider:
 def manual_steps(settings: Settings, change: str, domain: str) -> list[str]:
     """The by-hand steps in the provider's web console for a change the tool could not make."""
     profile = settings.provider
+    if settings.selfhosted:
+        from backupmx import selfhosted
+
+        return selfhosted.manual_steps(settings, change, domain)
     login = (f"log in to {profile.manual_url}" + (f" as {profile.user}" if profile.user else "") +
              f" (password: Vault {settings.vault.secret_path}, key rollernet_password)")
     steps = {
@@ -147,8 +152,13 @@ def open_provider(settings: Settings, secrets=None, allow_env: bool = False, fai
     """
     from backupmx.ledger import LedgerProvider
 
-    ledger = LedgerProvider(settings)
     profile = settings.provider
+    if settings.selfhosted:
+        # The relay hosts answer for themselves, over their pyinfra SSH connection: no key, no ledger.
+        from backupmx.selfhosted import SelfHostedProvider
+
+        return SelfHostedProvider(settings)
+    ledger = LedgerProvider(settings)
     if profile.backend == LEDGER:
         return ledger
     from backupmx.acc import AccClient, AccProvider

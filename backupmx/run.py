@@ -17,7 +17,7 @@ from pyinfra import host as current_host
 from pyinfra.api import DeployError
 from pyinfra.context import ctx_state
 
-from backupmx.config import Settings, load_settings
+from backupmx.config import RELAY_GROUP, Settings, load_settings
 from backupmx.errors import BackupMXError
 from backupmx.gates import run_gates
 from backupmx.dnsstage import Assessment, DNSStage
@@ -47,6 +47,10 @@ class Run:
         # Stage 4's proof per mail host, filled in at execution time; stage 5
         # (DNS) refuses unless every mail host of the inventory is in here as live.
         self.mailhost_proofs: dict[str, tuple[bool, str]] = {}
+        # Provider selfhosted: the relay stage's proof per relay host, the same way;
+        # stage 5 also refuses unless every relay host of the inventory is in here.
+        self.relay_proofs: dict[str, tuple[bool, str]] = {}
+        self.relays_assessed: set[str] = set()
         self.dns_stage: DNSStage | None = None
         self.dns: dict[str, Assessment] = {}
 
@@ -57,9 +61,11 @@ class Run:
     def check_inventory(self) -> None:
         settings = self.settings
         backup = settings.backup_mx
+        relays = (f"; provider selfhosted: relay host(s) {', '.join(settings.relay_hosts)}"
+                  if settings.selfhosted else "")
         self.report.add("0", "inventory data", PASS,
                         f"{len(settings.domains)} domain(s); backups {', '.join(backup.hosts)} at "
-                        f"{backup.priority}; {len(settings.relay_cidrs)} relay CIDR(s)")
+                        f"{backup.priority}; {len(settings.relay_cidrs)} relay CIDR(s){relays}")
 
     def required_secrets(self) -> list[str]:
         """Keys read up front, so a missing one stops the run before anything is contacted."""
@@ -116,6 +122,26 @@ class Run:
         """The mail hosts whose whitelist and exemption were not proven live in this run."""
         return [name for name in host_names if not self.mailhost_proofs.get(name, (False, ""))[0]]
 
+    def record_relay_proof(self, host_name: str, live: bool, evidence: str) -> None:
+        self.relay_proofs[host_name] = (live, evidence)
+
+    def unproven_relays(self) -> list[str]:
+        """Provider selfhosted: the relay hosts of the inventory (all, whatever --limit) not proven in this run."""
+        return [name for name in self.settings.relay_hosts if not self.relay_proofs.get(name, (False, ""))[0]]
+
+    def add_relay_rows(self, host_name: str, rows) -> None:
+        """A relay host's rows (gates G1, G2, G4 and its plan/proof), from ``assess_relayhost``."""
+        self.relays_assessed.add(host_name)
+        self.report.checks.extend(rows)
+
+    def report_relays_not_assessed(self) -> None:
+        """Relay hosts left out of this run (--limit): nothing checked them, so stage 5 will refuse."""
+        for name in self.settings.relay_hosts:
+            if name not in self.relays_assessed:
+                self.report.add("3r", f"relay host {name}", WARN, "not part of this run (--limit): not checked "
+                                "or configured; stage 5 refuses until it is proven in the same run",
+                                "run without --limit, or include the relay group")
+
     def report_monitoring_targets(self, host_names: list[str]) -> None:
         if not host_names:
             self.report.add("6", "monitoring and runbook", SKIP, "no host in the inventory's monitoring group")
@@ -141,6 +167,7 @@ class Run:
         """
         self._assessed.add(host_name)
         if self._assessed >= host_names:
+            self.report_relays_not_assessed()
             click.echo(self.report.render())
             self.reported = True
             self._all_assessed.set()
@@ -164,11 +191,21 @@ def once_per_state(registry: weakref.WeakKeyDictionary, data, make: Callable[[Se
         made = registry.get(state)
         if made is None:
             try:
-                settings = load_settings(data)
+                settings = load_settings(data, inventory_relays(state.inventory))
             except BackupMXError as error:
                 raise DeployError(str(error)) from None
             made = registry[state] = make(settings)
     return made
+
+
+def inventory_relays(inventory) -> dict[str, object]:
+    """The inventory's ``relay`` group as ``{name: relayhost data}``: every host, whatever --limit says."""
+    return {target.name: target.data.get("relayhost") for target in inventory.get_group(RELAY_GROUP, [])}
+
+
+def settings_of(data) -> Settings:
+    """Stage 0 for a deploy that needs no run: ``data`` validated, with the inventory's relay hosts."""
+    return load_settings(data, inventory_relays(ctx_state.get().inventory))
 
 
 def current_run() -> Run:

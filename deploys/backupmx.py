@@ -37,6 +37,15 @@ probe_domain = run.settings.domains[0].name
 # here, whichever host is prepared first, so bad data stops the run before a gate
 # contacts anything.
 mailhost_data = {target.name: mailhost_settings(target) for target in inventory if is_mailhost(target)}
+# Provider selfhosted: the relay hosts (the inventory's `relay` group) are the
+# backup MX this deploy configures; their `relayhost` data is validated here too.
+# With another provider they take no part (nothing is read or changed on them).
+relay_names = run.settings.relay_hosts
+domain_names = [domain.name for domain in run.settings.domains]
+if relay_names:
+    from operations.relayhost import assess_relayhost, relay_config, relay_settings, verify_relay
+
+    relay_data = {target.name: relay_settings(target) for target in inventory if target.name in relay_names}
 
 if run.first_pass():
     # Stage 2: gates G1-G4, read-only.
@@ -53,8 +62,35 @@ if is_mailhost(host):
     mailhost_assessment = assess_mailhost(mailhost, relay_cidrs, probe_domain)
     report_mailhost(run, host.name, mailhost_assessment)
 
+# Relay stage, read-only part, on each relay host: gates G1, G2, G4 of this
+# provider are checks of the relay itself; a relay not configured yet is a
+# planned change (3r), the proof that it is live already is 4r.
+if host.name in relay_names:
+    relay = relay_data[host.name]
+    relay_assessment = assess_relayhost(relay, domain_names, relay_cidrs)
+    run.add_relay_rows(host.name, relay_assessment.rows)
+
 # The whole report, once, after every host's assessment; a failed gate stops here.
 run.print_report_when_all_assessed(host.name, {target.name for target in inventory.get_active_hosts()})
+
+if host.name in relay_names:
+    # Relay stage, before stage 3 and the stage-5 boundary: configure the relay
+    # (catch-all, 4xx only, queue lifetime, relays only to the primary over TLS),
+    # then prove it live. Stage 5 refuses unless every relay host is proven.
+    relay_config(
+        name="Relay stage: configure the store-and-forward relay",
+        relay=relay,
+        domains=domain_names,
+    )
+    if relay_assessment.proof is not None:
+        run.record_relay_proof(host.name, relay_assessment.proof.live, relay_assessment.proof.evidence())
+    else:
+        verify_relay(
+            name="Relay stage: prove the relay accepts, queues and forwards only to the primary",
+            relay=relay,
+            domains=domain_names,
+            record=run.record_relay_proof,
+        )
 
 if is_mailhost(host):
     # Stage 3: each operation is one transaction on the mail host: files swapped
@@ -85,11 +121,13 @@ if is_mailhost(host):
             record=run.record_mailhost_proof,
         )
 
-# Every host passes here: stage 5 cannot start before stages 3-4 ended everywhere.
+# Every host passes here: stage 5 cannot start before stages 3-4 (and the relay
+# stage) ended everywhere.
 boundary(name="Stages 3-4 finished on every mail host", stage="stages 3-4")
 
 if "controller" in host.groups:
-    # Stage 5 refuses unless stage 4 proved every mail host of the inventory.
+    # Stage 5 refuses unless stage 4 proved every mail host of the inventory
+    # (and, with provider selfhosted, the relay stage every relay host).
     for domain in run.settings.domains:
         backup_mx_records(
             name=f"Stage 5: backup MX records for {domain.name}",

@@ -9,7 +9,8 @@ On the one mail host of the ``mailhosts`` group (its ``failover`` data says how)
 backup MX hosts; 4. confirm each is queued at the provider; 5. start the primary
 again, always (also after a failure or Ctrl-C); 6. wait, bounded, for the queue to
 drain; 7. check every probe in the mailbox; 8. print the report, exit 1 on any FAIL.
-Other hosts of the inventory take no part.
+Other hosts of the inventory take no part. With ``--data provider=selfhosted`` the
+backup MX is the relay host and step 4 reads its queue (``postqueue -j``) over SSH.
 """
 
 from pyinfra import host, inventory

@@ -8,6 +8,9 @@ With hold on, the provider's relays keep accepting and queueing the domain's mai
 but deliver none of it, even once the primary is back: turn it off when the
 maintenance is over. Runs on the control machine (the inventory's ``controller``
 group); ``--dry`` shows the current state and what would change.
+
+With provider selfhosted (``--data provider=selfhosted``) the hold is the relay
+hosts' ``defer_transports`` (docs/provider-selfhosted.md).
 """
 
 from pyinfra import host, inventory

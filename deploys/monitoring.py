@@ -17,13 +17,13 @@ secrets. See docs/monitoring.md.
 from pyinfra import host
 from pyinfra.api import DeployError
 
-from backupmx.config import load_settings
+from backupmx.run import settings_of
 from backupmx.errors import BackupMXError
 from operations.monitoring import is_monitoring_host, monitoring_stage
 
 if is_monitoring_host(host):
     try:
-        settings = load_settings(host.data)
+        settings = settings_of(host.data)
     except BackupMXError as error:
         raise DeployError(str(error)) from None
     summary = monitoring_stage(settings)

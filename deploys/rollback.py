@@ -17,6 +17,10 @@ No gates. Steps 1-3 run on the control machine (the inventory's ``controller``
 group, ``@local``) and need neither the mail host nor Vault: with Vault down the
 Cloudflare token comes from ``$CLOUDFLARE_API_TOKEN`` (the ACC key from
 ``$ROLLERNET_API_KEY``). Running it again is harmless. See docs/rollback.md.
+
+With provider selfhosted (``--data provider=selfhosted``, docs/provider-selfhosted.md)
+step 3 takes the domain out of ``relay_domains`` on every relay host, over SSH
+(a relay host outside ``--limit`` is connected for it); its queue still drains.
 """
 
 from pyinfra import host, inventory

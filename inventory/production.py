@@ -44,6 +44,14 @@ _settings = {
     #   "relay_cidrs": {"value": ["162.216.242.0/24", "72.51.58.0/24"], "date": "2026-07-10",
     #                   "evidence": "ACC Resource Access page, screenshot 2026-07-10"},
     "gate_ledger": {},
+    # Another provider, one line away (docs/provider-selfhosted.md): a relay on your
+    # own VM that this tool configures. `--data provider=selfhosted` (one run) or
+    # "provider": "selfhosted" above picks this entry; its MX hosts and relay CIDRs
+    # are the `relay` group's relayhost.hostname and public_addresses. Without a
+    # `relay` group (below, commented out) such a run stops at stage 0.
+    "providers": {
+        "selfhosted": {"backup_mx": {"provider": "selfhosted", "priority": 20}},
+    },
 }
 
 # The mail host: docker-mailserver behind pfSense HAProxy (PROXY v2 on :2525).
@@ -100,3 +108,22 @@ monitoring = [
         },
     ),
 ]
+
+# Provider selfhosted's relay host(s) (docs/selfhosted-relay.md for every key):
+# relay = [
+#     (
+#         "relay1.viktorbarzin.me",
+#         {
+#             **_settings,
+#             "ssh_user": "root",
+#             "ssh_strict_host_key_checking": "yes",
+#             "ssh_known_hosts_file": os.path.join(os.path.dirname(__file__), "known_hosts"),
+#             "relayhost": {
+#                 "hostname": "relay1.viktorbarzin.me",
+#                 "public_addresses": ["203.0.113.25"],
+#                 "primary": "mail.viktorbarzin.me",
+#                 "primary_port": 587,  # many cloud VMs cannot send on 25
+#             },
+#         },
+#     ),
+# ]

@@ -42,6 +42,28 @@ _settings = {
     },
 }
 
+# The providers this sandbox can run with; `--data provider=<name>` picks one
+# (backupmx.config.select_provider, docs/configuration.md). Without it the
+# `provider` profile above is used: the Roller Network fake, as always.
+_providers = {
+    "rollernet": {key: _settings[key] for key in ("backup_mx", "relay_cidrs", "provider", "gate_ledger")},
+}
+_relay = _world.get("selfhosted")
+if _relay:
+    _providers["selfhosted"] = {
+        # The relay host is the only backup MX; its relay CIDRs are derived from its
+        # relayhost.public_addresses. G3 connects to its SMTP port on loopback.
+        "backup_mx": {
+            "provider": "selfhosted",
+            "hosts": [_relay["host"]],
+            "priority": _world["backup_priority"],
+            "smtp_endpoints": {_relay["host"]: _relay["smtp"]},
+            "tls_ca_bundle": _relay.get("ca_cert", _world["ca_cert"]),
+        },
+        "provider": {"name": "selfhosted"},
+    }
+_settings["providers"] = _providers
+
 _ssh = _world["ssh"]
 
 mailhosts = [
@@ -97,3 +119,24 @@ monitoring = [
         },
     ),
 ]
+
+# Provider selfhosted's relay host (a second sshd with its own Postfix, behind
+# which a haproxy speaks PROXY v2 to the mail host): configured by
+# deploys/backupmx.py only with --data provider=selfhosted; otherwise untouched.
+if _relay:
+    _relay_ssh = _relay["ssh"]
+    relay = [
+        (
+            "sandbox-relay",
+            {
+                **_settings,
+                "ssh_hostname": _relay_ssh["host"],
+                "ssh_port": _relay_ssh["port"],
+                "ssh_user": _relay_ssh["user"],
+                "ssh_key": _relay_ssh["key"],
+                "ssh_known_hosts_file": _relay_ssh["known_hosts"],
+                "ssh_strict_host_key_checking": "yes",
+                "relayhost": _relay["relayhost"],
+            },
+        ),
+    ]

@@ -50,6 +50,13 @@ def _publish_when_proven(state, host, run, domain, mailhost_names) -> bool:
         host.log(f"DNS {domain.name}: refused: whitelist and exemption not proven live on "
                  f"{', '.join(unproven)} in this run; nothing was changed in DNS", log_func=logger.error)
         return False
+    # With provider selfhosted, every relay host of the inventory too: an MX record
+    # must not send mail to a relay not proven, in this run, to queue and forward it.
+    unproven = run.unproven_relays()
+    if unproven:
+        host.log(f"DNS {domain.name}: refused: relay not proven configured and live on relay host(s) "
+                 f"{', '.join(unproven)} in this run; nothing was changed in DNS", log_func=logger.error)
+        return False
     try:
         run.dns_stage.apply(domain, lambda message: host.log(message, logger.info))
     except BackupMXError as error:

@@ -26,7 +26,8 @@ from pyinfra.context import ctx_state
 from backupmx import dnscheck, mtasts
 from backupmx import drift as dr
 from backupmx import monitoring as mon
-from backupmx.config import Settings, load_settings
+from backupmx.config import Settings
+from backupmx.run import settings_of
 from backupmx.errors import BackupMXError
 from backupmx.secrets import SecretStore
 from facts.mailhost import MailhostFiles, PostscreenAccessFile, facts_args
@@ -71,7 +72,7 @@ def current_drift_run() -> DriftRun:
     run = _runs.get(current)
     if run is None:
         try:
-            settings = load_settings(host.data)
+            settings = settings_of(host.data)
         except BackupMXError as error:
             raise DeployError(str(error)) from None
         run = _runs[current] = DriftRun(settings)

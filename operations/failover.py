@@ -31,7 +31,7 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
 from backupmx import dnscheck
-from backupmx.config import load_settings
+from backupmx.run import settings_of
 from backupmx.errors import BackupMXError
 from backupmx.failover import Drill, SignalGuard, load_failover
 from backupmx.mailhost import shell_join
@@ -47,7 +47,7 @@ def current_drill(target) -> Drill:
     drill = _drills.get(current)
     if drill is None:
         try:
-            settings = load_settings(target.data)
+            settings = settings_of(target.data)
             mailhost = mailhost_settings(target)
             failover = load_failover(target.data.get("failover"), mailhost, settings.domains[0].name)
         except BackupMXError as error:

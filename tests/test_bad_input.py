@@ -98,6 +98,20 @@ def _cases(data: dict) -> list[tuple[str, str, list[str], str]]:
         ("rollback-revert-not-bool", ROLLBACK, ["revert_mailhost=maybe"], "revert_mailhost"),
         ("rollback-bad-priority", ROLLBACK, [backup(priority=99999)], "backup_mx.priority"),
         ("maintenance-hold-garbage", MAINTENANCE, ["hold=sometimes"], "hold"),
+        # Provider selfhosted (docs/provider-selfhosted.md): the choice and its relay hosts.
+        ("provider-name-not-in-providers", BACKUPMX, ["provider=nope"], "provider"),
+        ("selfhosted-acc-fields", BACKUPMX, [d("providers", {"selfhosted": {
+            "backup_mx": {"provider": "selfhosted", "priority": 20},
+            "provider": {"name": "selfhosted", "backend": "api"}}}), "provider=selfhosted"], "provider.backend"),
+        ("selfhosted-hosts-not-the-relays", BACKUPMX, [d("providers", {"selfhosted": {
+            "backup_mx": {"provider": "selfhosted", "priority": 20, "hosts": ["mx9.viktorbarzin.me"]}}}),
+            "provider=selfhosted"], "backup_mx.hosts"),
+        ("selfhosted-relayhost-without-addresses", BACKUPMX,
+         [d("relayhost", {"hostname": "relay1.viktorbarzin.me", "primary": "127.0.0.1"}), "provider=selfhosted"],
+         "relayhost.public_addresses"),
+        ("rollback-selfhosted-bad-relayhost", ROLLBACK,
+         [d("relayhost", {"hostname": "relay1.viktorbarzin.me", "primary": "127.0.0.1"}), "provider=selfhosted"],
+         "relayhost.public_addresses"),
     ]
 
 

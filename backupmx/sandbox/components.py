@@ -8,10 +8,10 @@ part's port: ports are allocated by name, so order only matters for readiness.
 
 from __future__ import annotations
 
-from backupmx.sandbox import dnsapi, mailhost, provider, vault
+from backupmx.sandbox import dnsapi, mailhost, provider, relayhost, vault
 from backupmx.sandbox.world import Sandbox
 
-ORDER = [dnsapi, vault, mailhost, provider]
+ORDER = [dnsapi, vault, mailhost, provider, relayhost]
 
 
 def service_names(sandbox: Sandbox) -> list[str]:

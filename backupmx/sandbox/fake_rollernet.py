@@ -821,6 +821,8 @@ class ProxySMTP(smtplib.SMTP):
         super().__init__(local_hostname=local_hostname, timeout=timeout)
 
     def _get_socket(self, host, port, timeout):
+        # connect() does not record the host as SMTP(host) does; starttls() needs it.
+        self._host = host
         sock = socket.create_connection((host, port), timeout)
         try:
             dst_ip, dst_port = sock.getpeername()[:2]

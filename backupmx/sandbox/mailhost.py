@@ -357,6 +357,7 @@ def _write_rspamd_config(paths: Paths, ports: Ports) -> None:
     }
     _install(local_d / "options.inc", _render("rspamd/options.inc.j2", **values))
     _install(local_d / "milter_headers.conf", _render("rspamd/milter_headers.conf"))
+    _install(local_d / "dkim.conf", _render("rspamd/dkim.conf"))
     _install(override_d / "fuzzy_check.conf", _render("rspamd/fuzzy_check.conf"))
     for worker in ("worker-normal.inc", "worker-controller.inc", "worker-proxy.inc"):
         _install(override_d / worker, _render(f"rspamd/{worker}.j2", **values))
@@ -403,6 +404,8 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
     _private_dir(paths.mail_base, MAIL_UID, MAIL_GID, 0o700)
     for sub in ("", "new", "cur", "tmp"):
         _private_dir(paths.maildir / sub, MAIL_UID, MAIL_GID, 0o700)
+    # A certificate for the primary's name from the sandbox CA: relays require TLS.
+    tls_cert, tls_key = Sandbox(paths.root.parent).ca.issue(HOSTNAME, [HOSTNAME])
     main_cf = _render(
         "main.cf.j2",
         config_dir=paths.postfix_config,
@@ -418,6 +421,8 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
         mail_gid=MAIL_GID,
         milter_port=ports.rspamd_milter,
         greet_wait=GREET_WAIT,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     master_cf = _render("master.cf.j2", smtp_port=ports.smtp, proxy_port=ports.smtp_proxy)
     _install(paths.postfix_config / "main.cf", main_cf)

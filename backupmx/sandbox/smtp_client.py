@@ -104,8 +104,10 @@ class SMTPConnection:
         self._pending: str | None = None
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float = 30.0) -> "SMTPConnection":
-        return cls(socket.create_connection((host, port), timeout=timeout))
+    def connect(cls, host: str, port: int, timeout: float = 30.0, source: str | None = None) -> "SMTPConnection":
+        """``source``: connect from this local address (a fresh 127/8 one dodges postscreen's PASS cache)."""
+        return cls(socket.create_connection((host, port), timeout=timeout,
+                                            source_address=(source, 0) if source else None))
 
     def close(self) -> None:
         self.sock.close()
@@ -183,17 +185,19 @@ def send_mail(
     pregreet: bool = False,
     helo: str = "client.sender.test",
     timeout: float = 30.0,
+    source: str | None = None,
 ) -> Transcript:
     """Run one SMTP transaction and return every step's reply.
 
     ``proxy_source``: send a PROXY v2 header claiming this client address first.
     ``pregreet``: send EHLO at once, without waiting for the 220 greeting.
+    ``source``: the local address to connect from (no PROXY header: a direct client).
     The transaction stops early (then QUIT) where a real client would: a
     greeting or EHLO that is not 2xx, no recipient accepted, DATA not 354.
     """
     recipients = [rcpt_to] if isinstance(rcpt_to, str) else list(rcpt_to)
     transcript = Transcript()
-    with SMTPConnection.connect(host, port, timeout) as smtp:
+    with SMTPConnection.connect(host, port, timeout, source) as smtp:
         if proxy_source:
             smtp.send_proxy_header(proxy_source)
         if pregreet:

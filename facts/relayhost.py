@@ -1,0 +1,142 @@
+"""Facts of the self-hosted relay: what its Postfix has in force, its files, its queue.
+
+Each fact runs one read-only script (``backupmx.mailhost.capture_script``) that
+always exits 0 and reports every command's exit code, output and errors, so
+"Postfix is not installed" never reads as "not configured yet". Arguments are
+plain values (a config dir, setting names) so ``pyinfra -v`` prints them readably.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+
+from backupmx import mailhost as mh
+from backupmx import relayhost as rh
+from facts.mailhost import MailhostFiles
+
+
+def _script(commands) -> StringCommand:
+    return StringCommand("sh", "-c", QuoteString(mh.capture_script(commands)))
+
+
+class RelayFiles(MailhostFiles):
+    """
+    The relay's managed files, byte for byte: ``{path: {"content": text or None if
+    absent, "error": None or why it could not be read}}``.
+
+    .. code:: python
+
+        host.get_fact(RelayFiles, paths=("/etc/postfix/main.cf",))
+    """
+
+
+class RelayPostconf(FactBase):
+    """
+    The relay's Postfix as it reports itself: ``{"postconf": bool, "error",
+    "settings": {name: effective value} for ``names``, "services": {"name/type":
+    Listener} with their ``postconf -P`` overrides}``.
+
+    .. code:: python
+
+        host.get_fact(RelayPostconf, config_dir="/etc/postfix", names=("relay_domains",))
+    """
+
+    def command(self, config_dir, names=()):
+        postconf = ["postconf", "-c", config_dir]
+        return _script([
+            ("has", ["sh", "-c", "command -v postconf"]),
+            ("main", postconf + list(names)),
+            ("master", postconf + ["-M"]),
+            ("overrides", postconf + ["-P"]),
+        ])
+
+    @staticmethod
+    def default():
+        return {"postconf": False, "error": "no output", "settings": {}, "services": {}}
+
+    def process(self, output):
+        captured = mh.parse_captures(output)
+        has = captured.get("has")
+        if has is None or has.rc != 0:
+            return {"postconf": False, "error": "postconf not found (is Postfix installed?)", "settings": {},
+                    "services": {}}
+        for name in ("main", "master", "overrides"):
+            part = captured.get(name)
+            if part is None or part.rc != 0:
+                return {"postconf": False, "error": f"postconf ({name}): {part.problem() if part else 'no output'}",
+                        "settings": {}, "services": {}}
+        return {
+            "postconf": True,
+            "error": None,
+            "warnings": mh.one_line(captured["main"].err),
+            "settings": mh.parse_postconf_main(captured["main"].out.splitlines()),
+            "services": mh.parse_postconf_services(captured["master"].out.splitlines(),
+                                                   captured["overrides"].out.splitlines()),
+        }
+
+
+class RelayQueue(FactBase):
+    """
+    The relay's queue (``postqueue -j``): ``{"ok": bool, "error", "messages": [one
+    dict per message, as Postfix prints it]}``.
+
+    .. code:: python
+
+        host.get_fact(RelayQueue, config_dir="/etc/postfix")
+    """
+
+    def command(self, config_dir):
+        return _script([("queue", ["postqueue", "-c", config_dir, "-j"])])
+
+    @staticmethod
+    def default():
+        return {"ok": False, "error": "no output", "messages": []}
+
+    def process(self, output):
+        captured = mh.parse_captures(output).get("queue")
+        if captured is None or captured.rc != 0:
+            return {"ok": False, "error": captured.problem() if captured else "no output", "messages": []}
+        messages, bad = rh.parse_postqueue_json(captured.out)
+        return {"ok": not bad, "error": f"unreadable postqueue lines: {bad[0]}" if bad else None,
+                "messages": messages}
+
+
+class RelaySmtpProof(FactBase):
+    """
+    SMTP sessions the relay host runs against its own listener (python3): a random
+    recipient of each domain, one of an outside domain, and a client talking before
+    the greeting. ``{"python": bool, "error", "results": [{"case", "rcpt", "code",
+    "text", "source"}]}``. Read-only: no message is ever sent (QUIT after RCPT).
+
+    .. code:: python
+
+        host.get_fact(RelaySmtpProof, listener="127.0.0.1:25", domains=("example.org",))
+    """
+
+    def command(self, listener, domains):
+        host, _, port = listener.rpartition(":")
+        return _script([
+            ("has", ["sh", "-c", "command -v python3"]),
+            ("smtp", ["python3", "-c", rh.SMTP_PROOF, host.strip("[]"), port, rh.OUTSIDE_DOMAIN, *domains]),
+        ])
+
+    @staticmethod
+    def default():
+        return {"python": False, "error": "no output", "results": []}
+
+    def process(self, output):
+        captured = mh.parse_captures(output)
+        has = captured.get("has")
+        if has is None or has.rc != 0:
+            return {"python": False, "error": "python3 not found on the relay host", "results": []}
+        smtp = captured.get("smtp")
+        results = []
+        for line in (smtp.out if smtp else "").splitlines():
+            try:
+                results.append(json.loads(line))
+            except ValueError:
+                continue
+        error = None if smtp and smtp.rc == 0 else (smtp.problem() if smtp else "no output")
+        return {"python": True, "error": error, "results": results}

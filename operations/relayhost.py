@@ -1,0 +1,333 @@
+"""Operations of the self-hosted relay (provider ``selfhosted``, docs/selfhosted-relay.md).
+
+- ``relay_config``: make a Postfix host a store-and-forward backup MX for the domains
+  (catch-all, primary only with TLS required, 30-day queue, postscreen that only
+  defers, not an open relay), or take that away again (``present=False``).
+- ``verify_relay``: the proof, at execution, over real SMTP on the relay host.
+- ``assess_relayhost``: read-only, while preparing: the plan, the proof when nothing
+  is left to change, and the gate rows G1, G2 and G4 for this relay.
+
+A change is one transaction on the relay host (``backupmx.mailhost.transaction_script``):
+files swapped atomically, ``postfix check`` must not print anything new, the previous
+files are put back byte for byte on any failure, and only then Postfix reloads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from pyinfra import host, logger, state
+from pyinfra.api import DeployError, FunctionCommand, operation
+from pyinfra.context import ctx_state
+
+from backupmx import mailhost as mh
+from backupmx import relayhost as rh
+from backupmx.errors import BackupMXError
+from backupmx.report import CHANGE, FAIL, PASS, TODO, Check
+from facts.relayhost import RelayFiles, RelayPostconf, RelayQueue, RelaySmtpProof
+from operations.mailhost import Plan, _apply
+
+# How long verify_relay waits for a reload to take effect (postscreen restarts).
+SETTLE_SECONDS = 30.0
+
+
+# --- the plan -------------------------------------------------------------------
+
+
+def plan_relay_config(relay: rh.RelayHost, domains: Sequence[str], present: bool = True) -> Plan:
+    plan = Plan("relay_config")
+    try:
+        domains = rh.check_domains(domains)
+    except BackupMXError as error:
+        plan.problems.append(str(error))
+        return plan
+    postfix = host.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=())
+    if not postfix["postconf"]:
+        plan.problems.append(f"Postfix on {host.name}: {postfix['error']}; is relayhost.postfix_config_dir right?")
+        return plan
+    paths = tuple(relay.managed_paths())
+    files = host.get_fact(RelayFiles, paths=paths)
+    for path in paths:
+        entry = files.get(path)
+        if entry is None or entry["error"]:
+            plan.problems.append(f"cannot read {path} on {host.name}: {entry['error'] if entry else 'no answer'}")
+    if plan.problems:
+        return plan
+    current = {path: files[path]["content"] for path in paths}
+    try:
+        wanted = rh.wanted_files(relay, domains, current[relay.main_cf_path], current[relay.master_cf_path], present)
+    except BackupMXError as error:
+        plan.problems.append(str(error))
+        return plan
+    plan.files = [mh.FileChange(path, current[path], wanted[path]) for path in paths if current[path] != wanted[path]]
+    if not plan.changed:
+        plan.already = (f"relay already configured for {', '.join(domains)} (to {relay.nexthop})" if present
+                        else "no backupmx relay configuration")
+        return plan
+    plan.transaction = mh.Transaction(
+        label=f"relay_config {relay.hostname}",
+        files=tuple(plan.files),
+        postfix_check=tuple(relay.postfix_check()),
+        reloads=(tuple(relay.postfix_reload_argv()),),
+    )
+    return plan
+
+
+@operation()
+def relay_config(relay: rh.RelayHost, domains: Sequence[str], present: bool = True):
+    """
+    Make this Postfix host a store-and-forward backup MX for ``domains``.
+
+    + relay: the host's ``backupmx.relayhost.RelayHost`` (``load_relayhost(host.data.relayhost)``)
+    + domains: the protected domains (every recipient of each is accepted)
+    + present: ``False`` gives back the configuration found before (turned-off lines
+      on again, our blocks and the TLS policy file gone)
+
+    main.cf gets a marked block: ``relay_domains`` (catch-all: no
+    ``relay_recipient_maps``), ``relay_transport = smtp:[primary]:port`` (the primary
+    only, no MX lookup), ``smtp_tls_policy_maps`` requiring TLS to it,
+    ``maximal_queue_lifetime`` / ``bounce_queue_lifetime``, ``mynetworks`` empty and
+    ``smtpd_relay_restrictions = reject_unauth_destination`` (not an open relay,
+    loopback included), postscreen pregreet/DNSBL set to ``enforce``. master.cf gets
+    postscreen on the listener with ``-o soft_bounce=yes``, so postscreen only ever
+    answers 4xx. Settings and services replaced elsewhere are kept, commented with
+    ``#backupmx-off:``. One transaction: ``postfix check`` must print nothing new,
+    else the previous files are restored byte for byte and nothing is reloaded.
+
+    **Example:**
+
+    .. code:: python
+
+        relay_config(
+            name="Relay: store-and-forward backup MX",
+            relay=load_relayhost(host.data.relayhost),
+            domains=["example.org"],
+        )
+    """
+    plan = _recall(relay, domains, present)
+    yield from _apply(plan or plan_relay_config(relay, domains, present))
+
+
+# --- the proof ------------------------------------------------------------------
+
+
+def prove_relay(relay: rh.RelayHost, domains: Sequence[str], target=None) -> mh.Proof:
+    """Read the relay again and talk SMTP to it (from the relay host itself).
+
+    - ``postconf``: every managed setting is in force with the wanted value;
+    - ``postconf -M/-P``: the listener runs postscreen with ``soft_bounce=yes`` and no
+      postscreen action is ``drop`` (which answers 521);
+    - the TLS policy table holds the primary with TLS required;
+    - SMTP: a random recipient of each domain gets RCPT 250, one of an outside
+      domain 5xx (not an open relay), a client talking before the greeting 4xx.
+    """
+    on = host if target is None else target
+    domains = rh.check_domains(domains)
+    proof = mh.Proof(True)
+    wanted = rh.main_settings(relay, domains)
+    found = on.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=tuple(wanted))
+    if not found["postconf"]:
+        proof.add("postconf", False, found["error"])
+        return proof
+    bad = rh.setting_mismatches(wanted, found["settings"])
+    proof.add("postconf", not bad, "; ".join(bad) if bad else
+              f"{len(wanted)} settings in force (queue {relay.queue_lifetime}, bounces {relay.bounce_lifetime}, "
+              f"to {relay.nexthop})")
+    listener = found["services"].get(f"{relay.listen_service}/inet")
+    params = listener.params if listener is not None and listener.command == "postscreen" else None
+    soft = rh.soft_only_problems(found["settings"], params)
+    proof.add("postscreen 4xx only", not soft, "; ".join(soft) if soft else
+              f"{relay.listen_service}/inet: postscreen, soft_bounce=yes, no drop action")
+    policy = on.get_fact(RelayFiles, paths=(relay.tls_policy_path,)).get(relay.tls_policy_path) or {}
+    policy_ok = policy.get("content") == rh.render_tls_policy(relay)
+    proof.add("tls to primary", policy_ok, f"{relay.nexthop} {relay.primary_tls}" if policy_ok else
+              f"{relay.tls_policy_path}: {policy.get('error') or 'not as rendered'}")
+    listener_at = "{}:{}".format(*relay.probe_endpoint)
+    session = on.get_fact(RelaySmtpProof, listener=listener_at, domains=domains)
+    if not session["python"] or not session["results"]:
+        proof.add("smtp", False, f"no SMTP session with {listener_at}: {session['error'] or 'no answer'}")
+    else:
+        for name, ok, detail in rh.judge_smtp(session["results"], domains):
+            proof.add(name, ok, detail)
+    return proof
+
+
+_SETTLING = {"catch-all", "not an open relay", "pregreet defers", "smtp"}
+
+
+def prove_relay_settled(relay: rh.RelayHost, domains: Sequence[str], timeout: float = SETTLE_SECONDS,
+                        target=None) -> mh.Proof:
+    """``prove_relay``, again while only the SMTP answers lag behind a reload."""
+    deadline = time.monotonic() + timeout
+    proof = prove_relay(relay, domains, target=target)
+    while not proof.live and time.monotonic() < deadline:
+        if not {name for name, ok, _ in proof.checks if not ok} <= _SETTLING:
+            break
+        time.sleep(1.0)
+        proof = prove_relay(relay, domains, target=target)
+    return proof
+
+
+def _verify(state, host, relay, domains, record, timeout):  # (state, host): pyinfra passes them
+    started = time.monotonic()
+    try:
+        proof = prove_relay_settled(relay, domains, timeout, target=host)
+    except BackupMXError as error:
+        proof = mh.Proof(False, [("relay", False, str(error))])
+    evidence = proof.evidence()
+    if record is not None:
+        record(host.name, proof.live, evidence)
+    took = f" ({time.monotonic() - started:.1f}s)"
+    if proof.live:
+        host.log(f"relay: proven {evidence}{took}", logger.info)
+        return True
+    host.log(f"backupmx: relay {relay.hostname}: {evidence}{took}; the DNS stage will not run; "
+             "check the relay's Postfix and re-run", log_func=logger.error)
+    return False
+
+
+@operation(is_idempotent=False)
+def verify_relay(relay: rh.RelayHost, domains: Sequence[str],
+                 record: Callable[[str, bool, str], None] | None = None, timeout: float = SETTLE_SECONDS):
+    """
+    Prove, when it runs (after ``relay_config``), that the relay works as a backup MX.
+
+    + relay: the host's ``backupmx.relayhost.RelayHost``
+    + domains: the protected domains
+    + record: called as ``record(host_name, live, evidence)`` (e.g. ``Run.record_relay_proof``)
+    + timeout: seconds to wait for a reload to take effect
+
+    Runs ``prove_relay`` on the relay host: settings in force, postscreen 4xx-only,
+    TLS required to the primary, and over SMTP: catch-all RCPT 250, an outside
+    domain refused (5xx), a pregreeting client deferred (4xx). Not proven: the
+    operation fails and the host stops.
+
+    **Example:**
+
+    .. code:: python
+
+        verify_relay(
+            name="Relay: prove catch-all, no open relay, 4xx only",
+            relay=relay,
+            domains=["example.org"],
+            record=run.record_relay_proof,
+        )
+    """
+    yield FunctionCommand(_verify, (relay, tuple(domains), record, timeout), {})
+
+
+# --- read-only assessment and gate rows ----------------------------------------------
+
+
+@dataclass
+class RelayAssessment:
+    """One relay host as seen while preparing."""
+
+    plan: Plan
+    proof: mh.Proof | None = None  # made while preparing when nothing is left to change
+    rows: list[Check] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return self.plan.problems
+
+    @property
+    def changed(self) -> bool:
+        return self.plan.changed
+
+
+TITLE_G1 = "relay listening, catch-all, not open"
+TITLE_G2 = "relay defers (4xx), queue lifetime"
+TITLE_G4 = "relay addresses == relay CIDRs"
+
+
+def assess_relayhost(relay: rh.RelayHost, domains: Sequence[str], relay_cidrs=None) -> RelayAssessment:
+    """The plan of ``relay_config``; if it would change nothing, the proof; and rows G1, G2, G4.
+
+    The plan is kept for this host and preparing pass, so ``relay_config`` called
+    next reuses it instead of reading the same facts again.
+    """
+    plan = plan_relay_config(relay, domains)
+    _remember(plan, relay, domains, True)
+    assessment = RelayAssessment(plan)
+    if not plan.problems and not plan.changed:
+        assessment.proof = prove_relay(relay, domains)
+    name = host.name
+    rows = assessment.rows
+    if plan.problems:
+        rows.append(Check("G1", TITLE_G1, FAIL, f"{name}: {plan.problems[0]}",
+                          "fix the relay host or its `relayhost` data (docs/selfhosted-relay.md), then review with --dry"))
+        rows.append(Check("G2", TITLE_G2, FAIL, f"{name}: not checked, the relay cannot be configured"))
+    elif plan.changed:
+        rows.append(Check("G1", TITLE_G1, CHANGE, f"{name}: relay_config will {plan.summary()}; "
+                          "proven at execution by verify_relay"))
+        rows.append(Check("G2", TITLE_G2, TODO, f"{name}: queue {relay.queue_lifetime}, bounces "
+                          f"{relay.bounce_lifetime}; 4xx proven at execution by verify_relay"))
+    else:
+        checks = {check: (ok, detail) for check, ok, detail in assessment.proof.checks}
+        g1 = [checks.get(key) or checks.get("smtp") or (False, "no SMTP answer") for key in ("catch-all", "not an open relay")]
+        g1_ok = all(ok for ok, _ in g1)
+        rows.append(Check("G1", TITLE_G1, PASS if g1_ok else FAIL, f"{name}: " + "; ".join(detail for _, detail in g1),
+                          None if g1_ok else "the files are right but the running Postfix does not follow them: "
+                          "reload Postfix on the relay, then re-run"))
+        g2 = [checks.get(key) or checks.get("smtp") or (False, f"{key}: not checked")
+              for key in ("pregreet defers", "postscreen 4xx only", "postconf")]
+        g2_ok = all(ok for ok, _ in g2)
+        rows.append(Check("G2", TITLE_G2, PASS if g2_ok else FAIL, f"{name}: " + "; ".join(detail for _, detail in g2),
+                          None if g2_ok else "re-run relay_config (it restores the settings), then review with --dry"))
+    rows.append(addresses_row(relay, relay_cidrs))
+    return assessment
+
+
+def addresses_row(relay: rh.RelayHost, relay_cidrs) -> Check:
+    """G4: the relay's public addresses, as networks, are exactly the run's relay CIDRs."""
+    ours = sorted(str(network) for network in relay.relay_cidrs)
+    if relay_cidrs is None:
+        return Check("G4", TITLE_G4, PASS, f"{host.name}: relay CIDRs are {', '.join(ours)} (from relayhost data)")
+    theirs = sorted(str(ipaddress.ip_network(str(cidr))) for cidr in relay_cidrs)
+    if theirs == ours:
+        return Check("G4", TITLE_G4, PASS, f"{host.name}: {', '.join(ours)}")
+    return Check("G4", TITLE_G4, FAIL, f"{host.name}: relay sends from {', '.join(ours)}, the run whitelists "
+                 f"{', '.join(theirs) or 'nothing'}",
+                 "make relay_cidrs the relay's public_addresses (/32, /128), then review with --dry")
+
+
+def queue(relay: rh.RelayHost, target=None) -> dict:
+    """The relay's queue now (``postqueue -j``): {"ok", "error", "messages"}."""
+    return (host if target is None else target).get_fact(RelayQueue, config_dir=relay.postfix_config_dir)
+
+
+def is_relay(target) -> bool:
+    """A host of the inventory's ``relay`` group, or any host with ``relayhost`` data."""
+    return "relay" in (target.groups or []) or target.data.get("relayhost") is not None
+
+
+def relay_settings(target) -> rh.RelayHost:
+    """Stage 0 for one relay host: its ``relayhost`` data validated, or one ``DeployError`` line."""
+    try:
+        return rh.load_relayhost(target.data.get("relayhost"))
+    except BackupMXError as error:
+        raise DeployError(f"{target.name}: {error}") from None
+
+
+# Plans made while preparing, per state, reused by relay_config's preparing pass.
+_plans: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def _key(relay: rh.RelayHost, domains, present: bool) -> tuple:
+    return (host.name, relay, tuple(str(domain).lower() for domain in domains), present)
+
+
+def _remember(plan: Plan, relay: rh.RelayHost, domains, present: bool) -> None:
+    if not state.is_executing:
+        _plans.setdefault(ctx_state.get(), {})[_key(relay, domains, present)] = plan
+
+
+def _recall(relay: rh.RelayHost, domains, present: bool) -> Plan | None:
+    if state.is_executing:
+        return None  # at execution always read the host as it is now
+    return _plans.get(ctx_state.get(), {}).pop(_key(relay, domains, present), None)

@@ -1,0 +1,414 @@
+"""Provider selfhosted through the whole pipeline (issue #10, the wiring).
+
+Two parts: the ``SelfHostedProvider`` against a fake relay Postfix (no sandbox),
+and the pyinfra CLI against the sandbox world with ``--data provider=selfhosted``
+(the relay host of ``world.json["selfhosted"]``), like tests/test_deploy_cli.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from backupmx.config import load_settings
+from backupmx.errors import BackupMXError, ConfigError
+from backupmx.selfhosted import RelayTarget, SelfHostedProvider, parse_queue_line
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+DOMAIN = "example.org"
+
+
+# --------------------------------------------------------------- settings
+
+
+def base_data(**overrides):
+    data = {
+        "domains": [{"name": DOMAIN, "primary_mx": [{"host": "mail.example.org", "priority": 10}]}],
+        "backup_mx": {"provider": "rollernet", "hosts": ["mx2.rollernet.us"], "priority": 20},
+        "relay_cidrs": ["192.0.2.0/24"],
+        "vault": {"addr": "http://127.0.0.1:8200", "secret_path": "secret/viktor"},
+        "providers": {"selfhosted": {"backup_mx": {"provider": "selfhosted", "priority": 30}}},
+    }
+    data.update(overrides)
+    return data
+
+
+RELAYS = {"relay-a": {"hostname": "relay1.example.org", "public_addresses": ["198.51.100.7"],
+                      "primary": "mail.example.org"}}
+
+
+def test_provider_name_picks_the_providers_entry():
+    settings = load_settings(base_data(provider="selfhosted"), RELAYS)
+    assert settings.selfhosted and settings.provider.name == "selfhosted"
+    assert settings.backup_mx.hosts == ("relay1.example.org",)  # derived from the relay hosts
+    assert [str(net) for net in settings.relay_cidrs] == ["198.51.100.7/32"]  # ditto
+    assert settings.relay_hosts == ("relay-a",)
+
+
+def test_without_a_provider_name_nothing_changes():
+    settings = load_settings(base_data(), RELAYS)
+    assert not settings.selfhosted and settings.relay_hosts == ()
+    assert [str(net) for net in settings.relay_cidrs] == ["192.0.2.0/24"]
+
+
+@pytest.mark.parametrize("data,relays,field_name", [
+    (base_data(provider="selfhosted"), None, "inventory data relay:"),
+    (base_data(provider="selfhosted"), {}, "inventory data relay:"),
+    (base_data(provider="nope"), RELAYS, "inventory data provider:"),
+    ({**base_data(provider="selfhosted"), "providers": None}, RELAYS, "inventory data provider:"),
+    (base_data(provider="selfhosted", providers={"selfhosted": {"backup_mx": {
+        "provider": "selfhosted", "priority": 30, "hosts": ["other.example.org"]}}}), RELAYS,
+     "inventory data backup_mx.hosts:"),
+    (base_data(provider="selfhosted", providers={"selfhosted": {"backup_mx": {
+        "provider": "selfhosted", "priority": 30}, "provider": {"name": "selfhosted", "backend": "api"}}}),
+     RELAYS, "inventory data provider.backend:"),
+    (base_data(provider="selfhosted", providers={"selfhosted": {"backup_mx": {
+        "provider": "selfhosted", "priority": 30}, "vault": {}}}), RELAYS, "inventory data providers.selfhosted.vault:"),
+])
+def test_bad_selfhosted_data_is_one_line_naming_the_field(data, relays, field_name):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(data, relays)
+    assert str(caught.value).startswith(field_name) and "\n" not in str(caught.value)
+
+
+# ------------------------------------------------- the provider, fake Postfix
+
+
+@dataclass
+class FakeRelay:
+    """What SelfHostedProvider uses of backupmx.relayhost.RelayHost."""
+
+    hostname: str = "relay1.example.org"
+    nexthop: str = "[mail.example.org]:25"
+    postfix_config_dir: str = "/etc/postfix"
+    relay_cidrs: tuple = ()
+
+    def postfix_reload_argv(self):
+        return ["postfix", "-c", self.postfix_config_dir, "reload"]
+
+    def postconf(self, *args):
+        return ["postconf", "-c", self.postfix_config_dir, *args]
+
+    def postqueue(self, *args):
+        return ["postqueue", "-c", self.postfix_config_dir, *args]
+
+
+@dataclass
+class FakePostfix:
+    main: dict = field(default_factory=lambda: {"relay_domains": DOMAIN, "defer_transports": "",
+                                                "relay_recipient_maps": "", "transport_maps": "",
+                                                "relay_transport": "smtp:[mail.example.org]:25"})
+    queue: list = field(default_factory=list)
+    ran: list = field(default_factory=list)
+
+    def __call__(self, argv):
+        self.ran.append(argv)
+        if argv[0] == "postconf" and "-e" in argv:
+            key, _, value = argv[-1].partition("=")
+            self.main[key] = value
+            return True, [], ""
+        if argv[0] == "postconf":
+            return True, [f"{name} = {self.main[name]}" for name in argv[3:]], ""
+        if argv[:1] == ["postqueue"] and argv[-1] == "-j":
+            return True, [json.dumps(entry) for entry in self.queue], ""
+        return True, [], ""
+
+
+def provider_with(postfix: FakePostfix) -> SelfHostedProvider:
+    settings = load_settings(base_data(provider="selfhosted"), RELAYS)
+    return SelfHostedProvider(settings, [RelayTarget("relay-a", FakeRelay(), postfix)])
+
+
+def test_facts_from_the_relay_postfix():
+    facts = provider_with(FakePostfix()).domain_facts(DOMAIN)
+    assert (facts.present.value, facts.enabled.value, facts.user_table_default.value, facts.hold.value) == \
+        (True, True, "allow_any", False)
+    assert "relay-a" in facts.enabled.evidence
+
+
+def test_disable_takes_the_domain_out_of_relay_domains_and_reloads():
+    postfix = FakePostfix()
+    postfix.main["relay_domains"] = f"other.org, {DOMAIN}"
+    after = provider_with(postfix).set_enabled(DOMAIN, False)
+    assert after.value is False and postfix.main["relay_domains"] == "other.org"
+    # Mail already queued for it still goes to the primary, not to an MX lookup.
+    assert postfix.main["transport_maps"] == f"inline:{{{DOMAIN}=smtp:[mail.example.org]:25}}"
+    provider_with(postfix).set_enabled(DOMAIN, False)  # again: nothing more
+    assert postfix.main["transport_maps"].count(f"{DOMAIN}=") == 1
+    assert ["postfix", "-c", "/etc/postfix", "reload"] in postfix.ran
+
+
+def test_hold_defers_the_primary_transport_and_release_flushes():
+    postfix = FakePostfix()
+    provider = provider_with(postfix)
+    assert provider.set_hold(DOMAIN, True).value is True and postfix.main["defer_transports"] == "smtp"
+    assert provider.set_hold(DOMAIN, False).value is False and postfix.main["defer_transports"] == ""
+    assert ["postqueue", "-c", "/etc/postfix", "-f"] in postfix.ran
+
+
+def test_queue_lists_only_the_domain_and_never_secrets():
+    postfix = FakePostfix(queue=[
+        {"queue_name": "deferred", "queue_id": "4ABC", "arrival_time": 1764111600, "message_size": 900,
+         "sender": "probe-1@sender.test", "recipients": [{"address": f"postmaster@{DOMAIN}",
+                                                            "delay_reason": "connect to primary: refused"}]},
+        {"queue_name": "active", "queue_id": "5DEF", "arrival_time": 1764111601, "message_size": 10,
+         "sender": "x@y.test", "recipients": [{"address": "someone@elsewhere.org"}]},
+    ])
+    messages = provider_with(postfix).queue(DOMAIN)
+    assert [(m.id, m.sender, m.attempts, m.held) for m in messages] == \
+        [("relay-a:4ABC", "probe-1@sender.test", 1, False)]
+    assert messages[0].last_error == "connect to primary: refused"
+
+
+def test_a_failed_command_is_one_line_naming_the_relay():
+    def broken(argv):
+        return False, [], "postconf: fatal: open /etc/postfix/main.cf: No such file or directory\n"
+
+    settings = load_settings(base_data(provider="selfhosted"), RELAYS)
+    provider = SelfHostedProvider(settings, [RelayTarget("relay-a", FakeRelay(), broken)])
+    with pytest.raises(BackupMXError) as caught:
+        provider.set_hold(DOMAIN, True)
+    assert "relay host relay-a: postconf failed (postconf: fatal" in str(caught.value)
+
+
+def test_a_dropped_ssh_connection_is_one_line_without_a_traceback():
+    from backupmx.selfhosted import pyinfra_runner
+
+    class DroppedHost:
+        name, connected = "relay-a", True
+
+        def run_shell_command(self, *args, **kwargs):
+            raise EOFError("socket closed")
+
+    with pytest.raises(BackupMXError) as caught:
+        pyinfra_runner(DroppedHost())(["postqueue", "-j"])
+    assert str(caught.value) == ("relay host relay-a: postqueue did not complete (EOFError); check the host, "
+                                 "then run again")
+
+
+def test_parse_queue_line_ignores_blank_lines():
+    assert parse_queue_line("  ", DOMAIN, False, "r") is None
+
+
+# ------------------------------------------- the CLI against the sandbox world
+#
+# Order matters inside this part: the full deploy first (the drill and the hold
+# start from it), the rollback last. The module fixture puts the mail host, the
+# relay host's Postfix configuration and the zone back as it found them.
+
+SELFHOSTED = ["--data", "provider=selfhosted"]
+
+
+def cli(deploy: str, *args: str, yes: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [PYINFRA, *(["-y"] if yes else []), "inventory/sandbox.py", deploy, *args]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def text_of(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def relay_dir(world) -> Path:
+    from backupmx.relayhost import load_relayhost
+
+    return Path(load_relayhost(world["selfhosted"]["relayhost"]).postfix_config_dir)
+
+
+def relay_files(world) -> dict[str, bytes]:
+    """The relay Postfix's configuration directory, file by file (what the relay stage may change)."""
+    root = relay_dir(world)
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*"))
+            if path.is_file() and not path.is_symlink()}
+
+
+def restore_relay(world, files: dict[str, bytes]) -> None:
+    root = relay_dir(world)
+    now = relay_files(world)
+    if now == files:
+        return
+    for name in set(now) - set(files):
+        (root / name).unlink()
+    for name, content in files.items():
+        if now.get(name) != content:
+            (root / name).write_bytes(content)
+    subprocess.run(["postfix", "-c", str(root), "reload"], capture_output=True, timeout=60, check=False)
+
+
+def postconf(world, name: str) -> list[str]:
+    result = subprocess.run(["postconf", "-c", str(relay_dir(world)), "-h", name], capture_output=True,
+                            text=True, timeout=30, check=True)
+    return [part for part in result.stdout.replace(",", " ").split() if part]
+
+
+def mx_set(world) -> set[tuple[int, str]]:
+    from backupmx import dnscheck
+
+    return set(dnscheck.mx_per_server(world["zone"], [world["dns"]])[world["dns"]])
+
+
+def report_of(text: str) -> str:
+    start = text.index("backupmx gate report")
+    return text[start:text.index("=>", start)]
+
+
+@pytest.fixture(scope="module")
+def relay_world(world):
+    if "selfhosted" not in world:
+        pytest.skip("the sandbox world has no relay host (world.json has no `selfhosted`)")
+    from mailhostkit import restore, snapshot
+    from providerkit import cloudflare_admin
+
+    mail = snapshot(world)
+    relay = relay_files(world)
+    yield world
+    restore(world, mail)
+    restore_relay(world, relay)
+    cloudflare_admin(world, "POST", "reset")
+
+
+@pytest.fixture(scope="module")
+def deployed(relay_world):
+    """The whole pipeline once with provider selfhosted (from the zone's seed)."""
+    from providerkit import cloudflare_admin
+
+    cloudflare_admin(relay_world, "POST", "reset")
+    started = time.monotonic()
+    result = cli("deploys/backupmx.py", *SELFHOSTED)
+    return {"result": result, "seconds": time.monotonic() - started}
+
+
+def test_dry_run_shows_the_relay_rows_and_changes_nothing(relay_world):
+    from mailhostkit import snapshot
+    from providerkit import cloudflare_admin, cloudflare_writes
+
+    cloudflare_admin(relay_world, "POST", "reset")
+    before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
+    result = cli("deploys/backupmx.py", "--dry", *SELFHOSTED, yes=False)
+    text = text_of(result)
+    assert result.returncode == 0, text
+    report = report_of(text)
+    assert "provider selfhosted: relay host(s) sandbox-relay" in report
+    host = relay_world["selfhosted"]["host"]
+    assert f"STARTTLS {host}" in report
+    for gate in ("G1", "G2", "G4"):  # checks of the relay host itself
+        assert any(line.strip().startswith(gate) and "sandbox-relay:" in line for line in report.splitlines()), report
+    assert "Relay stage: configure the store-and-forward relay" in text
+    if postconf(relay_world, "relay_domains") != [relay_world["zone"]]:  # a relay still to configure: its diff
+        assert f"+relay_domains = {relay_world['zone']}" in text
+        assert not re.search(r"\sG1\s.*\sFAIL\s", report), "a relay not configured yet is a change, not a failure"
+    assert (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world)) == before
+    assert cloudflare_writes(relay_world) == []
+
+
+def test_full_deploy_configures_the_relay_whitelists_it_and_points_mx_at_it(relay_world, deployed):
+    result = deployed["result"]
+    text = text_of(result)
+    assert result.returncode == 0, text
+    zone = relay_world["zone"]
+    assert zone in postconf(relay_world, "relay_domains")
+    from mailhostkit import managed_paths
+
+    cidr_table = managed_paths(relay_world)["cidr"].read_text()
+    for address in relay_world["selfhosted"]["relay_cidrs"]:
+        assert address in cidr_table
+    assert (relay_world["backup_priority"], relay_world["selfhosted"]["host"]) in mx_set(relay_world)
+    primary = relay_world["primary_mx"]
+    assert (primary["priority"], primary["host"]) in mx_set(relay_world)
+    print(f"\nfirst selfhosted deploy through the CLI: {deployed['seconds']:.1f}s")
+
+
+def test_second_run_changes_nothing(relay_world, deployed):
+    from mailhostkit import snapshot
+
+    before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
+    result = cli("deploys/backupmx.py", *SELFHOSTED)
+    text = text_of(result)
+    assert result.returncode == 0, text
+    rows = [line for line in report_of(text).splitlines() if re.search(r"\s(change|FAIL)\s{2}", line)]
+    assert rows == [], rows
+    assert (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world)) == before
+
+
+def test_hold_on_status_off_on_the_relay(relay_world, deployed):
+    try:
+        result = cli("deploys/maintenance.py", "--data", "hold=on", *SELFHOSTED)
+        assert result.returncode == 0, text_of(result)
+        assert "smtp" in postconf(relay_world, "defer_transports")
+        status = cli("deploys/maintenance.py", "--data", "hold=status", *SELFHOSTED)
+        assert status.returncode == 0 and "Accept-and-Hold is ON" in text_of(status), text_of(status)
+    finally:
+        result = cli("deploys/maintenance.py", "--data", "hold=off", *SELFHOSTED)
+    assert result.returncode == 0, text_of(result)
+    assert postconf(relay_world, "defer_transports") == []
+
+
+def test_failover_drill_passes_against_the_relay(relay_world, deployed, sandbox):
+    result = cli("deploys/failover_test.py", *SELFHOSTED, timeout=180)
+    text = text_of(result)
+    try:
+        assert result.returncode == 0, text
+        assert "drill passed" in text
+        assert f"via {relay_world['selfhosted']['host']}" in text
+    finally:
+        from test_failover_drill import listener_up
+
+        if not listener_up(relay_world):  # never leave the mail host down
+            from backupmx.sandbox import mailhost
+            from backupmx.sandbox.supervisor import Supervisor
+
+            Supervisor(sandbox).start(mailhost._postfix(mailhost._paths(sandbox), mailhost._ports(sandbox)))
+
+
+def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, deployed):
+    from providerkit import cloudflare_admin, cloudflare_writes
+
+    cloudflare_admin(relay_world, "POST", "reset")  # the zone wants the relay's MX record again
+    result = cli("deploys/backupmx.py", *SELFHOSTED, "--limit", "controller", "--limit", "mailhosts")
+    text = text_of(result)
+    assert result.returncode != 0, text
+    assert "not part of this run (--limit)" in text
+    assert "refused: relay not proven configured and live on relay host(s) sandbox-relay" in text
+    assert cloudflare_writes(relay_world) == []
+    assert (relay_world["backup_priority"], relay_world["selfhosted"]["host"]) not in mx_set(relay_world)
+
+
+def test_rollback_takes_the_mx_out_then_disables_the_domain_on_the_relay(relay_world, deployed):
+    result = cli("deploys/backupmx.py", *SELFHOSTED)  # published again (the guard test reset the zone)
+    assert result.returncode == 0, text_of(result)
+    zone = relay_world["zone"]
+    result = cli("deploys/rollback.py", *SELFHOSTED)
+    text = text_of(result)
+    assert result.returncode == 0, text
+    assert (relay_world["backup_priority"], relay_world["selfhosted"]["host"]) not in mx_set(relay_world)
+    assert zone not in postconf(relay_world, "relay_domains")
+    assert "disabled" in text
+    again = cli("deploys/rollback.py", *SELFHOSTED)  # harmless the second time
+    assert again.returncode == 0 and "already disabled" in text_of(again), text_of(again)
+
+
+def test_selfhosted_without_a_relay_group_is_one_line(relay_world, tmp_path):
+    from providerkit import acc_requests, admin
+
+    inventory = tmp_path / "no_relay.py"
+    inventory.write_text(
+        "import runpy\n"
+        f"_ns = runpy.run_path({str(PROJECT_ROOT / 'inventory' / 'sandbox.py')!r})\n"
+        "mailhosts = _ns['mailhosts']\ncontroller = _ns['controller']\n")
+    admin(relay_world, "reset", {})
+    result = subprocess.run([PYINFRA, str(inventory), "deploys/backupmx.py", "--dry", *SELFHOSTED],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    text = text_of(result)
+    assert result.returncode != 0
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if "pyinfra error" in line]
+    assert len(errors) == 1 and "inventory data relay:" in errors[0], text
+    assert acc_requests(relay_world) == []
