@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from pyinfra import host, logger, state
 from pyinfra.context import ctx_state
-from pyinfra.api import DeployError, FunctionCommand, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
 
 from backupmx import mailhost as mh
 from backupmx.config import IPNetwork
@@ -38,6 +38,7 @@ from facts.mailhost import (
     RspamdSymbols,
     facts_args,
 )
+from operations.transaction import transaction_commands
 
 # How long stage 4 waits for a reload to take effect (rspamd restarts its
 # workers after the HUP; a cold start compiles its hyperscan cache first).
@@ -263,7 +264,7 @@ def _apply(plan: Plan):
         host.noop(plan.already)
         return
     _show(plan)
-    yield StringCommand("sh", "-c", QuoteString(mh.transaction_script(plan.transaction)))
+    yield from transaction_commands(plan.transaction)
 
 
 @operation()

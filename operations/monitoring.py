@@ -27,8 +27,6 @@ from pyinfra.api import (
     DeployError,
     FunctionCommand,
     OperationError,
-    QuoteString,
-    StringCommand,
     operation,
 )
 
@@ -37,6 +35,7 @@ from backupmx import monitoring as mon
 from backupmx.config import Settings
 from backupmx.errors import BackupMXError
 from facts.mailhost import MailhostFiles
+from operations.transaction import transaction_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +127,7 @@ def monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]):
         live_commands=tuple(monitoring.validations()),
         reloads=monitoring.reload,
     )
-    yield StringCommand("sh", "-c", QuoteString(mh.transaction_script(transaction)))
+    yield from transaction_commands(transaction)
 
 
 def _write_local(path: str, text: str) -> None:

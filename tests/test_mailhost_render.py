@@ -490,6 +490,30 @@ def test_transaction_probes_must_answer_as_expected(tmp_path, bin_dir):
     assert old.read_bytes() == before and calls(tmp_path) == []
 
 
+
+def test_transaction_with_staged_uploads_checks_them_and_always_removes_them(tmp_path, bin_dir):
+    """Contents too large for one SSH command come uploaded (operations.transaction); the script checks them."""
+    old, new = scratch_files(tmp_path)
+    big = "".join(f"192.0.{i // 256}.{i % 256}/32 permit\n" for i in range(8000))  # > MAX_ARG_STRLEN inline
+    staged = {str(new): tmp_path / "upload-1"}
+    staged[str(new)].write_text(big)
+    tx = mh.Transaction(label="test", files=(mh.FileChange(str(new), None, big),), reloads=(("reload-postfix",),))
+    script = mh.transaction_script(tx, staged={path: str(upload) for path, upload in staged.items()})
+    assert len(script) < mh.INLINE_SCRIPT_LIMIT < len(mh.transaction_script(tx))
+    result = run_script(script, bin_dir)
+    assert result.returncode == 0, result.stderr
+    assert new.read_text() == big and not staged[str(new)].exists()
+    assert calls(tmp_path) == ["reload-postfix "]
+    # A truncated upload is refused before anything is swapped, and removed too.
+    upload = tmp_path / "upload-2"
+    upload.write_text("changed\n"[:4])
+    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), text_of(old), "changed\n"),),
+                        reloads=(("reload-postfix",),))
+    result = run_script(mh.transaction_script(tx, staged={str(old): str(upload)}), bin_dir)
+    assert result.returncode == 1 and "uploaded new content" in result.stderr
+    assert old.read_bytes() == b"old contents\r\nno final newline" and not upload.exists()
+    assert calls(tmp_path) == ["reload-postfix "]
+
 # --- docker-mailserver, with a stand-in docker ------------------------------------------------
 
 
