@@ -659,24 +659,36 @@ class Captured:
 
 
 def capture_script(commands: Sequence[tuple[str, Sequence[str]]], stdin: Mapping[str, str] | None = None,
-                   labels: Mapping[str, str] | None = None) -> str:
+                   labels: Mapping[str, str] | None = None, parallel: bool = False) -> str:
     """A read-only script that runs each (name, argv) and prints its capture lines.
 
     ``stdin`` maps a name to text fed to that command on standard input;
     ``labels`` maps a name to a value echoed back with it (e.g. the path read).
+    ``parallel``: the commands run concurrently (for independent reads that wait
+    on daemons, like stage 4's probes); each one's lines are collected in a file
+    of its own and printed in the given order, so the output is the same.
     """
     parts = [CAPTURE_PRELUDE]
-    for name, argv in commands:
+    if parallel:
+        parts.append("BMX_P=$(mktemp -d) || { printf 'bmx rc 125\\n'; exit 0; }")
+    for index, (name, argv) in enumerate(commands):
         if not re.match(r"^[A-Za-z0-9_]+$", name):
             raise ValueError(f"capture name {name!r}")
+        lines = []
         if labels and name in labels:
-            parts.append(f"printf '%s label %s\\n' {name} {base64.b64encode(labels[name].encode()).decode()}")
+            lines.append(f"printf '%s label %s\\n' {name} {base64.b64encode(labels[name].encode()).decode()}")
         if stdin and name in stdin:
             encoded = base64.b64encode(stdin[name].encode()).decode()
-            parts.append(f"BMX_STDIN=$(mktemp); printf %s {encoded} | base64 -d >\"$BMX_STDIN\"; "
+            lines.append(f"BMX_STDIN=$(mktemp); printf %s {encoded} | base64 -d >\"$BMX_STDIN\"; "
                          f"bmx_cap {name} {shell_join(argv)}; rm -f \"$BMX_STDIN\"; BMX_STDIN=")
         else:
-            parts.append(f"bmx_cap {name} {shell_join(argv)}")
+            lines.append(f"bmx_cap {name} {shell_join(argv)}")
+        if parallel:
+            parts.append(f"( {'; '.join(lines)} ) >\"$BMX_P/{index:04d}\" &")
+        else:
+            parts.extend(lines)
+    if parallel:
+        parts.append("wait; cat \"$BMX_P\"/* 2>/dev/null; rm -rf \"$BMX_P\"")
     return "\n".join(parts) + "\n"
 
 

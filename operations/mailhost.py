@@ -30,12 +30,9 @@ from backupmx.report import CHANGE, FAIL, PASS, SKIP, TODO
 from facts.mailhost import (
     DockerMailserverPolicies,
     MailhostFiles,
-    PostscreenAccessFile,
+    MailhostProof,
     PostscreenListeners,
-    PostscreenPregreet,
-    RelayWhitelistProbes,
     RspamdExemption,
-    RspamdSymbols,
     facts_args,
 )
 from operations.transaction import transaction_commands
@@ -357,8 +354,19 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
     probes = mh.probe_addresses(cidrs)
     fargs = facts_args(mailhost)
     proof = mh.Proof(True)
+    relay_ip, outside_ip = probes.inside[0][1], probes.outside[0]
+    sources = tuple(address for _, address in probes.inside)
+    # Every read of the proof in one SSH round trip, run concurrently on the host.
+    read = on.get_fact(MailhostProof, cidr_host_path=mailhost.cidr_host_path,
+                       config_dir=mailhost.postfix_config_dir, cidr_path=mailhost.cidr_path,
+                       addresses=probes.addresses, settings_path=mailhost.rspamd_settings_host_path,
+                       rspamadm_args=mailhost.rspamadm_args,
+                       live_path=mailhost.rspamd_settings_live_path if mailhost.is_docker else None, dump=dump,
+                       controller=mailhost.rspamd_controller, ips=(relay_ip, outside_ip),
+                       mail_from=f"postmaster@{domain}", message=mh.probe_message(domain),
+                       listener=mailhost.smtp_probe or None, sources=sources, rcpt=f"postmaster@{domain}", **fargs)
 
-    table = on.get_fact(PostscreenAccessFile, path=mailhost.cidr_host_path)
+    table = read["table"]
     if table is None or table["error"]:
         proof.add("cidr file", False, f"{mailhost.cidr_host_path}: {table['error'] if table else 'absent'}")
     else:
@@ -367,8 +375,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
                   f"{mailhost.cidr_host_path} permits {', '.join(table['networks']) or 'nothing'}"
                   f"{'; unreadable lines: ' + ', '.join(table['invalid']) if table['invalid'] else ''}")
 
-    found = on.get_fact(RelayWhitelistProbes, config_dir=mailhost.postfix_config_dir,
-                          cidr_path=mailhost.cidr_path, addresses=probes.addresses, **fargs)
+    found = read["probes"]
     if not found["postmap"]:
         proof.add("postmap", False, found["error"])
     else:
@@ -384,7 +391,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
         proof.add("postmap", not bad, "; ".join(bad) if bad else
                   f"{len(probes.inside)} relay addresses permit, outside {', '.join(probes.outside)} no answer")
 
-    listeners = on.get_fact(PostscreenListeners, config_dir=mailhost.postfix_config_dir, **fargs)
+    listeners = read["listeners"]
     ours = f"cidr:{mailhost.cidr_path}"
     if not listeners["postconf"]:
         proof.add("postconf", False, listeners["error"])
@@ -405,10 +412,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
                 detail += f"; also on {', '.join(elsewhere)} (must be the PROXY-v2 listener only)"
         proof.add("postconf -P", ok, detail)
 
-    exemption = on.get_fact(RspamdExemption, settings_path=mailhost.rspamd_settings_host_path,
-                              rspamadm_args=mailhost.rspamadm_args,
-                              live_path=mailhost.rspamd_settings_live_path if mailhost.is_docker else None,
-                              dump=dump, **fargs)
+    exemption = read["exemption"]
     wanted_block = mh.render_rspamd_block(cidrs)
     block_ok = exemption["block"] == wanted_block
     if mailhost.is_docker:
@@ -422,9 +426,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
         proof.add("configdump", dump_ok, f"{mh.RSPAMD_RULE} for {len(cidrs)} networks" if dump_ok
                   else f"configdump does not show {mh.RSPAMD_RULE} as rendered ({exemption['error'] or 'rule missing'})")
 
-    relay_ip, outside_ip = probes.inside[0][1], probes.outside[0]
-    scan = on.get_fact(RspamdSymbols, controller=mailhost.rspamd_controller, ips=(relay_ip, outside_ip),
-                         mail_from=f"postmaster@{domain}", message=mh.probe_message(domain), **fargs)
+    scan = read["scan"]
     if not scan["rspamc"]:
         proof.add("rspamc", False, "rspamc not found on the mail host")
     else:
@@ -440,9 +442,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
                                      f"{', '.join(spf_outside) or 'no R_SPF_* (SPF not checked at all?)'}"))
 
     if mailhost.smtp_probe:
-        sources = tuple(address for _, address in probes.inside)
-        session = on.get_fact(PostscreenPregreet, listener=mailhost.smtp_probe, sources=sources,
-                                rcpt=f"postmaster@{domain}", **fargs)
+        session = read["pregreet"]
         if not session["python"]:
             proof.add("pregreet", False, "python3 not found on the mail host (set mailhost.smtp_probe: false to skip)")
         else:
@@ -593,7 +593,7 @@ def report_mailhost(run, host_name: str, assessment: Assessment) -> None:
 TITLE_3 = "mail host: whitelist + exemption"
 TITLE_4 = "verify live on every mail host"
 
-# Plans made while preparing, per state, reused by the operations' preparing pass.
+# Plans made while preparing, per state, reused by the operations (each plan once).
 _plans: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -607,6 +607,11 @@ def _remember(plan: Plan, mailhost: mh.MailHost, relay_cidrs, present: bool) -> 
 
 
 def _recall(plan_label: str, mailhost: mh.MailHost, relay_cidrs, present: bool) -> Plan | None:
-    if state.is_executing:
-        return None  # at execution always read the host as it is now
+    if state.is_executing and state.should_check_for_changes():
+        # The operation already took its plan while preparing, and execution may
+        # come long after (a prompt): read the host as it is now.
+        return None
+    # Preparing, or executing under -y (the operation body runs only now): the plan
+    # this run's assessment made moments ago, without reading the same facts again.
+    # Safe to apply: the transaction refuses if a file no longer holds what the plan saw.
     return _plans.get(ctx_state.get(), {}).pop(_key(plan_label, mailhost, relay_cidrs, present), None)
