@@ -8,11 +8,13 @@ detection and would show no diff.
 """
 
 from pyinfra import host
+from pyinfra.api import DeployError
 from pyinfra.context import ctx_state
 
+from backupmx.report import FAIL
 from backupmx.run import current_run
 from operations.dns import backup_mx_records
-from operations.monitoring import is_monitoring_host, monitoring_stage
+from operations.monitoring import is_monitoring_host, monitoring_stage, prepare_monitoring
 from operations.stages import boundary
 from operations.mailhost import (
     assess_mailhost,
@@ -52,6 +54,15 @@ if is_mailhost(host):
     mailhost = mailhost_data[host.name]
     mailhost_assessment = assess_mailhost(mailhost, relay_cidrs, probe_domain)
     report_mailhost(run, host.name, mailhost_assessment)
+
+# Stage 6, read-only part, on each monitoring host: render and validate the files
+# here while the mail hosts are assessed; a problem is a failed row of the report.
+monitoring_prepared = None
+if is_monitoring_host(host):
+    try:
+        monitoring_prepared = prepare_monitoring(run.settings)
+    except DeployError as error:
+        run.report.add("6", "monitoring files", FAIL, str(error))
 
 # The whole report, once, after every host's assessment; a failed gate stops here.
 run.print_report_when_all_assessed(host.name, {target.name for target in inventory.get_active_hosts()})
@@ -101,4 +112,4 @@ if "controller" in host.groups:
 # Stage 6, after the records exist: a drift probe pushed earlier would alert on
 # the MX set it is about to see change.
 boundary(name="Stage 5 finished", stage="stage 5")
-monitoring_stage(run.settings)
+monitoring_stage(run.settings, monitoring_prepared)
