@@ -41,11 +41,9 @@ probe_domain = run.settings.domains[0].name
 mailhost_data = {target.name: mailhost_settings(target) for target in inventory if is_mailhost(target)}
 
 if run.first_pass():
-    # Stage 2: gates G1-G4, read-only.
-    run.check_gates()
-    # Stage 5, read-only: the record plan per domain, quota and MTA-STS checks.
-    run.assess_dns()
-    run.report_monitoring_targets([target.name for target in inventory if is_monitoring_host(target)])
+    # Stage 2: gates G1-G4, read-only; then stage 5, read-only: the record plan per
+    # domain, quota and MTA-STS checks. Both run while the hosts below are assessed.
+    run.start_run_checks([target.name for target in inventory if is_monitoring_host(target)])
 
 # Stages 3-4, read-only part, on each mail host: its `mailhost` data (bad data
 # stops here, nothing contacted), what stage 3 would change, and, when nothing,
