@@ -15,6 +15,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -735,3 +736,22 @@ def test_docker_mailserver_with_policyd_spf_on_is_refused_before_anything_change
     assert "ENABLE_POLICYD_SPF=unset, default 1" in str(error.value)
     assert "set ENABLE_POLICYD_SPF=0 in mailserver.env and recreate the container" in str(error.value)
     assert Path(m.user_patches_host_path).read_text() == USER_PATCHES and not Path(m.cidr_host_path).exists()
+
+
+def test_capture_script_in_parallel_prints_what_the_serial_one_prints():
+    """Stage 4's combined fact runs its reads concurrently; the captures must not differ or mix."""
+    commands = [("slow", ["sh", "-c", "sleep 0.3; printf 'a\\nb'"]), ("fed", ["cat"]),
+                ("fails", ["sh", "-c", "echo why >&2; exit 3"]), ("big", ["sh", "-c", "head -c 200000 /dev/zero"])]
+    options = {"stdin": {"fed": "from stdin\n"}, "labels": {"slow": "first"}}
+    serial = subprocess.run(["sh", "-c", mh.capture_script(commands, **options)], capture_output=True, text=True)
+    started = time.monotonic()
+    parallel = subprocess.run(["sh", "-c", mh.capture_script(commands + [("slow2", commands[0][1])], parallel=True,
+                                                              **options)], capture_output=True, text=True)
+    assert time.monotonic() - started < 0.55  # the two sleeps overlapped
+    assert serial.returncode == parallel.returncode == 0
+    expected = mh.parse_captures(serial.stdout.splitlines())
+    got = mh.parse_captures(parallel.stdout.splitlines())
+    assert got.pop("slow2").out == "a\nb"
+    assert got == expected
+    assert expected["slow"].label == "first" and expected["fed"].out == "from stdin\n"
+    assert expected["fails"].rc == 3 and expected["fails"].err == "why\n" and len(expected["big"].out) == 200000
