@@ -15,6 +15,7 @@ builds them.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
@@ -53,9 +54,13 @@ class MailhostFiles(FactBase):
     """
 
     def command(self, paths, container=None, docker="docker"):
+        return _script(*self.captures(paths, container, docker))
+
+    @staticmethod
+    def captures(paths, container=None, docker="docker"):
         commands = [(f"f{index}", _target(container, docker, mh.read_file_argv(path)))
                     for index, path in enumerate(paths)]
-        return _script(commands, labels={f"f{index}": path for index, path in enumerate(paths)})
+        return commands, None, {f"f{index}": path for index, path in enumerate(paths)}
 
     @staticmethod
     def default():
@@ -365,11 +370,15 @@ class DockerMailserverPolicies(FactBase):
     """
 
     def command(self, container, docker="docker"):
+        return _script(*self.captures(container, docker))
+
+    @staticmethod
+    def captures(container, docker="docker"):
         printenv = 'for v in "$@"; do eval "x=\\${$v-__unset__}"; printf "%s=%s\\n" "$v" "$x"; done'
-        return _script([
+        return [
             ("env", [docker, "exec", container, "sh", "-c", printenv, "sh", *mh.DMS_POLICIES]),
             ("postconf", [docker, "exec", container, "postconf", "-h", "smtpd_recipient_restrictions", "smtpd_milters"]),
-        ])
+        ], None, None
 
     @staticmethod
     def default():
@@ -431,31 +440,75 @@ class MailhostProof(FactBase):
         }
         if listener:
             parts["pregreet"] = PostscreenPregreet.captures(listener, sources, rcpt, **target)
-        commands, stdin, labels = [], {}, {}
-        for part, (part_commands, part_stdin, part_labels) in parts.items():
-            for name, argv in part_commands:
-                commands.append((f"{part}__{name}", argv))
-            stdin.update({f"{part}__{name}": text for name, text in (part_stdin or {}).items()})
-            labels.update({f"{part}__{name}": text for name, text in (part_labels or {}).items()})
-        return StringCommand("sh", "-c", QuoteString(mh.capture_script(commands, stdin=stdin, labels=labels,
-                                                                        parallel=True)))
+        return _combined(parts)
 
     @staticmethod
     def default():
         return MailhostProof().process([])
 
     def process(self, output):
-        lines: dict[str, list[str]] = {part: [] for part in self.PARTS}
+        return _split(output, self.PARTS)
+
+
+def _combined(parts: dict[str, tuple]) -> StringCommand:
+    """One concurrent capture script of several facts' captures, each name prefixed ``<part>__``."""
+    commands, stdin, labels = [], {}, {}
+    for part, (part_commands, part_stdin, part_labels) in parts.items():
+        commands += [(f"{part}__{name}", argv) for name, argv in part_commands]
+        stdin.update({f"{part}__{name}": text for name, text in (part_stdin or {}).items()})
+        labels.update({f"{part}__{name}": text for name, text in (part_labels or {}).items()})
+    return StringCommand("sh", "-c", QuoteString(mh.capture_script(commands, stdin=stdin, labels=labels,
+                                                                    parallel=True)))
+
+
+def _split(output, parts: dict[str, type]) -> dict[str, Any]:
+    """Each part's lines handed to its own fact's ``process`` (``default`` without output)."""
+    lines: dict[str, list[str]] = {part: [] for part in parts}
+    for line in output:
+        part, separator, rest = line.strip().partition("__")
+        if separator and part in lines:
+            lines[part].append(rest)
+    found = {}
+    for part, fact in parts.items():
+        if lines[part]:
+            found[part] = fact().process(lines[part])
+        elif fact.default is not FactBase.default:
+            found[part] = fact.default()  # as pyinfra does for a fact without output
+        else:
+            found[part] = fact().process([])  # "not read", never "absent"
+    return found
+
+
+# The facts MailhostReads can combine, by name (a fact argument must print plainly).
+_COMBINABLE = {fact.__name__: fact for fact in (MailhostFiles, PostscreenListeners, RspamdExemption,
+                                               DockerMailserverPolicies)}
+
+
+class MailhostReads(FactBase):
+    """
+    Several facts of this module in one SSH round trip, run concurrently: ``reads``
+    is a tuple of ``(fact name, ((argument, value), ...))``; the result is the list
+    of what each fact returns, in that order. Stage 3's plans read their three
+    facts through it while preparing (``operations.mailhost.assess_mailhost``).
+
+    .. code:: python
+
+        host.get_fact(MailhostReads, reads=(("PostscreenListeners", (("config_dir", "/etc/postfix"),)),))
+    """
+
+    def command(self, reads):
+        return _combined({f"r{index}{fact}": _COMBINABLE[fact].captures(**dict(arguments))
+                          for index, (fact, arguments) in enumerate(reads)})
+
+    @staticmethod
+    def default():
+        return []
+
+    def process(self, output):
+        parts: dict[str, type] = {}
         for line in output:
-            part, separator, rest = line.strip().partition("__")
-            if separator and part in lines:
-                lines[part].append(rest)
-        found = {}
-        for part, fact in self.PARTS.items():
-            if lines[part]:
-                found[part] = fact().process(lines[part])
-            elif fact.default is not FactBase.default:
-                found[part] = fact.default()  # as pyinfra does for a fact without output
-            else:
-                found[part] = fact().process([])  # "not read", never "absent"
-        return found
+            match = re.match(r"^r(\d+)([A-Za-z]+)__", line.strip())
+            if match and match.group(2) in _COMBINABLE:
+                parts[f"r{match.group(1)}{match.group(2)}"] = _COMBINABLE[match.group(2)]
+        found = _split(output, parts)
+        return [found[part] for part in sorted(found, key=lambda part: int(re.match(r"r(\d+)", part).group(1)))]
