@@ -7,7 +7,7 @@ Review runs are ``--dry`` without ``-y``: with ``-y`` pyinfra skips change
 detection and would show no diff.
 """
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import DeployError
 from pyinfra.context import ctx_state
 
@@ -61,6 +61,9 @@ if is_monitoring_host(host):
         monitoring_prepared = prepare_monitoring(run.settings)
     except DeployError as error:
         run.report.add("6", "monitoring files", FAIL, str(error))
+    except Exception as error:  # never raise before the report: the other hosts wait for this one
+        logger.debug("stage 6 preparation failed", exc_info=True)
+        run.report.add("6", "monitoring files", FAIL, f"unexpected error: {type(error).__name__}: {error}")
 
 # The whole report, once, after every host's assessment; a failed gate stops here.
 run.print_report_when_all_assessed(host.name, {target.name for target in inventory.get_active_hosts()})
