@@ -169,13 +169,14 @@ class Run:
                 if self._run_checks is not None:
                     self._run_checks.get()  # re-raises what failed in there
             except Exception as error:
-                # A failed row stops the other hosts' passes too; this one shows the traceback.
+                # A failed row stops the other hosts' passes too (never leave them
+                # waiting); this one shows the traceback.
                 self.report.add("2", "gates and DNS assessment", FAIL, f"unexpected error: {type(error).__name__}")
+                self._all_assessed.set()
                 raise
-            finally:
-                self._all_assessed.set()  # never leave the other hosts waiting
             click.echo(self.report.render())
             self.reported = True
+            self._all_assessed.set()
         elif not self._all_assessed.wait(timeout=REPORT_WAIT_SECONDS):
             missing = ", ".join(sorted(host_names - self._assessed))
             raise DeployError(f"gave up waiting {REPORT_WAIT_SECONDS}s for the assessment of {missing}")
