@@ -742,24 +742,36 @@ class Captured:
 
 
 def capture_script(commands: Sequence[tuple[str, Sequence[str]]], stdin: Mapping[str, str] | None = None,
-                   labels: Mapping[str, str] | None = None) -> str:
+                   labels: Mapping[str, str] | None = None, parallel: bool = False) -> str:
     """A read-only script that runs each (name, argv) and prints its capture lines.
 
     ``stdin`` maps a name to text fed to that command on standard input;
     ``labels`` maps a name to a value echoed back with it (e.g. the path read).
+    ``parallel``: the commands run concurrently (for independent reads that wait
+    on daemons, like stage 4's probes); each one's lines are collected in a file
+    of its own and printed in the given order, so the output is the same.
     """
     parts = [CAPTURE_PRELUDE]
-    for name, argv in commands:
+    if parallel:
+        parts.append("BMX_P=$(mktemp -d) || { printf 'bmx rc 125\\n'; exit 0; }")
+    for index, (name, argv) in enumerate(commands):
         if not re.match(r"^[A-Za-z0-9_]+$", name):
             raise ValueError(f"capture name {name!r}")
+        lines = []
         if labels and name in labels:
-            parts.append(f"printf '%s label %s\\n' {name} {base64.b64encode(labels[name].encode()).decode()}")
+            lines.append(f"printf '%s label %s\\n' {name} {base64.b64encode(labels[name].encode()).decode()}")
         if stdin and name in stdin:
             encoded = base64.b64encode(stdin[name].encode()).decode()
-            parts.append(f"BMX_STDIN=$(mktemp); printf %s {encoded} | base64 -d >\"$BMX_STDIN\"; "
+            lines.append(f"BMX_STDIN=$(mktemp); printf %s {encoded} | base64 -d >\"$BMX_STDIN\"; "
                          f"bmx_cap {name} {shell_join(argv)}; rm -f \"$BMX_STDIN\"; BMX_STDIN=")
         else:
-            parts.append(f"bmx_cap {name} {shell_join(argv)}")
+            lines.append(f"bmx_cap {name} {shell_join(argv)}")
+        if parallel:
+            parts.append(f"( {'; '.join(lines)} ) >\"$BMX_P/{index:04d}\" &")
+        else:
+            parts.extend(lines)
+    if parallel:
+        parts.append("wait; cat \"$BMX_P\"/* 2>/dev/null; rm -rf \"$BMX_P\"")
     return "\n".join(parts) + "\n"
 
 
@@ -846,10 +858,23 @@ bmx_new_lines() { { grep -vxF -f "$1" "$2" || true; } | bmx_join; }
 """.strip()
 
 
-def transaction_script(tx: Transaction) -> str:
+# Linux refuses any single exec argument above 128 KiB (MAX_ARG_STRLEN), and over
+# SSH the whole command is one argument of the login shell: a script carrying
+# file contents inline must stay well below it. Larger contents are uploaded
+# first (``staged``) and only their checksums travel in the script.
+INLINE_SCRIPT_LIMIT = 48 * 1024
+
+
+def transaction_script(tx: Transaction, staged: Mapping[str, str] | None = None) -> str:
     """The shell that applies ``tx`` on the mail host, all or nothing.
 
-    1. Check each file still holds what the plan saw (no edit slipped in between).
+    ``staged`` maps a file's path to a file on the host already holding its new
+    content (uploaded by the operation when the script would be too large to
+    carry it inline, see ``INLINE_SCRIPT_LIMIT``); the script checks its sha256
+    before anything is swapped and removes it on every exit.
+
+    1. Check each file still holds what the plan saw (no edit slipped in between),
+       and each staged upload holds exactly the new content.
     2. Write every new file next to its target (``.backupmx-new``), copy the old
        one aside (``cp -p`` to ``.backupmx-old``), rename the new one in: each
        replace is atomic, and readers see either the old or the new file.
@@ -869,6 +894,13 @@ def transaction_script(tx: Transaction) -> str:
         "umask 022",
         f"BMX_LABEL={q(tx.label)}",
         _HELPERS,
+    ]
+    staged = {change.path: staged[change.path] for change in tx.files
+              if staged and change.new is not None and change.path in staged}
+    if staged:
+        # The uploads go whatever happens: success, refusal or restore.
+        head.append(f"trap {q('rm -f ' + shell_join(staged.values()))} EXIT")
+    head += [
         "BMX_T=$(mktemp -d) || { bmx_say 'cannot make a temporary directory'; exit 1; }",
         ": >\"$BMX_T/pc0\"; : >\"$BMX_T/rt0\"",
     ]
@@ -886,6 +918,11 @@ def transaction_script(tx: Transaction) -> str:
         else:
             steps.append(f"[ \"$({reader} 2>/dev/null | sha256sum | cut -d' ' -f1)\" = {_sha256(change.old)} ] || "
                          f"{{ bmx_say {q(change.path + ' changed since it was read; re-run')}; rm -rf \"$BMX_T\"; exit 1; }}")
+    for path, upload in staged.items():
+        new = next(change.new for change in tx.files if change.path == path)
+        steps.append(f"[ \"$(sha256sum 2>/dev/null <{q(upload)} | cut -d' ' -f1)\" = {_sha256(new)} ] || "
+                     f"{{ bmx_say {q('the uploaded new content of ' + path + ' is incomplete; re-run')}; "
+                     "rm -rf \"$BMX_T\"; exit 1; }")
     # Baselines: what the checks print before the change.
     if tx.postfix_check:
         steps.append(f"{shell_join(tx.postfix_check)} </dev/null 2>&1 | bmx_norm >\"$BMX_T/pc0\"")
@@ -901,8 +938,11 @@ def transaction_script(tx: Transaction) -> str:
         cleanup.append(f"  rm -f {old_path}")
         steps.append(f"rm -f {old_path} {new_path}")
         if change.new is not None:
-            encoded = base64.b64encode(change.new.encode("utf-8", "surrogateescape")).decode()
-            steps.append(f"mkdir -p {q(str(Path(change.path).parent))} && printf %s {encoded} | base64 -d >{new_path} "
+            if change.path in staged:
+                source = f"cat -- {q(staged[change.path])}"
+            else:
+                source = f"printf %s {base64.b64encode(change.new.encode('utf-8', 'surrogateescape')).decode()} | base64 -d"
+            steps.append(f"mkdir -p {q(str(Path(change.path).parent))} && {source} >{new_path} "
                          f"|| bmx_fail {q('cannot write ' + change.path + '.backupmx-new')}")
             steps.append(f"if [ -e {target} ]; then chmod --reference={target} {new_path} && "
                          f"chown --reference={target} {new_path}; else chmod 644 {new_path}; fi "

@@ -19,7 +19,7 @@ from pyinfra.context import ctx_state
 
 from backupmx.config import RELAY_GROUP, Settings, load_settings
 from backupmx.errors import BackupMXError
-from backupmx.gates import run_gates
+from backupmx.gates import for_each_domain, run_gates
 from backupmx.dnsstage import Assessment, DNSStage
 from backupmx.report import CHANGE, FAIL, PASS, SKIP, TODO, WARN, Report
 from backupmx.secrets import SecretStore
@@ -31,6 +31,8 @@ _runs: "weakref.WeakKeyDictionary[object, Run]" = weakref.WeakKeyDictionary()
 # Vault read, so making the Run must be serialised or each host would get its own.
 _runs_lock = gevent.lock.BoundedSemaphore()
 T = TypeVar("T")
+# Rows of the stages about the run, not a host (stages 0-2).
+RUN_LEVEL_KEYS = {"0", "1", "2", "G1", "G2", "G3", "G4"}
 # How long a host's pass waits for the other hosts' assessments before the report.
 REPORT_WAIT_SECONDS = 600
 
@@ -44,6 +46,7 @@ class Run:
         self._first_pass = True
         self._assessed: set[str] = set()
         self._all_assessed = gevent.event.Event()
+        self._run_checks: gevent.Greenlet | None = None
         # Stage 4's proof per mail host, filled in at execution time; stage 5
         # (DNS) refuses unless every mail host of the inventory is in here as live.
         self.mailhost_proofs: dict[str, tuple[bool, str]] = {}
@@ -86,9 +89,25 @@ class Run:
         """Stage 2: G1-G4, read-only; every gate runs so the report shows them all."""
         run_gates(self.settings, self.secrets, self.report)
 
+    def start_run_checks(self, monitoring_hosts: list[str]) -> None:
+        """Stage 2 (gates) and stage 5's read-only part, in a greenlet of their own.
+
+        They are about the run, not a host, and only wait on HTTP and DNS: run
+        beside the mail hosts' facts (SSH) instead of before them. The report
+        waits for them (``print_report_when_all_assessed``).
+        """
+        def checks() -> None:
+            self.check_gates()
+            self.assess_dns()
+            self.report_monitoring_targets(monitoring_hosts)
+
+        self._run_checks = gevent.spawn(checks)
+
     def assess_dns(self) -> None:
         """Stage 5, read-only part: the record plan and MTA-STS decision per domain."""
-        if self.report.blocked:
+        # Only the run-level stages count here: a mail host's row may be in the
+        # report already (its assessment runs alongside), and does not stop this read.
+        if any(check.status == FAIL for check in self.report.checks if check.key in RUN_LEVEL_KEYS):
             self.report.add("5", "DNS: backup MX records", SKIP, "not read: an earlier stage failed")
             return
         try:
@@ -96,12 +115,17 @@ class Run:
         except BackupMXError as error:
             self.report.add("5", "DNS: backup MX records", FAIL, str(error))
             return
-        for domain in self.settings.domains:
-            title = f"DNS {domain.name}"
+        def assess(domain):
             try:
-                assessment = self.dns_stage.assess(domain)
+                return self.dns_stage.assess(domain)
             except BackupMXError as error:
-                self.report.add("5", title, FAIL, str(error))
+                return error
+
+        results = for_each_domain(assess, list(self.settings.domains))
+        for domain, assessment in zip(self.settings.domains, results):
+            title = f"DNS {domain.name}"
+            if isinstance(assessment, BackupMXError):
+                self.report.add("5", title, FAIL, str(assessment))
                 continue
             self.dns[domain.name] = assessment
             plan = assessment.plan
@@ -167,6 +191,15 @@ class Run:
         """
         self._assessed.add(host_name)
         if self._assessed >= host_names:
+            try:
+                if self._run_checks is not None:
+                    self._run_checks.get()  # re-raises what failed in there
+            except Exception as error:
+                # A failed row stops the other hosts' passes too (never leave them
+                # waiting); this one shows the traceback.
+                self.report.add("2", "gates and DNS assessment", FAIL, f"unexpected error: {type(error).__name__}")
+                self._all_assessed.set()
+                raise
             self.report_relays_not_assessed()
             click.echo(self.report.render())
             self.reported = True

@@ -7,12 +7,14 @@ Review runs are ``--dry`` without ``-y``: with ``-y`` pyinfra skips change
 detection and would show no diff.
 """
 
-from pyinfra import host
+from pyinfra import host, logger
+from pyinfra.api import DeployError
 from pyinfra.context import ctx_state
 
+from backupmx.report import FAIL
 from backupmx.run import current_run
 from operations.dns import backup_mx_records
-from operations.monitoring import is_monitoring_host, monitoring_stage
+from operations.monitoring import is_monitoring_host, monitoring_stage, prepare_monitoring
 from operations.stages import boundary
 from operations.mailhost import (
     assess_mailhost,
@@ -48,11 +50,9 @@ if relay_names:
     relay_data = {target.name: relay_settings(target) for target in inventory if target.name in relay_names}
 
 if run.first_pass():
-    # Stage 2: gates G1-G4, read-only.
-    run.check_gates()
-    # Stage 5, read-only: the record plan per domain, quota and MTA-STS checks.
-    run.assess_dns()
-    run.report_monitoring_targets([target.name for target in inventory if is_monitoring_host(target)])
+    # Stage 2: gates G1-G4, read-only; then stage 5, read-only: the record plan per
+    # domain, quota and MTA-STS checks. Both run while the hosts below are assessed.
+    run.start_run_checks([target.name for target in inventory if is_monitoring_host(target)])
 
 # Stages 3-4, read-only part, on each mail host: its `mailhost` data (bad data
 # stops here, nothing contacted), what stage 3 would change, and, when nothing,
@@ -69,6 +69,18 @@ if host.name in relay_names:
     relay = relay_data[host.name]
     relay_assessment = assess_relayhost(relay, domain_names, relay_cidrs)
     run.add_relay_rows(host.name, relay_assessment.rows)
+
+# Stage 6, read-only part, on each monitoring host: render and validate the files
+# here while the mail hosts are assessed; a problem is a failed row of the report.
+monitoring_prepared = None
+if is_monitoring_host(host):
+    try:
+        monitoring_prepared = prepare_monitoring(run.settings)
+    except DeployError as error:
+        run.report.add("6", "monitoring files", FAIL, str(error))
+    except Exception as error:  # never raise before the report: the other hosts wait for this one
+        logger.debug("stage 6 preparation failed", exc_info=True)
+        run.report.add("6", "monitoring files", FAIL, f"unexpected error: {type(error).__name__}: {error}")
 
 # The whole report, once, after every host's assessment; a failed gate stops here.
 run.print_report_when_all_assessed(host.name, {target.name for target in inventory.get_active_hosts()})
@@ -139,4 +151,4 @@ if "controller" in host.groups:
 # Stage 6, after the records exist: a drift probe pushed earlier would alert on
 # the MX set it is about to see change.
 boundary(name="Stage 5 finished", stage="stage 5")
-monitoring_stage(run.settings)
+monitoring_stage(run.settings, monitoring_prepared)

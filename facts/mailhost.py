@@ -15,6 +15,7 @@ builds them.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
@@ -53,9 +54,13 @@ class MailhostFiles(FactBase):
     """
 
     def command(self, paths, container=None, docker="docker"):
+        return _script(*self.captures(paths, container, docker))
+
+    @staticmethod
+    def captures(paths, container=None, docker="docker"):
         commands = [(f"f{index}", _target(container, docker, mh.read_file_argv(path)))
                     for index, path in enumerate(paths)]
-        return _script(commands, labels={f"f{index}": path for index, path in enumerate(paths)})
+        return commands, None, {f"f{index}": path for index, path in enumerate(paths)}
 
     @staticmethod
     def default():
@@ -81,7 +86,11 @@ class PostscreenAccessFile(FactBase):
     """
 
     def command(self, path, container=None, docker="docker"):
-        return _script([("cidr", _target(container, docker, mh.read_file_argv(path)))], labels={"cidr": path})
+        return _script(*self.captures(path, container, docker))
+
+    @staticmethod
+    def captures(path, container=None, docker="docker"):
+        return [("cidr", _target(container, docker, mh.read_file_argv(path)))], None, {"cidr": path}
 
     def process(self, output):
         captured = mh.parse_captures(output).get("cidr")
@@ -109,13 +118,17 @@ class PostscreenListeners(FactBase):
     """
 
     def command(self, config_dir, container=None, docker="docker"):
+        return _script(*self.captures(config_dir, container, docker))
+
+    @staticmethod
+    def captures(config_dir, container=None, docker="docker"):
         postconf = _target(container, docker, ["postconf", "-c", config_dir])
-        return _script([
+        return [
             ("has", _has(container, docker, "postconf")),
             ("master", postconf + ["-M"]),
             ("overrides", postconf + ["-P"]),
             ("main", postconf + [mh.ACCESS_LIST, mh.CACHE_MAP]),
-        ])
+        ], None, None
 
     @staticmethod
     def default():
@@ -157,13 +170,17 @@ class RspamdExemption(FactBase):
     """
 
     def command(self, settings_path, rspamadm_args=(), live_path=None, dump=True, container=None, docker="docker"):
+        return _script(*self.captures(settings_path, rspamadm_args, live_path, dump, container, docker))
+
+    @staticmethod
+    def captures(settings_path, rspamadm_args=(), live_path=None, dump=True, container=None, docker="docker"):
         commands = [("file", mh.read_file_argv(settings_path))]
         if live_path:
             commands.append(("live", _target(container, docker, mh.read_file_argv(live_path))))
         commands.append(("has", _has(container, docker, "rspamadm")))
         if dump:
             commands.append(("dump", _target(container, docker, ["rspamadm", *rspamadm_args, "configdump", "-j", "settings"])))
-        return _script(commands)
+        return commands, None, None
 
     def process(self, output):
         captured = mh.parse_captures(output)
@@ -213,13 +230,17 @@ class RelayWhitelistProbes(FactBase):
     """
 
     def command(self, config_dir, cidr_path, addresses, container=None, docker="docker"):
+        return _script(*self.captures(config_dir, cidr_path, addresses, container, docker))
+
+    @staticmethod
+    def captures(config_dir, cidr_path, addresses, container=None, docker="docker"):
         commands = [("has", _has(container, docker, "postmap"))]
         labels = {}
         for index, address in enumerate(addresses):
             commands.append((f"q{index}", _target(container, docker, ["postmap", "-c", config_dir, "-q", address,
                                                                       f"cidr:{cidr_path}"])))
             labels[f"q{index}"] = address
-        return _script(commands, labels=labels)
+        return commands, None, labels
 
     @staticmethod
     def default():
@@ -253,6 +274,10 @@ class RspamdSymbols(FactBase):
     """
 
     def command(self, controller, ips, mail_from, message, container=None, docker="docker"):
+        return _script(*self.captures(controller, ips, mail_from, message, container, docker))
+
+    @staticmethod
+    def captures(controller, ips, mail_from, message, container=None, docker="docker"):
         commands = [("has", _has(container, docker, "rspamc"))]
         stdin, labels = {}, {}
         for index, ip in enumerate(ips):
@@ -261,7 +286,7 @@ class RspamdSymbols(FactBase):
                                                                "-F", mail_from, "--helo", "backupmx-probe.invalid",
                                                                "symbols"], stdin=True)))
             stdin[name], labels[name] = message, ip
-        return _script(commands, stdin=stdin, labels=labels)
+        return commands, stdin, labels
 
     @staticmethod
     def default():
@@ -298,6 +323,10 @@ class PostscreenPregreet(FactBase):
     """
 
     def command(self, listener, sources, rcpt, container=None, docker="docker"):
+        return _script(*self.captures(listener, sources, rcpt, container, docker))
+
+    @staticmethod
+    def captures(listener, sources, rcpt, container=None, docker="docker"):
         address, _, port = listener.rpartition(":")
         commands = [("has", _has(container, docker, "python3"))]
         labels = {}
@@ -306,7 +335,7 @@ class PostscreenPregreet(FactBase):
             commands.append((name, _target(container, docker, ["python3", "-c", mh.PREGREET_PROBE, address, port,
                                                                source, rcpt])))
             labels[name] = source
-        return _script(commands, labels=labels)
+        return commands, None, labels
 
     @staticmethod
     def default():
@@ -342,11 +371,15 @@ class DockerMailserverPolicies(FactBase):
     """
 
     def command(self, container, docker="docker"):
+        return _script(*self.captures(container, docker))
+
+    @staticmethod
+    def captures(container, docker="docker"):
         printenv = 'for v in "$@"; do eval "x=\\${$v-__unset__}"; printf "%s=%s\\n" "$v" "$x"; done'
-        return _script([
+        return [
             ("env", [docker, "exec", container, "sh", "-c", printenv, "sh", *mh.DMS_POLICIES]),
             ("postconf", [docker, "exec", container, "postconf", "-h", "smtpd_recipient_restrictions", "smtpd_milters"]),
-        ])
+        ], None, None
 
     @staticmethod
     def default():
@@ -365,3 +398,118 @@ class DockerMailserverPolicies(FactBase):
         lines = postconf.out.splitlines() if postconf and postconf.rc == 0 else []
         return {"ok": True, "error": None, "env": env,
                 "restrictions": lines[0] if lines else "", "milters": lines[1] if len(lines) > 1 else ""}
+
+
+class MailhostProof(FactBase):
+    """
+    Everything stage 4's proof reads, in one SSH round trip instead of six: the
+    reads of ``PostscreenAccessFile``, ``RelayWhitelistProbes``,
+    ``PostscreenListeners``, ``RspamdExemption``, ``RspamdSymbols`` and (with
+    ``listener``) ``PostscreenPregreet``, run concurrently on the host (they are
+    independent, and most of the time is spent waiting on rspamd and postscreen).
+    Returns ``{"table", "probes", "listeners", "exemption", "scan", "pregreet"}``,
+    each what that fact returns (``pregreet`` is not read without ``listener``).
+
+    .. code:: python
+
+        host.get_fact(MailhostProof, cidr_host_path=..., config_dir="/etc/postfix", cidr_path=...,
+                      addresses=(...), settings_path=..., rspamadm_args=(), live_path=None, dump=True,
+                      controller="127.0.0.1:11334", ips=(...), mail_from="postmaster@example.org",
+                      message="From: ...", listener="127.0.0.1:2525", sources=(...), rcpt="postmaster@example.org")
+    """
+
+    PARTS = {
+        "table": PostscreenAccessFile,
+        "probes": RelayWhitelistProbes,
+        "listeners": PostscreenListeners,
+        "exemption": RspamdExemption,
+        "scan": RspamdSymbols,
+        "pregreet": PostscreenPregreet,
+    }
+
+    def command(self, cidr_host_path, config_dir, cidr_path, addresses, settings_path, rspamadm_args, live_path,
+                dump, controller, ips, mail_from, message, listener=None, sources=(), rcpt="", container=None,
+                docker="docker"):
+        target = {"container": container, "docker": docker}
+        parts = {
+            # A path on the host (docker-mailserver: its mounted config directory), not in the container.
+            "table": PostscreenAccessFile.captures(cidr_host_path),
+            "probes": RelayWhitelistProbes.captures(config_dir, cidr_path, addresses, **target),
+            "listeners": PostscreenListeners.captures(config_dir, **target),
+            "exemption": RspamdExemption.captures(settings_path, rspamadm_args, live_path, dump, **target),
+            "scan": RspamdSymbols.captures(controller, ips, mail_from, message, **target),
+        }
+        if listener:
+            parts["pregreet"] = PostscreenPregreet.captures(listener, sources, rcpt, **target)
+        return _combined(parts)
+
+    @staticmethod
+    def default():
+        return MailhostProof().process([])
+
+    def process(self, output):
+        return _split(output, self.PARTS)
+
+
+def _combined(parts: dict[str, tuple]) -> StringCommand:
+    """One concurrent capture script of several facts' captures, each name prefixed ``<part>__``."""
+    commands, stdin, labels = [], {}, {}
+    for part, (part_commands, part_stdin, part_labels) in parts.items():
+        commands += [(f"{part}__{name}", argv) for name, argv in part_commands]
+        stdin.update({f"{part}__{name}": text for name, text in (part_stdin or {}).items()})
+        labels.update({f"{part}__{name}": text for name, text in (part_labels or {}).items()})
+    return StringCommand("sh", "-c", QuoteString(mh.capture_script(commands, stdin=stdin, labels=labels,
+                                                                    parallel=True)))
+
+
+def _split(output, parts: dict[str, type]) -> dict[str, Any]:
+    """Each part's lines handed to its own fact's ``process`` (``default`` without output)."""
+    lines: dict[str, list[str]] = {part: [] for part in parts}
+    for line in output:
+        part, separator, rest = line.strip().partition("__")
+        if separator and part in lines:
+            lines[part].append(rest)
+    found = {}
+    for part, fact in parts.items():
+        if lines[part]:
+            found[part] = fact().process(lines[part])
+        elif fact.default is not FactBase.default:
+            found[part] = fact.default()  # as pyinfra does for a fact without output
+        else:
+            found[part] = fact().process([])  # "not read", never "absent"
+    return found
+
+
+# The facts MailhostReads can combine, by name (a fact argument must print plainly).
+_COMBINABLE = {fact.__name__: fact for fact in (MailhostFiles, PostscreenListeners, RspamdExemption,
+                                               DockerMailserverPolicies)}
+
+
+class MailhostReads(FactBase):
+    """
+    Several facts of this module in one SSH round trip, run concurrently: ``reads``
+    is a tuple of ``(fact name, ((argument, value), ...))``; the result is the list
+    of what each fact returns, in that order. Stage 3's plans read their three
+    facts through it while preparing (``operations.mailhost.assess_mailhost``).
+
+    .. code:: python
+
+        host.get_fact(MailhostReads, reads=(("PostscreenListeners", (("config_dir", "/etc/postfix"),)),))
+    """
+
+    def command(self, reads):
+        return _combined({f"r{index}{fact}": _COMBINABLE[fact].captures(**dict(arguments))
+                          for index, (fact, arguments) in enumerate(reads)})
+
+    @staticmethod
+    def default():
+        return []
+
+    def process(self, output):
+        parts: dict[str, type] = {}
+        for line in output:
+            match = re.match(r"^r(\d+)([A-Za-z]+)__", line.strip())
+            if match and match.group(2) in _COMBINABLE:
+                parts[f"r{match.group(1)}{match.group(2)}"] = _COMBINABLE[match.group(2)]
+        found = _split(output, parts)
+        return [found[part] for part in sorted(found, key=lambda part: int(re.match(r"r(\d+)", part).group(1)))]

@@ -19,11 +19,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from paramiko.ssh_exception import SSHException
 from pyinfra import host, logger, state
 from pyinfra.context import ctx_state
-from pyinfra.api import DeployError, FunctionCommand, OperationError, QuoteString, StringCommand, operation
-from pyinfra.api.util import print_host_combined_output
+from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
 
 from backupmx import mailhost as mh
 from backupmx.config import IPNetwork
@@ -32,14 +30,13 @@ from backupmx.report import CHANGE, FAIL, PASS, SKIP, TODO
 from facts.mailhost import (
     DockerMailserverPolicies,
     MailhostFiles,
-    PostscreenAccessFile,
+    MailhostProof,
+    MailhostReads,
     PostscreenListeners,
-    PostscreenPregreet,
-    RelayWhitelistProbes,
     RspamdExemption,
-    RspamdSymbols,
     facts_args,
 )
+from operations.transaction import transaction_commands
 
 # How long stage 4 waits for a reload to take effect (rspamd restarts its
 # workers after the HUP; a cold start compiles its hyperscan cache first).
@@ -79,12 +76,77 @@ def _cidrs(relay_cidrs: Iterable[IPNetwork | str]) -> list[str]:
 
 # --- plans ----------------------------------------------------------------------
 
+# The facts the plans read, with their arguments: one place, so that
+# assess_mailhost's combined read and the plans' own reads are the same reads.
+
+
+def _listeners_args(mailhost: mh.MailHost) -> dict:
+    return {"config_dir": mailhost.postfix_config_dir, **facts_args(mailhost)}
+
+
+def _files_args(mailhost: mh.MailHost) -> dict:
+    second = mailhost.user_patches_host_path if mailhost.is_docker else mailhost.master_cf_path
+    return {"paths": (mailhost.cidr_host_path, second)}  # on the host, not in the container
+
+
+def _exemption_args(mailhost: mh.MailHost) -> dict:
+    return {"settings_path": mailhost.rspamd_settings_host_path, "rspamadm_args": mailhost.rspamadm_args,
+            "live_path": mailhost.rspamd_settings_live_path if mailhost.is_docker else None, "dump": False,
+            **facts_args(mailhost)}
+
+
+def _external_relay_args(mailhost: mh.MailHost) -> dict:
+    """The external_relay mode's own files (native only; read in either mode, to take our blocks out)."""
+    return {"paths": tuple(path for path in mh.rspamd_files(mailhost, None)
+                           if path != mailhost.rspamd_settings_host_path)}
+
+
+def _plan_reads(mailhost: mh.MailHost) -> list[tuple[type, dict]]:
+    reads = [(RspamdExemption, _exemption_args(mailhost)), (PostscreenListeners, _listeners_args(mailhost)),
+             (MailhostFiles, _files_args(mailhost))]
+    if _external_relay_args(mailhost)["paths"]:
+        reads.append((MailhostFiles, _external_relay_args(mailhost)))
+    if mailhost.is_docker:
+        reads.append((DockerMailserverPolicies, facts_args(mailhost)))
+    return reads
+
+
+# Facts read ahead in one round trip while preparing (assess_mailhost), per state,
+# each taken once by the plan that asks for it; anything else reads the host.
+_known: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def _read_key(fact: type, arguments: dict) -> tuple:
+    return (host.name, fact.__name__, tuple(sorted(arguments.items())))
+
+
+def _read_ahead(reads: list[tuple[type, dict]]) -> None:
+    if state.is_executing:
+        return
+    found = host.get_fact(MailhostReads, reads=tuple((fact.__name__, tuple(sorted(arguments.items())))
+                                                     for fact, arguments in reads))
+    if len(found) != len(reads):
+        return  # incomplete answer: each plan reads its own fact, as without read-ahead
+    known = _known.setdefault(ctx_state.get(), {})
+    for (fact, arguments), value in zip(reads, found):
+        known[_read_key(fact, arguments)] = value
+
+
+def _fact(fact: type, arguments: dict):
+    """``host.get_fact(fact, **arguments)``, or its value read ahead moments ago while preparing."""
+    if not state.is_executing:
+        known = _known.get(ctx_state.get(), {})
+        key = _read_key(fact, arguments)
+        if key in known:
+            return known.pop(key)
+    return host.get_fact(fact, **arguments)
+
 
 def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool = True) -> Plan:
     plan = Plan("postscreen_whitelist")
     cidrs = _cidrs(relay_cidrs)
     fargs = facts_args(mailhost)
-    listeners = host.get_fact(PostscreenListeners, config_dir=mailhost.postfix_config_dir, **fargs)
+    listeners = _fact(PostscreenListeners, _listeners_args(mailhost))
     if not listeners["postconf"]:
         plan.problems.append(f"Postfix: cannot read its configuration on {host.name} ({listeners['error']}); "
                              "is Postfix installed and mailhost.postfix_config_dir right?")
@@ -94,7 +156,7 @@ def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool 
         plan.problems.append(missing)
         return plan
     if mailhost.is_docker:
-        policies = host.get_fact(DockerMailserverPolicies, **fargs)
+        policies = _fact(DockerMailserverPolicies, fargs)
         if not policies["ok"]:
             plan.problems.append(f"docker-mailserver: {policies['error']}")
             return plan
@@ -103,7 +165,7 @@ def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool 
             plan.problems.append("docker-mailserver judges relayed mail before rspamd: " + "; ".join(conflicts))
             return plan
     second = mailhost.user_patches_host_path if mailhost.is_docker else mailhost.master_cf_path
-    files = host.get_fact(MailhostFiles, paths=(mailhost.cidr_host_path, second))
+    files = _fact(MailhostFiles, _files_args(mailhost))
     for path in (mailhost.cidr_host_path, second):
         entry = files.get(path)
         if entry is None or entry["error"]:
@@ -190,9 +252,7 @@ def plan_rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = Tr
     plan = Plan("rspamd_exemption")
     cidrs = _cidrs(relay_cidrs)
     live_path = mailhost.rspamd_settings_live_path if mailhost.is_docker else None
-    found = host.get_fact(RspamdExemption, settings_path=mailhost.rspamd_settings_host_path,
-                          rspamadm_args=mailhost.rspamadm_args, live_path=live_path, dump=False,
-                          **facts_args(mailhost))
+    found = _fact(RspamdExemption, _exemption_args(mailhost))
     if not found["rspamadm"]:
         plan.problems.append(f"rspamd: {found['error']} on {host.name}; is rspamd installed"
                              f"{' in container ' + str(mailhost.container) if mailhost.is_docker else ''}?")
@@ -256,7 +316,7 @@ def _read_external_relay_files(mailhost: mh.MailHost, wanted: dict, plan: Plan) 
     paths = tuple(path for path in wanted if path != mailhost.rspamd_settings_host_path)
     if not paths:
         return {}
-    files = host.get_fact(MailhostFiles, paths=paths)
+    files = _fact(MailhostFiles, _external_relay_args(mailhost))
     contents = {}
     for path in paths:
         entry = files.get(path)
@@ -295,43 +355,7 @@ def _apply(plan: Plan):
         host.noop(plan.already)
         return
     _show(plan)
-    command = StringCommand("sh", "-c", QuoteString(mh.transaction_script(plan.transaction)))
-    yield FunctionCommand(_run_transaction, (plan.label, command), {})
-
-
-def _run_transaction(state, host, label: str, command: StringCommand) -> bool:  # (state, host): from pyinfra
-    """Run one transaction script; a connection lost on the way gets a line of its own.
-
-    pyinfra reports a session killed mid-command only as "executed 0 commands"
-    (the channel closes without an exit status), which names nothing.
-    """
-    try:
-        ok, output = host.run_shell_command(command, print_output=state.print_output,
-                                            print_input=state.print_input)
-    except (OSError, EOFError, SSHException) as error:
-        return _fail(state, host, _connection_lost(host, label, f"{type(error).__name__}"))
-    if ok:
-        return True
-    if not state.print_output:
-        print_host_combined_output(host, output)
-    if not _connected(host):
-        return _fail(state, host, _connection_lost(host, label, "the session closed without an exit status"))
-    return False
-
-
-def _connected(host) -> bool:
-    """Whether the host's SSH transport is still up (other connectors: assumed so)."""
-    client = getattr(host.connector, "client", None)
-    if client is None or not hasattr(client, "get_transport"):
-        return True
-    transport = client.get_transport()
-    return transport is not None and transport.is_active()
-
-
-def _connection_lost(host, label: str, how: str) -> str:
-    return (f"SSH connection to {host.name} lost during {label} ({how}): the transaction may not have finished "
-            f"on the host; no DNS change follows in this run; reconnect and run the deploy again (stage 3 re-plans "
-            f"from what the host holds, stage 4 proves the result)")
+    yield from transaction_commands(plan.transaction, plan.label)
 
 
 @operation()
@@ -433,8 +457,19 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
     probes = mh.probe_addresses(cidrs)
     fargs = facts_args(mailhost)
     proof = mh.Proof(True)
+    relay_ip, outside_ip = probes.inside[0][1], probes.outside[0]
+    sources = tuple(address for _, address in probes.inside)
+    # Every read of the proof in one SSH round trip, run concurrently on the host.
+    read = on.get_fact(MailhostProof, cidr_host_path=mailhost.cidr_host_path,
+                       config_dir=mailhost.postfix_config_dir, cidr_path=mailhost.cidr_path,
+                       addresses=probes.addresses, settings_path=mailhost.rspamd_settings_host_path,
+                       rspamadm_args=mailhost.rspamadm_args,
+                       live_path=mailhost.rspamd_settings_live_path if mailhost.is_docker else None, dump=dump,
+                       controller=mailhost.rspamd_controller, ips=(relay_ip, outside_ip),
+                       mail_from=f"postmaster@{domain}", message=mh.scan_message(mailhost, domain, outside_ip),
+                       listener=mailhost.smtp_probe or None, sources=sources, rcpt=f"postmaster@{domain}", **fargs)
 
-    table = on.get_fact(PostscreenAccessFile, path=mailhost.cidr_host_path)
+    table = read["table"]
     if table is None or table["error"]:
         proof.add("cidr file", False, f"{mailhost.cidr_host_path}: {table['error'] if table else 'absent'}")
     else:
@@ -443,8 +478,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
                   f"{mailhost.cidr_host_path} permits {', '.join(table['networks']) or 'nothing'}"
                   f"{'; unreadable lines: ' + ', '.join(table['invalid']) if table['invalid'] else ''}")
 
-    found = on.get_fact(RelayWhitelistProbes, config_dir=mailhost.postfix_config_dir,
-                          cidr_path=mailhost.cidr_path, addresses=probes.addresses, **fargs)
+    found = read["probes"]
     if not found["postmap"]:
         proof.add("postmap", False, found["error"])
     else:
@@ -460,7 +494,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
         proof.add("postmap", not bad, "; ".join(bad) if bad else
                   f"{len(probes.inside)} relay addresses permit, outside {', '.join(probes.outside)} no answer")
 
-    listeners = on.get_fact(PostscreenListeners, config_dir=mailhost.postfix_config_dir, **fargs)
+    listeners = read["listeners"]
     ours = f"cidr:{mailhost.cidr_path}"
     if not listeners["postconf"]:
         proof.add("postconf", False, listeners["error"])
@@ -481,10 +515,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
                 detail += f"; also on {', '.join(elsewhere)} (must be the PROXY-v2 listener only)"
         proof.add("postconf -P", ok, detail)
 
-    exemption = on.get_fact(RspamdExemption, settings_path=mailhost.rspamd_settings_host_path,
-                              rspamadm_args=mailhost.rspamadm_args,
-                              live_path=mailhost.rspamd_settings_live_path if mailhost.is_docker else None,
-                              dump=dump, **fargs)
+    exemption = read["exemption"]
     wanted_block = mh.rspamd_files(mailhost, cidrs)[mailhost.rspamd_settings_host_path][2]
     block_ok = exemption["block"] == wanted_block
     if mailhost.is_docker:
@@ -497,10 +528,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
         proof.add("configdump", dump_ok, f"{rule_name} for {len(cidrs)} networks" if dump_ok
                   else f"configdump does not show {rule_name} as rendered ({exemption['error'] or 'rule missing'})")
 
-    relay_ip, outside_ip = probes.inside[0][1], probes.outside[0]
-    scan = on.get_fact(RspamdSymbols, controller=mailhost.rspamd_controller, ips=(relay_ip, outside_ip),
-                         mail_from=f"postmaster@{domain}", message=mh.scan_message(mailhost, domain, outside_ip),
-                         **fargs)
+    scan = read["scan"]
     if not scan["rspamc"]:
         proof.add("rspamc", False, "rspamc not found on the mail host")
     else:
@@ -512,9 +540,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
             proof.add("rspamc", *mh.judge_scans(mailhost, relay_ip, outside_ip, relay, outside))
 
     if mailhost.smtp_probe:
-        sources = tuple(address for _, address in probes.inside)
-        session = on.get_fact(PostscreenPregreet, listener=mailhost.smtp_probe, sources=sources,
-                                rcpt=f"postmaster@{domain}", **fargs)
+        session = read["pregreet"]
         if not session["python"]:
             proof.add("pregreet", False, "python3 not found on the mail host (set mailhost.smtp_probe: false to skip)")
         else:
@@ -618,6 +644,8 @@ def assess_mailhost(mailhost: mh.MailHost, relay_cidrs, domain: str) -> Assessme
     The plans are kept for this host and preparing pass, so the operations called
     next reuse them instead of reading the same facts again.
     """
+    # The facts both plans read, in one SSH round trip instead of three (or four).
+    _read_ahead(_plan_reads(mailhost))
     plans = [plan_rspamd_exemption(mailhost, relay_cidrs), plan_postscreen_whitelist(mailhost, relay_cidrs)]
     for plan in plans:
         _remember(plan, mailhost, relay_cidrs, True)
@@ -665,7 +693,7 @@ def report_mailhost(run, host_name: str, assessment: Assessment) -> None:
 TITLE_3 = "mail host: whitelist + exemption"
 TITLE_4 = "verify live on every mail host"
 
-# Plans made while preparing, per state, reused by the operations' preparing pass.
+# Plans made while preparing, per state, reused by the operations (each plan once).
 _plans: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -679,6 +707,11 @@ def _remember(plan: Plan, mailhost: mh.MailHost, relay_cidrs, present: bool) -> 
 
 
 def _recall(plan_label: str, mailhost: mh.MailHost, relay_cidrs, present: bool) -> Plan | None:
-    if state.is_executing:
-        return None  # at execution always read the host as it is now
+    if state.is_executing and state.should_check_for_changes():
+        # The operation already took its plan while preparing, and execution may
+        # come long after (a prompt): read the host as it is now.
+        return None
+    # Preparing, or executing under -y (the operation body runs only now): the plan
+    # this run's assessment made moments ago, without reading the same facts again.
+    # Safe to apply: the transaction refuses if a file no longer holds what the plan saw.
     return _plans.get(ctx_state.get(), {}).pop(_key(plan_label, mailhost, relay_cidrs, present), None)

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyinfra import host, logger, state
@@ -27,8 +28,6 @@ from pyinfra.api import (
     DeployError,
     FunctionCommand,
     OperationError,
-    QuoteString,
-    StringCommand,
     operation,
 )
 
@@ -37,6 +36,7 @@ from backupmx import monitoring as mon
 from backupmx.config import Settings
 from backupmx.errors import BackupMXError
 from facts.mailhost import MailhostFiles
+from operations.transaction import transaction_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]):
         live_commands=tuple(monitoring.validations()),
         reloads=monitoring.reload,
     )
-    yield StringCommand("sh", "-c", QuoteString(mh.transaction_script(transaction)))
+    yield from transaction_commands(transaction, transaction.label)
 
 
 def _write_local(path: str, text: str) -> None:
@@ -175,12 +175,22 @@ def local_file(path: str, text: str):
 # --- the stage as a whole -----------------------------------------------------------
 
 
-def monitoring_stage(settings: Settings) -> str | None:
-    """Stage 6 on the current host, if it is a monitoring host: validate, push, render the docs.
+@dataclass
+class PreparedMonitoring:
+    """Stage 6 of one monitoring host, rendered and validated on the control machine, nothing pushed yet."""
 
-    For ``deploys/monitoring.py`` and stage 6 of ``deploys/backupmx.py``. Returns a
-    one-line summary for a report row (``None`` on other hosts); bad data or files
-    that do not validate raise ``DeployError`` (one line, nothing contacted).
+    monitoring: mon.Monitoring
+    files: dict[str, str]
+    checked_here: str
+    pages: list[tuple[str, str, str]]  # (title, path, text) of the rendered docs
+
+
+def prepare_monitoring(settings: Settings) -> PreparedMonitoring | None:
+    """Stage 6's read-only part on the current host, if it is a monitoring host: render and validate.
+
+    Touches no host. ``deploys/backupmx.py`` calls it while the mail hosts are being
+    assessed, so the local validators run alongside their facts instead of after
+    the report. Bad data or files that do not validate raise ``DeployError``.
     """
     if not is_monitoring_host(host):
         return None
@@ -198,12 +208,7 @@ def monitoring_stage(settings: Settings) -> str | None:
         raise DeployError(f"{host.name}: monitoring.blackbox_check and promtool_check are off and this machine "
                           "lacks prometheus-blackbox-exporter or promtool: nothing would validate the files; "
                           "install them here (make setup) or turn the checks on")
-    checked_here = ", ".join(passed) or "shape only (no validators installed here)"
-    monitoring_files(
-        name=f"Stage 6: monitoring files (blackbox modules, alert rules, scrape jobs) in {monitoring.dir}",
-        monitoring=monitoring,
-        files=files,
-    )
+    pages = []
     if monitoring.runbook or monitoring.architecture:
         from backupmx import docs
 
@@ -214,13 +219,37 @@ def monitoring_stage(settings: Settings) -> str | None:
         except BackupMXError as error:
             raise DeployError(f"{inventory_file}: {error}") from None
         if monitoring.runbook:
-            local_file(name=f"Stage 6: render the runbook {monitoring.runbook}", path=monitoring.runbook,
-                       text=docs.render_runbook(view))
+            pages.append((f"Stage 6: render the runbook {monitoring.runbook}", monitoring.runbook,
+                          docs.render_runbook(view)))
         if monitoring.architecture:
-            local_file(name=f"Stage 6: render the architecture page {monitoring.architecture}",
-                       path=monitoring.architecture, text=docs.render_architecture(view))
-    return (f"{host.name}: {len(files)} files for {monitoring.dir} (validated here: {checked_here}; on the host: "
-            f"{', '.join(what for what, _ in monitoring.validations()) or 'off'})")
+            pages.append((f"Stage 6: render the architecture page {monitoring.architecture}",
+                          monitoring.architecture, docs.render_architecture(view)))
+    return PreparedMonitoring(monitoring, files, ", ".join(passed) or "shape only (no validators installed here)",
+                              pages)
+
+
+def monitoring_stage(settings: Settings, prepared: PreparedMonitoring | None = None) -> str | None:
+    """Stage 6 on the current host, if it is a monitoring host: validate, push, render the docs.
+
+    For ``deploys/monitoring.py`` and stage 6 of ``deploys/backupmx.py``. Returns a
+    one-line summary for a report row (``None`` on other hosts); bad data or files
+    that do not validate raise ``DeployError`` (one line, nothing contacted).
+    ``prepared``: what ``prepare_monitoring`` already made for this host.
+    """
+    if prepared is None:
+        prepared = prepare_monitoring(settings)
+    if prepared is None:
+        return None
+    monitoring, files = prepared.monitoring, prepared.files
+    monitoring_files(
+        name=f"Stage 6: monitoring files (blackbox modules, alert rules, scrape jobs) in {monitoring.dir}",
+        monitoring=monitoring,
+        files=files,
+    )
+    for title, path, text in prepared.pages:
+        local_file(name=title, path=path, text=text)
+    return (f"{host.name}: {len(files)} files for {monitoring.dir} (validated here: {prepared.checked_here}; on "
+            f"the host: {', '.join(what for what, _ in monitoring.validations()) or 'off'})")
 
 
 # --- validation on the control machine ----------------------------------------------

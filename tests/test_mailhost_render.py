@@ -15,6 +15,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -490,6 +491,29 @@ def test_transaction_probes_must_answer_as_expected(tmp_path, bin_dir):
     assert old.read_bytes() == before and calls(tmp_path) == []
 
 
+def test_transaction_with_staged_uploads_checks_them_and_always_removes_them(tmp_path, bin_dir):
+    """Contents too large for one SSH command come uploaded (operations.transaction); the script checks them."""
+    old, new = scratch_files(tmp_path)
+    big = "".join(f"192.0.{i // 256}.{i % 256}/32 permit\n" for i in range(8000))  # > MAX_ARG_STRLEN inline
+    staged = {str(new): tmp_path / "upload-1"}
+    staged[str(new)].write_text(big)
+    tx = mh.Transaction(label="test", files=(mh.FileChange(str(new), None, big),), reloads=(("reload-postfix",),))
+    script = mh.transaction_script(tx, staged={path: str(upload) for path, upload in staged.items()})
+    assert len(script) < mh.INLINE_SCRIPT_LIMIT < len(mh.transaction_script(tx))
+    result = run_script(script, bin_dir)
+    assert result.returncode == 0, result.stderr
+    assert new.read_text() == big and not staged[str(new)].exists()
+    assert calls(tmp_path) == ["reload-postfix "]
+    # A truncated upload is refused before anything is swapped, and removed too.
+    upload = tmp_path / "upload-2"
+    upload.write_text("changed\n"[:4])
+    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), text_of(old), "changed\n"),),
+                        reloads=(("reload-postfix",),))
+    result = run_script(mh.transaction_script(tx, staged={str(old): str(upload)}), bin_dir)
+    assert result.returncode == 1 and "uploaded new content" in result.stderr
+    assert old.read_bytes() == b"old contents\r\nno final newline" and not upload.exists()
+    assert calls(tmp_path) == ["reload-postfix "]
+
 # --- docker-mailserver, with a stand-in docker ------------------------------------------------
 
 
@@ -854,3 +878,22 @@ def test_judge_scans_exempt_keeps_the_seed_proof():
 def test_judge_scans_external_relay(relay, outside, live, fragment):
     ok, detail = mh.judge_scans(native(relay_scoring="external_relay"), "192.0.2.1", "203.0.113.1", relay, outside)
     assert ok is live and fragment in detail, detail
+
+
+def test_capture_script_in_parallel_prints_what_the_serial_one_prints():
+    """Stage 4's combined fact runs its reads concurrently; the captures must not differ or mix."""
+    commands = [("slow", ["sh", "-c", "sleep 0.3; printf 'a\\nb'"]), ("fed", ["cat"]),
+                ("fails", ["sh", "-c", "echo why >&2; exit 3"]), ("big", ["sh", "-c", "head -c 200000 /dev/zero"])]
+    options = {"stdin": {"fed": "from stdin\n"}, "labels": {"slow": "first"}}
+    serial = subprocess.run(["sh", "-c", mh.capture_script(commands, **options)], capture_output=True, text=True)
+    started = time.monotonic()
+    parallel = subprocess.run(["sh", "-c", mh.capture_script(commands + [("slow2", commands[0][1])], parallel=True,
+                                                              **options)], capture_output=True, text=True)
+    assert time.monotonic() - started < 0.55  # the two sleeps overlapped
+    assert serial.returncode == parallel.returncode == 0
+    expected = mh.parse_captures(serial.stdout.splitlines())
+    got = mh.parse_captures(parallel.stdout.splitlines())
+    assert got.pop("slow2").out == "a\nb"
+    assert got == expected
+    assert expected["slow"].label == "first" and expected["fed"].out == "from stdin\n"
+    assert expected["fails"].rc == 3 and expected["fails"].err == "why\n" and len(expected["big"].out) == 200000

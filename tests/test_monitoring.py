@@ -8,6 +8,7 @@ sandbox DNS; it is stopped by pid when the module's tests end.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import runpy
@@ -475,6 +476,32 @@ def test_push_validates_and_a_second_run_changes_nothing(world, mon_dir):
     assert re.search(r"Grand total\s+3\s+-\s+-\s+3", output(again)), output(again)
     print(f"\nmonitoring deploy: first run {first:.2f} s, no-op run {second:.2f} s")
 
+
+
+def test_push_with_fifty_domains_goes_beyond_one_ssh_argument(world, mon_dir):
+    """50 domains make files larger than Linux's 128 KiB per-argument limit (MAX_ARG_STRLEN):
+    the transaction uploads them first instead of carrying them inside the command."""
+    import json
+
+    domains = [{"name": world["zone"], "primary_mx": [{"host": world["primary_mx"]["host"],
+                                                        "priority": world["primary_mx"]["priority"]}]}]
+    domains += [{"name": f"bench-z{index:02d}.test", "primary_mx": [{"host": f"mail.bench-z{index:02d}.test",
+                                                                      "priority": 10}]} for index in range(2, 51)]
+    result = deploy(*data(mon_dir), "--data", f"domains={json.dumps(domains)}")
+    assert result.returncode == 0, output(result)
+    files = mon_dir / "files"
+    blackbox = (files / mon.BLACKBOX_FILE).read_text()
+    assert len(blackbox) + len((files / mon.RULES_FILE).read_text()) > 128 * 1024
+    assert "backupmx_mx_bench_z50_test__mail2_rollernet_us:" in blackbox
+    assert not list(files.glob("*.backupmx-*"))
+    # The uploads (named as operations.transaction names them) are gone from the host's /tmp.
+    for name in mon.FILES:
+        content = (files / name).read_bytes()
+        key = f"backupmx-staged {files / name} {hashlib.sha256(content).hexdigest()}"
+        assert not Path(f"/tmp/pyinfra-{hashlib.sha1(key.encode()).hexdigest()}").exists()
+    again = deploy(*data(mon_dir), "--data", f"domains={json.dumps(domains)}")
+    assert again.returncode == 0, output(again)
+    assert re.search(r"Grand total\s+3\s+-\s+-\s+3", output(again)), output(again)
 
 def test_a_failed_validation_on_the_host_restores_the_old_files(world, mon_dir):
     files = mon_dir / "files"
