@@ -74,6 +74,35 @@ class MailhostFiles(FactBase):
         return files
 
 
+class InterruptedTransactions(FactBase):
+    """
+    The paths a transaction left a staged or set-aside copy of
+    (``<path>.backupmx-new``/``.backupmx-old``): one that ended always removes them,
+    so one was cut off (its SSH session lost), maybe after swapping the files in
+    and before the reload. ``[path, ...]``, paths on the host.
+
+    .. code:: python
+
+        host.get_fact(InterruptedTransactions, paths=("/etc/postfix/master.cf",))
+    """
+
+    def command(self, paths):
+        return _script(*self.captures(paths))
+
+    @staticmethod
+    def captures(paths):
+        test = 'test -e "$1.backupmx-old" || test -e "$1.backupmx-new"'
+        commands = [(f"i{index}", ["sh", "-c", test, "sh", path]) for index, path in enumerate(paths)]
+        return commands, None, {f"i{index}": path for index, path in enumerate(paths)}
+
+    @staticmethod
+    def default():
+        return []
+
+    def process(self, output):
+        return [captured.label for captured in mh.parse_captures(output).values() if captured.rc == 0]
+
+
 class PostscreenAccessFile(FactBase):
     """
     The postscreen CIDR table: ``None`` when absent, else ``{"path", "content",
@@ -482,7 +511,7 @@ def _split(output, parts: dict[str, type]) -> dict[str, Any]:
 
 # The facts MailhostReads can combine, by name (a fact argument must print plainly).
 _COMBINABLE = {fact.__name__: fact for fact in (MailhostFiles, PostscreenListeners, RspamdExemption,
-                                               DockerMailserverPolicies)}
+                                               DockerMailserverPolicies, InterruptedTransactions)}
 
 
 class MailhostReads(FactBase):

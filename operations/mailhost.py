@@ -29,6 +29,7 @@ from backupmx.errors import BackupMXError
 from backupmx.report import CHANGE, FAIL, PASS, SKIP, TODO
 from facts.mailhost import (
     DockerMailserverPolicies,
+    InterruptedTransactions,
     MailhostFiles,
     MailhostProof,
     MailhostReads,
@@ -59,7 +60,9 @@ class Plan:
         return bool(self.files or self.live)
 
     def summary(self) -> str:
-        parts = [f"{'create' if c.old is None else 'remove' if c.new is None else 'change'} {c.path}" for c in self.files]
+        parts = [f"redo {c.path} (an earlier transaction was cut off: validate and reload again)" if c.old == c.new
+                 else f"{'create' if c.old is None else 'remove' if c.new is None else 'change'} {c.path}"
+                 for c in self.files]
         return "; ".join(parts + self.live)
 
     def diff(self) -> list[str]:
@@ -101,9 +104,13 @@ def _external_relay_args(mailhost: mh.MailHost) -> dict:
                            if path != mailhost.rspamd_settings_host_path)}
 
 
+def _interrupted_args(mailhost: mh.MailHost) -> dict:
+    return {"paths": tuple(mailhost.managed_host_paths()) + _external_relay_args(mailhost)["paths"]}
+
+
 def _plan_reads(mailhost: mh.MailHost) -> list[tuple[type, dict]]:
     reads = [(RspamdExemption, _exemption_args(mailhost)), (PostscreenListeners, _listeners_args(mailhost)),
-             (MailhostFiles, _files_args(mailhost))]
+             (MailhostFiles, _files_args(mailhost)), (InterruptedTransactions, _interrupted_args(mailhost))]
     if _external_relay_args(mailhost)["paths"]:
         reads.append((MailhostFiles, _external_relay_args(mailhost)))
     if mailhost.is_docker:
@@ -196,6 +203,7 @@ def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool 
     for path, old, new in ((mailhost.cidr_host_path, cidr_now, cidr_new), (second, second_now, second_new)):
         if old != new:
             plan.files.append(mh.FileChange(path, old, new))
+    _redo_interrupted(plan, mailhost, {mailhost.cidr_host_path: cidr_now, second: second_now})
     live_commands = []
     if mailhost.is_docker:
         # The container's master.cf: what user-patches.sh sets at the next start, now.
@@ -284,6 +292,7 @@ def plan_rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = Tr
             return plan
         if changed != contents[path]:
             plan.files.append(mh.FileChange(path, contents[path], changed))
+    _redo_interrupted(plan, mailhost, contents)
     new = next((c.new for c in plan.files if c.path == mailhost.rspamd_settings_host_path), current)
     live_commands = []
     if mailhost.is_docker and found["live_file"] != new:
@@ -309,6 +318,19 @@ def plan_rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = Tr
         reloads=(tuple(mailhost.rspamd_reload_argv()),),
     )
     return plan
+
+
+def _redo_interrupted(plan: Plan, mailhost: mh.MailHost, current: dict[str, str | None]) -> None:
+    """Files a cut-off transaction left (``InterruptedTransactions``) go through the transaction again.
+
+    Its files may be swapped in, validated or not, and never reloaded: the running
+    daemon may not have what the files say. Rewriting the same content runs the
+    whole transaction (validate, reload, drop the copies) without changing a byte.
+    """
+    left = _fact(InterruptedTransactions, _interrupted_args(mailhost))
+    for path in left:
+        if path in current and all(change.path != path for change in plan.files):
+            plan.files.append(mh.FileChange(path, current[path], current[path]))
 
 
 def _read_external_relay_files(mailhost: mh.MailHost, wanted: dict, plan: Plan) -> dict:
