@@ -74,6 +74,7 @@ class RelayHost:
     primary_tls_ca: str = ""  # CA file on the relay host; "" = the system's (/etc/ssl/certs)
     queue_lifetime: str = DEFAULT_QUEUE_LIFETIME
     bounce_lifetime: str = DEFAULT_BOUNCE_LIFETIME
+    message_size_limit: int | None = None  # bytes, 0 = no limit; None = leave Postfix's as it is
     postfix_config_dir: str = "/etc/postfix"
     postfix_reload: tuple[str, ...] = ()
     listen_service: str = "smtp"  # the master.cf service that takes mail (port 25)
@@ -136,7 +137,7 @@ class RelayHost:
 
 _KNOWN = {"hostname", "public_addresses", "primary", "primary_port", "primary_tls", "primary_tls_match",
           "primary_tls_ca", "queue_lifetime", "bounce_lifetime", "postfix_config_dir", "postfix_reload",
-          "listen_service", "tls_cert", "tls_key", "dnsbl_sites", "smtp_probe"}
+          "listen_service", "tls_cert", "tls_key", "dnsbl_sites", "smtp_probe", "message_size_limit"}
 
 
 def load_relayhost(data: Any) -> RelayHost:
@@ -172,6 +173,8 @@ def load_relayhost(data: Any) -> RelayHost:
         raise ConfigError("relayhost.bounce_lifetime", f"{bounce} is longer than queue_lifetime {queue}",
                           "Postfix caps it anyway; use a short one, e.g. 1d")
     values["queue_lifetime"], values["bounce_lifetime"] = queue, bounce
+    if data.get("message_size_limit") is not None:
+        values["message_size_limit"] = _size(data["message_size_limit"], "relayhost.message_size_limit")
     if data.get("postfix_reload") is not None:
         values["postfix_reload"] = _argv(data["postfix_reload"], "relayhost.postfix_reload")
     service = data.get("listen_service", "smtp")
@@ -190,6 +193,26 @@ def load_relayhost(data: Any) -> RelayHost:
         raise ConfigError("relayhost.smtp_probe", f"{probe!r} is not host:port")
     values["smtp_probe"] = probe or ""
     return RelayHost(**values)
+
+
+def _size(value: Any, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(field_name, f"{value!r} is not a size in bytes",
+                          "at least the primary's message_size_limit, e.g. 52428800; 0 = no limit")
+    return value
+
+
+def postfix_size(value: Any) -> int | None:
+    """A ``message_size_limit`` as ``postconf`` prints it; None if it is not a number."""
+    text = str(value).strip() if value is not None else ""
+    return int(text) if text.isdigit() else None
+
+
+def refuses_what_the_primary_takes(relay_limit: int, primary_limit: int) -> bool:
+    """Whether a relay with ``relay_limit`` would answer 552 to a message the primary accepts (0 = no limit)."""
+    if relay_limit == 0:
+        return False
+    return primary_limit == 0 or relay_limit < primary_limit
 
 
 def _hostname(value: Any, field_name: str) -> str:
@@ -300,6 +323,10 @@ def main_settings(relay: RelayHost, domains: Sequence[str]) -> dict[str, str]:
     if relay.tls_cert:
         settings.update({"smtpd_tls_cert_file": relay.tls_cert, "smtpd_tls_key_file": relay.tls_key,
                          "smtpd_tls_security_level": "may"})
+    if relay.message_size_limit is not None:
+        # At least the primary's (gate G2 compares): a smaller one answers 552 to
+        # mail the primary would take, a bounce during an outage.
+        settings["message_size_limit"] = str(relay.message_size_limit)
     settings["myhostname"] = relay.hostname
     return settings
 

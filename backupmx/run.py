@@ -54,6 +54,9 @@ class Run:
         # stage 5 also refuses unless every relay host of the inventory is in here.
         self.relay_proofs: dict[str, tuple[bool, str]] = {}
         self.relays_assessed: set[str] = set()
+        # Postfix's message_size_limit per host, as read while preparing (None: not read).
+        self.primary_message_sizes: dict[str, int | None] = {}
+        self.relay_message_sizes: dict[str, int | None] = {}
         self.dns_stage: DNSStage | None = None
         self.dns: dict[str, Assessment] = {}
 
@@ -158,6 +161,36 @@ class Run:
         self.relays_assessed.add(host_name)
         self.report.checks.extend(rows)
 
+    def report_message_sizes(self) -> None:
+        """Provider selfhosted, G2: every relay takes the largest message a primary takes.
+
+        A smaller limit answers 552 (5xx) to mail the primary would accept: during
+        an outage that is a bounce the primary would never have sent.
+        """
+        from backupmx.relayhost import refuses_what_the_primary_takes
+
+        if not self.relay_message_sizes:
+            return
+        title = "relay takes the primary's largest message"
+        read = {name: size for name, size in self.primary_message_sizes.items() if size is not None}
+        if not read:
+            self.report.add("G2", title, WARN, "the primary's message_size_limit was not read (no mail host in this "
+                            "run, or its Postfix did not answer)", "run with the mail hosts")
+            return
+        largest = 0 if 0 in read.values() else max(read.values())
+        primary = f"primary {_size(largest)} ({', '.join(sorted(read))})"
+        for name, size in sorted(self.relay_message_sizes.items()):
+            if size is None:
+                self.report.add("G2", title, WARN, f"{name}: its message_size_limit was not read; {primary}",
+                                f"set relayhost.message_size_limit = {largest} for {name}")
+            elif refuses_what_the_primary_takes(size, largest):
+                self.report.add("G2", title, FAIL, f"{name}: message_size_limit {_size(size)} < {primary}: the "
+                                f"backup would answer 552 (5xx) to mail the primary takes, a bounce during an outage",
+                                f"set relayhost.message_size_limit = {largest} for {name} in the inventory, then "
+                                f"run again")
+            else:
+                self.report.add("G2", title, PASS, f"{name}: message_size_limit {_size(size)}, {primary}")
+
     def report_relays_not_assessed(self) -> None:
         """Relay hosts left out of this run (--limit): nothing checked them, so stage 5 will refuse."""
         for name in self.settings.relay_hosts:
@@ -201,6 +234,7 @@ class Run:
                 self._all_assessed.set()
                 raise
             self.report_relays_not_assessed()
+            self.report_message_sizes()
             click.echo(self.report.render())
             self.reported = True
             self._all_assessed.set()
@@ -267,3 +301,7 @@ def take_run_lock(settings: Settings, data) -> None:
                      sleep=gevent.sleep)
     except BackupMXError as error:
         raise DeployError(str(error)) from None
+
+
+def _size(size: int) -> str:
+    return "no limit" if size == 0 else f"{size} bytes"

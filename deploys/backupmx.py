@@ -69,6 +69,7 @@ if host.name in relay_names:
     relay = relay_data[host.name]
     relay_assessment = assess_relayhost(relay, domain_names, relay_cidrs)
     run.add_relay_rows(host.name, relay_assessment.rows)
+    run.relay_message_sizes[host.name] = relay_assessment.message_size_limit
 
 # Stage 6, read-only part, on each monitoring host: render and validate the files
 # here while the mail hosts are assessed; a problem is a failed row of the report.

@@ -156,7 +156,7 @@ class PostscreenListeners(FactBase):
             ("has", _has(container, docker, "postconf")),
             ("master", postconf + ["-M"]),
             ("overrides", postconf + ["-P"]),
-            ("main", postconf + [mh.ACCESS_LIST, mh.CACHE_MAP]),
+            ("main", postconf + [mh.ACCESS_LIST, mh.CACHE_MAP, "message_size_limit"]),
         ], None, None
 
     @staticmethod

@@ -650,6 +650,7 @@ class Assessment:
 
     plans: list[Plan]
     proof: mh.Proof | None = None  # made while preparing when nothing is left to change
+    message_size_limit: int | None = None  # Postfix's, as read with the plans' facts (None: not read)
 
     @property
     def problems(self) -> list[str]:
@@ -668,10 +669,15 @@ def assess_mailhost(mailhost: mh.MailHost, relay_cidrs, domain: str) -> Assessme
     """
     # The facts both plans read, in one SSH round trip instead of three (or four).
     _read_ahead(_plan_reads(mailhost))
+    listeners = _known.get(ctx_state.get(), {}).get(_read_key(PostscreenListeners, _listeners_args(mailhost)))
     plans = [plan_rspamd_exemption(mailhost, relay_cidrs), plan_postscreen_whitelist(mailhost, relay_cidrs)]
     for plan in plans:
         _remember(plan, mailhost, relay_cidrs, True)
     assessment = Assessment(plans)
+    if listeners and listeners["postconf"]:
+        from backupmx.relayhost import postfix_size
+
+        assessment.message_size_limit = postfix_size(listeners["main"].get("message_size_limit"))
     if not assessment.problems and not assessment.changed:
         assessment.proof = prove_live(mailhost, relay_cidrs, domain)
     return assessment
@@ -710,6 +716,7 @@ def report_mailhost(run, host_name: str, assessment: Assessment) -> None:
                      "reload Postfix and rspamd on the mail host, then re-run"))
     for key, title, status, evidence, next_step in rows:
         run.report.add(key, title, status, evidence, next_step)
+    run.primary_message_sizes[host_name] = assessment.message_size_limit
 
 
 TITLE_3 = "mail host: whitelist + exemption"

@@ -230,6 +230,7 @@ class RelayAssessment:
     plan: Plan
     proof: mh.Proof | None = None  # made while preparing when nothing is left to change
     rows: list[Check] = field(default_factory=list)
+    message_size_limit: int | None = None  # what Postfix's will be once relay_config ran (None: not read)
 
     @property
     def problems(self) -> list[str]:
@@ -254,6 +255,10 @@ def assess_relayhost(relay: rh.RelayHost, domains: Sequence[str], relay_cidrs=No
     plan = plan_relay_config(relay, domains)
     _remember(plan, relay, domains, True)
     assessment = RelayAssessment(plan)
+    assessment.message_size_limit = relay.message_size_limit
+    if assessment.message_size_limit is None:
+        postfix = host.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=("message_size_limit",))
+        assessment.message_size_limit = rh.postfix_size(postfix["settings"].get("message_size_limit"))
     if not plan.problems and not plan.changed:
         assessment.proof = prove_relay(relay, domains)
     name = host.name

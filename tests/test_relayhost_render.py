@@ -58,6 +58,9 @@ def test_defaults():
     ({"postfix_config_dir": "etc/postfix"}, "relayhost.postfix_config_dir"),
     ({"dnsbl_sites": "zen.spamhaus.org"}, "relayhost.dnsbl_sites"),
     ({"colour": "blue"}, "relayhost.colour"),
+    ({"message_size_limit": "50M"}, "relayhost.message_size_limit"),
+    ({"message_size_limit": -1}, "relayhost.message_size_limit"),
+    ({"message_size_limit": True}, "relayhost.message_size_limit"),
 ])
 def test_bad_input_names_the_field_in_one_line(change, field):
     with pytest.raises(ConfigError) as caught:
@@ -216,3 +219,26 @@ def test_smtp_proof_fact_without_python():
     line = '{"case": "catchall", "rcpt": "a@example.org", "code": 250, "text": "250 2.1.5 Ok", "source": ""}'
     found = fact.process(_captured("has", 0, "/usr/bin/python3\n") + _captured("smtp", 0, line + "\n"))
     assert found["python"] and found["error"] is None and found["results"][0]["code"] == 250
+
+
+def test_message_size_limit_is_written_only_when_given():
+    assert "message_size_limit" not in rh.main_settings(relay(), ["example.org"])
+    assert rh.main_settings(relay(message_size_limit=52428800), ["example.org"])["message_size_limit"] == "52428800"
+    assert rh.main_settings(relay(message_size_limit=0), ["example.org"])["message_size_limit"] == "0"
+
+
+@pytest.mark.parametrize("relay_limit, primary_limit, refuses", [
+    (10240000, 10240000, False),
+    (52428800, 10240000, False),
+    (10240000, 52428800, True),
+    (0, 52428800, False),  # the relay has no limit
+    (52428800, 0, True),  # the primary has none: any relay limit refuses something
+    (0, 0, False),
+])
+def test_a_relay_must_take_every_message_the_primary_takes(relay_limit, primary_limit, refuses):
+    assert rh.refuses_what_the_primary_takes(relay_limit, primary_limit) is refuses
+
+
+def test_postfix_size_reads_what_postconf_prints():
+    assert rh.postfix_size("10240000") == 10240000 and rh.postfix_size(" 0 ") == 0
+    assert rh.postfix_size(None) is None and rh.postfix_size("$other") is None

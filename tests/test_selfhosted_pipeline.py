@@ -299,12 +299,33 @@ def test_dry_run_shows_the_relay_rows_and_changes_nothing(relay_world):
     assert "provider selfhosted: relay host(s) sandbox-relay" in report
     host = relay_world["selfhosted"]["host"]
     assert f"STARTTLS {host}" in report
+    sizes = next(line for line in report.splitlines() if "relay takes the primary's largest message" in line)
+    assert "pass" in sizes.lower() and "sandbox-relay: message_size_limit" in sizes, sizes
     for gate in ("G1", "G2", "G4"):  # checks of the relay host itself
         assert any(line.strip().startswith(gate) and "sandbox-relay:" in line for line in report.splitlines()), report
     assert "Relay stage: configure the store-and-forward relay" in text
     if postconf(relay_world, "relay_domains") != [relay_world["zone"]]:  # a relay still to configure: its diff
         assert f"+relay_domains = {relay_world['zone']}" in text
         assert not re.search(r"\sG1\s.*\sFAIL\s", report), "a relay not configured yet is a change, not a failure"
+    assert (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world)) == before
+    assert cloudflare_writes(relay_world) == []
+
+
+def test_a_relay_smaller_than_the_primary_is_refused_before_any_change(relay_world):
+    """Gate G2 of this provider: a relay message_size_limit below the primary's answers 552 to mail
+    the primary would take (a bounce during an outage)."""
+    from mailhostkit import snapshot
+    from providerkit import cloudflare_admin, cloudflare_writes
+
+    cloudflare_admin(relay_world, "POST", "reset")
+    before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
+    small = {**relay_world["selfhosted"]["relayhost"], "message_size_limit": 1000000}
+    result = cli("deploys/backupmx.py", *SELFHOSTED, "--data", "relayhost=" + json.dumps(small))
+    text = text_of(result)
+    assert result.returncode != 0, text
+    row = next(line for line in report_of(text).splitlines() if "relay takes the primary's largest message" in line)
+    assert "FAIL" in row and "sandbox-relay: message_size_limit 1000000 bytes < primary " in row, row
+    assert "set relayhost.message_size_limit = " in text
     assert (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world)) == before
     assert cloudflare_writes(relay_world) == []
 
