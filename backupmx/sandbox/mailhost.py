@@ -25,6 +25,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -57,24 +58,12 @@ class Paths:
         return self.root / "ssh"
 
     @property
-    def host_key(self) -> Path:
-        return self.ssh / "ssh_host_ed25519_key"
-
-    @property
     def client_key(self) -> Path:
         return self.ssh / "client_ed25519"
 
     @property
-    def authorized_keys(self) -> Path:
-        return self.ssh / "authorized_keys"
-
-    @property
     def known_hosts(self) -> Path:
         return self.ssh / "known_hosts"
-
-    @property
-    def sshd_config(self) -> Path:
-        return self.ssh / "sshd_config"
 
     @property
     def postfix_config(self) -> Path:
@@ -217,9 +206,9 @@ def proxy_service_name(port: int) -> str:
 # --- writing files ------------------------------------------------------------
 
 
-def _render(template: str, **values) -> str:
+def _render(template: str, templates: Path = TEMPLATES, **values) -> str:
     env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
+        loader=FileSystemLoader(templates),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -276,32 +265,30 @@ def _root_dir(path: Path, mode: int = 0o755) -> Path:
 
 
 def _sshd(paths: Paths, ports: Ports) -> Service:
-    _write_ssh_config(paths, ports)
+    return sshd_service("sshd", paths.ssh, ports.ssh, paths.client_key, "backupmx sandbox mail host")
+
+
+def sshd_service(name: str, ssh_dir: Path, port: int, client_key: Path, comment: str) -> Service:
+    """An sshd of its own on ``LOOPBACK:port``: host key made once and kept, ``client_key``
+    authorized, and a ``known_hosts`` for the clients; everything in ``ssh_dir``."""
+    _root_dir(ssh_dir, 0o700)
+    host_key, authorized_keys = ssh_dir / "ssh_host_ed25519_key", ssh_dir / "authorized_keys"
+    _keypair(host_key, comment)
+    _keypair(client_key, "backupmx sandbox client")
+    _install(authorized_keys, _public_key(client_key), 0o600)
+    host_public = " ".join(_public_key(host_key).split()[:2])
+    _install(ssh_dir / "known_hosts", f"[{LOOPBACK}]:{port} {host_public}\n", 0o644)
+    config = _render("sshd_config.j2", port=port, host_key=host_key, pid_file=ssh_dir / "sshd.pid",
+                     authorized_keys=authorized_keys)
+    _install(ssh_dir / "sshd_config", config, 0o600)
     # sshd's privilege separation directory; the system normally makes it at boot.
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     return Service(
-        name="sshd",
-        argv=["/usr/sbin/sshd", "-D", "-e", "-f", str(paths.sshd_config)],
-        ready=lambda: listening(ports.ssh),
+        name=name,
+        argv=["/usr/sbin/sshd", "-D", "-e", "-f", str(ssh_dir / "sshd_config")],
+        ready=lambda: listening(port),
         ready_timeout=20,
     )
-
-
-def _write_ssh_config(paths: Paths, ports: Ports) -> None:
-    _root_dir(paths.ssh, 0o700)
-    _keypair(paths.host_key, "backupmx sandbox mail host")
-    _keypair(paths.client_key, "backupmx sandbox client")
-    _install(paths.authorized_keys, _public_key(paths.client_key), 0o600)
-    host_key = " ".join(_public_key(paths.host_key).split()[:2])
-    _install(paths.known_hosts, f"[{LOOPBACK}]:{ports.ssh} {host_key}\n", 0o644)
-    config = _render(
-        "sshd_config.j2",
-        port=ports.ssh,
-        host_key=paths.host_key,
-        pid_file=paths.ssh / "sshd.pid",
-        authorized_keys=paths.authorized_keys,
-    )
-    _install(paths.sshd_config, config, 0o600)
 
 
 def _keypair(private: Path, comment: str) -> None:
@@ -494,32 +481,37 @@ def run_postfix_foreground(config_dir: str) -> int:
 
 def _write_postfix_service(paths: Paths) -> None:
     """The failover drill's stop/start commands: the Supervisor stops or starts the sandbox Postfix only."""
-    _root_dir(paths.postfix_service.parent)
-    sandbox_dir = paths.root.parent
-    script = (
+    write_postfix_service(paths.postfix_service, paths.root.parent, __name__)
+
+
+def write_postfix_service(script: Path, sandbox_dir: Path, module: str) -> None:
+    """``script stop|start``: ``module.postfix_service`` through the Supervisor of ``sandbox_dir``."""
+    _root_dir(script.parent)
+    # By module name, not `python -m`: the Postfix service's argv names the module by __name__.
+    code = f"import sys; from {module} import postfix_service; sys.exit(postfix_service(sys.argv[1]))"
+    text = (
         "#!/bin/sh\n"
-        "# Stop or start only the sandbox's Postfix through the sandbox Supervisor (written by\n"
-        "# backupmx.sandbox.mailhost): the failover drill's mailhost stop/start commands.\n"
+        f"# Stop or start one sandbox Postfix through the sandbox Supervisor (written by {module}).\n"
         "set -eu\n"
         f"export BACKUPMX_SANDBOX_DIR={shlex.quote(str(sandbox_dir))}\n"
-        f"exec {shlex.quote(sys.executable)} -c {shlex.quote(_POSTFIX_SERVICE_CODE)} \"$1\"\n"
+        f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} \"$1\"\n"
     )
-    _install(paths.postfix_service, script, 0o755)
-
-
-# By module name, not `python -m`: the Postfix service's argv names this module by __name__.
-_POSTFIX_SERVICE_CODE = ("import sys; from backupmx.sandbox.mailhost import postfix_service; "
-                         "sys.exit(postfix_service(sys.argv[1]))")
+    _install(script, text, 0o755)
 
 
 def postfix_service(action: str) -> int:
     """``stop`` or ``start`` the sandbox Postfix (start waits until both listeners accept)."""
+    return control_service(action, "postfix", lambda sandbox: _postfix(_paths(sandbox), _ports(sandbox)))
+
+
+def control_service(action: str, name: str, make: Callable[[Sandbox], Service]) -> int:
+    """``stop`` or ``start`` the supervised service ``name`` (``make`` builds it for a start)."""
     sandbox = Sandbox()
     supervisor = Supervisor(sandbox)
     if action == "stop":
-        supervisor.stop("postfix")
+        supervisor.stop(name)
     elif action == "start":
-        supervisor.start(_postfix(_paths(sandbox), _ports(sandbox)))
+        supervisor.start(make(sandbox))
     else:
         raise SystemExit(f"postfix-service: {action!r}: use stop or start")
     return 0

@@ -20,16 +20,12 @@ What stands in for the network:
 
 from __future__ import annotations
 
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
 from backupmx.sandbox import mailhost, seed
-from backupmx.sandbox.mailhost import _install, _keypair, _private_dir, _public_key, _root_dir, listening
-from backupmx.sandbox.supervisor import Supervisor
+from backupmx.sandbox.mailhost import _install, _private_dir, _root_dir, listening
 from backupmx.sandbox.world import LOOPBACK, Sandbox, Service
 
 SERVICE_NAMES = ["relay-sshd", "relay-postfix", "haproxy"]
@@ -50,10 +46,7 @@ class Paths:
     root: Path
 
     ssh = property(lambda self: self.root / "ssh")
-    host_key = property(lambda self: self.ssh / "ssh_host_ed25519_key")
-    authorized_keys = property(lambda self: self.ssh / "authorized_keys")
     known_hosts = property(lambda self: self.ssh / "known_hosts")
-    sshd_config = property(lambda self: self.ssh / "sshd_config")
     postfix_config = property(lambda self: self.root / "postfix")
     postfix_queue = property(lambda self: self.root / "postfix-queue")
     postfix_data = property(lambda self: self.root / "postfix-data")
@@ -147,30 +140,13 @@ def world(sandbox: Sandbox) -> dict:
 
 
 def _render(template: str, **values) -> str:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
-                      keep_trailing_newline=True, autoescape=False)
-    return env.get_template(template).render(**values)
+    return mailhost._render(template, TEMPLATES, **values)
 
 
 def _sshd(sandbox: Sandbox, paths: Paths, ports: Ports) -> Service:
-    _root_dir(paths.ssh, 0o700)
-    _keypair(paths.host_key, "backupmx sandbox relay host")
     # The same client key as the mail host: one key for the sandbox's operator.
-    client_key = mailhost._paths(sandbox).client_key
-    _keypair(client_key, "backupmx sandbox client")
-    _install(paths.authorized_keys, _public_key(client_key), 0o600)
-    host_key = " ".join(_public_key(paths.host_key).split()[:2])
-    _install(paths.known_hosts, f"[{LOOPBACK}]:{ports.ssh} {host_key}\n", 0o644)
-    config = mailhost._render("sshd_config.j2", port=ports.ssh, host_key=paths.host_key,
-                              pid_file=paths.ssh / "sshd.pid", authorized_keys=paths.authorized_keys)
-    _install(paths.sshd_config, config, 0o600)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    return Service(
-        name="relay-sshd",
-        argv=["/usr/sbin/sshd", "-D", "-e", "-f", str(paths.sshd_config)],
-        ready=lambda: listening(ports.ssh),
-        ready_timeout=20,
-    )
+    return mailhost.sshd_service("relay-sshd", paths.ssh, ports.ssh, mailhost._paths(sandbox).client_key,
+                                 "backupmx sandbox relay host")
 
 
 def _haproxy(paths: Paths, ports: Ports) -> Service:
@@ -223,31 +199,12 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
 
 # --- stop/start the relay's Postfix only ----------------------------------------------
 
-_POSTFIX_SERVICE_CODE = ("import sys; from backupmx.sandbox.relayhost import postfix_service; "
-                         "sys.exit(postfix_service(sys.argv[1]))")
-
 
 def _write_postfix_service(paths: Paths) -> None:
-    _root_dir(paths.postfix_service.parent)
-    script = (
-        "#!/bin/sh\n"
-        "# Stop or start only the sandbox relay's Postfix through the sandbox Supervisor\n"
-        "# (written by backupmx.sandbox.relayhost).\n"
-        "set -eu\n"
-        f"export BACKUPMX_SANDBOX_DIR={shlex.quote(str(paths.root.parent))}\n"
-        f"exec {shlex.quote(sys.executable)} -c {shlex.quote(_POSTFIX_SERVICE_CODE)} \"$1\"\n"
-    )
-    _install(paths.postfix_service, script, 0o755)
+    mailhost.write_postfix_service(paths.postfix_service, paths.root.parent, __name__)
 
 
 def postfix_service(action: str) -> int:
     """``stop`` or ``start`` the relay's Postfix (start waits until it listens)."""
-    sandbox = Sandbox()
-    supervisor = Supervisor(sandbox)
-    if action == "stop":
-        supervisor.stop("relay-postfix")
-    elif action == "start":
-        supervisor.start(_postfix(_paths(sandbox), _ports(sandbox)))
-    else:
-        raise SystemExit(f"postfix-service: {action!r}: use stop or start")
-    return 0
+    return mailhost.control_service(action, "relay-postfix",
+                                    lambda sandbox: _postfix(_paths(sandbox), _ports(sandbox)))
