@@ -582,32 +582,46 @@ _SETTLING = {"rspamc", "pregreet"}
 def prove_live_settled(mailhost: mh.MailHost, relay_cidrs, domain: str, timeout: float = SETTLE_SECONDS,
                        target=None) -> mh.Proof:
     """``prove_live``, again while only the running daemons lag behind the files."""
+    return prove_settled(lambda first: prove_live(mailhost, relay_cidrs, domain, dump=first, target=target),
+                         _SETTLING, timeout)
+
+
+def prove_settled(prove: Callable[[bool], mh.Proof], settling: set[str], timeout: float) -> mh.Proof:
+    """``prove(True)``, then ``prove(False)`` once a second while every failing check is in
+    ``settling`` (a reload still taking effect), until ``timeout``."""
     deadline = time.monotonic() + timeout
-    proof = prove_live(mailhost, relay_cidrs, domain, target=target)
+    proof = prove(True)
     while not proof.live and time.monotonic() < deadline:
-        failing = {name for name, ok, _ in proof.checks if not ok}
-        if not failing <= _SETTLING:
+        if not {name for name, ok, _ in proof.checks if not ok} <= settling:
             break
         time.sleep(1.0)
-        proof = prove_live(mailhost, relay_cidrs, domain, dump=False, target=target)
+        proof = prove(False)
     return proof
 
 
-def _verify(state, host, mailhost, relay_cidrs, domain, record, timeout):  # (state, host): pyinfra passes them to a FunctionCommand
+def run_proof(host, prove: Callable[[], mh.Proof], record, check: str, proven: str, failed: str,
+              next_step: str) -> bool:
+    """A proof at execution, for the ordering guard: ``record``ed, logged with its time, False if not live."""
     started = time.monotonic()
     try:
-        proof = prove_live_settled(mailhost, relay_cidrs, domain, timeout, target=host)
+        proof = prove()
     except BackupMXError as error:
-        proof = mh.Proof(False, [("stage 4", False, str(error))])
+        proof = mh.Proof(False, [(check, False, str(error))])
     evidence = proof.evidence()
-    record(host.name, proof.live, evidence)
+    if record is not None:
+        record(host.name, proof.live, evidence)
     took = f" ({time.monotonic() - started:.1f}s)"
     if proof.live:
-        host.log(f"stage 4: whitelist and exemption proven {evidence}{took}", logger.info)
+        host.log(f"{proven} {evidence}{took}", logger.info)
         return True
-    host.log(f"backupmx: stage 4: {evidence}{took}; the DNS stage will not run; "
-             "check the services and re-run", log_func=logger.error)
+    host.log(f"{failed}: {evidence}{took}; the DNS stage will not run; {next_step}", log_func=logger.error)
     return False
+
+
+def _verify(state, host, mailhost, relay_cidrs, domain, record, timeout):  # (state, host): pyinfra passes them to a FunctionCommand
+    return run_proof(host, lambda: prove_live_settled(mailhost, relay_cidrs, domain, timeout, target=host), record,
+                     "stage 4", "stage 4: whitelist and exemption proven", "backupmx: stage 4",
+                     "check the services and re-run")
 
 
 @operation(is_idempotent=False)

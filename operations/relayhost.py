@@ -15,12 +15,11 @@ files are put back byte for byte on any failure, and only then Postfix reloads.
 from __future__ import annotations
 
 import ipaddress
-import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from pyinfra import host, logger, state
+from pyinfra import host, state
 from pyinfra.api import DeployError, FunctionCommand, operation
 from pyinfra.context import ctx_state
 
@@ -29,7 +28,7 @@ from backupmx import relayhost as rh
 from backupmx.errors import BackupMXError
 from backupmx.report import CHANGE, FAIL, PASS, TODO, Check
 from facts.relayhost import RelayFiles, RelayPostconf, RelayQueue, RelaySmtpProof
-from operations.mailhost import Plan, _apply
+from operations.mailhost import Plan, _apply, prove_settled, run_proof
 
 # How long verify_relay waits for a reload to take effect (postscreen restarts).
 SETTLE_SECONDS = 30.0
@@ -162,32 +161,12 @@ _SETTLING = {"catch-all", "not an open relay", "pregreet defers", "smtp"}
 def prove_relay_settled(relay: rh.RelayHost, domains: Sequence[str], timeout: float = SETTLE_SECONDS,
                         target=None) -> mh.Proof:
     """``prove_relay``, again while only the SMTP answers lag behind a reload."""
-    deadline = time.monotonic() + timeout
-    proof = prove_relay(relay, domains, target=target)
-    while not proof.live and time.monotonic() < deadline:
-        if not {name for name, ok, _ in proof.checks if not ok} <= _SETTLING:
-            break
-        time.sleep(1.0)
-        proof = prove_relay(relay, domains, target=target)
-    return proof
+    return prove_settled(lambda first: prove_relay(relay, domains, target=target), _SETTLING, timeout)
 
 
 def _verify(state, host, relay, domains, record, timeout):  # (state, host): pyinfra passes them
-    started = time.monotonic()
-    try:
-        proof = prove_relay_settled(relay, domains, timeout, target=host)
-    except BackupMXError as error:
-        proof = mh.Proof(False, [("relay", False, str(error))])
-    evidence = proof.evidence()
-    if record is not None:
-        record(host.name, proof.live, evidence)
-    took = f" ({time.monotonic() - started:.1f}s)"
-    if proof.live:
-        host.log(f"relay: proven {evidence}{took}", logger.info)
-        return True
-    host.log(f"backupmx: relay {relay.hostname}: {evidence}{took}; the DNS stage will not run; "
-             "check the relay's Postfix and re-run", log_func=logger.error)
-    return False
+    return run_proof(host, lambda: prove_relay_settled(relay, domains, timeout, target=host), record, "relay",
+                     "relay: proven", f"backupmx: relay {relay.hostname}", "check the relay's Postfix and re-run")
 
 
 @operation(is_idempotent=False)
