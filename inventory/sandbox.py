@@ -64,19 +64,25 @@ if _relay:
     }
 _settings["providers"] = _providers
 
-_ssh = _world["ssh"]
+
+def _over_ssh(ssh: dict) -> dict:
+    """pyinfra's connection data for a sandbox sshd (its own host key, checked)."""
+    return {
+        "ssh_hostname": ssh["host"],
+        "ssh_port": ssh["port"],
+        "ssh_user": ssh["user"],
+        "ssh_key": ssh["key"],
+        "ssh_known_hosts_file": ssh["known_hosts"],
+        "ssh_strict_host_key_checking": "yes",
+    }
+
 
 mailhosts = [
     (
         "sandbox-mailhost",
         {
             **_settings,
-            "ssh_hostname": _ssh["host"],
-            "ssh_port": _ssh["port"],
-            "ssh_user": _ssh["user"],
-            "ssh_key": _ssh["key"],
-            "ssh_known_hosts_file": _ssh["known_hosts"],
-            "ssh_strict_host_key_checking": "yes",
+            **_over_ssh(_world["ssh"]),
             "mailhost": _world["mailhost"],
             # The failover drill (deploys/failover_test.py, docs/failover-drill.md):
             # stop/start only the sandbox Postfix, its Maildir, the test sender.
@@ -104,12 +110,7 @@ monitoring = [
         "sandbox-monitoring",
         {
             **_settings,
-            "ssh_hostname": _ssh["host"],
-            "ssh_port": _ssh["port"],
-            "ssh_user": _ssh["user"],
-            "ssh_key": _ssh["key"],
-            "ssh_known_hosts_file": _ssh["known_hosts"],
-            "ssh_strict_host_key_checking": "yes",
+            **_over_ssh(_world["ssh"]),
             "monitoring": {
                 "dir": _world["root"] + "/monitoring",
                 "blackbox_check": True,
@@ -124,19 +125,4 @@ monitoring = [
 # which a haproxy speaks PROXY v2 to the mail host): configured by
 # deploys/backupmx.py only with --data provider=selfhosted; otherwise untouched.
 if _relay:
-    _relay_ssh = _relay["ssh"]
-    relay = [
-        (
-            "sandbox-relay",
-            {
-                **_settings,
-                "ssh_hostname": _relay_ssh["host"],
-                "ssh_port": _relay_ssh["port"],
-                "ssh_user": _relay_ssh["user"],
-                "ssh_key": _relay_ssh["key"],
-                "ssh_known_hosts_file": _relay_ssh["known_hosts"],
-                "ssh_strict_host_key_checking": "yes",
-                "relayhost": _relay["relayhost"],
-            },
-        ),
-    ]
+    relay = [("sandbox-relay", {**_settings, **_over_ssh(_relay["ssh"]), "relayhost": _relay["relayhost"]})]
