@@ -91,9 +91,11 @@ def dead_port() -> int:
         return probe.getsockname()[1]
 
 
-def pyinfra(deploy: str, *args: str, env: dict | None = None, yes: bool = True,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [PYINFRA, *(["-y"] if yes else []), "inventory/sandbox.py", deploy, *args]
+def pyinfra(deploy: str, *args: str, env: dict | None = None, yes: bool = True, dry: bool = False,
+            inventory: str | Path = "inventory/sandbox.py", timeout: float = 300) -> subprocess.CompletedProcess:
+    """The pyinfra CLI on ``deploy``; ``dry``: a ``--dry`` review, without ``-y`` (with it pyinfra shows no diff)."""
+    command = [PYINFRA, *(["-y"] if yes and not dry else []), str(inventory), deploy, *args,
+               *(["--dry"] if dry else [])]
     return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, env=env,
                           stdin=subprocess.DEVNULL, check=False)
 

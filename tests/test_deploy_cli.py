@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import hvac
 import pytest
+import providerkit
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 
 
 def pyinfra(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [PYINFRA, "inventory/sandbox.py", "deploys/backupmx.py", *args],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, env=env,
-    )
+    return providerkit.pyinfra("deploys/backupmx.py", *args, env=env, yes=False, timeout=120)
 
 
 def world_secret_values(world) -> list[str]:

@@ -10,26 +10,20 @@ import http.server
 import json
 import ssl
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
+from providerkit import output, pyinfra
 import requests
 
 from backupmx import dnscheck
 from backupmx.mxplan import MANAGED_MARKER
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 WRITES = {"POST", "PATCH", "PUT", "DELETE"}
 
 
 def deploy(*args: str, dry: bool = False) -> subprocess.CompletedProcess:
-    command = [PYINFRA, *([] if dry else ["-y"]), "inventory/sandbox.py", "deploys/backupmx.py", *args]
-    if dry:
-        command.append("--dry")
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    return pyinfra("deploys/backupmx.py", *args, dry=dry)
 
 
 def zone_id(cf, world) -> str:
@@ -53,10 +47,6 @@ def clear_request_log(world) -> None:
 
 def snapshot(record) -> tuple:
     return (record.id, record.content, record.priority, record.ttl, record.comment, record.modified_on)
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
 
 
 def dns_answer(world) -> set[tuple[int, str]]:

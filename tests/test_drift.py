@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from providerkit import output, pyinfra
 
 from backupmx import drift as dr
 from backupmx.config import load_settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 
 SEED = load_settings({
     "domains": [{"name": "viktorbarzin.me", "primary_mx": [{"host": "mail.viktorbarzin.me", "priority": 1}]}],
@@ -99,24 +97,14 @@ def test_summary_prints_no_drift_or_one_line_per_drift_and_notes_last():
 def drift(*args: str, dry: bool = False, limit: tuple[str, ...] = ("@local", "sandbox-monitoring")):
     """deploys/drift.py; by default on the controller and the monitoring host only (the mail
     host's state belongs to the mail host stage's tests)."""
-    command = [PYINFRA, *([] if dry else ["-y"]), "inventory/sandbox.py", "deploys/drift.py"]
-    for pattern in limit:
-        command += ["--limit", pattern]
-    command += list(args)
-    if dry:
-        command.append("--dry")
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, timeout=300)
-
-
-def output(result) -> str:
-    return result.stdout + result.stderr
+    limits = [part for pattern in limit for part in ("--limit", pattern)]
+    return pyinfra("deploys/drift.py", *limits, *args, dry=dry)
 
 
 @pytest.fixture
 def monitoring_pushed(world):
     """The monitoring files in place on the sandbox monitoring host (deploys/monitoring.py)."""
-    result = subprocess.run([PYINFRA, "-y", "inventory/sandbox.py", "deploys/monitoring.py", "--limit",
-                             "sandbox-monitoring"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, timeout=300)
+    result = pyinfra("deploys/monitoring.py", "--limit", "sandbox-monitoring")
     assert result.returncode == 0, output(result)
     return Path(world["root"]) / "monitoring"
 

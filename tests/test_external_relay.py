@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mailhostkit import leftovers, managed_paths, pristine_state, reload_rspamd, restore, snapshot
+from providerkit import output, pyinfra
+from mailhostkit import leftovers, pristine_state, reload_rspamd, restore, snapshot
 from mailpath import endpoint, fresh_address_in, fresh_ipv4, wait_for_delivery
 
 from backupmx import mailhost as mh
@@ -55,12 +56,7 @@ monitoring = _inventory["monitoring"]
 
 
 def deploy(inventory: str, *args: str, dry: bool = False) -> subprocess.CompletedProcess:
-    command = [PYINFRA, *([] if dry else ["-y"]), inventory, "deploys/backupmx.py", *args, *(["--dry"] if dry else [])]
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
+    return pyinfra("deploys/backupmx.py", *args, dry=dry, inventory=inventory)
 
 
 def rspamd_paths(world) -> dict[str, Path]:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from providerkit import output
 import requests
 
 from backupmx import mailhost as mh
@@ -33,10 +34,6 @@ RELAY_CIDRS = ["192.0.2.0/24", "198.51.100.0/24", "2001:db8:2::/48"]
 
 def run(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=False, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def output(result) -> str:
-    return result.stdout + result.stderr
 
 
 def listener_up(world) -> bool:

@@ -287,7 +287,7 @@ def clean_logs(world, acc):
 
 
 def deploy(*args: str, dry: bool = False):
-    return pyinfra("deploys/backupmx.py", *args, *(["--dry"] if dry else []), yes=not dry)
+    return pyinfra("deploys/backupmx.py", *args, dry=dry)
 
 
 def require_gates_in_the_deploy(result) -> None:

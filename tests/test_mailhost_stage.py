@@ -26,6 +26,7 @@ from pathlib import Path
 
 import dkim
 import pytest
+from providerkit import output, pyinfra
 import requests
 from mailhostkit import (
     leftovers,
@@ -50,7 +51,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # does not map them, so the in-process tests below import them from the project.
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 RECIPIENT = f"stage3-{os.getpid()}@{seed.DOMAIN}"
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -61,14 +61,7 @@ SPF_OR_DMARC = re.compile(r"^(R_SPF_|DMARC_POLICY_)")
 
 
 def deploy(*args: str, dry: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [PYINFRA, *([] if dry else ["-y"]), "inventory/sandbox.py", "deploys/backupmx.py", *args]
-    if dry:
-        command.append("--dry")
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
+    return pyinfra("deploys/backupmx.py", *args, dry=dry, timeout=timeout)
 
 
 def relay_address(network: str = seed.RELAY_CIDRS[0]) -> str:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from providerkit import output, pyinfra
 import requests
 
 from backupmx import dnscheck
@@ -33,7 +34,6 @@ if str(PROJECT_ROOT) not in sys.path:  # facts/ and operations/ live next to dep
 
 from operations.monitoring import validate_locally
 
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 BLACKBOX = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
 PROMTOOL = shutil.which("promtool")
 RULE_TESTS = PROJECT_ROOT / "tests" / "monitoring" / "backupmx-alerts.test.yml"
@@ -420,15 +420,7 @@ def test_smtp_probe_of_the_backup_hosts(blackbox, world):
 
 
 def deploy(*args: str, dry: bool = False) -> subprocess.CompletedProcess:
-    command = [PYINFRA, *([] if dry else ["-y"]), "inventory/sandbox.py", "deploys/monitoring.py",
-               "--limit", "sandbox-monitoring", *args]
-    if dry:
-        command.append("--dry")
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, timeout=300)
-
-
-def output(result) -> str:
-    return result.stdout + result.stderr
+    return pyinfra("deploys/monitoring.py", "--limit", "sandbox-monitoring", *args, dry=dry)
 
 
 @pytest.fixture

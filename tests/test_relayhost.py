@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from providerkit import output, pyinfra
 from mailpath import endpoint, wait_for_delivery
 
 from backupmx import relayhost as rh
@@ -33,7 +34,6 @@ from backupmx.sandbox.world import Sandbox
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 DOMAIN = seed.DOMAIN
 # No SPF or DMARC record anywhere: the mail host's rspamd has nothing to reject for.
 SENDER = f"sender-{os.getpid()}@relay-test.invalid"
@@ -91,14 +91,7 @@ def write_inventory(world, directory: Path) -> Path:
 
 
 def deploy(inventory: Path, *args: str, dry: bool = False) -> subprocess.CompletedProcess:
-    command = [PYINFRA, *([] if dry else ["-y"]), str(inventory), "tests/deploys/relay_config.py", *args]
-    if dry:
-        command.append("--dry")
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
+    return pyinfra("tests/deploys/relay_config.py", *args, dry=dry, inventory=inventory)
 
 
 def relay_smtp(world) -> tuple[str, int]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from providerkit import output, pyinfra
 
 from backupmx.config import load_settings
 from backupmx.errors import BackupMXError, ConfigError
@@ -208,13 +209,7 @@ SELFHOSTED = ["--data", "provider=selfhosted"]
 
 
 def cli(deploy: str, *args: str, yes: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [PYINFRA, *(["-y"] if yes else []), "inventory/sandbox.py", deploy, *args]
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
-
-
-def text_of(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
+    return pyinfra(deploy, *args, yes=yes, timeout=timeout)
 
 
 def relay_dir(world) -> Path:
@@ -293,7 +288,7 @@ def test_dry_run_shows_the_relay_rows_and_changes_nothing(relay_world):
     cloudflare_admin(relay_world, "POST", "reset")
     before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
     result = cli("deploys/backupmx.py", "--dry", *SELFHOSTED, yes=False)
-    text = text_of(result)
+    text = output(result)
     assert result.returncode == 0, text
     report = report_of(text)
     assert "provider selfhosted: relay host(s) sandbox-relay" in report
@@ -321,7 +316,7 @@ def test_a_relay_smaller_than_the_primary_is_refused_before_any_change(relay_wor
     before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
     small = {**relay_world["selfhosted"]["relayhost"], "message_size_limit": 1000000}
     result = cli("deploys/backupmx.py", *SELFHOSTED, "--data", "relayhost=" + json.dumps(small))
-    text = text_of(result)
+    text = output(result)
     assert result.returncode != 0, text
     row = next(line for line in report_of(text).splitlines() if "relay takes the primary's largest message" in line)
     assert "FAIL" in row and "sandbox-relay: message_size_limit 1000000 bytes < primary " in row, row
@@ -332,7 +327,7 @@ def test_a_relay_smaller_than_the_primary_is_refused_before_any_change(relay_wor
 
 def test_full_deploy_configures_the_relay_whitelists_it_and_points_mx_at_it(relay_world, deployed):
     result = deployed["result"]
-    text = text_of(result)
+    text = output(result)
     assert result.returncode == 0, text
     zone = relay_world["zone"]
     assert zone in postconf(relay_world, "relay_domains")
@@ -352,7 +347,7 @@ def test_second_run_changes_nothing(relay_world, deployed):
 
     before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
     result = cli("deploys/backupmx.py", *SELFHOSTED)
-    text = text_of(result)
+    text = output(result)
     assert result.returncode == 0, text
     rows = [line for line in report_of(text).splitlines() if re.search(r"\s(change|FAIL)\s{2}", line)]
     assert rows == [], rows
@@ -362,19 +357,19 @@ def test_second_run_changes_nothing(relay_world, deployed):
 def test_hold_on_status_off_on_the_relay(relay_world, deployed):
     try:
         result = cli("deploys/maintenance.py", "--data", "hold=on", *SELFHOSTED)
-        assert result.returncode == 0, text_of(result)
+        assert result.returncode == 0, output(result)
         assert "smtp" in postconf(relay_world, "defer_transports")
         status = cli("deploys/maintenance.py", "--data", "hold=status", *SELFHOSTED)
-        assert status.returncode == 0 and "Accept-and-Hold is ON" in text_of(status), text_of(status)
+        assert status.returncode == 0 and "Accept-and-Hold is ON" in output(status), output(status)
     finally:
         result = cli("deploys/maintenance.py", "--data", "hold=off", *SELFHOSTED)
-    assert result.returncode == 0, text_of(result)
+    assert result.returncode == 0, output(result)
     assert postconf(relay_world, "defer_transports") == []
 
 
 def test_failover_drill_passes_against_the_relay(relay_world, deployed, sandbox):
     result = cli("deploys/failover_test.py", *SELFHOSTED, timeout=180)
-    text = text_of(result)
+    text = output(result)
     try:
         assert result.returncode == 0, text
         assert "drill passed" in text
@@ -394,7 +389,7 @@ def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, deployed):
 
     cloudflare_admin(relay_world, "POST", "reset")  # the zone wants the relay's MX record again
     result = cli("deploys/backupmx.py", *SELFHOSTED, "--limit", "controller", "--limit", "mailhosts")
-    text = text_of(result)
+    text = output(result)
     assert result.returncode != 0, text
     assert "not part of this run (--limit)" in text
     assert "refused: relay not proven configured and live on relay host(s) sandbox-relay" in text
@@ -404,16 +399,16 @@ def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, deployed):
 
 def test_rollback_takes_the_mx_out_then_disables_the_domain_on_the_relay(relay_world, deployed):
     result = cli("deploys/backupmx.py", *SELFHOSTED)  # published again (the guard test reset the zone)
-    assert result.returncode == 0, text_of(result)
+    assert result.returncode == 0, output(result)
     zone = relay_world["zone"]
     result = cli("deploys/rollback.py", *SELFHOSTED)
-    text = text_of(result)
+    text = output(result)
     assert result.returncode == 0, text
     assert (relay_world["backup_priority"], relay_world["selfhosted"]["host"]) not in mx_set(relay_world)
     assert zone not in postconf(relay_world, "relay_domains")
     assert "disabled" in text
     again = cli("deploys/rollback.py", *SELFHOSTED)  # harmless the second time
-    assert again.returncode == 0 and "already disabled" in text_of(again), text_of(again)
+    assert again.returncode == 0 and "already disabled" in output(again), output(again)
 
 
 def test_selfhosted_without_a_relay_group_is_one_line(relay_world, tmp_path):
@@ -427,7 +422,7 @@ def test_selfhosted_without_a_relay_group_is_one_line(relay_world, tmp_path):
     admin(relay_world, "reset", {})
     result = subprocess.run([PYINFRA, str(inventory), "deploys/backupmx.py", "--dry", *SELFHOSTED],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
-    text = text_of(result)
+    text = output(result)
     assert result.returncode != 0
     assert "Traceback" not in text
     errors = [line for line in text.splitlines() if "pyinfra error" in line]
