@@ -622,7 +622,8 @@ def parse_postconf_main(lines: Iterable[str]) -> dict[str, str]:
     return values
 
 
-def access_list_entries(value: str) -> list[str]:
+def postfix_list(value: str) -> list[str]:
+    """The entries of a Postfix list parameter (separated by commas and/or whitespace)."""
     return [entry for entry in re.split(r"[\s,]+", value or "") if entry]
 
 
@@ -638,7 +639,7 @@ def wanted_listener_options(mailhost: MailHost, services: Mapping[str, Listener]
     listener = services[mailhost.service_key]
     ours = f"cidr:{mailhost.cidr_path}"
     base = listener.params.get(ACCESS_LIST, main.get(ACCESS_LIST, POSTFIX_DEFAULT_ACCESS_LIST))
-    entries = access_list_entries(base)
+    entries = postfix_list(base)
     if ours not in entries:
         entries.append(ours)
     options = {ACCESS_LIST: ",".join(entries)}

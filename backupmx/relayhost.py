@@ -35,7 +35,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from backupmx.config import IPNetwork
 from backupmx.errors import BackupMXError, ConfigError
-from backupmx.mailhost import _argv, _path, block_begin, block_end, find_block, shell_join, with_block
+from backupmx.mailhost import (_argv, _path, block_begin, block_end, find_block, postfix_list, shell_join,
+                               with_block)
 
 MAIN_BLOCK = "relay-main"
 MASTER_BLOCK = "relay-postscreen"
@@ -496,8 +497,8 @@ def trusted_by_mynetworks(addresses: Iterable[str], mynetworks: str) -> list[str
     table (``hash:...``) or ``$name`` entry cannot be read here and is ignored.
     """
     networks = []
-    for entry in re.split(r"[\s,]+", mynetworks or ""):
-        try:  # "hash:/etc/postfix/network_table", "$name" and "" are not networks: skipped
+    for entry in postfix_list(mynetworks):
+        try:  # "hash:/etc/postfix/network_table" and "$name" are not networks: skipped
             networks.append(ipaddress.ip_network(entry.replace("[", "").replace("]", ""), strict=False))
         except ValueError:
             continue

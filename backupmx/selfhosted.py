@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import shlex
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from backupmx.config import RELAY_GROUP, Settings
 from backupmx.errors import BackupMXError
+from backupmx.mailhost import parse_postconf_main, postfix_list
 from backupmx.provider import Fact, ManualStepRequired, Provider, ProviderError, ProviderFacts, QueuedMessage
 
 SOURCE = "relayhost"
@@ -46,10 +46,6 @@ class RelayTarget:
     name: str
     relay: Any  # backupmx.relayhost.RelayHost
     run: Runner
-
-
-def _split(value: str) -> list[str]:
-    return [part for part in re.split(r"[\s,]+", value.strip()) if part]
 
 
 def pyinfra_runner(target) -> Runner:
@@ -122,11 +118,7 @@ class SelfHostedProvider(Provider):
         return stdout
 
     def _postconf(self, target: RelayTarget, *names: str) -> dict[str, str]:
-        lines = self._run(target, target.relay.postconf(*names), "postconf")
-        values = {}
-        for line in lines:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
+        values = parse_postconf_main(self._run(target, target.relay.postconf(*names), "postconf"))
         missing = [name for name in names if name not in values]
         if missing:
             raise ProviderError(f"relay host {target.name}: postconf did not report {', '.join(missing)}")
@@ -145,7 +137,7 @@ class SelfHostedProvider(Provider):
     def _lists(self, target: RelayTarget) -> dict[str, list[str]]:
         values = self._postconf(target, "relay_domains", "defer_transports", "relay_recipient_maps",
                                 "relay_transport", "transport_maps")
-        lists = {key: _split(value) for key, value in values.items()}
+        lists = {key: postfix_list(value) for key, value in values.items()}
         # "smtp:[primary]:587" -> "smtp": the master.cf service that delivers to the primary.
         lists["transport"] = [values["relay_transport"].split(":", 1)[0] or "relay"]
         lists["transport_maps_raw"] = [values["transport_maps"]]

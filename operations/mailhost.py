@@ -240,8 +240,8 @@ def _options_without_whitelist(mailhost: mh.MailHost, listener: mh.Listener, mai
     current = listener.params.get(mh.ACCESS_LIST)
     if current is None:
         return {}
-    entries = [entry for entry in mh.access_list_entries(current) if entry != ours]
-    base = mh.access_list_entries(main.get(mh.ACCESS_LIST, mh.POSTFIX_DEFAULT_ACCESS_LIST))
+    entries = [entry for entry in mh.postfix_list(current) if entry != ours]
+    base = mh.postfix_list(main.get(mh.ACCESS_LIST, mh.POSTFIX_DEFAULT_ACCESS_LIST))
     return {mh.ACCESS_LIST: None if entries == base else ",".join(entries)}
 
 
@@ -525,10 +525,10 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
         listener = services.get(mailhost.service_key)
         value = listener.params.get(mh.ACCESS_LIST, "") if listener else ""
         elsewhere = [key for key, service in services.items() if key != mailhost.service_key
-                     and ours in mh.access_list_entries(service.params.get(mh.ACCESS_LIST, ""))]
-        if ours in mh.access_list_entries(listeners["main"].get(mh.ACCESS_LIST, "")):
+                     and ours in mh.postfix_list(service.params.get(mh.ACCESS_LIST, ""))]
+        if ours in mh.postfix_list(listeners["main"].get(mh.ACCESS_LIST, "")):
             elsewhere.append("main.cf")
-        ok = listener is not None and ours in mh.access_list_entries(value) and not elsewhere
+        ok = listener is not None and ours in mh.postfix_list(value) and not elsewhere
         if ok:
             detail = f"{ours} on {mailhost.service_key} only"
         else:
