@@ -82,3 +82,28 @@ def services_answer(world, recipient: str) -> None:
     ping = subprocess.run(["rspamc", "-h", world["rspamd_controller"], "stat"], capture_output=True, timeout=30,
                           check=False)
     assert ping.returncode == 0, ping.stderr
+
+
+def run_api_operation(ssh: dict, host_name: str, operation, caplog, **arguments) -> tuple[bool, str]:
+    """One operation through pyinfra's API on a sandbox SSH host (``world["ssh"]`` or the relay's);
+    (succeeded, what pyinfra logged)."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all, disconnect_all
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+
+    data = {"ssh_hostname": ssh["host"], "ssh_port": ssh["port"], "ssh_user": ssh["user"], "ssh_key": ssh["key"],
+            "ssh_known_hosts_file": ssh["known_hosts"], "ssh_strict_host_key_checking": "yes"}
+    state = State(inventory=Inventory(([(host_name, data)], {})), config=Config())
+    connect_all(state)
+    try:
+        caplog.clear()
+        add_op(state, operation, name=f"{operation.__name__} through the API", **arguments)
+        try:
+            run_ops(state)
+        except PyinfraError:
+            pass
+        return state.inventory.get_host(host_name) not in state.failed_hosts, caplog.text
+    finally:
+        disconnect_all(state)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from providerkit import output, pyinfra
-from mailhostkit import leftovers, pristine_state, reload_rspamd, restore, snapshot
+from mailhostkit import leftovers, pristine_state, reload_rspamd, restore, run_api_operation, snapshot
 from mailpath import endpoint, fresh_address_in, fresh_ipv4, wait_for_delivery
 
 from backupmx import mailhost as mh
@@ -365,31 +365,10 @@ def test_exempt_to_external_relay_to_exempt_is_byte_identical(world, inventories
 
 
 def _run_rspamd_operation(world, mailhost: mh.MailHost, caplog, **kwargs) -> tuple[bool, str]:
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operation import add_op
-    from pyinfra.api.operations import run_ops
-
     from operations.mailhost import rspamd_exemption
 
-    ssh = world["ssh"]
-    data = {"ssh_hostname": ssh["host"], "ssh_port": ssh["port"], "ssh_user": ssh["user"], "ssh_key": ssh["key"],
-            "ssh_known_hosts_file": ssh["known_hosts"], "ssh_strict_host_key_checking": "yes"}
-    state = State(inventory=Inventory(([("sandbox-mailhost", data)], {})), config=Config())
-    connect_all(state)
-    host = state.inventory.get_host("sandbox-mailhost")
-    try:
-        caplog.clear()
-        add_op(state, rspamd_exemption, name="switch test", mailhost=mailhost, relay_cidrs=world["relay_cidrs"],
-               **kwargs)
-        try:
-            run_ops(state)
-        except PyinfraError:
-            pass
-        return host not in state.failed_hosts, caplog.text
-    finally:
-        disconnect_all(state)
+    return run_api_operation(world["ssh"], "sandbox-mailhost", rspamd_exemption, caplog, mailhost=mailhost,
+                             relay_cidrs=world["relay_cidrs"], **kwargs)
 
 
 def test_a_failed_switch_restores_all_three_files_and_reloads_nothing(exempt, monkeypatch, caplog):

@@ -34,6 +34,7 @@ from mailhostkit import (
     pristine_state,
     reload_rspamd,
     restore,
+    run_api_operation,
     services_answer,
     snapshot,
 )
@@ -321,38 +322,10 @@ def test_bad_mailhost_data_is_one_line_naming_the_field(world, pristine, change,
 # --- faults: validation fails, the previous files come back ---------------------------------
 
 
-def _api_state(world):
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.connect import connect_all
-
-    ssh = world["ssh"]
-    data = {"ssh_hostname": ssh["host"], "ssh_port": ssh["port"], "ssh_user": ssh["user"], "ssh_key": ssh["key"],
-            "ssh_known_hosts_file": ssh["known_hosts"], "ssh_strict_host_key_checking": "yes"}
-    state = State(inventory=Inventory(([("sandbox-mailhost", data)], {})), config=Config())
-    connect_all(state)
-    return state
-
-
 def run_operation(world, operation, caplog, **kwargs) -> tuple[bool, str]:
     """One stage 3 operation through pyinfra's API; (succeeded, what pyinfra logged)."""
-    from pyinfra.api.connect import disconnect_all
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operation import add_op
-    from pyinfra.api.operations import run_ops
-
-    state = _api_state(world)
-    host = state.inventory.get_host("sandbox-mailhost")
-    try:
-        caplog.clear()
-        add_op(state, operation, name="fault test", mailhost=mh.load_mailhost(world["mailhost"]),
-               relay_cidrs=world["relay_cidrs"], **kwargs)
-        try:
-            run_ops(state)
-        except PyinfraError:
-            pass
-        return host not in state.failed_hosts, caplog.text
-    finally:
-        disconnect_all(state)
+    return run_api_operation(world["ssh"], "sandbox-mailhost", operation, caplog,
+                             mailhost=mh.load_mailhost(world["mailhost"]), relay_cidrs=world["relay_cidrs"], **kwargs)
 
 
 def assert_services_answer(world) -> None:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mailhostkit import run_api_operation
 from providerkit import output, pyinfra
 from mailpath import endpoint, wait_for_delivery
 
@@ -307,12 +308,6 @@ def test_queue_survives_a_relay_restart_and_drains_to_the_primary(configured):
 
 
 def test_broken_value_fails_postfix_check_and_restores_byte_for_byte(configured, monkeypatch, caplog):
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operation import add_op
-    from pyinfra.api.operations import run_ops
-
     from operations.relayhost import relay_config
 
     before = snapshot(configured)
@@ -321,24 +316,12 @@ def test_broken_value_fails_postfix_check_and_restores_byte_for_byte(configured,
     wanted = rh.main_settings
     monkeypatch.setattr(rh, "main_settings", lambda relay, domains: {**wanted(relay, domains),
                                                                      "relay_domains": f"{DOMAIN}, {{broken"})
-    ssh = configured["selfhosted"]["ssh"]
-    data = {"ssh_hostname": ssh["host"], "ssh_port": ssh["port"], "ssh_user": ssh["user"], "ssh_key": ssh["key"],
-            "ssh_known_hosts_file": ssh["known_hosts"], "ssh_strict_host_key_checking": "yes"}
-    state = State(inventory=Inventory(([("sandbox-relay", data)], {})), config=Config())
-    connect_all(state)
-    try:
-        caplog.clear()
-        add_op(state, relay_config, name="broken value", relay=settings(configured), domains=[DOMAIN])
-        try:
-            run_ops(state)
-        except PyinfraError:
-            pass
-        failed = state.inventory.get_host("sandbox-relay") in state.failed_hosts
-    finally:
-        disconnect_all(state)
-    lines = [line for line in caplog.text.splitlines() if "backupmx: relay_config" in line]
+    ok, log = run_api_operation(configured["selfhosted"]["ssh"], "sandbox-relay", relay_config, caplog,
+                                relay=settings(configured), domains=[DOMAIN])
+    failed = not ok
+    lines = [line for line in log.splitlines() if "backupmx: relay_config" in line]
     print(lines)
-    assert failed and len(lines) == 1, caplog.text
+    assert failed and len(lines) == 1, log
     assert "postfix check warns after the change" in lines[0] and "{broken" in lines[0]
     assert "restored byte for byte" in lines[0]
     assert snapshot(configured) == before
@@ -385,31 +368,14 @@ def test_relay_is_not_in_the_primary_mynetworks(relay_world):
 
 def test_verify_relay_fails_on_a_fresh_relay_and_records_why(relay_world, caplog):
     """Without relay_config the proof fails (loopback may relay, no postscreen) and says so once."""
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operation import add_op
-    from pyinfra.api.operations import run_ops
-
     from operations.relayhost import verify_relay
 
     make_fresh(relay_world)
-    ssh = relay_world["selfhosted"]["ssh"]
-    data = {"ssh_hostname": ssh["host"], "ssh_port": ssh["port"], "ssh_user": ssh["user"], "ssh_key": ssh["key"],
-            "ssh_known_hosts_file": ssh["known_hosts"], "ssh_strict_host_key_checking": "yes"}
-    state = State(inventory=Inventory(([("sandbox-relay", data)], {})), config=Config())
-    connect_all(state)
     recorded = []
-    try:
-        add_op(state, verify_relay, name="verify a fresh relay", relay=settings(relay_world), domains=[DOMAIN],
-               record=lambda *args: recorded.append(args), timeout=1.0)
-        try:
-            run_ops(state)
-        except PyinfraError:
-            pass
-        failed = state.inventory.get_host("sandbox-relay") in state.failed_hosts
-    finally:
-        disconnect_all(state)
+    ok, _ = run_api_operation(relay_world["selfhosted"]["ssh"], "sandbox-relay", verify_relay, caplog,
+                              relay=settings(relay_world), domains=[DOMAIN],
+                              record=lambda *args: recorded.append(args), timeout=1.0)
+    failed = not ok
     assert failed and len(recorded) == 1 and recorded[0][:2] == ("sandbox-relay", False), recorded
     evidence = recorded[0][2]
     assert evidence.startswith("NOT live:") and "mynetworks: want '(empty)'" in evidence, evidence
