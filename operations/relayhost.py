@@ -37,14 +37,15 @@ SETTLE_SECONDS = 30.0
 # --- the plan -------------------------------------------------------------------
 
 
-def plan_relay_config(relay: rh.RelayHost, domains: Sequence[str], present: bool = True) -> Plan:
+def plan_relay_config(relay: rh.RelayHost, domains: Sequence[str], present: bool = True, postfix=None) -> Plan:
+    """What ``relay_config`` would change; ``postfix``: the ``RelayPostconf`` fact if already read."""
     plan = Plan("relay_config")
     try:
         domains = rh.check_domains(domains)
     except BackupMXError as error:
         plan.problems.append(str(error))
         return plan
-    postfix = host.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=())
+    postfix = postfix or host.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=())
     if not postfix["postconf"]:
         plan.problems.append(f"Postfix on {host.name}: {postfix['error']}; is relayhost.postfix_config_dir right?")
         return plan
@@ -231,12 +232,13 @@ def assess_relayhost(relay: rh.RelayHost, domains: Sequence[str], relay_cidrs=No
     The plan is kept for this host and preparing pass, so ``relay_config`` called
     next reuses it instead of reading the same facts again.
     """
-    plan = plan_relay_config(relay, domains)
+    # One read for the plan and for gate G2's message size (Run.report_message_sizes).
+    postfix = host.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=("message_size_limit",))
+    plan = plan_relay_config(relay, domains, postfix=postfix)
     _remember(plan, relay, domains, True)
     assessment = RelayAssessment(plan)
     assessment.message_size_limit = relay.message_size_limit
     if assessment.message_size_limit is None:
-        postfix = host.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=("message_size_limit",))
         assessment.message_size_limit = rh.postfix_size(postfix["settings"].get("message_size_limit"))
     if not plan.problems and not plan.changed:
         assessment.proof = prove_relay(relay, domains)
