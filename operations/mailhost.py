@@ -139,13 +139,17 @@ def _read_ahead(reads: list[tuple[type, dict]]) -> None:
         known[_read_key(fact, arguments)] = value
 
 
-def _fact(fact: type, arguments: dict):
-    """``host.get_fact(fact, **arguments)``, or its value read ahead moments ago while preparing."""
+def _fact(fact: type, arguments: dict, shared: bool = False):
+    """``host.get_fact(fact, **arguments)``, or its value read ahead moments ago while preparing.
+
+    A value is taken by the plan that asks for it, unless ``shared``: then it is
+    left for the other readers of this pass (one SSH read, several users).
+    """
     if not state.is_executing:
         known = _known.get(ctx_state.get(), {})
         key = _read_key(fact, arguments)
         if key in known:
-            return known.pop(key)
+            return known[key] if shared else known.pop(key)
     return host.get_fact(fact, **arguments)
 
 
@@ -327,7 +331,7 @@ def _redo_interrupted(plan: Plan, mailhost: mh.MailHost, current: dict[str, str 
     daemon may not have what the files say. Rewriting the same content runs the
     whole transaction (validate, reload, drop the copies) without changing a byte.
     """
-    left = _fact(InterruptedTransactions, _interrupted_args(mailhost))
+    left = _fact(InterruptedTransactions, _interrupted_args(mailhost), shared=True)  # both plans ask
     for path in left:
         if path in current and all(change.path != path for change in plan.files):
             plan.files.append(mh.FileChange(path, current[path], current[path]))
@@ -683,12 +687,12 @@ def assess_mailhost(mailhost: mh.MailHost, relay_cidrs, domain: str) -> Assessme
     """
     # The facts both plans read, in one SSH round trip instead of three (or four).
     _read_ahead(_plan_reads(mailhost))
-    listeners = _known.get(ctx_state.get(), {}).get(_read_key(PostscreenListeners, _listeners_args(mailhost)))
+    listeners = _fact(PostscreenListeners, _listeners_args(mailhost), shared=True)  # the whitelist plan's too
     plans = [plan_rspamd_exemption(mailhost, relay_cidrs), plan_postscreen_whitelist(mailhost, relay_cidrs)]
     for plan in plans:
         _remember(plan, mailhost, relay_cidrs, True)
     assessment = Assessment(plans)
-    if listeners and listeners["postconf"]:
+    if listeners["postconf"]:
         from backupmx.relayhost import postfix_size
 
         assessment.message_size_limit = postfix_size(listeners["main"].get("message_size_limit"))
