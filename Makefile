@@ -23,9 +23,9 @@ apt:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml sandbox/pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q --progress-bar off -e '.[test]'
+	$(BIN)/python -m pip install -q --progress-bar off -e '.[test]' -e ./sandbox
 	@touch $@
 
 demo: setup
@@ -46,7 +46,7 @@ sandbox-down:
 # Benchmarks (bench/, docs/performance.md): not part of `make test`; they print a table.
 # Their own sandbox world (/var/tmp/backupmx-bench unless BACKUPMX_SANDBOX_DIR is set).
 bench: setup
-	$(BIN)/python -m pip install -q --progress-bar off -e '.[test,bench]'
+	$(BIN)/python -m pip install -q --progress-bar off -e '.[test,bench]' -e ./sandbox
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: sandbox-down

@@ -147,7 +147,7 @@ class Bench:
 
     def rollback_once(self) -> tuple[float | None, float, Counts]:
         """Time from the rollback command's start until the sandbox DNS no longer answers a backup record."""
-        from backupmx import dnscheck
+        from backupmx.dns import check as dnscheck
 
         backups = {relay["host"] for relay in self.world["relays"]}
         zone, servers = self.world["zone"], [self.world["dns"]]

@@ -53,7 +53,7 @@ def sandbox_down() -> None:
 
 
 def load() -> dict:
-    from backupmx.sandbox.world import load_world
+    from backupmx_sandbox.world import load_world
 
     sandbox_env()
     return load_world()
@@ -89,8 +89,8 @@ class Meter:
         """
         import hvac
 
-        from backupmx.sandbox.supervisor import Supervisor
-        from backupmx.sandbox.world import Sandbox
+        from backupmx_sandbox.supervisor import Supervisor
+        from backupmx_sandbox.world import Sandbox
 
         client = hvac.Client(url=self.world["vault_addr"], token=self.world["vault_token"], timeout=10)
         for device in client.sys.list_enabled_audit_devices()["data"].values():

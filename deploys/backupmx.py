@@ -11,11 +11,9 @@ from pyinfra import host, logger
 from pyinfra.api import DeployError
 from pyinfra.context import ctx_state
 
-from backupmx.report import FAIL
-from backupmx.run import current_run
+from backupmx.core.report import FAIL
+from backupmx.lifecycle.deploy import current_run
 from operations.dns import backup_mx_records
-from operations.monitoring import is_monitoring_host, monitoring_stage, prepare_monitoring
-from operations.stages import boundary
 from operations.mailhost import (
     assess_mailhost,
     is_mailhost,
@@ -25,6 +23,9 @@ from operations.mailhost import (
     rspamd_exemption,
     verify_live,
 )
+from operations.monitoring import is_monitoring_host, monitoring_stage, prepare_monitoring
+from operations.relayhost import assess_relayhost, relay_config, relay_settings, verify_relay
+from operations.stages import boundary
 
 inventory = ctx_state.get().inventory
 # Every mail host of the inventory, connected or not: --limit cannot shrink what
@@ -45,8 +46,6 @@ mailhost_data = {target.name: mailhost_settings(target) for target in inventory 
 relay_names = run.settings.relay_hosts
 domain_names = [domain.name for domain in run.settings.domains]
 if relay_names:
-    from operations.relayhost import assess_relayhost, relay_config, relay_settings, verify_relay
-
     relay_data = {target.name: relay_settings(target) for target in inventory if target.name in relay_names}
 
 if run.first_pass():

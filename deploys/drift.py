@@ -23,7 +23,7 @@ unreachable) prints ``UNKNOWN`` and counts as drift: cron must hear about it.
 
 from pyinfra import host, inventory
 
-from backupmx import drift as dr
+from backupmx.lifecycle import drift as dr
 from operations.drift import (
     controller_findings,
     current_drift_run,

@@ -16,8 +16,8 @@ hosts' ``defer_transports`` (docs/provider-selfhosted.md).
 from pyinfra import host, inventory
 from pyinfra.api import DeployError
 
-from backupmx.errors import BackupMXError
-from backupmx.maintenance import parse_action
+from backupmx.core.errors import BackupMXError
+from backupmx.lifecycle.maintenance import parse_action
 from operations.provider import accept_and_hold, current_maintenance, hold_status
 
 try:

@@ -17,8 +17,8 @@ secrets. See docs/monitoring.md.
 from pyinfra import host
 from pyinfra.api import DeployError
 
-from backupmx.run import settings_of
-from backupmx.errors import BackupMXError
+from backupmx.core.context import settings_of
+from backupmx.core.errors import BackupMXError
 from operations.monitoring import is_monitoring_host, monitoring_stage
 
 if is_monitoring_host(host):

@@ -26,7 +26,8 @@ step 3 takes the domain out of ``relay_domains`` on every relay host, over SSH
 from pyinfra import host, inventory
 from pyinfra.api import DeployError
 
-from backupmx.report import SKIP
+from backupmx.core.report import SKIP
+from operations.mailhost import mailhost_settings, postscreen_whitelist, rspamd_exemption
 from operations.rollback import backup_mx_removed, current_rollback, dns_without_backups, provider_domain_disabled
 
 revert_mailhost = host.data.get("revert_mailhost", False)
@@ -75,8 +76,6 @@ if controller or reverting:
         )
 
 if reverting:
-    from operations.mailhost import mailhost_settings, postscreen_whitelist, rspamd_exemption
-
     mailhost = mailhost_settings(host)
     # The reverse of stage 3: the whitelist first (relayed mail meets postscreen
     # again), then the exemption (SPF and DMARC scoring back for the relays).

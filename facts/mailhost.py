@@ -1,6 +1,6 @@
 """Facts of the mail host stage: what Postfix and rspamd on the mail host have now.
 
-Every fact runs one read-only shell script (``backupmx.mailhost.capture_script``)
+Every fact runs one read-only shell script (``backupmx.postfix.shell.capture_script``)
 that always exits 0 and prints each command's exit code, output and errors, so a
 missing program or an unreadable file is reported as such and never mistaken for
 "not configured yet". For docker-mailserver the commands run through
@@ -20,7 +20,14 @@ from typing import Any
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
-from backupmx import mailhost as mh
+from backupmx.core import errors
+from backupmx.mailhost.model import ACCESS_LIST, CACHE_MAP, DMS_POLICIES, RSPAMD_BLOCK, MailHost
+from backupmx.mailhost.proof import PREGREET_PROBE, parse_rspamc_action, parse_rspamc_symbols
+from backupmx.mailhost.render import parse_postscreen_access
+from backupmx.postfix.blocks import find_block
+from backupmx.postfix.maincf import parse_postconf_main
+from backupmx.postfix.mastercf import parse_postconf_services
+from backupmx.postfix.shell import capture_script, file_content, one_line, parse_captures, read_file_argv
 
 
 def _target(container: str | None, docker: str, argv: list[str], stdin: bool = False) -> list[str]:
@@ -30,14 +37,14 @@ def _target(container: str | None, docker: str, argv: list[str], stdin: bool = F
 
 
 def _script(commands, stdin=None, labels=None) -> StringCommand:
-    return StringCommand("sh", "-c", QuoteString(mh.capture_script(commands, stdin=stdin, labels=labels)))
+    return StringCommand("sh", "-c", QuoteString(capture_script(commands, stdin=stdin, labels=labels)))
 
 
 def _has(container: str | None, docker: str, program: str) -> list[str]:
     return _target(container, docker, ["sh", "-c", 'command -v "$1"', "sh", program])
 
 
-def facts_args(mailhost: mh.MailHost) -> dict[str, Any]:
+def facts_args(mailhost: MailHost) -> dict[str, Any]:
     """The ``container``/``docker`` arguments every fact here takes."""
     return {"container": mailhost.container, "docker": mailhost.docker}
 
@@ -58,7 +65,7 @@ class MailhostFiles(FactBase):
 
     @staticmethod
     def captures(paths, container=None, docker="docker"):
-        commands = [(f"f{index}", _target(container, docker, mh.read_file_argv(path)))
+        commands = [(f"f{index}", _target(container, docker, read_file_argv(path)))
                     for index, path in enumerate(paths)]
         return commands, None, {f"f{index}": path for index, path in enumerate(paths)}
 
@@ -68,8 +75,8 @@ class MailhostFiles(FactBase):
 
     def process(self, output):
         files = {}
-        for captured in mh.parse_captures(output).values():
-            readable, content, error = mh.file_content(captured)
+        for captured in parse_captures(output).values():
+            readable, content, error = file_content(captured)
             files[captured.label] = {"content": content, "error": None if readable else error}
         return files
 
@@ -100,7 +107,7 @@ class InterruptedTransactions(FactBase):
         return []
 
     def process(self, output):
-        return [captured.label for captured in mh.parse_captures(output).values() if captured.rc == 0]
+        return [captured.label for captured in parse_captures(output).values() if captured.rc == 0]
 
 
 class PostscreenAccessFile(FactBase):
@@ -119,17 +126,17 @@ class PostscreenAccessFile(FactBase):
 
     @staticmethod
     def captures(path, container=None, docker="docker"):
-        return [("cidr", _target(container, docker, mh.read_file_argv(path)))], None, {"cidr": path}
+        return [("cidr", _target(container, docker, read_file_argv(path)))], None, {"cidr": path}
 
     def process(self, output):
-        captured = mh.parse_captures(output).get("cidr")
-        readable, content, error = mh.file_content(captured)
+        captured = parse_captures(output).get("cidr")
+        readable, content, error = file_content(captured)
         path = captured.label if captured else ""
         if not readable:
             return {"path": path, "content": None, "networks": [], "invalid": [], "error": error}
         if content is None:
             return None
-        networks, invalid = mh.parse_postscreen_access(content)
+        networks, invalid = parse_postscreen_access(content)
         return {"path": path, "content": content, "networks": networks, "invalid": invalid, "error": None}
 
 
@@ -156,7 +163,7 @@ class PostscreenListeners(FactBase):
             ("has", _has(container, docker, "postconf")),
             ("master", postconf + ["-M"]),
             ("overrides", postconf + ["-P"]),
-            ("main", postconf + [mh.ACCESS_LIST, mh.CACHE_MAP, "message_size_limit"]),
+            ("main", postconf + [ACCESS_LIST, CACHE_MAP, "message_size_limit"]),
         ], None, None
 
     @staticmethod
@@ -164,7 +171,7 @@ class PostscreenListeners(FactBase):
         return {"postconf": False, "error": "no output", "services": {}, "main": {}}
 
     def process(self, output):
-        captured = mh.parse_captures(output)
+        captured = parse_captures(output)
         has = captured.get("has")
         if has is None or has.rc != 0:
             why = has.problem() if has and (has.err or has.rc not in (1, 127)) else "postconf not found"
@@ -174,13 +181,13 @@ class PostscreenListeners(FactBase):
             if part is None or part.rc != 0:
                 return {"postconf": False, "error": f"postconf ({name}): {part.problem() if part else 'no output'}",
                         "services": {}, "main": {}}
-        services = mh.parse_postconf_services(captured["master"].out.splitlines(), captured["overrides"].out.splitlines())
+        services = parse_postconf_services(captured["master"].out.splitlines(), captured["overrides"].out.splitlines())
         return {
             "postconf": True,
             "error": None,
-            "warnings": mh.one_line(captured["master"].err + captured["overrides"].err),
+            "warnings": one_line(captured["master"].err + captured["overrides"].err),
             "services": services,
-            "main": mh.parse_postconf_main(captured["main"].out.splitlines()),
+            "main": parse_postconf_main(captured["main"].out.splitlines()),
         }
 
 
@@ -203,26 +210,26 @@ class RspamdExemption(FactBase):
 
     @staticmethod
     def captures(settings_path, rspamadm_args=(), live_path=None, dump=True, container=None, docker="docker"):
-        commands = [("file", mh.read_file_argv(settings_path))]
+        commands = [("file", read_file_argv(settings_path))]
         if live_path:
-            commands.append(("live", _target(container, docker, mh.read_file_argv(live_path))))
+            commands.append(("live", _target(container, docker, read_file_argv(live_path))))
         commands.append(("has", _has(container, docker, "rspamadm")))
         if dump:
             commands.append(("dump", _target(container, docker, ["rspamadm", *rspamadm_args, "configdump", "-j", "settings"])))
         return commands, None, None
 
     def process(self, output):
-        captured = mh.parse_captures(output)
-        readable, content, error = mh.file_content(captured.get("file"))
+        captured = parse_captures(output)
+        readable, content, error = file_content(captured.get("file"))
         result: dict[str, Any] = {"file": content, "file_error": None if readable else error, "block": None,
                                   "live_file": None, "live_error": None, "rspamadm": False, "rules": {}, "error": None}
         if readable:
             try:
-                result["block"] = mh.find_block(content, mh.RSPAMD_BLOCK)
-            except mh.BackupMXError as damaged:
+                result["block"] = find_block(content, RSPAMD_BLOCK)
+            except errors.BackupMXError as damaged:
                 result["file_error"] = str(damaged)
         if "live" in captured:
-            live_ok, live, live_error = mh.file_content(captured["live"])
+            live_ok, live, live_error = file_content(captured["live"])
             result["live_file"], result["live_error"] = live, None if live_ok else live_error
         has = captured.get("has")
         result["rspamadm"] = bool(has and has.rc == 0)
@@ -238,7 +245,7 @@ class RspamdExemption(FactBase):
                     rules = json.loads(dump.out[dump.out.find("{"):]) if "{" in dump.out else {}
                     result["rules"] = rules if isinstance(rules, dict) else {}
                 except ValueError:
-                    result["error"] = f"rspamadm configdump printed no JSON: {mh.one_line(dump.out)}"
+                    result["error"] = f"rspamadm configdump printed no JSON: {one_line(dump.out)}"
         return result
 
 
@@ -276,7 +283,7 @@ class RelayWhitelistProbes(FactBase):
         return {"postmap": False, "error": "no output", "answers": {}}
 
     def process(self, output):
-        captured = mh.parse_captures(output)
+        captured = parse_captures(output)
         has = captured.get("has")
         if has is None or has.rc != 0:
             return {"postmap": False, "error": "postmap not found", "answers": {}}
@@ -285,7 +292,7 @@ class RelayWhitelistProbes(FactBase):
             if not name.startswith("q"):
                 continue
             answers[item.label] = {"answer": item.out.strip() or None,
-                                   "error": mh.one_line(item.err) or (None if item.rc in (0, 1) else f"exit {item.rc}")}
+                                   "error": one_line(item.err) or (None if item.rc in (0, 1) else f"exit {item.rc}")}
         return {"postmap": True, "error": None, "answers": answers}
 
 
@@ -322,7 +329,7 @@ class RspamdSymbols(FactBase):
         return {"rspamc": False, "results": {}}
 
     def process(self, output):
-        captured = mh.parse_captures(output)
+        captured = parse_captures(output)
         has = captured.get("has")
         if has is None or has.rc != 0:
             return {"rspamc": False, "results": {}}
@@ -330,9 +337,9 @@ class RspamdSymbols(FactBase):
         for name, item in captured.items():
             if not name.startswith("s"):
                 continue
-            symbols = mh.parse_rspamc_symbols(item.out) if item.rc == 0 else None
+            symbols = parse_rspamc_symbols(item.out) if item.rc == 0 else None
             results[item.label] = {"symbols": symbols,
-                                   "action": mh.parse_rspamc_action(item.out) if symbols is not None else None,
+                                   "action": parse_rspamc_action(item.out) if symbols is not None else None,
                                    "error": None if symbols is not None else item.problem()}
         return {"rspamc": True, "results": results}
 
@@ -361,7 +368,7 @@ class PostscreenPregreet(FactBase):
         labels = {}
         for index, source in enumerate(sources):
             name = f"p{index}"
-            commands.append((name, _target(container, docker, ["python3", "-c", mh.PREGREET_PROBE, address, port,
+            commands.append((name, _target(container, docker, ["python3", "-c", PREGREET_PROBE, address, port,
                                                                source, rcpt])))
             labels[name] = source
         return commands, None, labels
@@ -371,7 +378,7 @@ class PostscreenPregreet(FactBase):
         return {"python": False, "results": {}}
 
     def process(self, output):
-        captured = mh.parse_captures(output)
+        captured = parse_captures(output)
         has = captured.get("has")
         if has is None or has.rc != 0:
             return {"python": False, "results": {}}
@@ -406,7 +413,7 @@ class DockerMailserverPolicies(FactBase):
     def captures(container, docker="docker"):
         printenv = 'for v in "$@"; do eval "x=\\${$v-__unset__}"; printf "%s=%s\\n" "$v" "$x"; done'
         return [
-            ("env", [docker, "exec", container, "sh", "-c", printenv, "sh", *mh.DMS_POLICIES]),
+            ("env", [docker, "exec", container, "sh", "-c", printenv, "sh", *DMS_POLICIES]),
             ("postconf", [docker, "exec", container, "postconf", "-h", "smtpd_recipient_restrictions", "smtpd_milters"]),
         ], None, None
 
@@ -415,7 +422,7 @@ class DockerMailserverPolicies(FactBase):
         return {"ok": False, "error": "no output", "env": {}, "restrictions": "", "milters": ""}
 
     def process(self, output):
-        captured = mh.parse_captures(output)
+        captured = parse_captures(output)
         env_part, postconf = captured.get("env"), captured.get("postconf")
         if env_part is None or env_part.rc != 0:
             return {"ok": False, "error": f"docker exec: {env_part.problem() if env_part else 'no output'}",
@@ -487,7 +494,7 @@ def _combined(parts: dict[str, tuple]) -> StringCommand:
         commands += [(f"{part}__{name}", argv) for name, argv in part_commands]
         stdin.update({f"{part}__{name}": text for name, text in (part_stdin or {}).items()})
         labels.update({f"{part}__{name}": text for name, text in (part_labels or {}).items()})
-    return StringCommand("sh", "-c", QuoteString(mh.capture_script(commands, stdin=stdin, labels=labels,
+    return StringCommand("sh", "-c", QuoteString(capture_script(commands, stdin=stdin, labels=labels,
                                                                     parallel=True)))
 
 

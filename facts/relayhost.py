@@ -1,6 +1,6 @@
 """Facts of the self-hosted relay: what its Postfix has in force, its files, its queue.
 
-Each fact runs one read-only script (``backupmx.mailhost.capture_script``) that
+Each fact runs one read-only script (``backupmx.postfix.shell.capture_script``) that
 always exits 0 and reports every command's exit code, output and errors, so
 "Postfix is not installed" never reads as "not configured yet". Arguments are
 plain values (a config dir, setting names) so ``pyinfra -v`` prints them readably.
@@ -12,13 +12,15 @@ import json
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
-from backupmx import mailhost as mh
-from backupmx import relayhost as rh
+from backupmx.postfix.maincf import parse_postconf_main
+from backupmx.postfix.mastercf import parse_postconf_services
+from backupmx.postfix.shell import capture_script, one_line, parse_captures
+from backupmx.providers.relayhost import OUTSIDE_DOMAIN, SMTP_PROOF, parse_postqueue_json
 from facts.mailhost import MailhostFiles
 
 
 def _script(commands) -> StringCommand:
-    return StringCommand("sh", "-c", QuoteString(mh.capture_script(commands)))
+    return StringCommand("sh", "-c", QuoteString(capture_script(commands)))
 
 
 class RelayFiles(MailhostFiles):
@@ -57,7 +59,7 @@ class RelayPostconf(FactBase):
         return {"postconf": False, "error": "no output", "settings": {}, "services": {}}
 
     def process(self, output):
-        captured = mh.parse_captures(output)
+        captured = parse_captures(output)
         has = captured.get("has")
         if has is None or has.rc != 0:
             return {"postconf": False, "error": "postconf not found (is Postfix installed?)", "settings": {},
@@ -70,9 +72,9 @@ class RelayPostconf(FactBase):
         return {
             "postconf": True,
             "error": None,
-            "warnings": mh.one_line(captured["main"].err),
-            "settings": mh.parse_postconf_main(captured["main"].out.splitlines()),
-            "services": mh.parse_postconf_services(captured["master"].out.splitlines(),
+            "warnings": one_line(captured["main"].err),
+            "settings": parse_postconf_main(captured["main"].out.splitlines()),
+            "services": parse_postconf_services(captured["master"].out.splitlines(),
                                                    captured["overrides"].out.splitlines()),
         }
 
@@ -95,10 +97,10 @@ class RelayQueue(FactBase):
         return {"ok": False, "error": "no output", "messages": []}
 
     def process(self, output):
-        captured = mh.parse_captures(output).get("queue")
+        captured = parse_captures(output).get("queue")
         if captured is None or captured.rc != 0:
             return {"ok": False, "error": captured.problem() if captured else "no output", "messages": []}
-        messages, bad = rh.parse_postqueue_json(captured.out)
+        messages, bad = parse_postqueue_json(captured.out)
         return {"ok": not bad, "error": f"unreadable postqueue lines: {bad[0]}" if bad else None,
                 "messages": messages}
 
@@ -119,7 +121,7 @@ class RelaySmtpProof(FactBase):
         host, _, port = listener.rpartition(":")
         return _script([
             ("has", ["sh", "-c", "command -v python3"]),
-            ("smtp", ["python3", "-c", rh.SMTP_PROOF, host.strip("[]"), port, rh.OUTSIDE_DOMAIN, *domains]),
+            ("smtp", ["python3", "-c", SMTP_PROOF, host.strip("[]"), port, OUTSIDE_DOMAIN, *domains]),
         ])
 
     @staticmethod
@@ -127,7 +129,7 @@ class RelaySmtpProof(FactBase):
         return {"python": False, "error": "no output", "results": []}
 
     def process(self, output):
-        captured = mh.parse_captures(output)
+        captured = parse_captures(output)
         has = captured.get("has")
         if has is None or has.rc != 0:
             return {"python": False, "error": "python3 not found on the relay host", "results": []}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from backupmx.errors import BackupMXError
+from backupmx.core.errors import BackupMXError
 
 
 @operation()
@@ -14,8 +14,8 @@ def backup_mx_records(run, domain, mailhost_names):
     Publish the backup MX records of ``domain``: only after stage 4 proved the
     postscreen whitelist and rspamd exemption live on every mail host in this run.
 
-    + run: the deploy's ``backupmx.run.Run`` (holds the plan made while preparing)
-    + domain: the ``backupmx.config.Domain`` to change
+    + run: the deploy's ``backupmx.lifecycle.deploy.Run`` (holds the plan made while preparing)
+    + domain: the ``backupmx.core.settings.Domain`` to change
     + mailhost_names: every mail host of the inventory; each must be proven live
 
     Creates come before deletes, so the MX set never shrinks mid-change; the

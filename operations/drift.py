@@ -1,6 +1,6 @@
 """The drift check's reads, per host of the run (``deploys/drift.py``). Read-only.
 
-Each host's pass through the deploy file adds ``Finding``s (``backupmx.drift``) to
+Each host's pass through the deploy file adds ``Finding``s (``backupmx.lifecycle.drift``) to
 the run's ``DriftRun``; the pass that finishes last prints them and, if anything
 drifted or could not be read, stops the run with exit code 1. Nothing here yields
 an operation, so ``--dry`` and a normal run do exactly the same.
@@ -23,14 +23,24 @@ from pyinfra import host, state
 from pyinfra.api import DeployError
 from pyinfra.context import ctx_state
 
-from backupmx import dnscheck, mtasts
-from backupmx import drift as dr
-from backupmx import monitoring as mon
-from backupmx.config import Settings
-from backupmx.run import settings_of
-from backupmx.errors import BackupMXError
-from backupmx.secrets import SecretStore
+from backupmx.core.context import settings_of
+from backupmx.core.errors import BackupMXError
+from backupmx.core.secrets import SecretStore
+from backupmx.core.settings import Settings
+from backupmx.dns import check as dnscheck
+from backupmx.dns import mtasts
+from backupmx.lifecycle import drift as dr
+from backupmx.mailhost.model import RSPAMD_BLOCK
+from backupmx.monitoring import rules as mon
+from backupmx.postfix.blocks import find_block
+from backupmx.providers.registry import open_provider
 from facts.mailhost import MailhostFiles, PostscreenAccessFile, facts_args
+from operations.mailhost import (
+    mailhost_settings,
+    plan_postscreen_whitelist,
+    plan_rspamd_exemption,
+)
+from operations.monitoring import monitoring_settings
 
 _runs: weakref.WeakKeyDictionary[object, DriftRun] = weakref.WeakKeyDictionary()
 
@@ -98,8 +108,6 @@ def controller_findings(settings: Settings) -> list[dr.Finding]:
 
 
 def provider_findings(settings: Settings) -> list[dr.Finding]:
-    from backupmx.provider import open_provider
-
     subject = settings.provider.name
     try:
         provider = open_provider(settings, SecretStore(settings.vault), fail_fast=True)
@@ -137,12 +145,6 @@ _RULE_NETWORK = re.compile(r'"([0-9A-Fa-f:.]+/\d{1,3})"')
 
 def mailhost_findings(settings: Settings) -> list[dr.Finding]:
     """The whitelist and exemption on the current mail host, as stage 3's plans see them."""
-    from operations.mailhost import (
-        mailhost_settings,
-        plan_postscreen_whitelist,
-        plan_rspamd_exemption,
-    )
-
     mailhost = mailhost_settings(host)
     findings = []
     whitelist = plan_postscreen_whitelist(mailhost, settings.relay_cidrs)
@@ -178,8 +180,6 @@ def mailhost_findings(settings: Settings) -> list[dr.Finding]:
         current = next(change.old for change in exemption.files if change.path == path)
         block = None
         try:
-            from backupmx.mailhost import RSPAMD_BLOCK, find_block
-
             block = find_block(current, RSPAMD_BLOCK)
         except BackupMXError:
             pass
@@ -196,8 +196,6 @@ def mailhost_findings(settings: Settings) -> list[dr.Finding]:
 
 
 def monitoring_findings(settings: Settings) -> list[dr.Finding]:
-    from operations.monitoring import monitoring_settings
-
     monitoring = monitoring_settings(host, settings)
     files = {monitoring.path(name): text for name, text in mon.render_all(settings, monitoring).items()}
     current = host.get_fact(MailhostFiles, paths=tuple(files))

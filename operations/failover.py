@@ -16,6 +16,7 @@ printed once at exit whatever happened (like the rollback's).
 from __future__ import annotations
 
 import atexit
+import shlex
 import weakref
 
 import click
@@ -30,12 +31,11 @@ from pyinfra.api import (
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
-from backupmx import dnscheck
-from backupmx.run import settings_of
-from backupmx.errors import BackupMXError
-from backupmx.failover import Drill, SignalGuard, load_failover
-from backupmx.mailhost import shell_join
-from backupmx.report import CHANGE, FAIL
+from backupmx.core.context import settings_of
+from backupmx.core.errors import BackupMXError
+from backupmx.core.report import CHANGE, FAIL
+from backupmx.dns import check as dnscheck
+from backupmx.lifecycle.drill import Drill, SignalGuard, load_failover
 from operations.mailhost import mailhost_settings, prove_live
 
 _drills: weakref.WeakKeyDictionary[object, Drill] = weakref.WeakKeyDictionary()
@@ -146,7 +146,7 @@ def drill_preflight(drill: Drill):
     """
     Step 1: refuse unless the backup MX set is live in DNS and the whitelist is live.
 
-    + drill: the run's ``backupmx.failover.Drill``
+    + drill: the run's ``backupmx.lifecycle.drill.Drill``
     """
     backup = drill.settings.backup_mx
     _show(f"failover 1: would check the authoritative DNS of {drill.domain} lists "
@@ -167,20 +167,20 @@ def drill_down_window(drill: Drill):
     """
     Steps 2-5: stop the primary, send the probes, confirm them queued, start the primary (always).
 
-    + drill: the run's ``backupmx.failover.Drill``
+    + drill: the run's ``backupmx.lifecycle.drill.Drill``
     """
     f = drill.failover
     hosts = drill.settings.backup_mx.hosts
-    _show(f"failover 2: would stop the primary mail path: {shell_join(f.stop_command)} "
+    _show(f"failover 2: would stop the primary mail path: {shlex.join(f.stop_command)} "
           f"(at most {f.window_seconds:.0f} s)")
     _show(f"failover 3: would send {f.probes} DKIM-signed probe(s) from {f.sender_domain} to {f.recipient} via "
           f"{', '.join(hosts)}")
     _show(f"failover 4: would wait up to {f.queue_seconds:.0f} s for each in the {drill.settings.provider.name} queue")
-    _show(f"failover 5: would start it again (always): {shell_join(f.start_command)}; then {f.up_check} must accept")
-    _plan(drill, "2", "take the primary down", f"would run {shell_join(f.stop_command)}")
+    _show(f"failover 5: would start it again (always): {shlex.join(f.start_command)}; then {f.up_check} must accept")
+    _plan(drill, "2", "take the primary down", f"would run {shlex.join(f.stop_command)}")
     _plan(drill, "3", "send probes", f"would send {f.probes} to {', '.join(hosts)}")
     _plan(drill, "4", "probes queued at the provider", "would check the provider's queue listing")
-    _plan(drill, "5", "bring the primary back", f"would run {shell_join(f.start_command)}")
+    _plan(drill, "5", "bring the primary back", f"would run {shlex.join(f.start_command)}")
     yield FunctionCommand(_down_window, (drill,), {})
 
 
@@ -189,7 +189,7 @@ def drill_verify(drill: Drill):
     """
     Steps 6-7: wait for the provider's queue to drain; check each probe in the mailbox.
 
-    + drill: the run's ``backupmx.failover.Drill``
+    + drill: the run's ``backupmx.lifecycle.drill.Drill``
     """
     f = drill.failover
     _show(f"failover 6: would wait up to {f.drain_seconds:.0f} s for the queue to drain")

@@ -6,7 +6,7 @@
   own ``postscreen_access_list`` and cache map (seed change 2).
 - ``verify_live``: stage 4, the proof, at execution time, that both are in force.
 
-Each change is one transaction on the mail host (``backupmx.mailhost.transaction_script``):
+Each change is one transaction on the mail host (``backupmx.postfix.transaction.transaction_script``):
 files swapped atomically, validated before any reload, the previous files put back
 byte for byte on any failure. The plan (``plan_*``) is made from facts and pure
 functions, so the deploy file can show it in the gate report before anything runs.
@@ -20,13 +20,32 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from pyinfra import host, logger, state
-from pyinfra.context import ctx_state
 from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
+from pyinfra.context import ctx_state
 
-from backupmx import mailhost as mh
-from backupmx.config import IPNetwork
-from backupmx.errors import BackupMXError
-from backupmx.report import CHANGE, FAIL, PASS, SKIP, TODO
+from backupmx.core.errors import BackupMXError
+from backupmx.core.relayhost import postfix_size
+from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, TODO
+from backupmx.core.validate import IPNetwork
+from backupmx.mailhost.listener import missing_listener_message, wanted_listener_options
+from backupmx.mailhost.model import (
+    ACCESS_LIST,
+    EXEMPT,
+    POSTFIX_DEFAULT_ACCESS_LIST,
+    RSPAMD_BLOCK,
+    RSPAMD_CAP_RULE,
+    RSPAMD_RULE,
+    USER_PATCHES_BLOCK,
+    MailHost,
+    dms_policy_conflicts,
+    load_mailhost,
+)
+from backupmx.mailhost.proof import Proof, judge_scans, probe_addresses, scan_message, settings_rule_in_dump
+from backupmx.mailhost.render import render_postscreen_access, render_user_patches_block, rspamd_files
+from backupmx.postfix.blocks import with_block
+from backupmx.postfix.maincf import postfix_list
+from backupmx.postfix.mastercf import Listener, remove_service_options, set_service_options
+from backupmx.postfix.transaction import FileChange, Transaction, unified_diff
 from facts.mailhost import (
     DockerMailserverPolicies,
     InterruptedTransactions,
@@ -50,9 +69,9 @@ class Plan:
 
     label: str
     problems: list[str] = field(default_factory=list)
-    files: list[mh.FileChange] = field(default_factory=list)
+    files: list[FileChange] = field(default_factory=list)
     live: list[str] = field(default_factory=list)  # docker-mailserver: what changes in the running container
-    transaction: mh.Transaction | None = None
+    transaction: Transaction | None = None
     already: str = ""
 
     @property
@@ -68,7 +87,7 @@ class Plan:
     def diff(self) -> list[str]:
         lines = []
         for change in self.files:
-            lines.extend(mh.unified_diff(change.path, change.old, change.new))
+            lines.extend(unified_diff(change.path, change.old, change.new))
         lines.extend(f"live: {item}" for item in self.live)
         return lines
 
@@ -83,32 +102,32 @@ def _cidrs(relay_cidrs: Iterable[IPNetwork | str]) -> list[str]:
 # assess_mailhost's combined read and the plans' own reads are the same reads.
 
 
-def _listeners_args(mailhost: mh.MailHost) -> dict:
+def _listeners_args(mailhost: MailHost) -> dict:
     return {"config_dir": mailhost.postfix_config_dir, **facts_args(mailhost)}
 
 
-def _files_args(mailhost: mh.MailHost) -> dict:
+def _files_args(mailhost: MailHost) -> dict:
     second = mailhost.user_patches_host_path if mailhost.is_docker else mailhost.master_cf_path
     return {"paths": (mailhost.cidr_host_path, second)}  # on the host, not in the container
 
 
-def _exemption_args(mailhost: mh.MailHost) -> dict:
+def _exemption_args(mailhost: MailHost) -> dict:
     return {"settings_path": mailhost.rspamd_settings_host_path, "rspamadm_args": mailhost.rspamadm_args,
             "live_path": mailhost.rspamd_settings_live_path if mailhost.is_docker else None, "dump": False,
             **facts_args(mailhost)}
 
 
-def _external_relay_args(mailhost: mh.MailHost) -> dict:
+def _external_relay_args(mailhost: MailHost) -> dict:
     """The external_relay mode's own files (native only; read in either mode, to take our blocks out)."""
-    return {"paths": tuple(path for path in mh.rspamd_files(mailhost, None)
+    return {"paths": tuple(path for path in rspamd_files(mailhost, None)
                            if path != mailhost.rspamd_settings_host_path)}
 
 
-def _interrupted_args(mailhost: mh.MailHost) -> dict:
+def _interrupted_args(mailhost: MailHost) -> dict:
     return {"paths": tuple(mailhost.managed_host_paths()) + _external_relay_args(mailhost)["paths"]}
 
 
-def _plan_reads(mailhost: mh.MailHost) -> list[tuple[type, dict]]:
+def _plan_reads(mailhost: MailHost) -> list[tuple[type, dict]]:
     reads = [(RspamdExemption, _exemption_args(mailhost)), (PostscreenListeners, _listeners_args(mailhost)),
              (MailhostFiles, _files_args(mailhost)), (InterruptedTransactions, _interrupted_args(mailhost))]
     if _external_relay_args(mailhost)["paths"]:
@@ -153,7 +172,7 @@ def _fact(fact: type, arguments: dict, shared: bool = False):
     return host.get_fact(fact, **arguments)
 
 
-def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool = True) -> Plan:
+def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = True) -> Plan:
     plan = Plan("postscreen_whitelist")
     cidrs = _cidrs(relay_cidrs)
     fargs = facts_args(mailhost)
@@ -162,7 +181,7 @@ def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool 
         plan.problems.append(f"Postfix: cannot read its configuration on {host.name} ({listeners['error']}); "
                              "is Postfix installed and mailhost.postfix_config_dir right?")
         return plan
-    missing = mh.missing_listener_message(mailhost, listeners["services"])
+    missing = missing_listener_message(mailhost, listeners["services"])
     if missing:
         plan.problems.append(missing)
         return plan
@@ -171,7 +190,7 @@ def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool 
         if not policies["ok"]:
             plan.problems.append(f"docker-mailserver: {policies['error']}")
             return plan
-        conflicts = mh.dms_policy_conflicts(policies["env"], policies["restrictions"], policies["milters"])
+        conflicts = dms_policy_conflicts(policies["env"], policies["restrictions"], policies["milters"])
         if conflicts and present:
             plan.problems.append("docker-mailserver judges relayed mail before rspamd: " + "; ".join(conflicts))
             return plan
@@ -186,18 +205,18 @@ def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool 
     cidr_now, second_now = files[mailhost.cidr_host_path]["content"], files[second]["content"]
     listener = listeners["services"][mailhost.service_key]
     if present:
-        options = mh.wanted_listener_options(mailhost, listeners["services"], listeners["main"])
-        cidr_new = mh.render_postscreen_access(cidrs)
+        options = wanted_listener_options(mailhost, listeners["services"], listeners["main"])
+        cidr_new = render_postscreen_access(cidrs)
     else:
         options = _options_without_whitelist(mailhost, listener, listeners["main"])
         cidr_new = None
     try:
         if mailhost.is_docker:
-            block = mh.render_user_patches_block(mailhost, options) if present else None
+            block = render_user_patches_block(mailhost, options) if present else None
             # A new user-patches.sh starts with a shebang; docker-mailserver runs it with bash.
-            second_new = mh.with_block(second_now, mh.USER_PATCHES_BLOCK, block, header="#!/bin/bash\n")
+            second_new = with_block(second_now, USER_PATCHES_BLOCK, block, header="#!/bin/bash\n")
         elif present:
-            second_new = mh.set_service_options(second_now or "", mailhost.proxy_service,
+            second_new = set_service_options(second_now or "", mailhost.proxy_service,
                                                 mailhost.proxy_service_type, options)
         else:
             second_new = _master_cf_without_whitelist(mailhost, second_now or "", listener, options)
@@ -206,7 +225,7 @@ def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool 
         return plan
     for path, old, new in ((mailhost.cidr_host_path, cidr_now, cidr_new), (second, second_now, second_new)):
         if old != new:
-            plan.files.append(mh.FileChange(path, old, new))
+            plan.files.append(FileChange(path, old, new))
     _redo_interrupted(plan, mailhost, {mailhost.cidr_host_path: cidr_now, second: second_now})
     live_commands = []
     if mailhost.is_docker:
@@ -224,8 +243,8 @@ def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool 
         plan.already = (f"relay whitelist already on {mailhost.service_key} ({len(cidrs)} networks)" if present
                         else f"no relay whitelist on {mailhost.service_key}")
         return plan
-    probes = mh.probe_addresses(cidrs)
-    plan.transaction = mh.Transaction(
+    probes = probe_addresses(cidrs)
+    plan.transaction = Transaction(
         label=f"postscreen_whitelist {mailhost.service_key}",
         files=tuple(plan.files),
         live_files=(tuple(mailhost.in_target([mailhost.master_cf_path])),) if live_commands else (),
@@ -238,29 +257,29 @@ def plan_postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool 
     return plan
 
 
-def _options_without_whitelist(mailhost: mh.MailHost, listener: mh.Listener, main) -> dict:
+def _options_without_whitelist(mailhost: MailHost, listener: Listener, main) -> dict:
     """present=False: the access list without our table; None drops the override."""
     ours = f"cidr:{mailhost.cidr_path}"
-    current = listener.params.get(mh.ACCESS_LIST)
+    current = listener.params.get(ACCESS_LIST)
     if current is None:
         return {}
-    entries = [entry for entry in mh.postfix_list(current) if entry != ours]
-    base = mh.postfix_list(main.get(mh.ACCESS_LIST, mh.POSTFIX_DEFAULT_ACCESS_LIST))
-    return {mh.ACCESS_LIST: None if entries == base else ",".join(entries)}
+    entries = [entry for entry in postfix_list(current) if entry != ours]
+    base = postfix_list(main.get(ACCESS_LIST, POSTFIX_DEFAULT_ACCESS_LIST))
+    return {ACCESS_LIST: None if entries == base else ",".join(entries)}
 
 
-def _master_cf_without_whitelist(mailhost: mh.MailHost, master_cf: str, listener: mh.Listener, options) -> str:
-    value = options.get(mh.ACCESS_LIST, "")
+def _master_cf_without_whitelist(mailhost: MailHost, master_cf: str, listener: Listener, options) -> str:
+    value = options.get(ACCESS_LIST, "")
     if value is None:
-        return mh.remove_service_options(master_cf, mailhost.proxy_service, mailhost.proxy_service_type,
-                                         {mh.ACCESS_LIST: listener.params[mh.ACCESS_LIST]})
+        return remove_service_options(master_cf, mailhost.proxy_service, mailhost.proxy_service_type,
+                                         {ACCESS_LIST: listener.params[ACCESS_LIST]})
     if value:
-        return mh.set_service_options(master_cf, mailhost.proxy_service, mailhost.proxy_service_type,
-                                      {mh.ACCESS_LIST: value})
+        return set_service_options(master_cf, mailhost.proxy_service, mailhost.proxy_service_type,
+                                      {ACCESS_LIST: value})
     return master_cf
 
 
-def plan_rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = True) -> Plan:
+def plan_rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True) -> Plan:
     plan = Plan("rspamd_exemption")
     cidrs = _cidrs(relay_cidrs)
     live_path = mailhost.rspamd_settings_live_path if mailhost.is_docker else None
@@ -276,13 +295,13 @@ def plan_rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = Tr
         plan.problems.append(f"cannot read {live_path} in container {mailhost.container}: {found['live_error']}")
         return plan
     current = found["file"]
-    foreign = mh.with_block(current, mh.RSPAMD_BLOCK, None) or ""
-    for rule in (mh.RSPAMD_RULE, mh.RSPAMD_CAP_RULE):
+    foreign = with_block(current, RSPAMD_BLOCK, None) or ""
+    for rule in (RSPAMD_RULE, RSPAMD_CAP_RULE):
         if rule in foreign:
             plan.problems.append(f"{mailhost.rspamd_settings_host_path} already has a rule named {rule} "
                                  "outside the backupmx block; rename or remove it")
             return plan
-    wanted = mh.rspamd_files(mailhost, cidrs if present else None)
+    wanted = rspamd_files(mailhost, cidrs if present else None)
     contents = {mailhost.rspamd_settings_host_path: current}
     contents.update(_read_external_relay_files(mailhost, wanted, plan))
     if plan.problems:
@@ -290,12 +309,12 @@ def plan_rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = Tr
     # settings.conf first: the drift report reads the first change as the settings file.
     for path, (block_name, comment, block) in wanted.items():
         try:
-            changed = mh.with_block(contents[path], block_name, block, comment=comment)
+            changed = with_block(contents[path], block_name, block, comment=comment)
         except BackupMXError as error:
             plan.problems.append(f"{path}: {error}")
             return plan
         if changed != contents[path]:
-            plan.files.append(mh.FileChange(path, contents[path], changed))
+            plan.files.append(FileChange(path, contents[path], changed))
     _redo_interrupted(plan, mailhost, contents)
     new = next((c.new for c in plan.files if c.path == mailhost.rspamd_settings_host_path), current)
     live_commands = []
@@ -309,11 +328,11 @@ def plan_rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = Tr
         live_commands.append((f"{'remove' if new is None else 'copy the settings into'} {live_path}", tuple(argv)))
         plan.live = [f"{live_commands[0][0]} (in container {mailhost.container})"]
     if not plan.changed:
-        mode = "" if mailhost.relay_scoring == mh.EXEMPT else f", relay scoring {mailhost.relay_scoring}"
+        mode = "" if mailhost.relay_scoring == EXEMPT else f", relay scoring {mailhost.relay_scoring}"
         plan.already = (f"rspamd exemption already in {mailhost.rspamd_settings_host_path} ({len(cidrs)} networks{mode})"
                         if present else "no rspamd exemption")
         return plan
-    plan.transaction = mh.Transaction(
+    plan.transaction = Transaction(
         label="rspamd_exemption",
         files=tuple(plan.files),
         live_files=(tuple(mailhost.in_target([live_path])),) if live_commands else (),
@@ -324,7 +343,7 @@ def plan_rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = Tr
     return plan
 
 
-def _redo_interrupted(plan: Plan, mailhost: mh.MailHost, current: dict[str, str | None]) -> None:
+def _redo_interrupted(plan: Plan, mailhost: MailHost, current: dict[str, str | None]) -> None:
     """Files a cut-off transaction left (``InterruptedTransactions``) go through the transaction again.
 
     Its files may be swapped in, validated or not, and never reloaded: the running
@@ -334,10 +353,10 @@ def _redo_interrupted(plan: Plan, mailhost: mh.MailHost, current: dict[str, str 
     left = _fact(InterruptedTransactions, _interrupted_args(mailhost), shared=True)  # both plans ask
     for path in left:
         if path in current and all(change.path != path for change in plan.files):
-            plan.files.append(mh.FileChange(path, current[path], current[path]))
+            plan.files.append(FileChange(path, current[path], current[path]))
 
 
-def _read_external_relay_files(mailhost: mh.MailHost, wanted: dict, plan: Plan) -> dict:
+def _read_external_relay_files(mailhost: MailHost, wanted: dict, plan: Plan) -> dict:
     """The external_relay mode's two files as they are now (read even in exempt mode, to take blocks out)."""
     paths = tuple(path for path in wanted if path != mailhost.rspamd_settings_host_path)
     if not paths:
@@ -385,11 +404,11 @@ def _apply(plan: Plan):
 
 
 @operation()
-def postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool = True):
+def postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = True):
     """
     Let the backup MX provider's relays through postscreen on the PROXY-v2 listener only.
 
-    + mailhost: the host's ``backupmx.mailhost.MailHost`` (``load_mailhost(host.data.mailhost)``)
+    + mailhost: the host's ``backupmx.mailhost.model.MailHost`` (``load_mailhost(host.data.mailhost)``)
     + relay_cidrs: the provider's relay networks (IPv4 and IPv6), already validated
     + present: ``False`` takes our table out of the listener's access list and removes the file
 
@@ -421,11 +440,11 @@ def postscreen_whitelist(mailhost: mh.MailHost, relay_cidrs, present: bool = Tru
 
 
 @operation()
-def rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = True):
+def rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True):
     """
     Exempt mail from the relay networks from rspamd's SPF and DMARC scoring, nothing else.
 
-    + mailhost: the host's ``backupmx.mailhost.MailHost``
+    + mailhost: the host's ``backupmx.mailhost.model.MailHost``
     + relay_cidrs: the provider's relay networks
     + present: ``False`` removes the rule (and the file, if it held nothing else)
 
@@ -461,7 +480,7 @@ def rspamd_exemption(mailhost: mh.MailHost, relay_cidrs, present: bool = True):
 # --- stage 4: proof ---------------------------------------------------------------
 
 
-def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = True, target=None) -> mh.Proof:
+def prove_live(mailhost: MailHost, relay_cidrs, domain: str, dump: bool = True, target=None) -> Proof:
     """Read the mail host again and check the whitelist and the exemption are in force.
 
     - the CIDR file permits exactly the relay networks;
@@ -473,16 +492,16 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
     - rspamc through the controller: a message from ``postmaster@domain`` claimed
       from a relay address has no R_SPF_*/DMARC_* symbol, from an outside address it
       has R_SPF_* (the running rspamd has the rule); with relay scoring
-      ``external_relay``, ``mh.judge_scans`` checks instead that the relay's Received
+      ``external_relay``, ``judge_scans`` checks instead that the relay's Received
       header is taken and scored, and the action is not reject;
     - an SMTP session through the listener claiming each relay address and talking
       before the greeting reaches RCPT 250 (the running postscreen has the table).
     """
     on = host if target is None else target
     cidrs = _cidrs(relay_cidrs)
-    probes = mh.probe_addresses(cidrs)
+    probes = probe_addresses(cidrs)
     fargs = facts_args(mailhost)
-    proof = mh.Proof(True)
+    proof = Proof(True)
     relay_ip, outside_ip = probes.inside[0][1], probes.outside[0]
     sources = tuple(address for _, address in probes.inside)
     # Every read of the proof in one SSH round trip, run concurrently on the host.
@@ -492,7 +511,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
                        rspamadm_args=mailhost.rspamadm_args,
                        live_path=mailhost.rspamd_settings_live_path if mailhost.is_docker else None, dump=dump,
                        controller=mailhost.rspamd_controller, ips=(relay_ip, outside_ip),
-                       mail_from=f"postmaster@{domain}", message=mh.scan_message(mailhost, domain, outside_ip),
+                       mail_from=f"postmaster@{domain}", message=scan_message(mailhost, domain, outside_ip),
                        listener=mailhost.smtp_probe or None, sources=sources, rcpt=f"postmaster@{domain}", **fargs)
 
     table = read["table"]
@@ -527,22 +546,22 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
     else:
         services = listeners["services"]
         listener = services.get(mailhost.service_key)
-        value = listener.params.get(mh.ACCESS_LIST, "") if listener else ""
+        value = listener.params.get(ACCESS_LIST, "") if listener else ""
         elsewhere = [key for key, service in services.items() if key != mailhost.service_key
-                     and ours in mh.postfix_list(service.params.get(mh.ACCESS_LIST, ""))]
-        if ours in mh.postfix_list(listeners["main"].get(mh.ACCESS_LIST, "")):
+                     and ours in postfix_list(service.params.get(ACCESS_LIST, ""))]
+        if ours in postfix_list(listeners["main"].get(ACCESS_LIST, "")):
             elsewhere.append("main.cf")
-        ok = listener is not None and ours in mh.postfix_list(value) and not elsewhere
+        ok = listener is not None and ours in postfix_list(value) and not elsewhere
         if ok:
             detail = f"{ours} on {mailhost.service_key} only"
         else:
-            detail = f"{mailhost.service_key}/{mh.ACCESS_LIST} = {value or '(not set)'}"
+            detail = f"{mailhost.service_key}/{ACCESS_LIST} = {value or '(not set)'}"
             if elsewhere:
                 detail += f"; also on {', '.join(elsewhere)} (must be the PROXY-v2 listener only)"
         proof.add("postconf -P", ok, detail)
 
     exemption = read["exemption"]
-    wanted_block = mh.rspamd_files(mailhost, cidrs)[mailhost.rspamd_settings_host_path][2]
+    wanted_block = rspamd_files(mailhost, cidrs)[mailhost.rspamd_settings_host_path][2]
     block_ok = exemption["block"] == wanted_block
     if mailhost.is_docker:
         block_ok = block_ok and exemption["live_file"] == exemption["file"]
@@ -550,7 +569,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
               f"{' (or the container copy differs)' if mailhost.is_docker else ''}")
     if dump:
         rules = exemption["rules"] if exemption["rspamadm"] else {}
-        dump_ok, rule_name = mh.settings_rule_in_dump(mailhost, rules, cidrs)
+        dump_ok, rule_name = settings_rule_in_dump(mailhost, rules, cidrs)
         proof.add("configdump", dump_ok, f"{rule_name} for {len(cidrs)} networks" if dump_ok
                   else f"configdump does not show {rule_name} as rendered ({exemption['error'] or 'rule missing'})")
 
@@ -563,7 +582,7 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
             proof.add("rspamc", False, relay.get("error") or outside.get("error") or "no scan result")
         else:
             # What the scans must show depends on the relay scoring mode.
-            proof.add("rspamc", *mh.judge_scans(mailhost, relay_ip, outside_ip, relay, outside))
+            proof.add("rspamc", *judge_scans(mailhost, relay_ip, outside_ip, relay, outside))
 
     if mailhost.smtp_probe:
         session = read["pregreet"]
@@ -583,14 +602,14 @@ def prove_live(mailhost: mh.MailHost, relay_cidrs, domain: str, dump: bool = Tru
 _SETTLING = {"rspamc", "pregreet"}
 
 
-def prove_live_settled(mailhost: mh.MailHost, relay_cidrs, domain: str, timeout: float = SETTLE_SECONDS,
-                       target=None) -> mh.Proof:
+def prove_live_settled(mailhost: MailHost, relay_cidrs, domain: str, timeout: float = SETTLE_SECONDS,
+                       target=None) -> Proof:
     """``prove_live``, again while only the running daemons lag behind the files."""
     return prove_settled(lambda first: prove_live(mailhost, relay_cidrs, domain, dump=first, target=target),
                          _SETTLING, timeout)
 
 
-def prove_settled(prove: Callable[[bool], mh.Proof], settling: set[str], timeout: float) -> mh.Proof:
+def prove_settled(prove: Callable[[bool], Proof], settling: set[str], timeout: float) -> Proof:
     """``prove(True)``, then ``prove(False)`` once a second while every failing check is in
     ``settling`` (a reload still taking effect), until ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -603,14 +622,14 @@ def prove_settled(prove: Callable[[bool], mh.Proof], settling: set[str], timeout
     return proof
 
 
-def run_proof(host, prove: Callable[[], mh.Proof], record, check: str, proven: str, failed: str,
+def run_proof(host, prove: Callable[[], Proof], record, check: str, proven: str, failed: str,
               next_step: str) -> bool:
     """A proof at execution, for the ordering guard: ``record``ed, logged with its time, False if not live."""
     started = time.monotonic()
     try:
         proof = prove()
     except BackupMXError as error:
-        proof = mh.Proof(False, [(check, False, str(error))])
+        proof = Proof(False, [(check, False, str(error))])
     evidence = proof.evidence()
     if record is not None:
         record(host.name, proof.live, evidence)
@@ -629,12 +648,12 @@ def _verify(state, host, mailhost, relay_cidrs, domain, record, timeout):  # (st
 
 
 @operation(is_idempotent=False)
-def verify_live(mailhost: mh.MailHost, relay_cidrs, domain: str,
+def verify_live(mailhost: MailHost, relay_cidrs, domain: str,
                 record: Callable[[str, bool, str], None], timeout: float = SETTLE_SECONDS):
     """
     Stage 4: prove, when it runs, that the whitelist and the exemption are in force.
 
-    + mailhost: the host's ``backupmx.mailhost.MailHost``
+    + mailhost: the host's ``backupmx.mailhost.model.MailHost``
     + relay_cidrs: the provider's relay networks
     + domain: the protected domain (the rspamc and SMTP probes use its postmaster)
     + record: called as ``record(host_name, live, evidence)`` (``Run.record_mailhost_proof``)
@@ -667,7 +686,7 @@ class Assessment:
     """Stage 3 and 4 of one mail host as seen while preparing."""
 
     plans: list[Plan]
-    proof: mh.Proof | None = None  # made while preparing when nothing is left to change
+    proof: Proof | None = None  # made while preparing when nothing is left to change
     message_size_limit: int | None = None  # Postfix's, as read with the plans' facts (None: not read)
 
     @property
@@ -679,7 +698,7 @@ class Assessment:
         return any(plan.changed for plan in self.plans)
 
 
-def assess_mailhost(mailhost: mh.MailHost, relay_cidrs, domain: str) -> Assessment:
+def assess_mailhost(mailhost: MailHost, relay_cidrs, domain: str) -> Assessment:
     """Plans of both operations; if neither would change anything, the proof too (read-only).
 
     The plans are kept for this host and preparing pass, so the operations called
@@ -693,8 +712,6 @@ def assess_mailhost(mailhost: mh.MailHost, relay_cidrs, domain: str) -> Assessme
         _remember(plan, mailhost, relay_cidrs, True)
     assessment = Assessment(plans)
     if listeners["postconf"]:
-        from backupmx.relayhost import postfix_size
-
         assessment.message_size_limit = postfix_size(listeners["main"].get("message_size_limit"))
     if not assessment.problems and not assessment.changed:
         assessment.proof = prove_live(mailhost, relay_cidrs, domain)
@@ -706,10 +723,10 @@ def is_mailhost(target) -> bool:
     return "mailhosts" in (target.groups or []) or target.data.get("mailhost") is not None
 
 
-def mailhost_settings(target) -> mh.MailHost:
+def mailhost_settings(target) -> MailHost:
     """Stage 0 for one mail host: its ``mailhost`` data validated, or one ``DeployError`` line."""
     try:
-        return mh.load_mailhost(target.data.get("mailhost"))
+        return load_mailhost(target.data.get("mailhost"))
     except BackupMXError as error:
         raise DeployError(f"{target.name}: {error}") from None
 
@@ -744,16 +761,16 @@ TITLE_4 = "verify live on every mail host"
 _plans: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
-def _key(plan_label: str, mailhost: mh.MailHost, relay_cidrs, present: bool) -> tuple:
+def _key(plan_label: str, mailhost: MailHost, relay_cidrs, present: bool) -> tuple:
     return (host.name, plan_label, mailhost, tuple(_cidrs(relay_cidrs)), present)
 
 
-def _remember(plan: Plan, mailhost: mh.MailHost, relay_cidrs, present: bool) -> None:
+def _remember(plan: Plan, mailhost: MailHost, relay_cidrs, present: bool) -> None:
     if not state.is_executing:
         _plans.setdefault(ctx_state.get(), {})[_key(plan.label, mailhost, relay_cidrs, present)] = plan
 
 
-def _recall(plan_label: str, mailhost: mh.MailHost, relay_cidrs, present: bool) -> Plan | None:
+def _recall(plan_label: str, mailhost: MailHost, relay_cidrs, present: bool) -> Plan | None:
     if state.is_executing and state.should_check_for_changes():
         # The operation already took its plan while preparing, and execution may
         # come long after (a prompt): read the host as it is now.

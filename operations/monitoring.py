@@ -2,7 +2,7 @@
 
 - ``monitoring_files``: the blackbox modules, the alert rules and the scrape jobs
   into ``monitoring.dir`` on a host of the ``monitoring`` group, as one transaction
-  (``backupmx.mailhost.transaction_script``, the mail host stage's): every file
+  (``backupmx.postfix.transaction.transaction_script``, the mail host stage's): every file
   written next to its target and renamed in, then validated in place
   (``blackbox_exporter --config.check``, ``promtool check rules``, ``promtool check
   config``), the previous files put back byte for byte if any check fails, the
@@ -31,10 +31,12 @@ from pyinfra.api import (
     operation,
 )
 
-from backupmx import mailhost as mh
-from backupmx import monitoring as mon
-from backupmx.config import Settings
-from backupmx.errors import BackupMXError
+from backupmx.core.errors import BackupMXError
+from backupmx.core.settings import Settings
+from backupmx.monitoring import docs
+from backupmx.monitoring import rules as mon
+from backupmx.postfix.shell import one_line
+from backupmx.postfix.transaction import FileChange, Transaction, unified_diff
 from facts.mailhost import MailhostFiles
 from operations.transaction import transaction_commands
 
@@ -68,7 +70,7 @@ def _fail(state, host, message):  # pyinfra calls it with (state, host, ...)
     return False
 
 
-def plan_monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]) -> tuple[list[mh.FileChange], str | None]:
+def plan_monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]) -> tuple[list[FileChange], str | None]:
     """The file changes on the current host, or a problem that stops the operation."""
     paths = {monitoring.path(name): text for name, text in files.items()}
     current = host.get_fact(MailhostFiles, paths=tuple(paths))
@@ -78,7 +80,7 @@ def plan_monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]) -> 
         if entry is None or entry["error"]:
             return [], f"cannot read {path} on {host.name}: {entry['error'] if entry else 'no answer'}"
         if entry["content"] != text:
-            changes.append(mh.FileChange(path, entry["content"], text))
+            changes.append(FileChange(path, entry["content"], text))
     return changes, None
 
 
@@ -117,11 +119,11 @@ def monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]):
         return
     diff = []
     for change in changes:
-        diff.extend(mh.unified_diff(change.path, change.old, change.new))
+        diff.extend(unified_diff(change.path, change.old, change.new))
     summary = "; ".join(f"{'create' if c.old is None else 'change'} {c.path}" for c in changes)
     checks = ", ".join(what for what, _ in monitoring.validations()) or "no validation (disabled in the inventory)"
     _show(f"monitoring_files: {summary} (validated with {checks})", diff)
-    transaction = mh.Transaction(
+    transaction = Transaction(
         label="monitoring_files",
         files=tuple(changes),
         # Run after the swap and before any reload; a failure restores the old files.
@@ -168,7 +170,7 @@ def local_file(path: str, text: str):
         host.noop(f"{path} already as rendered")
         return
     _show(f"local_file: {'create' if old is None else 'change'} {path} (on the control machine)",
-          mh.unified_diff(path, old, text))
+          unified_diff(path, old, text))
     yield FunctionCommand(_write_local, (str(target), text), {})
 
 
@@ -210,8 +212,6 @@ def prepare_monitoring(settings: Settings) -> PreparedMonitoring | None:
                           "install them here (make setup) or turn the checks on")
     pages = []
     if monitoring.runbook or monitoring.architecture:
-        from backupmx import docs
-
         inventory_file = next((f"inventory/{group}.py" for group in host.groups
                                if Path(PROJECT_ROOT, "inventory", f"{group}.py").exists()), "inventory/production.py")
         try:
@@ -285,7 +285,7 @@ def validate_locally(files: dict[str, str], promtool_bin: str = "promtool",
                 problems.append(f"{what}: no answer in {timeout:.0f} s")
                 continue
             if result.returncode != 0:
-                problems.append(f"{what} (exit {result.returncode}): {mh.one_line(result.stderr + result.stdout)}")
+                problems.append(f"{what} (exit {result.returncode}): {one_line(result.stderr + result.stdout)}")
             else:
                 passed.append(what)
     return passed, problems

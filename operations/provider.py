@@ -11,10 +11,11 @@ import weakref
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, OperationError, operation
 
-from backupmx.errors import BackupMXError
-from backupmx.maintenance import REMINDER, Maintenance, parse_action
-from backupmx.run import once_per_state, take_run_lock
-from backupmx.provider import ManualStepRequired
+from backupmx.core.context import once_per_state
+from backupmx.core.errors import BackupMXError
+from backupmx.lifecycle.deploy import take_run_lock
+from backupmx.lifecycle.maintenance import REMINDER, Maintenance, parse_action
+from backupmx.providers.base import ManualStepRequired
 
 _runs: weakref.WeakKeyDictionary[object, Maintenance] = weakref.WeakKeyDictionary()
 
@@ -72,8 +73,8 @@ def accept_and_hold(maintenance, domain, on: bool):
     """
     Turn the provider's Accept-and-Hold on or off for ``domain``.
 
-    + maintenance: the run's ``backupmx.maintenance.Maintenance``
-    + domain: the ``backupmx.config.Domain``
+    + maintenance: the run's ``backupmx.lifecycle.maintenance.Maintenance``
+    + domain: the ``backupmx.core.settings.Domain``
     + on: ``True`` holds (accept and queue, deliver nothing), ``False`` releases
 
     The state is read first (nothing changes when it already is as wanted) and
@@ -104,8 +105,8 @@ def hold_status(maintenance, domain):
     """
     Report Accept-and-Hold and the provider's queue for ``domain``; changes nothing.
 
-    + maintenance: the run's ``backupmx.maintenance.Maintenance``
-    + domain: the ``backupmx.config.Domain``
+    + maintenance: the run's ``backupmx.lifecycle.maintenance.Maintenance``
+    + domain: the ``backupmx.core.settings.Domain``
     """
     try:
         lines = maintenance.status(domain.name)

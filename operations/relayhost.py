@@ -7,7 +7,7 @@
 - ``assess_relayhost``: read-only, while preparing: the plan, the proof when nothing
   is left to change, and the gate rows G1, G2 and G4 for this relay.
 
-A change is one transaction on the relay host (``backupmx.mailhost.transaction_script``):
+A change is one transaction on the relay host (``backupmx.postfix.transaction.transaction_script``):
 files swapped atomically, ``postfix check`` must not print anything new, the previous
 files are put back byte for byte on any failure, and only then Postfix reloads.
 """
@@ -23,10 +23,20 @@ from pyinfra import host, state
 from pyinfra.api import DeployError, FunctionCommand, operation
 from pyinfra.context import ctx_state
 
-from backupmx import mailhost as mh
-from backupmx import relayhost as rh
-from backupmx.errors import BackupMXError
-from backupmx.report import CHANGE, FAIL, PASS, TODO, Check
+from backupmx.core.errors import BackupMXError
+from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size
+from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Check
+from backupmx.mailhost.proof import Proof
+from backupmx.postfix.transaction import FileChange, Transaction
+from backupmx.providers.relayhost import (
+    check_domains,
+    judge_smtp,
+    main_settings,
+    render_tls_policy,
+    setting_mismatches,
+    soft_only_problems,
+    wanted_files,
+)
 from facts.relayhost import RelayFiles, RelayPostconf, RelayQueue, RelaySmtpProof
 from operations.mailhost import Plan, _apply, prove_settled, run_proof
 
@@ -37,11 +47,11 @@ SETTLE_SECONDS = 30.0
 # --- the plan -------------------------------------------------------------------
 
 
-def plan_relay_config(relay: rh.RelayHost, domains: Sequence[str], present: bool = True, postfix=None) -> Plan:
+def plan_relay_config(relay: RelayHost, domains: Sequence[str], present: bool = True, postfix=None) -> Plan:
     """What ``relay_config`` would change; ``postfix``: the ``RelayPostconf`` fact if already read."""
     plan = Plan("relay_config")
     try:
-        domains = rh.check_domains(domains)
+        domains = check_domains(domains)
     except BackupMXError as error:
         plan.problems.append(str(error))
         return plan
@@ -59,16 +69,16 @@ def plan_relay_config(relay: rh.RelayHost, domains: Sequence[str], present: bool
         return plan
     current = {path: files[path]["content"] for path in paths}
     try:
-        wanted = rh.wanted_files(relay, domains, current[relay.main_cf_path], current[relay.master_cf_path], present)
+        wanted = wanted_files(relay, domains, current[relay.main_cf_path], current[relay.master_cf_path], present)
     except BackupMXError as error:
         plan.problems.append(str(error))
         return plan
-    plan.files = [mh.FileChange(path, current[path], wanted[path]) for path in paths if current[path] != wanted[path]]
+    plan.files = [FileChange(path, current[path], wanted[path]) for path in paths if current[path] != wanted[path]]
     if not plan.changed:
         plan.already = (f"relay already configured for {', '.join(domains)} (to {relay.nexthop})" if present
                         else "no backupmx relay configuration")
         return plan
-    plan.transaction = mh.Transaction(
+    plan.transaction = Transaction(
         label=f"relay_config {relay.hostname}",
         files=tuple(plan.files),
         postfix_check=tuple(relay.postfix_check()),
@@ -78,11 +88,11 @@ def plan_relay_config(relay: rh.RelayHost, domains: Sequence[str], present: bool
 
 
 @operation()
-def relay_config(relay: rh.RelayHost, domains: Sequence[str], present: bool = True):
+def relay_config(relay: RelayHost, domains: Sequence[str], present: bool = True):
     """
     Make this Postfix host a store-and-forward backup MX for ``domains``.
 
-    + relay: the host's ``backupmx.relayhost.RelayHost`` (``load_relayhost(host.data.relayhost)``)
+    + relay: the host's ``backupmx.core.relayhost.RelayHost`` (``load_relayhost(host.data.relayhost)``)
     + domains: the protected domains (every recipient of each is accepted)
     + present: ``False`` gives back the configuration found before (turned-off lines
       on again, our blocks and the TLS policy file gone)
@@ -115,7 +125,7 @@ def relay_config(relay: rh.RelayHost, domains: Sequence[str], present: bool = Tr
 # --- the proof ------------------------------------------------------------------
 
 
-def prove_relay(relay: rh.RelayHost, domains: Sequence[str], target=None) -> mh.Proof:
+def prove_relay(relay: RelayHost, domains: Sequence[str], target=None) -> Proof:
     """Read the relay again and talk SMTP to it (from the relay host itself).
 
     - ``postconf``: every managed setting is in force with the wanted value;
@@ -126,24 +136,24 @@ def prove_relay(relay: rh.RelayHost, domains: Sequence[str], target=None) -> mh.
       domain 5xx (not an open relay), a client talking before the greeting 4xx.
     """
     on = host if target is None else target
-    domains = rh.check_domains(domains)
-    proof = mh.Proof(True)
-    wanted = rh.main_settings(relay, domains)
+    domains = check_domains(domains)
+    proof = Proof(True)
+    wanted = main_settings(relay, domains)
     found = on.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=tuple(wanted))
     if not found["postconf"]:
         proof.add("postconf", False, found["error"])
         return proof
-    bad = rh.setting_mismatches(wanted, found["settings"])
+    bad = setting_mismatches(wanted, found["settings"])
     proof.add("postconf", not bad, "; ".join(bad) if bad else
               f"{len(wanted)} settings in force (queue {relay.queue_lifetime}, bounces {relay.bounce_lifetime}, "
               f"to {relay.nexthop})")
     listener = found["services"].get(f"{relay.listen_service}/inet")
     params = listener.params if listener is not None and listener.command == "postscreen" else None
-    soft = rh.soft_only_problems(found["settings"], params)
+    soft = soft_only_problems(found["settings"], params)
     proof.add("postscreen 4xx only", not soft, "; ".join(soft) if soft else
               f"{relay.listen_service}/inet: postscreen, soft_bounce=yes, no drop action")
     policy = on.get_fact(RelayFiles, paths=(relay.tls_policy_path,)).get(relay.tls_policy_path) or {}
-    policy_ok = policy.get("content") == rh.render_tls_policy(relay)
+    policy_ok = policy.get("content") == render_tls_policy(relay)
     proof.add("tls to primary", policy_ok, f"{relay.nexthop} {relay.primary_tls}" if policy_ok else
               f"{relay.tls_policy_path}: {policy.get('error') or 'not as rendered'}")
     listener_at = "{}:{}".format(*relay.probe_endpoint)
@@ -151,7 +161,7 @@ def prove_relay(relay: rh.RelayHost, domains: Sequence[str], target=None) -> mh.
     if not session["python"] or not session["results"]:
         proof.add("smtp", False, f"no SMTP session with {listener_at}: {session['error'] or 'no answer'}")
     else:
-        for name, ok, detail in rh.judge_smtp(session["results"], domains):
+        for name, ok, detail in judge_smtp(session["results"], domains):
             proof.add(name, ok, detail)
     return proof
 
@@ -159,8 +169,8 @@ def prove_relay(relay: rh.RelayHost, domains: Sequence[str], target=None) -> mh.
 _SETTLING = {"catch-all", "not an open relay", "pregreet defers", "smtp"}
 
 
-def prove_relay_settled(relay: rh.RelayHost, domains: Sequence[str], timeout: float = SETTLE_SECONDS,
-                        target=None) -> mh.Proof:
+def prove_relay_settled(relay: RelayHost, domains: Sequence[str], timeout: float = SETTLE_SECONDS,
+                        target=None) -> Proof:
     """``prove_relay``, again while only the SMTP answers lag behind a reload."""
     return prove_settled(lambda first: prove_relay(relay, domains, target=target), _SETTLING, timeout)
 
@@ -171,12 +181,12 @@ def _verify(state, host, relay, domains, record, timeout):  # (state, host): pyi
 
 
 @operation(is_idempotent=False)
-def verify_relay(relay: rh.RelayHost, domains: Sequence[str],
+def verify_relay(relay: RelayHost, domains: Sequence[str],
                  record: Callable[[str, bool, str], None] | None = None, timeout: float = SETTLE_SECONDS):
     """
     Prove, when it runs (after ``relay_config``), that the relay works as a backup MX.
 
-    + relay: the host's ``backupmx.relayhost.RelayHost``
+    + relay: the host's ``backupmx.core.relayhost.RelayHost``
     + domains: the protected domains
     + record: called as ``record(host_name, live, evidence)`` (e.g. ``Run.record_relay_proof``)
     + timeout: seconds to wait for a reload to take effect
@@ -208,7 +218,7 @@ class RelayAssessment:
     """One relay host as seen while preparing."""
 
     plan: Plan
-    proof: mh.Proof | None = None  # made while preparing when nothing is left to change
+    proof: Proof | None = None  # made while preparing when nothing is left to change
     rows: list[Check] = field(default_factory=list)
     message_size_limit: int | None = None  # what Postfix's will be once relay_config ran (None: not read)
 
@@ -226,7 +236,7 @@ TITLE_G2 = "relay defers (4xx), queue lifetime"
 TITLE_G4 = "relay addresses == relay CIDRs"
 
 
-def assess_relayhost(relay: rh.RelayHost, domains: Sequence[str], relay_cidrs=None) -> RelayAssessment:
+def assess_relayhost(relay: RelayHost, domains: Sequence[str], relay_cidrs=None) -> RelayAssessment:
     """The plan of ``relay_config``; if it would change nothing, the proof; and rows G1, G2, G4.
 
     The plan is kept for this host and preparing pass, so ``relay_config`` called
@@ -239,7 +249,7 @@ def assess_relayhost(relay: rh.RelayHost, domains: Sequence[str], relay_cidrs=No
     assessment = RelayAssessment(plan)
     assessment.message_size_limit = relay.message_size_limit
     if assessment.message_size_limit is None:
-        assessment.message_size_limit = rh.postfix_size(postfix["settings"].get("message_size_limit"))
+        assessment.message_size_limit = postfix_size(postfix["settings"].get("message_size_limit"))
     if not plan.problems and not plan.changed:
         assessment.proof = prove_relay(relay, domains)
     name = host.name
@@ -269,7 +279,7 @@ def assess_relayhost(relay: rh.RelayHost, domains: Sequence[str], relay_cidrs=No
     return assessment
 
 
-def addresses_row(relay: rh.RelayHost, relay_cidrs) -> Check:
+def addresses_row(relay: RelayHost, relay_cidrs) -> Check:
     """G4: the relay's public addresses, as networks, are exactly the run's relay CIDRs."""
     ours = sorted(str(network) for network in relay.relay_cidrs)
     if relay_cidrs is None:
@@ -282,7 +292,7 @@ def addresses_row(relay: rh.RelayHost, relay_cidrs) -> Check:
                  "make relay_cidrs the relay's public_addresses (/32, /128), then review with --dry")
 
 
-def queue(relay: rh.RelayHost, target=None) -> dict:
+def queue(relay: RelayHost, target=None) -> dict:
     """The relay's queue now (``postqueue -j``): {"ok", "error", "messages"}."""
     return (host if target is None else target).get_fact(RelayQueue, config_dir=relay.postfix_config_dir)
 
@@ -292,10 +302,10 @@ def is_relay(target) -> bool:
     return "relay" in (target.groups or []) or target.data.get("relayhost") is not None
 
 
-def relay_settings(target) -> rh.RelayHost:
+def relay_settings(target) -> RelayHost:
     """Stage 0 for one relay host: its ``relayhost`` data validated, or one ``DeployError`` line."""
     try:
-        return rh.load_relayhost(target.data.get("relayhost"))
+        return load_relayhost(target.data.get("relayhost"))
     except BackupMXError as error:
         raise DeployError(f"{target.name}: {error}") from None
 
@@ -304,16 +314,16 @@ def relay_settings(target) -> rh.RelayHost:
 _plans: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
-def _key(relay: rh.RelayHost, domains, present: bool) -> tuple:
+def _key(relay: RelayHost, domains, present: bool) -> tuple:
     return (host.name, relay, tuple(str(domain).lower() for domain in domains), present)
 
 
-def _remember(plan: Plan, relay: rh.RelayHost, domains, present: bool) -> None:
+def _remember(plan: Plan, relay: RelayHost, domains, present: bool) -> None:
     if not state.is_executing:
         _plans.setdefault(ctx_state.get(), {})[_key(relay, domains, present)] = plan
 
 
-def _recall(relay: rh.RelayHost, domains, present: bool) -> Plan | None:
+def _recall(relay: RelayHost, domains, present: bool) -> Plan | None:
     if state.is_executing:
         return None  # at execution always read the host as it is now
     return _plans.get(ctx_state.get(), {}).pop(_key(relay, domains, present), None)

@@ -21,11 +21,12 @@ from pyinfra.api import FunctionCommand, operation
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
-from backupmx import dnscheck
-from backupmx.errors import BackupMXError
-from backupmx.report import CHANGE, FAIL, PASS, SKIP, WARN
-from backupmx.rollback import Rollback
-from backupmx.run import once_per_state, take_run_lock
+from backupmx.core.context import once_per_state
+from backupmx.core.errors import BackupMXError
+from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, WARN
+from backupmx.dns import check as dnscheck
+from backupmx.lifecycle.deploy import take_run_lock
+from backupmx.lifecycle.rollback import Rollback
 
 _runs: weakref.WeakKeyDictionary[object, Rollback] = weakref.WeakKeyDictionary()
 STEPS = (("1", "remove backup MX {}"), ("2", "DNS without backups {}"), ("3", "disable {} at {}"))
@@ -113,8 +114,8 @@ def backup_mx_removed(rollback, domain):
     """
     Delete the backup MX records of ``domain`` in Cloudflare: only those, never a primary.
 
-    + rollback: the run's ``backupmx.rollback.Rollback``
-    + domain: the ``backupmx.config.Domain``
+    + rollback: the run's ``backupmx.lifecycle.rollback.Rollback``
+    + domain: the ``backupmx.core.settings.Domain``
 
     Deleted are the records this tool created (marked in their comment) and exact
     matches of the wanted backup records; any other MX record is reported, not
@@ -148,8 +149,8 @@ def dns_without_backups(rollback, domain):
     """
     Wait until every authoritative server of ``domain`` answers without the backup MX hosts.
 
-    + rollback: the run's ``backupmx.rollback.Rollback``
-    + domain: the ``backupmx.config.Domain``
+    + rollback: the run's ``backupmx.lifecycle.rollback.Rollback``
+    + domain: the ``backupmx.core.settings.Domain``
 
     Up to ``dns_wait_seconds``; the servers are ``dns_servers`` or the zone's NS.
     """
@@ -178,8 +179,8 @@ def provider_domain_disabled(rollback, domain):
     """
     Disable ``domain`` at the backup provider, once DNS no longer points there.
 
-    + rollback: the run's ``backupmx.rollback.Rollback``
-    + domain: the ``backupmx.config.Domain``
+    + rollback: the run's ``backupmx.lifecycle.rollback.Rollback``
+    + domain: the ``backupmx.core.settings.Domain``
 
     With the ``api`` backend through the provider's API; with the ``ledger`` backend,
     or when the API cannot be reached, a warning with the steps to take by hand.

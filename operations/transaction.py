@@ -1,4 +1,4 @@
-"""The commands that run one ``backupmx.mailhost.Transaction`` on the current host.
+"""The commands that run one ``backupmx.postfix.transaction.Transaction`` on the current host.
 
 Shared by the mail host stage (stage 3) and the monitoring stage (stage 6), so
 both get the same answer to one limit: a command sent over SSH reaches the host
@@ -20,17 +20,17 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand
 from pyinfra.api.util import print_host_combined_output
 
-from backupmx import mailhost as mh
+from backupmx.postfix.transaction import INLINE_SCRIPT_LIMIT, Transaction, transaction_script
 
 
 def _script_command(script: str) -> StringCommand:
     return StringCommand("sh", "-c", QuoteString(script))
 
 
-def transaction_commands(tx: mh.Transaction, label: str) -> Iterator[FileUploadCommand | FunctionCommand]:
+def transaction_commands(tx: Transaction, label: str) -> Iterator[FileUploadCommand | FunctionCommand]:
     """Yield from an operation: the uploads (if any) and the transaction script (``label`` names it in errors)."""
-    script = mh.transaction_script(tx)
-    if len(script) <= mh.INLINE_SCRIPT_LIMIT:
+    script = transaction_script(tx)
+    if len(script) <= INLINE_SCRIPT_LIMIT:
         yield FunctionCommand(_run_transaction, (label, _script_command(script)), {})
         return
     staged = {}
@@ -43,7 +43,7 @@ def transaction_commands(tx: mh.Transaction, label: str) -> Iterator[FileUploadC
         staged[change.path] = host.get_temp_filename(
             f"backupmx-staged {change.path} {hashlib.sha256(content).hexdigest()}")
         yield FileUploadCommand(io.BytesIO(content), staged[change.path])
-    yield FunctionCommand(_run_transaction, (label, _script_command(mh.transaction_script(tx, staged=staged))), {})
+    yield FunctionCommand(_run_transaction, (label, _script_command(transaction_script(tx, staged=staged))), {})
 
 
 def _run_transaction(state, host, label: str, command: StringCommand) -> bool:  # (state, host): from pyinfra

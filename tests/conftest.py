@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.sandbox.world import Sandbox, load_world
+from backupmx_sandbox.world import Sandbox, load_world
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def sandbox() -> Sandbox:
 
 @pytest.fixture(scope="session")
 def world(sandbox: Sandbox):
-    from backupmx.sandbox import cli
+    from backupmx_sandbox import cli
 
     already_up = all(cli.status(sandbox).values())
     try:
@@ -56,7 +56,7 @@ def _seeded_secrets() -> list[str]:
     if _secret_values is None:
         import json
 
-        from backupmx.sandbox.world import sandbox_root
+        from backupmx_sandbox.world import sandbox_root
 
         try:
             values = json.loads((sandbox_root() / "secrets.json").read_text())

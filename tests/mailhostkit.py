@@ -10,17 +10,18 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from backupmx.mailhost.model import ACCESS_LIST, RSPAMD_BLOCK, load_mailhost
+from backupmx.postfix.blocks import with_block
+from backupmx.postfix.mastercf import remove_service_options
+from backupmx_sandbox import seed
+from backupmx_sandbox.smtp_client import build_message, send_mail
 from mailpath import endpoint, fresh_ipv4
-
-from backupmx import mailhost as mh
-from backupmx.sandbox import seed
-from backupmx.sandbox.smtp_client import build_message, send_mail
 
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
 
 
 def managed_paths(world) -> dict[str, Path]:
-    m = mh.load_mailhost(world["mailhost"])
+    m = load_mailhost(world["mailhost"])
     return {"cidr": Path(m.cidr_host_path), "master.cf": Path(m.master_cf_path),
             "settings.conf": Path(m.rspamd_settings_host_path)}
 
@@ -67,9 +68,9 @@ def pristine_state(world) -> dict[str, bytes | None]:
     settings = managed_paths(world)["settings.conf"]
     text = master_cf.read_text()
     listener = world["mailhost"]["proxy_service"].split("/")[0]
-    ours = {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{managed_paths(world)['cidr']}"}
-    original = mh.remove_service_options(text, listener, "inet", ours)
-    foreign = mh.with_block(settings.read_text(), mh.RSPAMD_BLOCK, None) if settings.exists() else None
+    ours = {ACCESS_LIST: f"permit_mynetworks,cidr:{managed_paths(world)['cidr']}"}
+    original = remove_service_options(text, listener, "inet", ours)
+    foreign = with_block(settings.read_text(), RSPAMD_BLOCK, None) if settings.exists() else None
     return {"cidr": None, "master.cf": original.encode(), "settings.conf": foreign.encode() if foreign else None}
 
 

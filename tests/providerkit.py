@@ -12,8 +12,8 @@ from pathlib import Path
 
 import requests
 
-from backupmx.config import Settings, load_settings
-from backupmx.secrets import SecretStore
+from backupmx.core.secrets import SecretStore
+from backupmx.core.settings import Settings, load_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))

@@ -1,4 +1,4 @@
-"""The change log: one JSON line per applied DNS or provider change (backupmx.audit)."""
+"""The change log: one JSON line per applied DNS or provider change (backupmx.core.audit)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import datetime
 import json
 from pathlib import Path
 
+from backupmx.core import audit
 from providerkit import (
     output,
     pyinfra,
     sandbox_settings,
     secret_values,
 )
-
-from backupmx import audit
 
 DOMAIN = "viktorbarzin.me"
 FIELDS = {"when", "who", "pid", "deploy", "what", "target", "before", "after"}

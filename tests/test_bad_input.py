@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from providerkit import (
     acc_requests,
     admin,

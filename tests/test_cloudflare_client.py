@@ -13,12 +13,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from providerkit import cloudflare_faults as faults
-from providerkit import cloudflare_requests as request_log
 import requests
 from pyinfra.api.hiddenvalue import HiddenValue
 
-from backupmx.cloudflare import (
+from backupmx.core.errors import BackupMXError
+from backupmx.core.settings import BackupMX, Domain, MXHost
+from backupmx.dns.cloudflare import (
     CloudflareAuthError,
     CloudflareClient,
     CloudflareDuplicateError,
@@ -28,10 +28,10 @@ from backupmx.cloudflare import (
     CloudflareRequestError,
     CloudflareUnavailableError,
 )
-from backupmx.config import BackupMX, Domain, MXHost
-from backupmx.errors import BackupMXError
-from backupmx.mxplan import MANAGED_MARKER, plan
-from backupmx.sandbox import seed
+from backupmx.dns.plan import MANAGED_MARKER, plan
+from backupmx_sandbox import seed
+from providerkit import cloudflare_faults as faults
+from providerkit import cloudflare_requests as request_log
 
 BACKUP = "mail.rollernet.us"
 

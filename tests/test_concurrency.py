@@ -1,4 +1,4 @@
-"""Two changing runs against the same domain never interleave (backupmx.lock).
+"""Two changing runs against the same domain never interleave (backupmx.core.lock).
 
 The CLI tests start one real deploy, wait until it holds the domain's lock, and
 start a second: without ``lock_wait`` it fails at once with one line naming the
@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from providerkit import PROJECT_ROOT, PYINFRA, output, pyinfra
 
-from backupmx import lock
+from backupmx.core import lock
+from providerkit import PROJECT_ROOT, PYINFRA, output, pyinfra
 
 DOMAIN = "viktorbarzin.me"
 
@@ -120,7 +120,7 @@ def test_dry_run_needs_no_lock(fresh):
 
 HOLD = """
 import sys, time
-from backupmx import lock
+from backupmx.core import lock
 lock.acquire(sys.argv[1], ["a.example", "b.example"], "test")
 print("held", flush=True)
 time.sleep(30)

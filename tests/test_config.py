@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from backupmx.config import load_settings
-from backupmx.errors import ConfigError
+from backupmx.core.errors import ConfigError
+from backupmx.core.settings import load_settings
 
 GOOD = {
     "domains": [{"name": "viktorbarzin.me", "primary_mx": [{"host": "mail.viktorbarzin.me", "priority": 1}]}],

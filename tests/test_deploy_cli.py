@@ -9,8 +9,8 @@ from pathlib import Path
 
 import hvac
 import pytest
-import providerkit
 
+import providerkit
 
 
 def pyinfra(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

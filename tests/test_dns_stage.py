@@ -13,11 +13,11 @@ import subprocess
 import threading
 
 import pytest
-from providerkit import output, pyinfra
 import requests
 
-from backupmx import dnscheck
-from backupmx.mxplan import MANAGED_MARKER
+from backupmx.dns import check as dnscheck
+from backupmx.dns.plan import MANAGED_MARKER
+from providerkit import output, pyinfra
 
 WRITES = {"POST", "PATCH", "PUT", "DELETE"}
 

@@ -9,9 +9,9 @@ import dns.resolver
 import pytest
 import requests
 
-from backupmx import dnscheck
-from backupmx.dnscheck import DNSCheckError, live_mx, wait_for_mx
-from backupmx.sandbox import seed
+from backupmx.dns import check as dnscheck
+from backupmx.dns.check import DNSCheckError, live_mx, wait_for_mx
+from backupmx_sandbox import seed
 
 PRIMARY = (seed.PRIMARY_PRIORITY, seed.PRIMARY_MX)
 BACKUPS = {(seed.BACKUP_PRIORITY, host) for host in seed.BACKUP_MX}

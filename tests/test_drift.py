@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from backupmx.core.settings import load_settings
+from backupmx.lifecycle import drift as dr
 from providerkit import output, pyinfra
-
-from backupmx import drift as dr
-from backupmx.config import load_settings
-
 
 SEED = load_settings({
     "domains": [{"name": "viktorbarzin.me", "primary_mx": [{"host": "mail.viktorbarzin.me", "priority": 1}]}],
@@ -123,7 +122,7 @@ def drift_with_mx(cf, world, wanted: set, *args: str, **kwargs) -> subprocess.Co
 
 
 def live(world) -> set:
-    from backupmx import dnscheck
+    from backupmx.dns import check as dnscheck
 
     return set(dnscheck.live_mx(world["zone"], [world["dns"]]))
 

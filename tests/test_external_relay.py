@@ -24,13 +24,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from providerkit import output, pyinfra
+
+from backupmx.mailhost import render as mailhost_render
+from backupmx.mailhost.model import (
+    EXEMPT,
+    EXTERNAL_RELAY,
+    RSPAMD_CAP_RULE,
+    RSPAMD_RELAY_SYMBOL,
+    RSPAMD_RULE,
+    MailHost,
+    load_mailhost,
+)
+from backupmx.mailhost.render import render_external_relay_block
+from backupmx_sandbox import seed
+from backupmx_sandbox.smtp_client import build_message, send_mail
 from mailhostkit import leftovers, pristine_state, reload_rspamd, restore, run_api_operation, snapshot
 from mailpath import endpoint, fresh_address_in, fresh_ipv4, wait_for_delivery
-
-from backupmx import mailhost as mh
-from backupmx.sandbox import seed
-from backupmx.sandbox.smtp_client import build_message, send_mail
+from providerkit import output, pyinfra
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
@@ -60,7 +70,7 @@ def deploy(inventory: str, *args: str, dry: bool = False) -> subprocess.Complete
 
 
 def rspamd_paths(world) -> dict[str, Path]:
-    m = mh.load_mailhost(world["mailhost"])
+    m = load_mailhost(world["mailhost"])
     return {"external_relay.conf": Path(m.rspamd_external_relay_host_path), "rspamd.lua": Path(m.rspamd_lua_host_path)}
 
 
@@ -135,7 +145,7 @@ def inventories(world, tmp_path_factory):
     """The sandbox inventory as it is (exempt) and with the mail host switched to external_relay."""
     path = tmp_path_factory.mktemp("inventory") / "sandbox_external_relay.py"
     path.write_text(EXTERNAL_INVENTORY.format(sandbox=str(PROJECT_ROOT / "inventory" / "sandbox.py")))
-    return {mh.EXEMPT: "inventory/sandbox.py", mh.EXTERNAL_RELAY: str(path)}
+    return {EXEMPT: "inventory/sandbox.py", EXTERNAL_RELAY: str(path)}
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +181,13 @@ def ensure_mode(world, inventories, mode: str) -> subprocess.CompletedProcess | 
 
 @pytest.fixture
 def exempt(world, inventories, seeded_after):
-    ensure_mode(world, inventories, mh.EXEMPT)
+    ensure_mode(world, inventories, EXEMPT)
     return world
 
 
 @pytest.fixture
 def external_relay(world, inventories, seeded_after):
-    ensure_mode(world, inventories, mh.EXTERNAL_RELAY)
+    ensure_mode(world, inventories, EXTERNAL_RELAY)
     return world
 
 
@@ -191,7 +201,7 @@ def test_exempt_mode_a_spoofed_sender_via_the_relay_gets_no_spf_verdict(exempt):
     symbols, spamd, _ = delivered_verdict(exempt, message_id)
     print(f"exempt, spoofed {SENDER} from {SPOOFER} via the relay: {spamd[:160]}")
     assert not {s for s in symbols if SPF_OR_DMARC.match(s)}, spamd
-    assert mh.RSPAMD_RELAY_SYMBOL not in symbols
+    assert RSPAMD_RELAY_SYMBOL not in symbols
 
 
 # --- switching ---------------------------------------------------------------------------
@@ -199,27 +209,27 @@ def test_exempt_mode_a_spoofed_sender_via_the_relay_gets_no_spf_verdict(exempt):
 
 def test_dry_run_shows_the_switch_as_a_diff_and_changes_nothing(exempt, inventories):
     before = files(exempt)
-    result = deploy(inventories[mh.EXTERNAL_RELAY], dry=True)
+    result = deploy(inventories[EXTERNAL_RELAY], dry=True)
     text = output(result)
     assert result.returncode == 0, text
     assert "Traceback" not in text
-    for line in (f"-{mh.RSPAMD_RULE} {{", f"+{mh.RSPAMD_CAP_RULE} {{", "+      reject = null;",
+    for line in (f"-{RSPAMD_RULE} {{", f"+{RSPAMD_CAP_RULE} {{", "+      reject = null;",
                  f"+++ {rspamd_paths(exempt)['external_relay.conf']}", "+    strategy = \"count\";",
-                 f"+++ {rspamd_paths(exempt)['rspamd.lua']}", f"+  rspamd_config:add_condition(\"{mh.RSPAMD_RELAY_SYMBOL}\""):
+                 f"+++ {rspamd_paths(exempt)['rspamd.lua']}", f"+  rspamd_config:add_condition(\"{RSPAMD_RELAY_SYMBOL}\""):
         assert any(row.strip() == line.strip() or row.strip().startswith(line.strip()) for row in text.splitlines()), line
     assert files(exempt) == before
 
 
 def test_switch_to_external_relay_and_stage_4_proves_it(world, inventories, seeded_after):
-    ensure_mode(world, inventories, mh.EXEMPT)
-    result = deploy(inventories[mh.EXTERNAL_RELAY])
+    ensure_mode(world, inventories, EXEMPT)
+    result = deploy(inventories[EXTERNAL_RELAY])
     text = output(result)
     assert result.returncode == 0, text
-    _mode_files[mh.EXTERNAL_RELAY] = files(world)
+    _mode_files[EXTERNAL_RELAY] = files(world)
     proof = next(line for line in text.splitlines() if "stage 4: whitelist and exemption proven live" in line)
     print(proof.strip())
-    assert f"configdump: {mh.RSPAMD_CAP_RULE} for 3 networks" in proof
-    assert re.search(rf"rspamc: relay \S+ scored as its Received header's 203\.0\.113\.1: {mh.RSPAMD_RELAY_SYMBOL}, "
+    assert f"configdump: {RSPAMD_CAP_RULE} for 3 networks" in proof
+    assert re.search(rf"rspamc: relay \S+ scored as its Received header's 203\.0\.113\.1: {RSPAMD_RELAY_SYMBOL}, "
                      r"R_SPF_\w+, action (?!reject)", proof), proof
     assert leftovers(world) == []
 
@@ -233,7 +243,7 @@ def test_external_relay_a_spoofed_sender_via_the_relay_fails_spf_on_its_original
     assert result.accepted, str(result)
     symbols, spamd, auth = delivered_verdict(external_relay, message_id)
     print(f"external_relay, spoofed {SENDER} from {SPOOFER} via the relay: {auth}")
-    assert {"R_SPF_FAIL", "DMARC_POLICY_REJECT", mh.RSPAMD_RELAY_SYMBOL} <= symbols, spamd
+    assert {"R_SPF_FAIL", "DMARC_POLICY_REJECT", RSPAMD_RELAY_SYMBOL} <= symbols, spamd
     assert f"does not designate {SPOOFER} as permitted sender" in auth  # scored against the original address
 
 
@@ -243,7 +253,7 @@ def test_external_relay_a_legitimate_sender_via_the_relay_passes_spf_and_dmarc(e
     assert result.accepted, str(result)
     symbols, spamd, auth = delivered_verdict(external_relay, message_id)
     print(f"external_relay, {SENDER} from {LEGIT} via the relay: {auth}")
-    assert {"R_SPF_ALLOW", "DMARC_POLICY_ALLOW", mh.RSPAMD_RELAY_SYMBOL} <= symbols, spamd
+    assert {"R_SPF_ALLOW", "DMARC_POLICY_ALLOW", RSPAMD_RELAY_SYMBOL} <= symbols, spamd
     assert f"designates {LEGIT} as permitted sender" in auth
 
 
@@ -263,8 +273,8 @@ def test_external_relay_parses_the_sandbox_relays_own_received_header(external_r
     received = [re.sub(r"\s+", " ", str(value)) for value in delivered.get_all("Received")]
     assert "(Roller Network relay, backupmx sandbox)" in received[1], received
     symbols, spamd, _ = delivered_verdict(external_relay, message_id)
-    print(f"via the sandbox relay: {received[1][:90]}...; {mh.RSPAMD_RELAY_SYMBOL} in {spamd[:120]}...")
-    assert mh.RSPAMD_RELAY_SYMBOL in symbols, spamd
+    print(f"via the sandbox relay: {received[1][:90]}...; {RSPAMD_RELAY_SYMBOL} in {spamd[:120]}...")
+    assert RSPAMD_RELAY_SYMBOL in symbols, spamd
     log = Path(external_relay["root"], "mailhost", "rspamd-log", "rspamd.log").read_text(errors="replace")
     line = next(line for line in reversed(log.splitlines()) if f"id: {message_id}" in line and "ip: " in line)
     assert "ip: 127.0.0.1," in line, line  # the relay's client, not its PROXY source 192.0.2.25
@@ -275,11 +285,11 @@ def test_external_relay_trusts_the_received_header_of_relay_addresses_only(exter
     outside = fresh_ipv4()
     forged, _ = relayed(LEGIT, "forged received header")
     verdict = scan(external_relay, outside, forged)
-    assert "R_SPF_FAIL" in verdict["symbols"] and mh.RSPAMD_RELAY_SYMBOL not in verdict["symbols"], \
+    assert "R_SPF_FAIL" in verdict["symbols"] and RSPAMD_RELAY_SYMBOL not in verdict["symbols"], \
         sorted(verdict["symbols"])
     # The same message from a relay address is scored against the header's address.
     relayed_verdict = scan(external_relay, relay_address(), forged)
-    assert {"R_SPF_ALLOW", mh.RSPAMD_RELAY_SYMBOL} <= set(relayed_verdict["symbols"])
+    assert {"R_SPF_ALLOW", RSPAMD_RELAY_SYMBOL} <= set(relayed_verdict["symbols"])
 
 
 def test_external_relay_caps_spam_via_the_relay_at_add_header(external_relay):
@@ -297,7 +307,7 @@ def test_external_relay_caps_spam_via_the_relay_at_add_header(external_relay):
     assert result.code("MESSAGE") == 250 and result.accepted, str(result)
     symbols, spamd, _ = delivered_verdict(external_relay, message_id)
     score = float(re.search(r"\[([\d.]+) / 15\.00\]", spamd).group(1))
-    assert score >= 15 and mh.RSPAMD_RELAY_SYMBOL in symbols, spamd
+    assert score >= 15 and RSPAMD_RELAY_SYMBOL in symbols, spamd
 
 
 def test_external_relay_gtube_via_the_relay_is_still_rejected_rspamd_3_4_limit(external_relay):
@@ -316,7 +326,7 @@ def test_external_relay_gtube_via_the_relay_is_still_rejected_rspamd_3_4_limit(e
 
 def test_external_relay_second_run_changes_nothing(external_relay, inventories):
     before = files(external_relay)
-    result = deploy(inventories[mh.EXTERNAL_RELAY])
+    result = deploy(inventories[EXTERNAL_RELAY])
     text = output(result)
     assert result.returncode == 0, text
     assert re.search(r"verify live on every mail host\s+pass", text), text
@@ -330,7 +340,7 @@ def test_external_relay_drift_check_sees_an_edited_lua_block_only(external_relay
     original = lua.read_bytes()
 
     def drift() -> subprocess.CompletedProcess:
-        return subprocess.run([PYINFRA, "-y", inventories[mh.EXTERNAL_RELAY], "deploys/drift.py", "--limit",
+        return subprocess.run([PYINFRA, "-y", inventories[EXTERNAL_RELAY], "deploys/drift.py", "--limit",
                                "sandbox-mailhost"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
     try:
@@ -349,22 +359,22 @@ def test_external_relay_drift_check_sees_an_edited_lua_block_only(external_relay
 
 
 def test_exempt_to_external_relay_to_exempt_is_byte_identical(world, inventories, seeded_after):
-    ensure_mode(world, inventories, mh.EXEMPT)
+    ensure_mode(world, inventories, EXEMPT)
     before = files(world)
     assert before["external_relay.conf"] is None and before["rspamd.lua"] is None
-    for mode in (mh.EXTERNAL_RELAY, mh.EXEMPT):
+    for mode in (EXTERNAL_RELAY, EXEMPT):
         result = deploy(inventories[mode])
         assert result.returncode == 0, output(result)
         assert "stage 4: whitelist and exemption proven live" in output(result)
         _mode_files[mode] = files(world)
-        if mode == mh.EXTERNAL_RELAY:
+        if mode == EXTERNAL_RELAY:
             assert files(world)["settings.conf"] != before["settings.conf"]
             assert files(world)["external_relay.conf"] and files(world)["rspamd.lua"]
     assert files(world) == before
     assert leftovers(world) == []
 
 
-def _run_rspamd_operation(world, mailhost: mh.MailHost, caplog, **kwargs) -> tuple[bool, str]:
+def _run_rspamd_operation(world, mailhost: MailHost, caplog, **kwargs) -> tuple[bool, str]:
     from operations.mailhost import rspamd_exemption
 
     return run_api_operation(world["ssh"], "sandbox-mailhost", rspamd_exemption, caplog, mailhost=mailhost,
@@ -376,10 +386,10 @@ def test_a_failed_switch_restores_all_three_files_and_reloads_nothing(exempt, mo
     from test_mailhost_stage import worker_pids
 
     before, pids = files(exempt), worker_pids(exempt)
-    render = mh.render_external_relay_block
-    monkeypatch.setattr(mh, "render_external_relay_block",
+    render = render_external_relay_block
+    monkeypatch.setattr(mailhost_render, "render_external_relay_block",
                         lambda: render() + '.include "$LOCAL_CONFDIR/local.d/backupmx-missing.inc"\n')
-    mailhost = mh.load_mailhost({**exempt["mailhost"], "relay_scoring": mh.EXTERNAL_RELAY})
+    mailhost = load_mailhost({**exempt["mailhost"], "relay_scoring": EXTERNAL_RELAY})
 
     ok, log = _run_rspamd_operation(exempt, mailhost, caplog)
 
@@ -395,21 +405,21 @@ def test_a_failed_switch_restores_all_three_files_and_reloads_nothing(exempt, mo
 
 def test_present_false_takes_every_external_relay_block_out(external_relay, caplog):
     """What rollback (--data revert_mailhost=true) runs: no rspamd file of ours is left, in either mode."""
-    mailhost = mh.load_mailhost({**external_relay["mailhost"], "relay_scoring": mh.EXTERNAL_RELAY})
+    mailhost = load_mailhost({**external_relay["mailhost"], "relay_scoring": EXTERNAL_RELAY})
     ok, log = _run_rspamd_operation(external_relay, mailhost, caplog, present=False)
     assert ok, log
     state = files(external_relay)
     assert state["settings.conf"] is None and state["external_relay.conf"] is None and state["rspamd.lua"] is None
     message, _ = relayed(SPOOFER, "after present=False")
     verdict = scan(external_relay, relay_address(), message)
-    assert "R_SPF_FAIL" in verdict["symbols"] and mh.RSPAMD_RELAY_SYMBOL not in verdict["symbols"]
+    assert "R_SPF_FAIL" in verdict["symbols"] and RSPAMD_RELAY_SYMBOL not in verdict["symbols"]
 
 
 @pytest.mark.parametrize("value", ["spf_off", "External_Relay", 1])
 def test_an_unknown_relay_scoring_is_one_line_naming_the_field(world, inventories, seeded_after, value):
     before = files(world)
     data = {**world["mailhost"], "relay_scoring": value}
-    result = deploy(inventories[mh.EXEMPT], "--data", f"mailhost={json.dumps(data)}")
+    result = deploy(inventories[EXEMPT], "--data", f"mailhost={json.dumps(data)}")
     text = output(result)
     errors = [line for line in text.splitlines() if "pyinfra error" in line]
     assert result.returncode != 0 and "Traceback" not in text, text

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-from providerkit import output
 import requests
 
-from backupmx import mailhost as mh
-from backupmx.errors import ConfigError
-from backupmx.failover import load_failover, parse_maildir_listing, verdicts
-from backupmx.sandbox.supervisor import Supervisor
+from backupmx.core.errors import ConfigError
+from backupmx.lifecycle.drill import load_failover, parse_maildir_listing, verdicts
+from backupmx.mailhost.model import CIDR_FILE_NAME, load_mailhost
+from backupmx_sandbox.supervisor import Supervisor
+from providerkit import output
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -68,7 +68,7 @@ def drill_world(published, sandbox):
     yield published
     default_relay(published)
     if not listener_up(published):  # never leave the mail host down for the next test
-        from backupmx.sandbox import mailhost
+        from backupmx_sandbox import mailhost
 
         Supervisor(sandbox).start(mailhost._postfix(mailhost._paths(sandbox), mailhost._ports(sandbox)))
 
@@ -107,7 +107,7 @@ def test_full_drill_passes_and_leaves_the_mail_host_up(drill_world):
 
 def test_whitelist_removed_by_hand_refuses_at_step_1_without_stopping(drill_world, sandbox):
     config_dir = drill_world["postfix_config_dir"]
-    cidr = Path(config_dir, mh.CIDR_FILE_NAME)
+    cidr = Path(config_dir, CIDR_FILE_NAME)
     original = cidr.read_text()
     before = Supervisor(sandbox).pid("postfix")
     cidr.write_text("# emptied by hand\n")
@@ -165,8 +165,8 @@ def test_sigint_during_the_down_window_brings_the_primary_back(drill_world):
 # --- the pure parts -------------------------------------------------------------------
 
 
-NATIVE = mh.load_mailhost({"flavour": "native", "proxy_service": "127.0.0.1:2525/inet"})
-DMS = mh.load_mailhost({"flavour": "docker-mailserver", "proxy_service": "2525/inet", "container": "mailserver",
+NATIVE = load_mailhost({"flavour": "native", "proxy_service": "127.0.0.1:2525/inet"})
+DMS = load_mailhost({"flavour": "docker-mailserver", "proxy_service": "2525/inet", "container": "mailserver",
                         "host_config_dir": "/srv/dms/config"})
 SENDER = {"maildir": "/var/mail/catchall", "sender_domain": "probe.example", "dkim_key": "/k", "dkim_selector": "s"}
 

@@ -38,6 +38,15 @@ from pathlib import Path
 import hvac
 import pytest
 import requests
+
+from backupmx.dns import check as dnscheck
+from backupmx.dns.cloudflare import CloudflareClient
+from backupmx.dns.plan import MANAGED_MARKER
+from backupmx.mailhost.model import RSPAMD_BLOCK
+from backupmx.postfix.blocks import with_block
+from backupmx_sandbox import cli
+from backupmx_sandbox.supervisor import Supervisor
+from backupmx_sandbox.world import Sandbox
 from mailhostkit import leftovers, managed_paths, services_answer, snapshot
 from providerkit import (
     admin,
@@ -47,13 +56,6 @@ from providerkit import (
     sandbox_data,
     secret_values,
 )
-
-from backupmx import dnscheck
-from backupmx.cloudflare import CloudflareClient
-from backupmx.mxplan import MANAGED_MARKER
-from backupmx.sandbox import cli
-from backupmx.sandbox.supervisor import Supervisor
-from backupmx.sandbox.world import Sandbox
 
 DOMAIN = "viktorbarzin.me"
 PRIMARY = (1, "mail.viktorbarzin.me")
@@ -217,14 +219,15 @@ def sshd_session_of(pid: int) -> list[int]:
 def hang_rspamd_reload_and_drop_ssh(world, ctx):
     """Stage 3 on a mail host without the exemption, whose rspamd reload hangs; the SSH session is
     killed while it hangs (a connection dropped in the middle of the stage)."""
-    from backupmx import mailhost as mh
+
+
 
     path = Path(world["mailhost"]["rspamd_reload"][0])
     ctx["reload"] = path.read_bytes()
     settings = managed_paths(world)["settings.conf"]
     ctx["settings"] = settings.read_bytes()
     # Take only our block out (the whitelist stays): stage 3 has the exemption to add.
-    stripped = mh.with_block(settings.read_text(), mh.RSPAMD_BLOCK, None) or ""
+    stripped = with_block(settings.read_text(), RSPAMD_BLOCK, None) or ""
     settings.write_text(stripped)
     marker = Path(world["root"]) / "state" / "reload-hanging"
     marker.unlink(missing_ok=True)

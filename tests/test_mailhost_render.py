@@ -24,8 +24,47 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # facts/ and operations/ live next to deploys/
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from backupmx import mailhost as mh  # noqa: E402
-from backupmx.errors import BackupMXError, ConfigError  # noqa: E402
+
+from backupmx.core.errors import BackupMXError, ConfigError  # noqa: E402
+from backupmx.mailhost.listener import missing_listener_message, wanted_listener_options
+from backupmx.mailhost.model import (
+    ACCESS_LIST,
+    CACHE_MAP,
+    EXEMPT,
+    EXTERNAL_RELAY,
+    EXTERNAL_RELAY_BLOCK,
+    RSPAMD_BLOCK,
+    RSPAMD_CAP_RULE,
+    RSPAMD_RELAY_SYMBOL,
+    RSPAMD_RULE,
+    USER_PATCHES_BLOCK,
+    MailHost,
+    dms_policy_conflicts,
+    load_mailhost,
+)
+from backupmx.mailhost.proof import (
+    judge_scans,
+    parse_rspamc_action,
+    probe_addresses,
+    probe_message,
+    rspamc_argv,
+    scan_message,
+    settings_rule_in_dump,
+)
+from backupmx.mailhost.render import (
+    parse_postscreen_access,
+    render_external_relay_block,
+    render_external_relay_lua,
+    render_postscreen_access,
+    render_relay_cap_block,
+    render_rspamd_block,
+    render_user_patches_block,
+    rspamd_files,
+)
+from backupmx.postfix.blocks import block_begin, block_end, find_block, with_block
+from backupmx.postfix.mastercf import Listener, MasterCfError, remove_service_options, set_service_options
+from backupmx.postfix.shell import capture_script, parse_captures
+from backupmx.postfix.transaction import INLINE_SCRIPT_LIMIT, FileChange, Transaction, transaction_script
 from facts import mailhost as facts  # noqa: E402
 
 RELAYS = ["192.0.2.0/24", "198.51.100.0/24", "2001:db8:2::/48"]
@@ -48,12 +87,12 @@ smtpd     pass  -       -       y       -       -       smtpd
 """
 
 
-def native(**overrides) -> mh.MailHost:
-    return mh.load_mailhost({"flavour": "native", "proxy_service": "2525/inet", **overrides})
+def native(**overrides) -> MailHost:
+    return load_mailhost({"flavour": "native", "proxy_service": "2525/inet", **overrides})
 
 
-def dms(**overrides) -> mh.MailHost:
-    return mh.load_mailhost({"flavour": "docker-mailserver", "container": "mailserver",
+def dms(**overrides) -> MailHost:
+    return load_mailhost({"flavour": "docker-mailserver", "container": "mailserver",
                              "host_config_dir": "/srv/mailserver/docker-data/dms/config",
                              "proxy_service": "2525/inet", **overrides})
 
@@ -89,12 +128,12 @@ def test_docker_mailserver_paths_and_commands():
     assert m.rspamadm("configtest") == ["docker", "exec", "mailserver", "rspamadm", "configtest"]
     assert m.rspamd_reload_argv() == ["docker", "exec", "mailserver", "supervisorctl", "signal", "HUP", "rspamd"]
     assert m.postfix_reload_argv() == ["docker", "exec", "mailserver", "postfix", "-c", "/etc/postfix", "reload"]
-    assert mh.rspamc_argv(m, "192.0.2.1", "postmaster@example.org")[:4] == ["docker", "exec", "-i", "mailserver"]
+    assert rspamc_argv(m, "192.0.2.1", "postmaster@example.org")[:4] == ["docker", "exec", "-i", "mailserver"]
 
 
 def test_production_shaped_data_keeps_the_seeds_path():
     # inventory/production.py's mailhost data (tests never load that inventory).
-    m = mh.load_mailhost({"flavour": "docker-mailserver", "container": "mailserver",
+    m = load_mailhost({"flavour": "docker-mailserver", "container": "mailserver",
                           "config_dir": "/tmp/docker-mailserver",
                           "host_config_dir": "/srv/mailserver/docker-data/dms/config", "proxy_service": "2525/inet"})
     assert m.is_docker and m.service_key == "2525/inet"
@@ -120,7 +159,7 @@ def test_production_shaped_data_keeps_the_seeds_path():
 ])
 def test_bad_mailhost_data_names_the_field(data, field):
     with pytest.raises(ConfigError) as error:
-        mh.load_mailhost(data)
+        load_mailhost(data)
     assert str(error.value).startswith(f"inventory data {field}:")
     assert "\n" not in str(error.value)
 
@@ -136,7 +175,7 @@ def test_smtp_probe_address():
 
 
 def test_probe_addresses_inside_each_network_and_outside_all():
-    probes = mh.probe_addresses(RELAYS)
+    probes = probe_addresses(RELAYS)
     assert probes.inside == (("192.0.2.0/24", "192.0.2.1"), ("198.51.100.0/24", "198.51.100.1"),
                              ("2001:db8:2::/48", "2001:db8:2::1"))
     assert probes.outside == ("203.0.113.1", "2001:db8:ffff:ffff::1")
@@ -146,40 +185,40 @@ def test_probe_addresses_inside_each_network_and_outside_all():
 
 
 def test_outside_probe_skips_candidates_inside_a_relay_network():
-    probes = mh.probe_addresses(["203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"])
+    probes = probe_addresses(["203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"])
     assert probes.outside == ("198.18.0.1",)
-    assert mh.probe_addresses(["162.216.242.0/24", "72.51.58.0/24"]).outside == ("203.0.113.1",)
+    assert probe_addresses(["162.216.242.0/24", "72.51.58.0/24"]).outside == ("203.0.113.1",)
 
 
 # --- rendering ----------------------------------------------------------------------
 
 
 def test_postscreen_access_table_permits_every_relay_network():
-    text = mh.render_postscreen_access(RELAYS)
+    text = render_postscreen_access(RELAYS)
     rules = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert rules == ["192.0.2.0/24\tpermit", "198.51.100.0/24\tpermit", "2001:db8:2::/48\tpermit"]
-    assert mh.parse_postscreen_access(text) == (RELAYS, [])
-    assert mh.parse_postscreen_access("garbage here\n10.0.0.0/8 reject\n") == ([], ["garbage here"])
+    assert parse_postscreen_access(text) == (RELAYS, [])
+    assert parse_postscreen_access("garbage here\n10.0.0.0/8 reject\n") == ([], ["garbage here"])
 
 
 def test_postscreen_access_table_works_with_postmap(tmp_path):
     scratch_main_cf(tmp_path)
     table = tmp_path / "postscreen_access.cidr"
-    table.write_text(mh.render_postscreen_access(RELAYS))
+    table.write_text(render_postscreen_access(RELAYS))
 
     def query(address):
         result = subprocess.run(["postmap", "-c", str(tmp_path), "-q", address, f"cidr:{table}"],
                                 capture_output=True, text=True)
         return result.stdout.strip(), result.stderr
 
-    probes = mh.probe_addresses(RELAYS)
+    probes = probe_addresses(RELAYS)
     assert all(query(address) == ("permit", "") for _, address in probes.inside)
     assert all(query(address) == ("", "") for address in probes.outside)
 
 
 def test_rspamd_rule_disables_only_spf_and_dmarc_for_the_relays():
-    block = mh.render_rspamd_block(RELAYS)
-    assert block.startswith(mh.block_begin(mh.RSPAMD_BLOCK) + "\n") and block.endswith(mh.block_end(mh.RSPAMD_BLOCK) + "\n")
+    block = render_rspamd_block(RELAYS)
+    assert block.startswith(block_begin(RSPAMD_BLOCK) + "\n") and block.endswith(block_end(RSPAMD_BLOCK) + "\n")
     assert "backupmx_relay_exempt {" in block and "priority = high;" in block
     assert 'groups_disabled = ["spf", "dmarc"];' in block
     for network in RELAYS:
@@ -190,7 +229,7 @@ def test_rspamd_rule_disables_only_spf_and_dmarc_for_the_relays():
 
 def test_rspamd_rule_passes_configtest_and_configdump_shows_it(tmp_path):
     (tmp_path / "local.d").mkdir()
-    (tmp_path / "local.d" / "settings.conf").write_text(mh.render_rspamd_block(RELAYS))
+    (tmp_path / "local.d" / "settings.conf").write_text(render_rspamd_block(RELAYS))
     args = [f"--var=LOCAL_CONFDIR={tmp_path}"]
     test = subprocess.run(["rspamadm", *args, "configtest"], capture_output=True, text=True, timeout=60)
     assert test.returncode == 0 and test.stdout.strip() == "syntax OK", test.stdout + test.stderr
@@ -198,7 +237,7 @@ def test_rspamd_rule_passes_configtest_and_configdump_shows_it(tmp_path):
                           timeout=60)
     import json
 
-    rule = json.loads(dump.stdout)[mh.RSPAMD_RULE]
+    rule = json.loads(dump.stdout)[RSPAMD_RULE]
     assert rule["ip"] == RELAYS and rule["apply"]["groups_disabled"] == ["spf", "dmarc"]
 
 
@@ -214,28 +253,28 @@ authenticated {
 
 
 def test_marked_block_keeps_foreign_content_byte_for_byte():
-    block = mh.render_rspamd_block(RELAYS)
-    once = mh.with_block(FOREIGN_SETTINGS, mh.RSPAMD_BLOCK, block)
+    block = render_rspamd_block(RELAYS)
+    once = with_block(FOREIGN_SETTINGS, RSPAMD_BLOCK, block)
     assert once.startswith(FOREIGN_SETTINGS + "\n\n") and once.endswith(block)
-    assert mh.with_block(once, mh.RSPAMD_BLOCK, block) == once  # idempotent
-    other = mh.with_block(once, mh.RSPAMD_BLOCK, mh.render_rspamd_block(RELAYS[:1]))
+    assert with_block(once, RSPAMD_BLOCK, block) == once  # idempotent
+    other = with_block(once, RSPAMD_BLOCK, render_rspamd_block(RELAYS[:1]))
     assert other.startswith(FOREIGN_SETTINGS + "\n\n") and '"198.51.100.0/24"' not in other
-    assert mh.with_block(once, mh.RSPAMD_BLOCK, None) == FOREIGN_SETTINGS + "\n"
-    assert mh.find_block(once, mh.RSPAMD_BLOCK) == block
+    assert with_block(once, RSPAMD_BLOCK, None) == FOREIGN_SETTINGS + "\n"
+    assert find_block(once, RSPAMD_BLOCK) == block
 
 
 def test_marked_block_alone_makes_and_removes_the_whole_file():
-    block = mh.render_rspamd_block(RELAYS)
-    assert mh.with_block(None, mh.RSPAMD_BLOCK, block) == block
-    assert mh.with_block(block, mh.RSPAMD_BLOCK, None) is None
-    assert mh.with_block(None, mh.RSPAMD_BLOCK, None) is None
+    block = render_rspamd_block(RELAYS)
+    assert with_block(None, RSPAMD_BLOCK, block) == block
+    assert with_block(block, RSPAMD_BLOCK, None) is None
+    assert with_block(None, RSPAMD_BLOCK, None) is None
 
 
 def test_damaged_markers_are_refused():
-    block = mh.render_rspamd_block(RELAYS)
-    for damaged in (block.replace(mh.block_end(mh.RSPAMD_BLOCK), ""), block + block):
+    block = render_rspamd_block(RELAYS)
+    for damaged in (block.replace(block_end(RSPAMD_BLOCK), ""), block + block):
         with pytest.raises(BackupMXError, match="markers are damaged"):
-            mh.with_block(damaged, mh.RSPAMD_BLOCK, block)
+            with_block(damaged, RSPAMD_BLOCK, block)
 
 
 # --- master.cf -----------------------------------------------------------------------------
@@ -243,86 +282,86 @@ def test_damaged_markers_are_refused():
 
 def test_options_go_on_the_listener_only_and_nothing_else_moves():
     m = native()
-    options = {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", mh.CACHE_MAP: m.cache_map()}
-    edited = mh.set_service_options(MASTER_CF, "2525", "inet", options)
+    options = {ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", CACHE_MAP: m.cache_map()}
+    edited = set_service_options(MASTER_CF, "2525", "inet", options)
     added = [line for line in edited.splitlines() if line not in MASTER_CF.splitlines()]
     assert added == [f"  -o postscreen_access_list=permit_mynetworks,cidr:{m.cidr_path}",
                      "  -o postscreen_cache_map=btree:$data_directory/postscreen_2525_cache"]
     lines = edited.splitlines()
     assert lines.index(added[0]) == lines.index("  -o postscreen_upstream_proxy_protocol=haproxy") + 1
-    assert mh.set_service_options(edited, "2525", "inet", options) == edited
-    changed = mh.set_service_options(edited, "2525", "inet", {mh.ACCESS_LIST: "permit_mynetworks"})
+    assert set_service_options(edited, "2525", "inet", options) == edited
+    changed = set_service_options(edited, "2525", "inet", {ACCESS_LIST: "permit_mynetworks"})
     assert changed.count("postscreen_access_list") == 1 and "  -o postscreen_access_list=permit_mynetworks\n" in changed
-    assert mh.remove_service_options(edited, "2525", "inet", options) == MASTER_CF
+    assert remove_service_options(edited, "2525", "inet", options) == MASTER_CF
 
 
 def test_master_cf_edits_check_out_with_postconf(tmp_path):
     scratch_main_cf(tmp_path)
     m = native(postfix_config_dir=str(tmp_path))
-    (tmp_path / "master.cf").write_text(mh.set_service_options(
-        MASTER_CF, "2525", "inet", {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", mh.CACHE_MAP: m.cache_map()}))
+    (tmp_path / "master.cf").write_text(set_service_options(
+        MASTER_CF, "2525", "inet", {ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", CACHE_MAP: m.cache_map()}))
     overrides = subprocess.run(["postconf", "-c", str(tmp_path), "-P"], capture_output=True, text=True).stdout
     assert f"2525/inet/postscreen_access_list = permit_mynetworks,cidr:{m.cidr_path}" in overrides
     assert not any(line.startswith("smtp/inet/postscreen_access_list") for line in overrides.splitlines())
 
 
 def test_master_cf_without_the_service_or_with_an_inline_option_is_refused():
-    with pytest.raises(mh.MasterCfError, match="no service 2526/inet"):
-        mh.set_service_options(MASTER_CF, "2526", "inet", {mh.ACCESS_LIST: "x"})
+    with pytest.raises(MasterCfError, match="no service 2526/inet"):
+        set_service_options(MASTER_CF, "2526", "inet", {ACCESS_LIST: "x"})
     inline = MASTER_CF.replace("1       postscreen\n  -o syslog", "1       postscreen -o postscreen_access_list=x\n  -o syslog")
-    with pytest.raises(mh.MasterCfError, match="inline"):
-        mh.set_service_options(inline, "2525", "inet", {mh.ACCESS_LIST: "y"})
-    with pytest.raises(mh.MasterCfError, match="whitespace"):
-        mh.set_service_options(MASTER_CF, "2525", "inet", {mh.ACCESS_LIST: "permit_mynetworks, cidr:/x"})
+    with pytest.raises(MasterCfError, match="inline"):
+        set_service_options(inline, "2525", "inet", {ACCESS_LIST: "y"})
+    with pytest.raises(MasterCfError, match="whitespace"):
+        set_service_options(MASTER_CF, "2525", "inet", {ACCESS_LIST: "permit_mynetworks, cidr:/x"})
 
 
 def test_master_cf_without_a_final_newline():
     text = "smtp inet n - y - 1 postscreen\n2525 inet n - y - 1 postscreen"
-    edited = mh.set_service_options(text, "2525", "inet", {mh.ACCESS_LIST: "permit_mynetworks"})
+    edited = set_service_options(text, "2525", "inet", {ACCESS_LIST: "permit_mynetworks"})
     assert edited == text + "\n  -o postscreen_access_list=permit_mynetworks\n"
 
 
 def listeners(params_2525: dict, params_smtp: dict | None = None) -> dict:
-    return {"smtp/inet": mh.Listener("smtp", "inet", "postscreen", params_smtp or {}),
-            "2525/inet": mh.Listener("2525", "inet", "postscreen", params_2525),
-            "smtpd/pass": mh.Listener("smtpd", "pass", "smtpd", {})}
+    return {"smtp/inet": Listener("smtp", "inet", "postscreen", params_smtp or {}),
+            "2525/inet": Listener("2525", "inet", "postscreen", params_2525),
+            "smtpd/pass": Listener("smtpd", "pass", "smtpd", {})}
 
 
 def test_wanted_options_keep_the_sites_entries_and_give_the_listener_its_own_cache():
     m = native()
     ours = f"cidr:{m.cidr_path}"
-    main = {mh.ACCESS_LIST: "permit_mynetworks", mh.CACHE_MAP: "btree:$data_directory/postscreen_cache"}
-    assert mh.wanted_listener_options(m, listeners({}), main) == {
-        mh.ACCESS_LIST: f"permit_mynetworks,{ours}", mh.CACHE_MAP: m.cache_map()}
+    main = {ACCESS_LIST: "permit_mynetworks", CACHE_MAP: "btree:$data_directory/postscreen_cache"}
+    assert wanted_listener_options(m, listeners({}), main) == {
+        ACCESS_LIST: f"permit_mynetworks,{ours}", CACHE_MAP: m.cache_map()}
     # Its own cache already: left alone.
-    own = {mh.CACHE_MAP: "btree:$data_directory/proxy_cache"}
-    assert mh.wanted_listener_options(m, listeners(own), main) == {mh.ACCESS_LIST: f"permit_mynetworks,{ours}"}
+    own = {CACHE_MAP: "btree:$data_directory/proxy_cache"}
+    assert wanted_listener_options(m, listeners(own), main) == {ACCESS_LIST: f"permit_mynetworks,{ours}"}
     # The same file as the other postscreen service: ours instead.
-    shared = {mh.CACHE_MAP: "btree:$data_directory/x"}
-    assert mh.wanted_listener_options(m, listeners(shared, dict(shared)), main)[mh.CACHE_MAP] == m.cache_map()
+    shared = {CACHE_MAP: "btree:$data_directory/x"}
+    assert wanted_listener_options(m, listeners(shared, dict(shared)), main)[CACHE_MAP] == m.cache_map()
     # A site's blocklist stays first; ours is added once.
-    site = {mh.ACCESS_LIST: "cidr:/etc/postfix/block.cidr,permit_mynetworks", **own}
-    assert mh.wanted_listener_options(m, listeners(site), main)[mh.ACCESS_LIST] == \
+    site = {ACCESS_LIST: "cidr:/etc/postfix/block.cidr,permit_mynetworks", **own}
+    assert wanted_listener_options(m, listeners(site), main)[ACCESS_LIST] == \
         f"cidr:/etc/postfix/block.cidr,permit_mynetworks,{ours}"
-    done = {mh.ACCESS_LIST: f"permit_mynetworks,{ours}", mh.CACHE_MAP: m.cache_map()}
-    assert mh.wanted_listener_options(m, listeners(done), main) == done
+    done = {ACCESS_LIST: f"permit_mynetworks,{ours}", CACHE_MAP: m.cache_map()}
+    assert wanted_listener_options(m, listeners(done), main) == done
 
 
 def test_missing_listener_names_the_postscreen_services_that_exist():
-    message = mh.missing_listener_message(native(proxy_service="2526/inet"), listeners({}))
+    message = missing_listener_message(native(proxy_service="2526/inet"), listeners({}))
     assert "no service 2526/inet" in message and "postscreen services are: 2525/inet, smtp/inet" in message
-    assert "runs smtpd, not postscreen" in mh.missing_listener_message(native(proxy_service="smtpd/pass"), listeners({}))
-    assert mh.missing_listener_message(native(), listeners({})) is None
+    assert "runs smtpd, not postscreen" in missing_listener_message(native(proxy_service="smtpd/pass"), listeners({}))
+    assert missing_listener_message(native(), listeners({})) is None
 
 
 # --- docker-mailserver -------------------------------------------------------------------------
 
 
 def test_docker_mailserver_spf_and_dmarc_policies_are_detected():
-    both = mh.dms_policy_conflicts({"ENABLE_POLICYD_SPF": None, "ENABLE_OPENDMARC": None})
+    both = dms_policy_conflicts({"ENABLE_POLICYD_SPF": None, "ENABLE_OPENDMARC": None})
     assert len(both) == 2 and "ENABLE_POLICYD_SPF=unset, default 1" in both[0] and "set ENABLE_POLICYD_SPF=0" in both[0]
-    assert mh.dms_policy_conflicts({"ENABLE_POLICYD_SPF": "0", "ENABLE_OPENDMARC": "0"}) == []
-    wired = mh.dms_policy_conflicts({"ENABLE_POLICYD_SPF": "0", "ENABLE_OPENDMARC": "0"},
+    assert dms_policy_conflicts({"ENABLE_POLICYD_SPF": "0", "ENABLE_OPENDMARC": "0"}) == []
+    wired = dms_policy_conflicts({"ENABLE_POLICYD_SPF": "0", "ENABLE_OPENDMARC": "0"},
                                     "permit_mynetworks, check_policy_service unix:private/policyd-spf",
                                     "$dkim_milter $dmarc_milter $rspamd_milter")
     assert [c.split("=")[0] for c in wired] == ["ENABLE_POLICYD_SPF", "ENABLE_OPENDMARC"]
@@ -337,27 +376,27 @@ postconf -P '2525/inet/postscreen_upstream_proxy_protocol=haproxy'
 
 def test_user_patches_block_is_appended_marked_and_idempotent():
     m = dms()
-    options = {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", mh.CACHE_MAP: m.cache_map()}
-    block = mh.render_user_patches_block(m, options)
-    once = mh.with_block(USER_PATCHES, mh.USER_PATCHES_BLOCK, block)
+    options = {ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", CACHE_MAP: m.cache_map()}
+    block = render_user_patches_block(m, options)
+    once = with_block(USER_PATCHES, USER_PATCHES_BLOCK, block)
     assert once == USER_PATCHES + "\n" + block, "after the lines that define the listener"
-    assert mh.with_block(once, mh.USER_PATCHES_BLOCK, block) == once
+    assert with_block(once, USER_PATCHES_BLOCK, block) == once
     assert "postconf -P 2525/inet/postscreen_access_list=permit_mynetworks,cidr:/tmp/docker-mailserver/" \
            "postscreen_access.cidr" in block
     assert "postconf -P '2525/inet/postscreen_cache_map=btree:$data_directory/postscreen_2525_cache'" in block
-    assert mh.with_block(once, mh.USER_PATCHES_BLOCK, None) == USER_PATCHES
+    assert with_block(once, USER_PATCHES_BLOCK, None) == USER_PATCHES
 
 
 def test_user_patches_block_runs_the_postconf_commands_it_shows(tmp_path):
     """Run the block under bash with a postconf that records its arguments."""
     m = dms()
-    options = {mh.ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", mh.CACHE_MAP: m.cache_map()}
+    options = {ACCESS_LIST: f"permit_mynetworks,cidr:{m.cidr_path}", CACHE_MAP: m.cache_map()}
     log = tmp_path / "calls"
     stub = tmp_path / "postconf"
     stub.write_text(f"#!/bin/sh\nfor a in \"$@\"; do printf '[%s]' \"$a\"; done >>{log}\necho >>{log}\n")
     stub.chmod(0o755)
     script = tmp_path / "user-patches.sh"
-    script.write_text(mh.with_block(None, mh.USER_PATCHES_BLOCK, mh.render_user_patches_block(m, options),
+    script.write_text(with_block(None, USER_PATCHES_BLOCK, render_user_patches_block(m, options),
                                     header="#!/bin/bash\n"))
     subprocess.run(["bash", str(script)], check=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert log.read_text().splitlines() == [
@@ -416,10 +455,10 @@ def text_of(path: Path) -> str:
 
 def test_transaction_swaps_validates_reloads_and_cleans_up(tmp_path, bin_dir):
     old, new = scratch_files(tmp_path)
-    tx = mh.Transaction(
-        label="test", files=(mh.FileChange(str(old), text_of(old), "replaced\n"), mh.FileChange(str(new), None, "x\n")),
+    tx = Transaction(
+        label="test", files=(FileChange(str(old), text_of(old), "replaced\n"), FileChange(str(new), None, "x\n")),
         rspamd_configtest=("rspamadm", "configtest"), reloads=(("reload-rspamd",),))
-    result = run_script(mh.transaction_script(tx), bin_dir)
+    result = run_script(transaction_script(tx), bin_dir)
     assert result.returncode == 0, result.stderr
     assert old.read_text() == "replaced\n" and stat.S_IMODE(old.stat().st_mode) == 0o640
     assert new.read_text() == "x\n" and stat.S_IMODE(new.stat().st_mode) == 0o644
@@ -430,13 +469,13 @@ def test_transaction_swaps_validates_reloads_and_cleans_up(tmp_path, bin_dir):
 def test_transaction_failure_restores_byte_for_byte_and_reloads_nothing(tmp_path, bin_dir):
     old, new = scratch_files(tmp_path)
     before = old.read_bytes()
-    tx = mh.Transaction(
-        label="test", files=(mh.FileChange(str(old), text_of(old), "broken\n"), mh.FileChange(str(new), None, "x\n")),
+    tx = Transaction(
+        label="test", files=(FileChange(str(old), text_of(old), "broken\n"), FileChange(str(new), None, "x\n")),
         rspamd_configtest=("sh", "-c", f"[ -f {tmp_path}/armed ] && rspamadm configtest; touch {tmp_path}/armed; "
                                        "echo 'syntax OK'"),
         reloads=(("reload-rspamd",),))
     (tmp_path / "rspamd.bad").touch()
-    result = run_script(mh.transaction_script(tx), bin_dir)
+    result = run_script(transaction_script(tx), bin_dir)
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     # Exit 0, but a new complaint on its output: that is a failure too.
@@ -450,15 +489,15 @@ def test_transaction_failure_restores_byte_for_byte_and_reloads_nothing(tmp_path
 def test_transaction_counts_only_new_postfix_check_warnings(tmp_path, bin_dir):
     old, _ = scratch_files(tmp_path)
     (tmp_path / "postfix-check.out").write_text("postfix/postfix-script: warning: an old complaint\n")
-    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), text_of(old), "new\n"),),
+    tx = Transaction(label="test", files=(FileChange(str(old), text_of(old), "new\n"),),
                         postfix_check=("postfix", "check"), reloads=(("reload-postfix",),))
-    assert run_script(mh.transaction_script(tx), bin_dir).returncode == 0  # a warning that was there before
+    assert run_script(transaction_script(tx), bin_dir).returncode == 0  # a warning that was there before
     (tmp_path / "new.out").write_text("postconf: warning: master.cf: unused parameter: postscren_x=1\n")
     # Before the swap: the old complaint; after it: the old one and a new one.
     check = f"postfix check; [ -f {tmp_path}/swapped ] && cat {tmp_path}/new.out; touch {tmp_path}/swapped"
-    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), "new\n", "newer\n"),),
+    tx = Transaction(label="test", files=(FileChange(str(old), "new\n", "newer\n"),),
                         postfix_check=("sh", "-c", check), reloads=(("reload-postfix",),))
-    result = run_script(mh.transaction_script(tx), bin_dir)
+    result = run_script(transaction_script(tx), bin_dir)
     assert result.returncode == 1 and old.read_text() == "new\n"
     assert "postfix check warns after the change: postconf: warning: master.cf: unused parameter: postscren_x=1;" \
            in result.stderr
@@ -467,14 +506,14 @@ def test_transaction_counts_only_new_postfix_check_warnings(tmp_path, bin_dir):
 
 def test_transaction_refuses_a_file_changed_since_the_plan(tmp_path, bin_dir):
     old, new = scratch_files(tmp_path)
-    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), "what the plan saw\n", "new\n"),),
+    tx = Transaction(label="test", files=(FileChange(str(old), "what the plan saw\n", "new\n"),),
                         reloads=(("reload-postfix",),))
-    result = run_script(mh.transaction_script(tx), bin_dir)
+    result = run_script(transaction_script(tx), bin_dir)
     assert result.returncode == 1 and "changed since it was read; re-run" in result.stderr
     assert old.read_bytes() == b"old contents\r\nno final newline" and calls(tmp_path) == []
     new.write_text("someone else's\n")
-    tx = mh.Transaction(label="test", files=(mh.FileChange(str(new), None, "ours\n"),))
-    result = run_script(mh.transaction_script(tx), bin_dir)
+    tx = Transaction(label="test", files=(FileChange(str(new), None, "ours\n"),))
+    result = run_script(transaction_script(tx), bin_dir)
     assert result.returncode == 1 and "appeared since it was read" in result.stderr
     assert new.read_text() == "someone else's\n"
 
@@ -482,10 +521,10 @@ def test_transaction_refuses_a_file_changed_since_the_plan(tmp_path, bin_dir):
 def test_transaction_probes_must_answer_as_expected(tmp_path, bin_dir):
     old, _ = scratch_files(tmp_path)
     before = old.read_bytes()
-    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), text_of(old), "new\n"),),
+    tx = Transaction(label="test", files=(FileChange(str(old), text_of(old), "new\n"),),
                         probes=((("echo", "-q", "192.0.2.1", "cidr:x"), "permit"),),
                         reloads=(("reload-postfix",),))
-    result = run_script(mh.transaction_script(tx), bin_dir)
+    result = run_script(transaction_script(tx), bin_dir)
     assert result.returncode == 1 and "postmap probe: 192.0.2.1 should answer permit, got '-q 192.0.2.1 cidr:x'" \
         in result.stderr
     assert old.read_bytes() == before and calls(tmp_path) == []
@@ -497,9 +536,9 @@ def test_transaction_with_staged_uploads_checks_them_and_always_removes_them(tmp
     big = "".join(f"192.0.{i // 256}.{i % 256}/32 permit\n" for i in range(8000))  # > MAX_ARG_STRLEN inline
     staged = {str(new): tmp_path / "upload-1"}
     staged[str(new)].write_text(big)
-    tx = mh.Transaction(label="test", files=(mh.FileChange(str(new), None, big),), reloads=(("reload-postfix",),))
-    script = mh.transaction_script(tx, staged={path: str(upload) for path, upload in staged.items()})
-    assert len(script) < mh.INLINE_SCRIPT_LIMIT < len(mh.transaction_script(tx))
+    tx = Transaction(label="test", files=(FileChange(str(new), None, big),), reloads=(("reload-postfix",),))
+    script = transaction_script(tx, staged={path: str(upload) for path, upload in staged.items()})
+    assert len(script) < INLINE_SCRIPT_LIMIT < len(transaction_script(tx))
     result = run_script(script, bin_dir)
     assert result.returncode == 0, result.stderr
     assert new.read_text() == big and not staged[str(new)].exists()
@@ -507,9 +546,9 @@ def test_transaction_with_staged_uploads_checks_them_and_always_removes_them(tmp
     # A truncated upload is refused before anything is swapped, and removed too.
     upload = tmp_path / "upload-2"
     upload.write_text("changed\n"[:4])
-    tx = mh.Transaction(label="test", files=(mh.FileChange(str(old), text_of(old), "changed\n"),),
+    tx = Transaction(label="test", files=(FileChange(str(old), text_of(old), "changed\n"),),
                         reloads=(("reload-postfix",),))
-    result = run_script(mh.transaction_script(tx, staged={str(old): str(upload)}), bin_dir)
+    result = run_script(transaction_script(tx, staged={str(old): str(upload)}), bin_dir)
     assert result.returncode == 1 and "uploaded new content" in result.stderr
     assert old.read_bytes() == b"old contents\r\nno final newline" and not upload.exists()
     assert calls(tmp_path) == ["reload-postfix "]
@@ -539,7 +578,7 @@ def fake_docker(tmp_path, bin_dir):
     stub(bin_dir, "supervisorctl", f'echo "supervisorctl $*" >>{log}')
     # `postfix -c DIR check` reports master.cf/main.cf warnings the way postconf does.
     stub(bin_dir, "postfix", f'echo "postfix $*" >>{log}; if [ "$3" = check ]; then postconf -c "$2" -n >/dev/null; fi')
-    m = mh.load_mailhost({"flavour": "docker-mailserver", "container": "mailserver", "proxy_service": "2525/inet",
+    m = load_mailhost({"flavour": "docker-mailserver", "container": "mailserver", "proxy_service": "2525/inet",
                           "docker": str(bin_dir / "docker"), "config_dir": str(config), "host_config_dir": str(config),
                           "postfix_config_dir": str(postfix), "rspamd_local_dir": str(rspamd)})
     return m
@@ -584,17 +623,17 @@ def test_postconf_missing_is_not_an_absent_whitelist(tmp_path, bin_dir):
     assert found["postconf"] is False and "postconf not found" in found["error"]
 
 
-def docker_plan_transaction(m: mh.MailHost, listener_params: dict, user_patches: str | None) -> mh.Transaction:
+def docker_plan_transaction(m: MailHost, listener_params: dict, user_patches: str | None) -> Transaction:
     """What operations.mailhost builds for docker-mailserver, from the same pure pieces."""
     services = listeners(listener_params)
-    options = mh.wanted_listener_options(m, services, {mh.ACCESS_LIST: "permit_mynetworks"})
-    block = mh.render_user_patches_block(m, options)
-    new_patches = mh.with_block(user_patches, mh.USER_PATCHES_BLOCK, block, header="#!/bin/bash\n")
-    probes = mh.probe_addresses(RELAYS)
-    return mh.Transaction(
+    options = wanted_listener_options(m, services, {ACCESS_LIST: "permit_mynetworks"})
+    block = render_user_patches_block(m, options)
+    new_patches = with_block(user_patches, USER_PATCHES_BLOCK, block, header="#!/bin/bash\n")
+    probes = probe_addresses(RELAYS)
+    return Transaction(
         label="postscreen_whitelist 2525/inet",
-        files=(mh.FileChange(m.cidr_host_path, None, mh.render_postscreen_access(RELAYS)),
-               mh.FileChange(m.user_patches_host_path, user_patches, new_patches)),
+        files=(FileChange(m.cidr_host_path, None, render_postscreen_access(RELAYS)),
+               FileChange(m.user_patches_host_path, user_patches, new_patches)),
         live_files=(tuple(m.in_target([m.master_cf_path])),),
         live_commands=tuple((f"postconf -P {name}", tuple(m.postconf("-P", f"{m.service_key}/{name}={value}")))
                             for name, value in options.items()),
@@ -609,7 +648,7 @@ def test_docker_mailserver_whitelist_applies_live_in_the_container(tmp_path, bin
     m = fake_docker
     tx = docker_plan_transaction(m, {"syslog_name": "postfix/smtpd-proxyprotocol",
                                      "postscreen_upstream_proxy_protocol": "haproxy"}, USER_PATCHES)
-    result = run_script(mh.transaction_script(tx), bin_dir)
+    result = run_script(transaction_script(tx), bin_dir)
     assert result.returncode == 0, result.stderr
     overrides = subprocess.run(["postconf", "-c", m.postfix_config_dir, "-P"], capture_output=True, text=True).stdout
     assert f"2525/inet/postscreen_access_list = permit_mynetworks,cidr:{m.cidr_path}" in overrides
@@ -626,9 +665,9 @@ def test_docker_mailserver_failure_restores_the_container_and_the_host(tmp_path,
     m = fake_docker
     master_before = Path(m.master_cf_path).read_bytes()
     tx = docker_plan_transaction(m, {}, USER_PATCHES)
-    tx = mh.Transaction(**{**tx.__dict__, "live_commands": tx.live_commands + (
+    tx = Transaction(**{**tx.__dict__, "live_commands": tx.live_commands + (
         ("postconf -P a misspelled one", tuple(m.postconf("-P", "2525/inet/postscren_greet_action=enforce"))),)})
-    result = run_script(mh.transaction_script(tx), bin_dir)
+    result = run_script(transaction_script(tx), bin_dir)
     assert result.returncode == 1
     assert "postfix check warns after the change" in result.stderr or "unused parameter" in result.stderr, result.stderr
     assert Path(m.master_cf_path).read_bytes() == master_before
@@ -638,21 +677,21 @@ def test_docker_mailserver_failure_restores_the_container_and_the_host(tmp_path,
 
 def test_docker_mailserver_rspamd_settings_reach_the_container(tmp_path, bin_dir, fake_docker):
     m = fake_docker
-    new = mh.with_block(None, mh.RSPAMD_BLOCK, mh.render_rspamd_block(RELAYS))
-    tx = mh.Transaction(
+    new = with_block(None, RSPAMD_BLOCK, render_rspamd_block(RELAYS))
+    tx = Transaction(
         label="rspamd_exemption",
-        files=(mh.FileChange(m.rspamd_settings_host_path, None, new),),
+        files=(FileChange(m.rspamd_settings_host_path, None, new),),
         live_files=(tuple(m.in_target([m.rspamd_settings_live_path])),),
         live_commands=(("copy", tuple(m.in_target(["cp", m.rspamd_settings_mounted_path, m.rspamd_settings_live_path]))),),
         rspamd_configtest=tuple(m.rspamadm("configtest")),
         reloads=(tuple(m.rspamd_reload_argv()),))
-    result = run_script(mh.transaction_script(tx), bin_dir)
+    result = run_script(transaction_script(tx), bin_dir)
     assert result.returncode == 0, result.stderr
     assert Path(m.rspamd_settings_live_path).read_text() == new
     assert "docker exec mailserver supervisorctl signal HUP rspamd" in calls(tmp_path)
     found = run_fact(facts.RspamdExemption, bin_dir, settings_path=m.rspamd_settings_host_path,
                      live_path=m.rspamd_settings_live_path, dump=False, **facts.facts_args(m))
-    assert found["block"] == mh.render_rspamd_block(RELAYS) and found["live_file"] == new
+    assert found["block"] == render_rspamd_block(RELAYS) and found["live_file"] == new
 
 
 # --- the docker-mailserver operations, through pyinfra, with the stand-in docker ---------------------
@@ -695,8 +734,8 @@ def test_docker_mailserver_operations_apply_and_converge(tmp_path, bin_dir, fake
 
     assert changes == [True, True] and ok
     patches = Path(m.user_patches_host_path).read_text()
-    assert patches.startswith(USER_PATCHES) and mh.find_block(patches, mh.USER_PATCHES_BLOCK)
-    assert Path(m.cidr_host_path).read_text() == mh.render_postscreen_access(RELAYS)
+    assert patches.startswith(USER_PATCHES) and find_block(patches, USER_PATCHES_BLOCK)
+    assert Path(m.cidr_host_path).read_text() == render_postscreen_access(RELAYS)
     assert Path(m.rspamd_settings_live_path).read_text() == Path(m.rspamd_settings_host_path).read_text()
     overrides = subprocess.run(["postconf", "-c", m.postfix_config_dir, "-P"], capture_output=True, text=True).stdout
     assert f"2525/inet/postscreen_access_list = permit_mynetworks,cidr:{m.cidr_path}" in overrides
@@ -741,8 +780,8 @@ def test_docker_mailserver_with_policyd_spf_on_is_refused_before_anything_change
 
 
 def test_relay_scoring_defaults_to_exempt_and_accepts_external_relay():
-    assert native().relay_scoring == mh.EXEMPT
-    assert native(relay_scoring="external_relay").relay_scoring == mh.EXTERNAL_RELAY
+    assert native().relay_scoring == EXEMPT
+    assert native(relay_scoring="external_relay").relay_scoring == EXTERNAL_RELAY
 
 
 @pytest.mark.parametrize("value", ["spf_off", "EXEMPT", "", None, 1, ["exempt"]])
@@ -759,10 +798,10 @@ def test_external_relay_is_refused_for_docker_mailserver():
 
 
 def test_relay_cap_rule_disables_only_the_reject_action_for_the_relays():
-    block = mh.render_relay_cap_block(RELAYS)
-    assert block.startswith(mh.block_begin(mh.RSPAMD_BLOCK) + "\n") and block.endswith(mh.block_end(mh.RSPAMD_BLOCK) + "\n")
+    block = render_relay_cap_block(RELAYS)
+    assert block.startswith(block_begin(RSPAMD_BLOCK) + "\n") and block.endswith(block_end(RSPAMD_BLOCK) + "\n")
     body = block.split("# END")[0].split("{", 1)[1]
-    assert f"{mh.RSPAMD_CAP_RULE} {{" in block and "priority = high;" in block and "reject = null;" in body
+    assert f"{RSPAMD_CAP_RULE} {{" in block and "priority = high;" in block and "reject = null;" in body
     for network in RELAYS:
         assert f'"{network}",' in block
     for untouched in ("groups_disabled", "symbols_disabled", "add header", "greylist"):
@@ -770,19 +809,19 @@ def test_relay_cap_rule_disables_only_the_reject_action_for_the_relays():
 
 
 def test_external_relay_rule_takes_the_relays_own_received_header():
-    block = mh.render_external_relay_block()
-    assert block.startswith(mh.block_begin(mh.EXTERNAL_RELAY_BLOCK) + "\n")
-    for line in ("enabled = true;", f"  {mh.RSPAMD_RELAY_SYMBOL} {{", 'strategy = "count";', "count = 3;",
+    block = render_external_relay_block()
+    assert block.startswith(block_begin(EXTERNAL_RELAY_BLOCK) + "\n")
+    for line in ("enabled = true;", f"  {RSPAMD_RELAY_SYMBOL} {{", 'strategy = "count";', "count = 3;",
                  "priority = 9;"):
         assert line in block
 
 
 def test_external_relay_lua_is_limited_to_the_relay_networks():
-    block = mh.render_external_relay_lua(RELAYS)
-    assert block.startswith(mh.block_begin(mh.EXTERNAL_RELAY_BLOCK, "--") + "\n")
-    assert block.endswith(mh.block_end(mh.EXTERNAL_RELAY_BLOCK, "--") + "\n")
+    block = render_external_relay_lua(RELAYS)
+    assert block.startswith(block_begin(EXTERNAL_RELAY_BLOCK, "--") + "\n")
+    assert block.endswith(block_end(EXTERNAL_RELAY_BLOCK, "--") + "\n")
     assert "#" not in block  # not a Lua comment
-    assert f'rspamd_config:add_condition("{mh.RSPAMD_RELAY_SYMBOL}"' in block and '"radix"' in block
+    assert f'rspamd_config:add_condition("{RSPAMD_RELAY_SYMBOL}"' in block and '"radix"' in block
     for network in RELAYS:
         assert f'"{network}",' in block
 
@@ -790,26 +829,26 @@ def test_external_relay_lua_is_limited_to_the_relay_networks():
 def test_rspamd_files_per_mode():
     exempt, external = native(), native(relay_scoring="external_relay")
     paths = [exempt.rspamd_settings_host_path, exempt.rspamd_external_relay_host_path, exempt.rspamd_lua_host_path]
-    assert list(mh.rspamd_files(exempt, RELAYS)) == paths  # settings.conf first
-    assert [block for _, _, block in mh.rspamd_files(exempt, RELAYS).values()] == [mh.render_rspamd_block(RELAYS),
+    assert list(rspamd_files(exempt, RELAYS)) == paths  # settings.conf first
+    assert [block for _, _, block in rspamd_files(exempt, RELAYS).values()] == [render_rspamd_block(RELAYS),
                                                                                    None, None]
-    assert [block for _, _, block in mh.rspamd_files(external, RELAYS).values()] == [
-        mh.render_relay_cap_block(RELAYS), mh.render_external_relay_block(), mh.render_external_relay_lua(RELAYS)]
-    assert [comment for _, comment, _ in mh.rspamd_files(external, RELAYS).values()] == ["#", "#", "--"]
+    assert [block for _, _, block in rspamd_files(external, RELAYS).values()] == [
+        render_relay_cap_block(RELAYS), render_external_relay_block(), render_external_relay_lua(RELAYS)]
+    assert [comment for _, comment, _ in rspamd_files(external, RELAYS).values()] == ["#", "#", "--"]
     for mailhost in (exempt, external):  # present=False: nothing of ours anywhere
-        assert all(block is None for _, _, block in mh.rspamd_files(mailhost, None).values())
-    assert list(mh.rspamd_files(dms(), RELAYS)) == [dms().rspamd_settings_host_path]
+        assert all(block is None for _, _, block in rspamd_files(mailhost, None).values())
+    assert list(rspamd_files(dms(), RELAYS)) == [dms().rspamd_settings_host_path]
 
 
 def test_lua_block_keeps_a_sites_rspamd_lua_byte_for_byte():
     site = "-- the site's own Lua\nrspamd_config:register_symbol({name = 'SITE', callback = function() end})\n"
-    block = mh.render_external_relay_lua(RELAYS)
-    once = mh.with_block(site, mh.EXTERNAL_RELAY_BLOCK, block, comment="--")
+    block = render_external_relay_lua(RELAYS)
+    once = with_block(site, EXTERNAL_RELAY_BLOCK, block, comment="--")
     assert once == site + "\n" + block
-    assert mh.with_block(once, mh.EXTERNAL_RELAY_BLOCK, block, comment="--") == once
-    assert mh.find_block(once, mh.EXTERNAL_RELAY_BLOCK, comment="--") == block
-    assert mh.find_block(once, mh.EXTERNAL_RELAY_BLOCK) is None  # '#' markers are another block
-    assert mh.with_block(once, mh.EXTERNAL_RELAY_BLOCK, None, comment="--") == site
+    assert with_block(once, EXTERNAL_RELAY_BLOCK, block, comment="--") == once
+    assert find_block(once, EXTERNAL_RELAY_BLOCK, comment="--") == block
+    assert find_block(once, EXTERNAL_RELAY_BLOCK) is None  # '#' markers are another block
+    assert with_block(once, EXTERNAL_RELAY_BLOCK, None, comment="--") == site
 
 
 def test_external_relay_files_pass_configtest_and_configdump_shows_them(tmp_path):
@@ -818,8 +857,8 @@ def test_external_relay_files_pass_configtest_and_configdump_shows_them(tmp_path
 
     mailhost = native(relay_scoring="external_relay", rspamd_local_dir=str(tmp_path))
     (tmp_path / "local.d").mkdir()
-    for path, (name, comment, block) in mh.rspamd_files(mailhost, RELAYS).items():
-        Path(path).write_text(mh.with_block(None, name, block, comment=comment))
+    for path, (name, comment, block) in rspamd_files(mailhost, RELAYS).items():
+        Path(path).write_text(with_block(None, name, block, comment=comment))
     args = [f"--var=LOCAL_CONFDIR={tmp_path}"]
     test = subprocess.run(["rspamadm", *args, "configtest"], capture_output=True, text=True, timeout=60)
     assert test.returncode == 0 and test.stdout.strip() == "syntax OK", test.stdout + test.stderr
@@ -830,24 +869,24 @@ def test_external_relay_files_pass_configtest_and_configdump_shows_them(tmp_path
                                 timeout=60)
         return json.loads(result.stdout)
 
-    rule = dump("external_relay")["rules"][mh.RSPAMD_RELAY_SYMBOL]
+    rule = dump("external_relay")["rules"][RSPAMD_RELAY_SYMBOL]
     assert rule == {"strategy": "count", "count": 3, "priority": 9}
     settings = dump("settings")
-    assert mh.settings_rule_in_dump(mailhost, settings, RELAYS) == (True, mh.RSPAMD_CAP_RULE)
-    assert mh.settings_rule_in_dump(native(), settings, RELAYS)[0] is False  # not the exempt rule
+    assert settings_rule_in_dump(mailhost, settings, RELAYS) == (True, RSPAMD_CAP_RULE)
+    assert settings_rule_in_dump(native(), settings, RELAYS)[0] is False  # not the exempt rule
 
 
 def test_stage_4_scan_message_per_mode():
-    assert mh.scan_message(native(), "example.org", "203.0.113.1") == mh.probe_message("example.org")
-    relayed = mh.scan_message(native(relay_scoring="external_relay"), "example.org", "203.0.113.1")
+    assert scan_message(native(), "example.org", "203.0.113.1") == probe_message("example.org")
+    relayed = scan_message(native(relay_scoring="external_relay"), "example.org", "203.0.113.1")
     assert relayed.startswith("Received: from backupmx-probe.invalid (unknown [203.0.113.1])\r\n\tby ")
-    assert relayed.endswith(mh.probe_message("example.org"))
+    assert relayed.endswith(probe_message("example.org"))
 
 
 def test_parse_rspamc_action():
-    assert mh.parse_rspamc_action('{"action": "add header", "score": 9.0, "symbols": {}}') == "add header"
-    assert mh.parse_rspamc_action('Results for file: stdin\n{"default": {"action": "reject"}}') == "reject"
-    assert mh.parse_rspamc_action("connection refused") is None
+    assert parse_rspamc_action('{"action": "add header", "score": 9.0, "symbols": {}}') == "add header"
+    assert parse_rspamc_action('Results for file: stdin\n{"default": {"action": "reject"}}') == "reject"
+    assert parse_rspamc_action("connection refused") is None
 
 
 def _scan(symbols, action="no action"):
@@ -856,27 +895,27 @@ def _scan(symbols, action="no action"):
 
 def test_judge_scans_exempt_keeps_the_seed_proof():
     m = native()
-    ok, detail = mh.judge_scans(m, "192.0.2.1", "203.0.113.1", _scan(["MIME_GOOD"]), _scan(["R_SPF_FAIL"]))
+    ok, detail = judge_scans(m, "192.0.2.1", "203.0.113.1", _scan(["MIME_GOOD"]), _scan(["R_SPF_FAIL"]))
     assert ok and detail == "relay 192.0.2.1 no R_SPF_*/DMARC_*, outside 203.0.113.1 R_SPF_FAIL"
-    ok, detail = mh.judge_scans(m, "192.0.2.1", "203.0.113.1", _scan(["R_SPF_FAIL"]), _scan(["R_SPF_FAIL"]))
+    ok, detail = judge_scans(m, "192.0.2.1", "203.0.113.1", _scan(["R_SPF_FAIL"]), _scan(["R_SPF_FAIL"]))
     assert not ok and detail == "relay 192.0.2.1: R_SPF_FAIL; outside 203.0.113.1: R_SPF_FAIL"
-    ok, detail = mh.judge_scans(m, "192.0.2.1", "203.0.113.1", _scan([]), _scan([]))
+    ok, detail = judge_scans(m, "192.0.2.1", "203.0.113.1", _scan([]), _scan([]))
     assert not ok and detail.endswith("no R_SPF_* (SPF not checked at all?)")
 
 
 @pytest.mark.parametrize("relay,outside,live,fragment", [
-    (_scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"], "add header"), _scan(["R_SPF_SOFTFAIL"]), True,
+    (_scan([RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"], "add header"), _scan(["R_SPF_SOFTFAIL"]), True,
      "scored as its Received header's 203.0.113.1"),
     (_scan(["R_SPF_SOFTFAIL"], "add header"), _scan(["R_SPF_SOFTFAIL"]), False, "external_relay did not take"),
-    (_scan([mh.RSPAMD_RELAY_SYMBOL]), _scan(["R_SPF_SOFTFAIL"]), False, "SPF not scored"),
-    (_scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_FAIL"]), _scan(["R_SPF_SOFTFAIL"]), False, "203.0.113.1 directly"),
-    (_scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"], "reject"), _scan(["R_SPF_SOFTFAIL"]), False,
+    (_scan([RSPAMD_RELAY_SYMBOL]), _scan(["R_SPF_SOFTFAIL"]), False, "SPF not scored"),
+    (_scan([RSPAMD_RELAY_SYMBOL, "R_SPF_FAIL"]), _scan(["R_SPF_SOFTFAIL"]), False, "203.0.113.1 directly"),
+    (_scan([RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"], "reject"), _scan(["R_SPF_SOFTFAIL"]), False,
      "action reject"),
-    (_scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"]), _scan([mh.RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"]), False,
+    (_scan([RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"]), _scan([RSPAMD_RELAY_SYMBOL, "R_SPF_SOFTFAIL"]), False,
      "fired for a client outside"),
 ])
 def test_judge_scans_external_relay(relay, outside, live, fragment):
-    ok, detail = mh.judge_scans(native(relay_scoring="external_relay"), "192.0.2.1", "203.0.113.1", relay, outside)
+    ok, detail = judge_scans(native(relay_scoring="external_relay"), "192.0.2.1", "203.0.113.1", relay, outside)
     assert ok is live and fragment in detail, detail
 
 
@@ -885,14 +924,14 @@ def test_capture_script_in_parallel_prints_what_the_serial_one_prints():
     commands = [("slow", ["sh", "-c", "sleep 0.3; printf 'a\\nb'"]), ("fed", ["cat"]),
                 ("fails", ["sh", "-c", "echo why >&2; exit 3"]), ("big", ["sh", "-c", "head -c 200000 /dev/zero"])]
     options = {"stdin": {"fed": "from stdin\n"}, "labels": {"slow": "first"}}
-    serial = subprocess.run(["sh", "-c", mh.capture_script(commands, **options)], capture_output=True, text=True)
+    serial = subprocess.run(["sh", "-c", capture_script(commands, **options)], capture_output=True, text=True)
     started = time.monotonic()
-    parallel = subprocess.run(["sh", "-c", mh.capture_script(commands + [("slow2", commands[0][1])], parallel=True,
+    parallel = subprocess.run(["sh", "-c", capture_script(commands + [("slow2", commands[0][1])], parallel=True,
                                                               **options)], capture_output=True, text=True)
     assert time.monotonic() - started < 0.55  # the two sleeps overlapped
     assert serial.returncode == parallel.returncode == 0
-    expected = mh.parse_captures(serial.stdout.splitlines())
-    got = mh.parse_captures(parallel.stdout.splitlines())
+    expected = parse_captures(serial.stdout.splitlines())
+    got = parse_captures(parallel.stdout.splitlines())
     assert got.pop("slow2").out == "a\nb"
     assert got == expected
     assert expected["slow"].label == "first" and expected["fed"].out == "from stdin\n"

@@ -26,8 +26,17 @@ from pathlib import Path
 
 import dkim
 import pytest
-from providerkit import output, pyinfra
 import requests
+
+import operations.mailhost
+from backupmx.mailhost import render as mailhost_render
+from backupmx.mailhost.listener import wanted_listener_options
+from backupmx.mailhost.model import load_mailhost
+from backupmx.mailhost.render import render_postscreen_access, render_rspamd_block
+from backupmx_sandbox import seed
+from backupmx_sandbox.smtp_client import build_message, send_mail
+from backupmx_sandbox.supervisor import Supervisor
+from backupmx_sandbox.world import Sandbox
 from mailhostkit import (
     leftovers,
     managed_paths,
@@ -39,12 +48,7 @@ from mailhostkit import (
     snapshot,
 )
 from mailpath import endpoint, fresh_ipv4, fresh_ipv6, wait_for_delivery
-
-from backupmx import mailhost as mh
-from backupmx.sandbox import seed
-from backupmx.sandbox.smtp_client import build_message, send_mail
-from backupmx.sandbox.supervisor import Supervisor
-from backupmx.sandbox.world import Sandbox
+from providerkit import output, pyinfra
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # facts/ and operations/ are top-level packages next to deploys/: pyinfra's CLI finds
@@ -325,7 +329,7 @@ def test_bad_mailhost_data_is_one_line_naming_the_field(world, pristine, change,
 def run_operation(world, operation, caplog, **kwargs) -> tuple[bool, str]:
     """One stage 3 operation through pyinfra's API; (succeeded, what pyinfra logged)."""
     return run_api_operation(world["ssh"], "sandbox-mailhost", operation, caplog,
-                             mailhost=mh.load_mailhost(world["mailhost"]), relay_cidrs=world["relay_cidrs"], **kwargs)
+                             mailhost=load_mailhost(world["mailhost"]), relay_cidrs=world["relay_cidrs"], **kwargs)
 
 
 def assert_services_answer(world) -> None:
@@ -341,8 +345,8 @@ def test_broken_rspamd_include_is_rolled_back_byte_for_byte(world, pristine, mon
     settings.write_bytes(foreign)
     reload_rspamd(world)
     before, pids = snapshot(world), worker_pids(world)
-    render = mh.render_rspamd_block
-    monkeypatch.setattr(mh, "render_rspamd_block",
+    render = render_rspamd_block
+    monkeypatch.setattr(mailhost_render, "render_rspamd_block",
                         lambda cidrs: render(cidrs) + '.include "$LOCAL_CONFDIR/local.d/backupmx-missing.inc"\n')
 
     ok, log = run_operation(world, rspamd_exemption, caplog)
@@ -364,8 +368,8 @@ def test_postfix_check_warning_is_rolled_back(world, pristine, monkeypatch, capl
     """A misspelled parameter only makes `postfix check` warn (exit 0): that warning must count."""
     from operations.mailhost import postscreen_whitelist
 
-    wanted = mh.wanted_listener_options
-    monkeypatch.setattr(mh, "wanted_listener_options",
+    wanted = wanted_listener_options
+    monkeypatch.setattr(operations.mailhost, "wanted_listener_options",
                         lambda *args: {**wanted(*args), "postscren_greet_action": "enforce"})
 
     ok, log = run_operation(world, postscreen_whitelist, caplog)
@@ -385,8 +389,8 @@ def test_postmap_probe_failure_is_rolled_back(world, pristine, monkeypatch, capl
     """A table that leaves out a relay network fails its probe: nothing reloaded."""
     from operations.mailhost import postscreen_whitelist
 
-    render = mh.render_postscreen_access
-    monkeypatch.setattr(mh, "render_postscreen_access", lambda cidrs: render(list(cidrs)[:1]))
+    render = render_postscreen_access
+    monkeypatch.setattr(operations.mailhost, "render_postscreen_access", lambda cidrs: render(list(cidrs)[:1]))
 
     ok, log = run_operation(world, postscreen_whitelist, caplog)
 

@@ -9,9 +9,9 @@ import smtplib
 from email.message import EmailMessage
 
 import pytest
-from providerkit import acc_writes, admin, dead_port, output, provider_data, pyinfra, secret_values
 
-from backupmx.sandbox import seed
+from backupmx_sandbox import seed
+from providerkit import acc_writes, admin, dead_port, output, provider_data, pyinfra, secret_values
 
 DOMAIN = "viktorbarzin.me"
 

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
-from providerkit import output, pyinfra
 import requests
 
-from backupmx import dnscheck
-from backupmx import monitoring as mon
-from backupmx.config import load_settings
-from backupmx.errors import BackupMXError, ConfigError
+from backupmx.core.errors import BackupMXError, ConfigError
+from backupmx.core.settings import load_settings
+from backupmx.dns import check as dnscheck
+from backupmx.monitoring import rules as mon
+from providerkit import output, pyinfra
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # facts/ and operations/ live next to deploys/
@@ -523,7 +523,7 @@ def test_bad_monitoring_data_stops_before_anything_is_contacted(world, mon_dir):
 def test_docs_cli_check_tells_whether_the_pages_are_current(tmp_path):
     runbook, architecture = tmp_path / "runbook.md", tmp_path / "architecture.md"
     args = ["inventory/sandbox.py", "--runbook", str(runbook), "--architecture", str(architecture)]
-    run = [sys.executable, "-m", "backupmx.docs"]
+    run = [sys.executable, "-m", "backupmx.monitoring.docs"]
     stale = subprocess.run(run + args + ["--check"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
     assert stale.returncode == 1 and "NOT current" in stale.stdout
     written = subprocess.run(run + args, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)

@@ -12,8 +12,9 @@ import pytest
 import requests
 import trustme
 
-from backupmx import mtasts
-from backupmx.mtasts import (
+from backupmx.core.report import FAIL, PASS, WARN
+from backupmx.dns import mtasts
+from backupmx.dns.mtasts import (
     INERT,
     Observation,
     Policy,
@@ -29,8 +30,7 @@ from backupmx.mtasts import (
     policy_id,
     txt_record,
 )
-from backupmx.report import FAIL, PASS, WARN
-from backupmx.sandbox import seed
+from backupmx_sandbox import seed
 
 BACKUPS = tuple(seed.BACKUP_MX)
 DOMAIN = seed.DOMAIN

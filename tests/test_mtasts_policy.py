@@ -1,7 +1,7 @@
 """MTA-STS follow-up: the policy for the whole MX set, id rotation, and the coverage check.
 
 Generated policies are read back by a parser written here from RFC 8461's ABNF
-(§3.1 TXT, §3.2 policy), independent of ``backupmx.mtasts.parse_policy``.
+(§3.1 TXT, §3.2 policy), independent of ``backupmx.dns.mtasts.parse_policy``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import re
 import pytest
 import requests
 
-from backupmx import mtasts
-from backupmx.config import load_settings
-from backupmx.mtasts import (
+from backupmx.core.report import FAIL, PASS, WARN
+from backupmx.core.settings import load_settings
+from backupmx.dns import mtasts
+from backupmx.dns.mtasts import (
     INERT,
     Observation,
     Policy,
@@ -25,7 +26,6 @@ from backupmx.mtasts import (
     policy_id,
     rotate,
 )
-from backupmx.report import FAIL, PASS, WARN
 
 SEED = load_settings({
     "domains": [{"name": "viktorbarzin.me", "primary_mx": [{"host": "mail.viktorbarzin.me", "priority": 1}]}],

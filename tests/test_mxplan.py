@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from backupmx.config import BackupMX, Domain, MXHost
-from backupmx.mxplan import MANAGED_MARKER, MXRecord, plan, plan_removal
+from backupmx.core.settings import BackupMX, Domain, MXHost
+from backupmx.dns.plan import MANAGED_MARKER, MXRecord, plan, plan_removal
 
 ZONE = "viktorbarzin.me"
 PRIMARY = "mail.viktorbarzin.me"

@@ -9,13 +9,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from providerkit import acc_requests, admin, sandbox_data, sandbox_settings, secret_values, secrets_for
 
-from backupmx.acc import AccAuthError, AccClient, AccNotFound, AccProvider, AccUnavailable
-from backupmx.config import load_settings
-from backupmx.ledger import LedgerProvider
-from backupmx.provider import API, LEDGER, NONE, ManualStepRequired, open_provider
-from backupmx.starttls import hostname_matches
+from backupmx.core.settings import load_settings
+from backupmx.gates.starttls import hostname_matches
+from backupmx.providers.acc import AccAuthError, AccClient, AccNotFound, AccProvider, AccUnavailable
+from backupmx.providers.base import API, LEDGER, NONE, ManualStepRequired
+from backupmx.providers.ledger import LedgerProvider
+from backupmx.providers.registry import open_provider
+from providerkit import acc_requests, admin, sandbox_data, sandbox_settings, secret_values, secrets_for
 
 DOMAIN = "viktorbarzin.me"
 

@@ -20,17 +20,19 @@ import time
 from pathlib import Path
 
 import pytest
-from mailhostkit import run_api_operation
-from providerkit import output, pyinfra
-from mailpath import endpoint, wait_for_delivery
 
-from backupmx import relayhost as rh
-from backupmx.sandbox import relayhost as sandbox_relay
-from backupmx.sandbox import seed
-from backupmx.sandbox.relayhost import _haproxy, _paths, _ports
-from backupmx.sandbox.smtp_client import build_message, send_mail
-from backupmx.sandbox.supervisor import Supervisor
-from backupmx.sandbox.world import Sandbox
+from backupmx.core.relayhost import RelayHost, load_relayhost
+from backupmx.providers import relayhost as relay_render
+from backupmx.providers.relayhost import OFF, main_settings, parse_postqueue_json, trusted_by_mynetworks, wanted_files
+from backupmx_sandbox import relayhost as sandbox_relay
+from backupmx_sandbox import seed
+from backupmx_sandbox.relayhost import _haproxy, _paths, _ports
+from backupmx_sandbox.smtp_client import build_message, send_mail
+from backupmx_sandbox.supervisor import Supervisor
+from backupmx_sandbox.world import Sandbox
+from mailhostkit import run_api_operation
+from mailpath import endpoint, wait_for_delivery
+from providerkit import output, pyinfra
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
@@ -48,8 +50,8 @@ def fresh_source() -> str:
     return f"127.{random.randrange(100, 250)}.{random.randrange(0, 255)}.{random.randrange(1, 254)}"
 
 
-def settings(world) -> rh.RelayHost:
-    return rh.load_relayhost(world["selfhosted"]["relayhost"])
+def settings(world) -> RelayHost:
+    return load_relayhost(world["selfhosted"]["relayhost"])
 
 
 def managed(world) -> dict[str, Path]:
@@ -102,7 +104,7 @@ def relay_smtp(world) -> tuple[str, int]:
 def queue_ids(world) -> dict[str, str]:
     """{queue_id: queue_name} of the relay's queue (postqueue -j)."""
     result = subprocess.run(settings(world).postqueue("-j"), capture_output=True, text=True, timeout=30, check=True)
-    messages, bad = rh.parse_postqueue_json(result.stdout)
+    messages, bad = parse_postqueue_json(result.stdout)
     assert not bad
     return {message["queue_id"]: message["queue_name"] for message in messages}
 
@@ -132,7 +134,7 @@ def make_fresh(world) -> None:
     """The relay's fresh-install configuration (what `backupmx-sandbox up` writes), reloaded."""
     r = settings(world)
     main, master = (Path(r.main_cf_path).read_text(), Path(r.master_cf_path).read_text())
-    pristine = rh.wanted_files(r, [DOMAIN], main, master, present=False)
+    pristine = wanted_files(r, [DOMAIN], main, master, present=False)
     put_back(world, {path: None if text is None else text.encode() for path, text in pristine.items()})
 
 
@@ -313,8 +315,8 @@ def test_broken_value_fails_postfix_check_and_restores_byte_for_byte(configured,
     before = snapshot(configured)
     master_pid = (Path(configured["selfhosted"]["postfix_config_dir"]).parent / "postfix-queue" / "pid" / "master.pid")
     log_before = Path(configured["selfhosted"]["log"]).read_text(errors="replace").count("refreshing the Postfix")
-    wanted = rh.main_settings
-    monkeypatch.setattr(rh, "main_settings", lambda relay, domains: {**wanted(relay, domains),
+    wanted = main_settings
+    monkeypatch.setattr(relay_render, "main_settings", lambda relay, domains: {**wanted(relay, domains),
                                                                      "relay_domains": f"{DOMAIN}, {{broken"})
     ok, log = run_api_operation(configured["selfhosted"]["ssh"], "sandbox-relay", relay_config, caplog,
                                 relay=settings(configured), domains=[DOMAIN])
@@ -337,7 +339,7 @@ def test_undo_gives_back_the_fresh_install(configured):
     assert result.returncode == 0, output(result)
     files = snapshot(configured)
     for path in (r.main_cf_path, r.master_cf_path):
-        assert b"# BEGIN backupmx" not in files[path] and rh.OFF.encode() not in files[path]
+        assert b"# BEGIN backupmx" not in files[path] and OFF.encode() not in files[path]
     assert files[r.tls_policy_path] is None
     listener = subprocess.run(r.postconf("-M", f"{r.listen_service}/inet"), capture_output=True, text=True,
                               timeout=30, check=True).stdout.split()
@@ -363,7 +365,7 @@ def test_expected_errors_are_one_line_naming_the_field(relay_world, tmp_path):
 def test_relay_is_not_in_the_primary_mynetworks(relay_world):
     mynetworks = subprocess.run(["postconf", "-c", relay_world["mailhost"]["postfix_config_dir"], "-h", "mynetworks"],
                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    assert rh.trusted_by_mynetworks(relay_world["selfhosted"]["addresses"], mynetworks) == [], mynetworks
+    assert trusted_by_mynetworks(relay_world["selfhosted"]["addresses"], mynetworks) == [], mynetworks
 
 
 def test_verify_relay_fails_on_a_fresh_relay_and_records_why(relay_world, caplog):

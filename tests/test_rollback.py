@@ -16,6 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+
+from backupmx.dns import check as dnscheck
+from backupmx.dns.cloudflare import CloudflareClient
+from backupmx.dns.plan import MANAGED_MARKER
+from backupmx.mailhost.model import load_mailhost
 from providerkit import (
     acc_requests,
     acc_writes,
@@ -27,11 +32,6 @@ from providerkit import (
     provider_data,
     pyinfra,
 )
-
-from backupmx import dnscheck
-from backupmx import mailhost as mh
-from backupmx.cloudflare import CloudflareClient
-from backupmx.mxplan import MANAGED_MARKER
 
 DOMAIN = "viktorbarzin.me"
 PRIMARY = (1, "mail.viktorbarzin.me")
@@ -273,7 +273,7 @@ def test_a_foreign_record_at_the_provider_is_left_and_the_domain_stays_enabled(l
 
 
 def mailhost_files(world) -> dict[str, Path]:
-    m = mh.load_mailhost(world["mailhost"])
+    m = load_mailhost(world["mailhost"])
     return {"cidr": Path(m.cidr_host_path), "master.cf": Path(m.master_cf_path),
             "settings.conf": Path(m.rspamd_settings_host_path)}
 

@@ -12,6 +12,11 @@ from __future__ import annotations
 import traceback
 
 import pytest
+
+from backupmx.core.errors import BackupMXError
+from backupmx.core.secrets import SecretStore
+from backupmx.dns.cloudflare import CloudflareClient
+from backupmx.providers.acc import AccClient
 from providerkit import (
     admin,
     dead_port,
@@ -20,12 +25,6 @@ from providerkit import (
     sandbox_settings,
     secret_values,
 )
-
-from backupmx.acc import AccClient
-from backupmx.cloudflare import CloudflareClient
-from backupmx.errors import BackupMXError
-from backupmx.secrets import SecretStore
-
 
 RUNS = [
     ("deploys/backupmx.py", ("--dry", "-vvv"), False),

@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from backupmx.config import VaultSettings
-from backupmx.errors import SecretError
-from backupmx.secrets import SecretStore
+from backupmx.core.errors import SecretError
+from backupmx.core.secrets import SecretStore
+from backupmx.core.settings import VaultSettings
 
 
 def closed_loopback_port() -> int:

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from providerkit import output, pyinfra
 
-from backupmx.config import load_settings
-from backupmx.errors import BackupMXError, ConfigError
-from backupmx.selfhosted import RelayTarget, SelfHostedProvider, parse_queue_line
+from backupmx.core.errors import BackupMXError, ConfigError
+from backupmx.core.settings import load_settings
+from backupmx.providers.selfhosted import RelayTarget, SelfHostedProvider, parse_queue_line
+from providerkit import output, pyinfra
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -85,7 +85,7 @@ def test_bad_selfhosted_data_is_one_line_naming_the_field(data, relays, field_na
 
 @dataclass
 class FakeRelay:
-    """What SelfHostedProvider uses of backupmx.relayhost.RelayHost."""
+    """What SelfHostedProvider uses of backupmx.core.relayhost.RelayHost."""
 
     hostname: str = "relay1.example.org"
     nexthop: str = "[mail.example.org]:25"
@@ -181,7 +181,7 @@ def test_a_failed_command_is_one_line_naming_the_relay():
 
 
 def test_a_dropped_ssh_connection_is_one_line_without_a_traceback():
-    from backupmx.selfhosted import pyinfra_runner
+    from backupmx.providers.selfhosted import pyinfra_runner
 
     class DroppedHost:
         name, connected = "relay-a", True
@@ -213,7 +213,7 @@ def cli(deploy: str, *args: str, yes: bool = True, timeout: float = 300) -> subp
 
 
 def relay_dir(world) -> Path:
-    from backupmx.relayhost import load_relayhost
+    from backupmx.core.relayhost import load_relayhost
 
     return Path(load_relayhost(world["selfhosted"]["relayhost"]).postfix_config_dir)
 
@@ -245,7 +245,7 @@ def postconf(world, name: str) -> list[str]:
 
 
 def mx_set(world) -> set[tuple[int, str]]:
-    from backupmx import dnscheck
+    from backupmx.dns import check as dnscheck
 
     return set(dnscheck.mx_per_server(world["zone"], [world["dns"]])[world["dns"]])
 
@@ -378,8 +378,8 @@ def test_failover_drill_passes_against_the_relay(relay_world, deployed, sandbox)
         from test_failover_drill import listener_up
 
         if not listener_up(relay_world):  # never leave the mail host down
-            from backupmx.sandbox import mailhost
-            from backupmx.sandbox.supervisor import Supervisor
+            from backupmx_sandbox import mailhost
+            from backupmx_sandbox.supervisor import Supervisor
 
             Supervisor(sandbox).start(mailhost._postfix(mailhost._paths(sandbox), mailhost._ports(sandbox)))
 

@@ -5,7 +5,7 @@ Used by tests/test_rollback.py to make the state ``revert_mailhost`` takes away.
 
 from pyinfra import host
 
-from backupmx.config import load_settings
+from backupmx.core.settings import load_settings
 from operations.mailhost import mailhost_settings, postscreen_whitelist, rspamd_exemption
 
 if "mailhosts" in host.groups:

@@ -19,13 +19,13 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from providerkit import cloudflare_faults as faults
-from providerkit import cloudflare_requests as request_log
 import requests
 from cloudflare import Cloudflare
 
-from backupmx.sandbox import dnsapi, seed
-from backupmx.sandbox.supervisor import Supervisor
+from backupmx_sandbox import dnsapi, seed
+from backupmx_sandbox.supervisor import Supervisor
+from providerkit import cloudflare_faults as faults
+from providerkit import cloudflare_requests as request_log
 
 BACKUP = "mail.rollernet.us"
 

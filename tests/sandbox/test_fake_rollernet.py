@@ -6,8 +6,8 @@ again afterwards, so the shared world is left as seeded.
 
 from __future__ import annotations
 
-import json
 import email.utils
+import json
 import smtplib
 import socket
 import ssl
@@ -19,9 +19,9 @@ import pytest
 import requests
 from aiosmtpd.controller import Controller
 
-from backupmx.sandbox import provider, seed
-from backupmx.sandbox.smtp_client import proxy_v2_header
-from backupmx.sandbox.supervisor import Supervisor
+from backupmx_sandbox import provider, seed
+from backupmx_sandbox.smtp_client import proxy_v2_header
+from backupmx_sandbox.supervisor import Supervisor
 
 RECIPIENT = f"someone@{seed.DOMAIN}"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.sandbox.supervisor import Supervisor, group_alive
+from backupmx_sandbox.supervisor import Supervisor, group_alive
 
 SANDBOX_CLI = str(Path(sys.executable).with_name("backupmx-sandbox"))
 pytestmark = pytest.mark.lifecycle

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.sandbox import mailhost, seed
-from backupmx.sandbox.smtp_client import SMTPConnection, build_message, proxy_v2_header, send_mail
-from backupmx.sandbox.supervisor import Supervisor
-from backupmx.sandbox.world import Sandbox
-from mailpath import endpoint as _endpoint, fresh_ipv4 as _fresh_ipv4, fresh_ipv6 as _fresh_ipv6
-from mailpath import delivered as _delivered, wait_for_delivery as _wait_for_delivery
+from backupmx_sandbox import mailhost, seed
+from backupmx_sandbox.smtp_client import SMTPConnection, build_message, proxy_v2_header, send_mail
+from backupmx_sandbox.supervisor import Supervisor
+from backupmx_sandbox.world import Sandbox
+from mailpath import delivered as _delivered
+from mailpath import endpoint as _endpoint
+from mailpath import fresh_ipv4 as _fresh_ipv4
+from mailpath import fresh_ipv6 as _fresh_ipv6
+from mailpath import wait_for_delivery as _wait_for_delivery
 
 # Not seed.SENDER_DOMAIN: its SPF -all and DMARC reject push the score of outside
 # mail to ~13 of rspamd's 15 reject threshold; these tests are about the path,

@@ -8,10 +8,9 @@ import time
 
 import requests
 
-from backupmx.sandbox import seed
-from backupmx.sandbox.smtp_client import build_message
-from backupmx.sandbox.supervisor import Supervisor
-from backupmx.sandbox import mailhost
+from backupmx_sandbox import mailhost, seed
+from backupmx_sandbox.smtp_client import build_message
+from backupmx_sandbox.supervisor import Supervisor
 from mailpath import endpoint, wait_for_delivery
 
 RECIPIENT = f"drain@{seed.DOMAIN}"

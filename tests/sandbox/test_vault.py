@@ -5,7 +5,7 @@ from __future__ import annotations
 import hvac
 import pytest
 
-from backupmx.sandbox import vault
+from backupmx_sandbox import vault
 
 
 def _client(world, token=None) -> hvac.Client:

@@ -1,0 +1,78 @@
+"""The change log: one JSON line per DNS or provider change the tool applied.
+
+So an operator can see, during an incident, what backupmx did and when:
+
+    {"when": "2026-11-25T21:30:02+00:00", "who": "viktor@laptop", "pid": 4242,
+     "deploy": "deploys/backupmx.py", "what": "dns.create", "target": "viktorbarzin.me",
+     "before": null, "after": {"type": "MX", "name": "viktorbarzin.me", "priority": 20,
+     "content": "mail.rollernet.us", "id": "..."}}
+
+``what`` is one of ``dns.create``, ``dns.delete``, ``provider.domain_enabled``,
+``provider.hold``. The file is ``audit_log`` from the inventory, default
+``<state_dir>/audit.jsonl``; a line is appended (O_APPEND, one write) right after the
+change was applied. Values are records and flags only, never secrets. A failure to
+write the log is reported on stderr but never undoes or stops the change.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from backupmx.core.lock import who
+
+
+def log_path(settings) -> Path:
+    if getattr(settings, "audit_log", ""):
+        return Path(settings.audit_log)
+    return Path(settings.state_dir) / "audit.jsonl"
+
+
+def record_dict(record) -> dict[str, Any] | None:
+    """An MX record (``mxplan.MXRecord``) as plain data for the log."""
+    if record is None:
+        return None
+    return {"type": "MX", "name": record.name, "priority": record.priority, "content": record.host,
+            "id": getattr(record, "id", None), "comment": getattr(record, "comment", None)}
+
+
+def deploy_name() -> str:
+    args = [arg for arg in sys.argv[1:] if arg.endswith(".py") and arg.startswith("deploys/")]
+    return args[0] if args else Path(sys.argv[0]).name
+
+
+def append(settings, what: str, target: str, before: Any, after: Any) -> dict:
+    entry = {
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "who": who(),
+        "pid": os.getpid(),
+        "deploy": deploy_name(),
+        "what": what,
+        "target": target,
+        "before": before,
+        "after": after,
+    }
+    path = log_path(settings)
+    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        print(f"backupmx: warning: change not written to the audit log {path} ({error.strerror}): "
+              f"{what} {target}", file=sys.stderr)
+    return entry
+
+
+def read(settings) -> list[dict]:
+    path = log_path(settings)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

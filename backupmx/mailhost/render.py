@@ -1,0 +1,123 @@
+"""Rendering of the files stage 3 pushes to a mail host: ``postscreen_access.cidr``, the
+rspamd settings rules (exemption, or external_relay and its cap), the marked
+``user-patches.sh`` block (docker-mailserver), and the parser of the CIDR table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from typing import Any, Iterable, Mapping
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from backupmx.core.paths import TEMPLATES
+from backupmx.core.validate import IPNetwork
+from backupmx.mailhost.model import (
+    EXEMPT_GROUPS,
+    EXTERNAL_RELAY,
+    EXTERNAL_RELAY_BLOCK,
+    EXTERNAL_RELAY_COUNT,
+    EXTERNAL_RELAY_PRIORITY,
+    RSPAMD_BLOCK,
+    RSPAMD_CAP_RULE,
+    RSPAMD_RELAY_SYMBOL,
+    RSPAMD_RULE,
+    USER_PATCHES_BLOCK,
+    MailHost,
+)
+from backupmx.postfix.blocks import block_begin, block_end
+
+# --- rendering ----------------------------------------------------------------
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
+                      keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True)
+    env.filters["shquote"] = shlex.quote
+    return env
+
+
+def render(template: str, **values: Any) -> str:
+    return _environment().get_template(template).render(**values)
+
+
+def render_postscreen_access(relay_cidrs: Iterable[IPNetwork | str]) -> str:
+    """``postscreen_access.cidr``: ``permit`` for every relay network, IPv4 and IPv6."""
+    networks = [str(ipaddress.ip_network(str(cidr))) for cidr in relay_cidrs]
+    return render("postscreen_access.cidr.j2", networks=networks)
+
+
+def render_rspamd_block(relay_cidrs: Iterable[IPNetwork | str]) -> str:
+    """The marked settings rule: SPF and DMARC groups off for the relay networks only."""
+    networks = [str(ipaddress.ip_network(str(cidr))) for cidr in relay_cidrs]
+    return render("rspamd_relay_exemption.conf.j2", begin=block_begin(RSPAMD_BLOCK), end=block_end(RSPAMD_BLOCK),
+                  rule=RSPAMD_RULE, networks=networks, groups=EXEMPT_GROUPS)
+
+
+def render_relay_cap_block(relay_cidrs: Iterable[IPNetwork | str]) -> str:
+    """external_relay mode: the marked settings rule that caps relayed mail at "add header"."""
+    networks = [str(ipaddress.ip_network(str(cidr))) for cidr in relay_cidrs]
+    return render("rspamd_relay_cap.conf.j2", begin=block_begin(RSPAMD_BLOCK), end=block_end(RSPAMD_BLOCK),
+                  rule=RSPAMD_CAP_RULE, networks=networks)
+
+
+def render_external_relay_block() -> str:
+    """external_relay mode: the module's rule, a marked block of local.d/external_relay.conf."""
+    return render("rspamd_external_relay.conf.j2", begin=block_begin(EXTERNAL_RELAY_BLOCK),
+                  end=block_end(EXTERNAL_RELAY_BLOCK), symbol=RSPAMD_RELAY_SYMBOL, count=EXTERNAL_RELAY_COUNT,
+                  priority=EXTERNAL_RELAY_PRIORITY, cap_rule=RSPAMD_CAP_RULE)
+
+
+def render_external_relay_lua(relay_cidrs: Iterable[IPNetwork | str]) -> str:
+    """external_relay mode: the Lua block (local.d/rspamd.lua) that limits the rule to relay addresses."""
+    networks = [str(ipaddress.ip_network(str(cidr))) for cidr in relay_cidrs]
+    return render("rspamd_external_relay.lua.j2", begin=block_begin(EXTERNAL_RELAY_BLOCK, "--"),
+                  end=block_end(EXTERNAL_RELAY_BLOCK, "--"), symbol=RSPAMD_RELAY_SYMBOL, networks=networks)
+
+
+def rspamd_files(mailhost: MailHost, relay_cidrs: Iterable[IPNetwork | str] | None) -> dict[str, tuple[str, str, str | None]]:
+    """Each rspamd file of the stage: path -> (block name, comment marker, wanted block or None).
+
+    ``relay_cidrs`` None: nothing of ours anywhere (``present=False``). Switching the
+    mode swaps the settings rule and adds or removes the two external_relay blocks.
+    """
+    external = relay_cidrs is not None and mailhost.relay_scoring == EXTERNAL_RELAY
+    cidrs = list(relay_cidrs or [])
+    settings = None
+    if relay_cidrs is not None:
+        settings = render_relay_cap_block(cidrs) if external else render_rspamd_block(cidrs)
+    files = {mailhost.rspamd_settings_host_path: (RSPAMD_BLOCK, "#", settings)}
+    if not mailhost.is_docker:
+        files[mailhost.rspamd_external_relay_host_path] = (EXTERNAL_RELAY_BLOCK, "#",
+                                                           render_external_relay_block() if external else None)
+        files[mailhost.rspamd_lua_host_path] = (EXTERNAL_RELAY_BLOCK, "--",
+                                                render_external_relay_lua(cidrs) if external else None)
+    return files
+
+
+def render_user_patches_block(mailhost: MailHost, options: Mapping[str, str]) -> str:
+    """docker-mailserver: the marked user-patches.sh block that sets the listener's options at start."""
+    settings = [f"{mailhost.service_key}/{name}={value}" for name, value in options.items()]
+    return render("user-patches.block.j2", begin=block_begin(USER_PATCHES_BLOCK), end=block_end(USER_PATCHES_BLOCK),
+                  settings=settings, service=mailhost.service_key)
+
+
+def parse_postscreen_access(text: str) -> tuple[list[str], list[str]]:
+    """The networks a cidr table permits, and the lines it cannot read."""
+    networks, invalid = [], []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        parts = stripped.split()
+        try:
+            network = ipaddress.ip_network(parts[0].strip("[]").replace("]/", "/"), strict=True)
+        except ValueError:
+            invalid.append(line)
+            continue
+        if len(parts) >= 2 and parts[1].lower() == "permit":
+            networks.append(str(network))
+    return networks, invalid
+
+

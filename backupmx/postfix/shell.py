@@ -1,0 +1,134 @@
+"""The capture protocol of the facts: the read-only script they run on a host and the
+parser of what it prints (every value base64-encoded on one line).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+# The capture protocol of the facts: every value crosses as one "name field value"
+# line, command output and file contents base64-encoded, so nothing is lost or
+# mistaken for a separator; the script itself always exits 0.
+CAPTURE_PRELUDE = r"""
+bmx_cap() {
+  bmx_n=$1; shift
+  bmx_d=$(mktemp -d) || { printf '%s rc 125\n' "$bmx_n"; return 0; }
+  "$@" <"${BMX_STDIN:-/dev/null}" >"$bmx_d/o" 2>"$bmx_d/e"; bmx_rc=$?
+  printf '%s rc %s\n' "$bmx_n" "$bmx_rc"
+  printf '%s out %s\n' "$bmx_n" "$(base64 -w0 <"$bmx_d/o")"
+  printf '%s err %s\n' "$bmx_n" "$(base64 -w0 <"$bmx_d/e")"
+  rm -rf "$bmx_d"
+  return 0
+}
+""".strip()
+
+READ_FILE = 'if [ -f "$1" ]; then cat -- "$1"; else exit 3; fi'
+ABSENT = 3
+
+
+def read_file_argv(path: str) -> list[str]:
+    return ["sh", "-c", READ_FILE, "sh", path]
+
+
+@dataclass
+class Captured:
+    rc: int
+    out: str
+    err: str
+    label: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.err.strip()
+
+    def problem(self) -> str:
+        text = one_line(self.err or self.out)
+        return f"exit {self.rc}: {text}" if text else f"exit {self.rc}"
+
+
+def capture_script(commands: Sequence[tuple[str, Sequence[str]]], stdin: Mapping[str, str] | None = None,
+                   labels: Mapping[str, str] | None = None, parallel: bool = False) -> str:
+    """A read-only script that runs each (name, argv) and prints its capture lines.
+
+    ``stdin`` maps a name to text fed to that command on standard input;
+    ``labels`` maps a name to a value echoed back with it (e.g. the path read).
+    ``parallel``: the commands run concurrently (for independent reads that wait
+    on daemons, like stage 4's probes); each one's lines are collected in a file
+    of its own and printed in the given order, so the output is the same.
+    """
+    parts = [CAPTURE_PRELUDE]
+    if parallel:
+        parts.append("BMX_P=$(mktemp -d) || { printf 'bmx rc 125\\n'; exit 0; }")
+    for index, (name, argv) in enumerate(commands):
+        if not re.match(r"^[A-Za-z0-9_]+$", name):
+            raise ValueError(f"capture name {name!r}")
+        lines = []
+        if labels and name in labels:
+            lines.append(f"printf '%s label %s\\n' {name} {base64.b64encode(labels[name].encode()).decode()}")
+        if stdin and name in stdin:
+            encoded = base64.b64encode(stdin[name].encode()).decode()
+            lines.append(f"BMX_STDIN=$(mktemp); printf %s {encoded} | base64 -d >\"$BMX_STDIN\"; "
+                         f"bmx_cap {name} {shlex.join(argv)}; rm -f \"$BMX_STDIN\"; BMX_STDIN=")
+        else:
+            lines.append(f"bmx_cap {name} {shlex.join(argv)}")
+        if parallel:
+            parts.append(f"( {'; '.join(lines)} ) >\"$BMX_P/{index:04d}\" &")
+        else:
+            parts.extend(lines)
+    if parallel:
+        parts.append("wait; cat \"$BMX_P\"/* 2>/dev/null; rm -rf \"$BMX_P\"")
+    return "\n".join(parts) + "\n"
+
+
+def parse_captures(lines: Iterable[str]) -> dict[str, Captured]:
+    raw: dict[str, dict[str, str]] = {}
+    for line in lines:
+        parts = line.strip().split(" ", 2)
+        if len(parts) < 2:
+            continue
+        name, field_name = parts[0], parts[1]
+        raw.setdefault(name, {})[field_name] = parts[2] if len(parts) > 2 else ""
+    captured = {}
+    for name, fields in raw.items():
+        try:
+            rc = int(fields.get("rc", "125"))
+        except ValueError:
+            rc = 125
+        captured[name] = Captured(rc, _decode(fields.get("out", "")), _decode(fields.get("err", "")),
+                                  _decode(fields.get("label", "")))
+    return captured
+
+
+def _decode(value: str) -> str:
+    try:
+        return base64.b64decode(value.encode()).decode("utf-8", "surrogateescape")
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    seen, parts = set(), []
+    for line in (text or "").replace("\r", "\n").splitlines():
+        line = line.strip()
+        if line and line not in seen:
+            seen.add(line)
+            parts.append(line)
+    joined = " | ".join(parts)
+    return joined if len(joined) <= limit else joined[:limit - 3] + "..."
+
+
+def file_content(captured: Captured | None) -> tuple[bool, str | None, str | None]:
+    """(readable, content or None if absent, error) from a ``read_file_argv`` capture."""
+    if captured is None:
+        return False, None, "not read"
+    if captured.rc == 0:
+        return True, captured.out, None
+    if captured.rc == ABSENT and not captured.err.strip():
+        return True, None, None
+    return False, None, captured.problem()
+
+

@@ -1,0 +1,563 @@
+"""The sandbox mail host: a real sshd, Postfix (postscreen, PROXY-v2 listener) and rspamd.
+
+Everything lives under ``<sandbox>/mailhost/``; the machine's own /etc/postfix,
+/etc/rspamd (read only, as the stock base config) and sshd config are never
+changed. The product manages this host over SSH exactly as it would a production
+one: it edits ``postfix_config_dir`` (master.cf, postscreen_access.cidr) and
+``rspamd_local_dir`` (local.d/settings.conf) and reloads.
+
+``up`` is idempotent, and it never undoes the product's work: a config file is
+rewritten only while it still holds exactly what this module last wrote there
+(see ``_install``). Delete the file to get the sandbox's version back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from backupmx_sandbox import seed
+from backupmx_sandbox.supervisor import Supervisor, group_alive
+from backupmx_sandbox.world import LOOPBACK, Sandbox, Service
+
+SERVICE_NAMES = ["sshd", "rspamd", "postfix"]
+
+TEMPLATES = Path(__file__).parent / "templates" / "mailhost"
+RSPAMD_STOCK_CONFIG = "/etc/rspamd/rspamd.conf"
+RSPAMD_USER = "_rspamd"
+# The Maildir's owner, as docker-mailserver's (uid/gid 5000); no passwd entry needed.
+MAIL_UID = MAIL_GID = 5000
+MAILDIR_NAME = "catchall"
+GREET_WAIT = "1s"
+HOSTNAME = seed.PRIMARY_MX
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the mail host keeps everything, below ``<sandbox>/mailhost``."""
+
+    root: Path
+
+    @property
+    def ssh(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def client_key(self) -> Path:
+        return self.ssh / "client_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh / "known_hosts"
+
+    @property
+    def postfix_config(self) -> Path:
+        return self.root / "postfix"
+
+    @property
+    def postfix_queue(self) -> Path:
+        return self.root / "postfix-queue"
+
+    @property
+    def postfix_data(self) -> Path:
+        return self.root / "postfix-data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def mail_base(self) -> Path:
+        return self.root / "mail"
+
+    @property
+    def maildir(self) -> Path:
+        return self.mail_base / MAILDIR_NAME
+
+    @property
+    def rspamd_local(self) -> Path:
+        return self.root / "rspamd"
+
+    @property
+    def rspamd_db(self) -> Path:
+        return self.root / "rspamd-db"
+
+    @property
+    def rspamd_run(self) -> Path:
+        return self.root / "rspamd-run"
+
+    @property
+    def rspamd_log(self) -> Path:
+        return self.root / "rspamd-log"
+
+    @property
+    def rspamd_reload(self) -> Path:
+        return self.root / "bin" / "rspamd-reload"
+
+    @property
+    def postfix_service(self) -> Path:
+        # Stops/starts only the sandbox Postfix (the failover drill's stop/start commands).
+        return self.root / "bin" / "postfix-service"
+
+    @property
+    def rspamd_pidfile(self) -> Path:
+        # Where the supervisor records rspamd's pid (<sandbox>/run, see supervisor.py).
+        return self.root.parent / "run" / "rspamd.pid"
+
+
+@dataclass(frozen=True)
+class Ports:
+    ssh: int
+    smtp: int
+    smtp_proxy: int
+    rspamd_milter: int
+    rspamd_normal: int
+    rspamd_controller: int
+    dns: int
+
+
+def _paths(sandbox: Sandbox) -> Paths:
+    return Paths(sandbox.dir("mailhost"))
+
+
+def _ports(sandbox: Sandbox) -> Ports:
+    return Ports(
+        ssh=sandbox.port("ssh"),
+        smtp=sandbox.port("mailhost.smtp"),
+        # The provider part's relays deliver here; they find it by this name.
+        smtp_proxy=sandbox.port("mailhost.proxy"),
+        rspamd_milter=sandbox.port("rspamd.milter"),
+        rspamd_normal=sandbox.port("rspamd.normal"),
+        rspamd_controller=sandbox.port("rspamd.controller"),
+        # The DNS part's port (it serves UDP and TCP); allocated by name, so the
+        # order in which the parts ask does not matter.
+        dns=sandbox.port("dns", udp_too=True),
+    )
+
+
+# --- the contract -------------------------------------------------------------
+
+
+def services(sandbox: Sandbox) -> list[Service]:
+    """Write the mail host's config (idempotently) and return its three services."""
+    paths, ports = _paths(sandbox), _ports(sandbox)
+    return [_sshd(paths, ports), _rspamd(paths, ports), _postfix(paths, ports)]
+
+
+def world(sandbox: Sandbox) -> dict:
+    paths, ports = _paths(sandbox), _ports(sandbox)
+    return {
+        "ssh": {
+            "host": LOOPBACK,
+            "port": ports.ssh,
+            "user": "root",
+            "key": str(paths.client_key),
+            "known_hosts": str(paths.known_hosts),
+        },
+        "proxy_listener": f"{LOOPBACK}:{ports.smtp_proxy}",
+        "smtp_listener": f"{LOOPBACK}:{ports.smtp}",
+        "maildir": str(paths.maildir),
+        "postfix_config_dir": str(paths.postfix_config),
+        "postfix_proxy_service": proxy_service_name(ports.smtp_proxy),
+        "rspamd_local_dir": str(paths.rspamd_local),
+        "rspamd_controller": f"{LOOPBACK}:{ports.rspamd_controller}",
+        "rspamd_var_args": rspamd_var_args(paths),
+        # The inventory's `mailhost` data (docs/mailhost.md): the native flavour, with
+        # this instance's own directories, rspamadm arguments and reload command.
+        "mailhost": {
+            "flavour": "native",
+            "proxy_service": f"{proxy_service_name(ports.smtp_proxy)}/inet",
+            "postfix_config_dir": str(paths.postfix_config),
+            "rspamd_local_dir": str(paths.rspamd_local),
+            "rspamadm_args": rspamd_var_args(paths),
+            "rspamd_controller": f"{LOOPBACK}:{ports.rspamd_controller}",
+            "rspamd_reload": [str(paths.rspamd_reload)],
+        },
+        # The failover drill's `failover` data (docs/failover-drill.md): how to take
+        # the primary mail path down and back, and where its Maildir is.
+        "failover": {
+            "stop_command": [str(paths.postfix_service), "stop"],
+            "start_command": [str(paths.postfix_service), "start"],
+            "maildir": str(paths.maildir),
+        },
+    }
+
+
+def proxy_service_name(port: int) -> str:
+    """The PROXY listener's master.cf service name, as ``postconf -P`` prints it."""
+    return f"{LOOPBACK}:{port}"
+
+
+# --- writing files ------------------------------------------------------------
+
+
+def _render(template: str, templates: Path = TEMPLATES, **values) -> str:
+    env = Environment(
+        loader=FileSystemLoader(templates),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    return env.get_template(template).render(**values)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _install(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` unless someone else has edited the file since we wrote it.
+
+    The digest of what we last wrote sits in ``.<name>.sandbox-sha256`` next to it.
+    A file that no longer matches it was changed by the product (e.g. the relay
+    whitelist in master.cf) and is left alone, so ``up`` never reverts a deploy.
+    """
+    stamp = path.with_name(f".{path.name}.sandbox-sha256")
+    wanted = text.encode()
+    if path.exists():
+        current = path.read_bytes()
+        if current == wanted:
+            _ensure_mode(path, mode)
+            return
+        if not stamp.exists() or stamp.read_text().strip() != _digest(current):
+            log.info("mailhost: keeping %s (changed since the sandbox wrote it; delete it to reset)", path)
+            return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(wanted)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    stamp.write_text(_digest(wanted) + "\n")
+
+
+def _ensure_mode(path: Path, mode: int) -> None:
+    if path.stat().st_mode & 0o7777 != mode:
+        os.chmod(path, mode)
+
+
+def _private_dir(path: Path, owner: str | int, group: str | int, mode: int = 0o750) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.chown(path, owner, group)
+    os.chmod(path, mode)
+    return path
+
+
+def _root_dir(path: Path, mode: int = 0o755) -> Path:
+    """A root-owned directory that is not group/world-writable (sshd and Postfix check)."""
+    return _private_dir(path, 0, 0, mode)
+
+
+# --- sshd -----------------------------------------------------------------------
+
+
+def _sshd(paths: Paths, ports: Ports) -> Service:
+    return sshd_service("sshd", paths.ssh, ports.ssh, paths.client_key, "backupmx sandbox mail host")
+
+
+def sshd_service(name: str, ssh_dir: Path, port: int, client_key: Path, comment: str) -> Service:
+    """An sshd of its own on ``LOOPBACK:port``: host key made once and kept, ``client_key``
+    authorized, and a ``known_hosts`` for the clients; everything in ``ssh_dir``."""
+    _root_dir(ssh_dir, 0o700)
+    host_key, authorized_keys = ssh_dir / "ssh_host_ed25519_key", ssh_dir / "authorized_keys"
+    _keypair(host_key, comment)
+    _keypair(client_key, "backupmx sandbox client")
+    _install(authorized_keys, _public_key(client_key), 0o600)
+    host_public = " ".join(_public_key(host_key).split()[:2])
+    _install(ssh_dir / "known_hosts", f"[{LOOPBACK}]:{port} {host_public}\n", 0o644)
+    config = _render("sshd_config.j2", port=port, host_key=host_key, pid_file=ssh_dir / "sshd.pid",
+                     authorized_keys=authorized_keys)
+    _install(ssh_dir / "sshd_config", config, 0o600)
+    # sshd's privilege separation directory; the system normally makes it at boot.
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    return Service(
+        name=name,
+        argv=["/usr/sbin/sshd", "-D", "-e", "-f", str(ssh_dir / "sshd_config")],
+        ready=lambda: listening(port),
+        ready_timeout=20,
+    )
+
+
+def _keypair(private: Path, comment: str) -> None:
+    """An ed25519 key pair made once and kept, so the host key never changes."""
+    if private.exists():
+        return
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(private)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _public_key(private: Path) -> str:
+    return private.with_name(private.name + ".pub").read_text()
+
+
+# --- rspamd ---------------------------------------------------------------------
+
+
+def rspamd_var_args(paths: Paths) -> list[str]:
+    """What rspamd and rspamadm (before the subcommand) need to see this instance's config."""
+    return [
+        f"--var=LOCAL_CONFDIR={paths.rspamd_local}",
+        f"--var=DBDIR={paths.rspamd_db}",
+        f"--var=RUNDIR={paths.rspamd_run}",
+        f"--var=LOGDIR={paths.rspamd_log}",
+    ]
+
+
+def _rspamd(paths: Paths, ports: Ports) -> Service:
+    _write_rspamd_config(paths, ports)
+    argv = ["/usr/bin/rspamd", "-f", "-u", RSPAMD_USER, "-g", RSPAMD_USER, "-c", RSPAMD_STOCK_CONFIG]
+    return Service(
+        name="rspamd",
+        argv=argv + rspamd_var_args(paths),
+        ready=lambda: listening(ports.rspamd_milter) and _rspamd_pong(ports.rspamd_controller),
+        # A cold start compiles the hyperscan cache (~11 s); DBDIR is kept so later starts take <1 s.
+        ready_timeout=90,
+    )
+
+
+def _write_rspamd_config(paths: Paths, ports: Ports) -> None:
+    local_d = _root_dir(paths.rspamd_local / "local.d")
+    override_d = _root_dir(paths.rspamd_local / "override.d")
+    for directory in (paths.rspamd_db, paths.rspamd_run, paths.rspamd_log):
+        _private_dir(directory, RSPAMD_USER, RSPAMD_USER)
+    values = {
+        "dns_port": ports.dns,
+        "milter_port": ports.rspamd_milter,
+        "normal_port": ports.rspamd_normal,
+        "controller_port": ports.rspamd_controller,
+    }
+    _install(local_d / "options.inc", _render("rspamd/options.inc.j2", **values))
+    _install(local_d / "milter_headers.conf", _render("rspamd/milter_headers.conf"))
+    _install(local_d / "dkim.conf", _render("rspamd/dkim.conf"))
+    _install(override_d / "fuzzy_check.conf", _render("rspamd/fuzzy_check.conf"))
+    for worker in ("worker-normal.inc", "worker-controller.inc", "worker-proxy.inc"):
+        _install(override_d / worker, _render(f"rspamd/{worker}.j2", **values))
+    # rspamd runs in the foreground without a pidfile: the product reloads it with
+    # this script (the `rspamd_reload` command of the inventory's mailhost data).
+    _root_dir(paths.rspamd_reload.parent)
+    _install(paths.rspamd_reload, _render("rspamd-reload.sh.j2", pidfile=paths.rspamd_pidfile,
+                                           controller=f"{LOOPBACK}:{ports.rspamd_controller}"), 0o755)
+
+
+def _rspamd_pong(port: int) -> bool:
+    """The controller answers /ping once rspamd's workers run (not just its sockets)."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an http_proxy from the env
+    try:
+        with direct.open(f"http://{LOOPBACK}:{port}/ping", timeout=1) as reply:
+            return reply.read().strip() == b"pong"
+    except OSError:
+        return False
+
+
+# --- postfix --------------------------------------------------------------------
+
+
+def _postfix(paths: Paths, ports: Ports) -> Service:
+    _write_postfix_config(paths, ports)
+    return Service(
+        name="postfix",
+        # Not `postfix start-fg` alone: its `master -s` calls setsid, so killpg of
+        # the recorded pid would miss master and every Postfix daemon. The
+        # wrapper (run_postfix_foreground below) turns the stop signal into
+        # `postfix stop` and waits until master's whole process group is gone.
+        argv=[sys.executable, "-m", __name__, "postfix-foreground", str(paths.postfix_config)],
+        ready=lambda: listening(ports.smtp_proxy) and listening(ports.smtp),
+        ready_timeout=30,
+    )
+
+
+def _write_postfix_config(paths: Paths, ports: Ports) -> None:
+    _write_postfix_service(paths)
+    _root_dir(paths.postfix_config)
+    _root_dir(paths.postfix_queue)
+    _root_dir(paths.log)
+    _private_dir(paths.postfix_data, "postfix", "postfix", 0o700)
+    _private_dir(paths.mail_base, MAIL_UID, MAIL_GID, 0o700)
+    for sub in ("", "new", "cur", "tmp"):
+        _private_dir(paths.maildir / sub, MAIL_UID, MAIL_GID, 0o700)
+    # A certificate for the primary's name from the sandbox CA: relays require TLS.
+    tls_cert, tls_key = Sandbox(paths.root.parent).ca.issue(HOSTNAME, [HOSTNAME])
+    main_cf = _render(
+        "main.cf.j2",
+        config_dir=paths.postfix_config,
+        queue_dir=paths.postfix_queue,
+        data_dir=paths.postfix_data,
+        maillog_file=paths.log / "postfix.log",
+        log_dir=paths.log,
+        hostname=HOSTNAME,
+        domain=seed.DOMAIN,
+        mail_base=paths.mail_base,
+        maildir_name=MAILDIR_NAME,
+        mail_uid=MAIL_UID,
+        mail_gid=MAIL_GID,
+        milter_port=ports.rspamd_milter,
+        greet_wait=GREET_WAIT,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+    master_cf = _render("master.cf.j2", smtp_port=ports.smtp, proxy_port=ports.smtp_proxy)
+    _install(paths.postfix_config / "main.cf", main_cf)
+    _install(paths.postfix_config / "master.cf", master_cf)
+
+
+# --- readiness --------------------------------------------------------------------
+
+
+def listening(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a TCP socket listens on host:port, read from /proc without connecting.
+
+    Connecting would cost a log line per poll (sshd "[preauth]", postscreen "lost
+    connection" while it waits for a PROXY header); /proc/net/tcp shows LISTEN
+    sockets (state 0A) directly.
+    """
+    wanted = f"{_proc_ipv4(host)}:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(fields[1] == wanted and fields[3] == "0A" for fields in (line.split() for line in lines))
+
+
+def _proc_ipv4(host: str) -> str:
+    return "".join(f"{int(octet):02X}" for octet in reversed(host.split(".")))
+
+
+def postfix_check(config_dir: str | Path) -> str:
+    """``postfix check`` output; Postfix only prints to a terminal, hence ``script``."""
+    result = subprocess.run(
+        ["script", "-qec", f"postfix -c {shlex.quote(str(config_dir))} check", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout.strip()
+
+
+# --- Postfix in the foreground, stoppable by its wrapper's pid ----------------------
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def run_postfix_foreground(config_dir: str) -> int:
+    """Run ``postfix -c DIR start-fg``; on SIGTERM/SIGINT stop all of Postfix, then exit.
+
+    start-fg runs in its own process group, so the supervisor's killpg reaches
+    only this wrapper, which then stops Postfix the way Postfix wants to be
+    stopped and knows it is over when start-fg (master's parent) exits.
+    """
+
+    def request_stop(signum, frame):
+        raise _StopRequested
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    start_fg = subprocess.Popen(["/usr/sbin/postfix", "-c", config_dir, "start-fg"], process_group=0)
+    try:
+        return start_fg.wait()
+    except _StopRequested:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _stop_postfix(config_dir, start_fg)
+        return 0
+
+
+def _write_postfix_service(paths: Paths) -> None:
+    """The failover drill's stop/start commands: the Supervisor stops or starts the sandbox Postfix only."""
+    write_postfix_service(paths.postfix_service, paths.root.parent, __name__)
+
+
+def write_postfix_service(script: Path, sandbox_dir: Path, module: str) -> None:
+    """``script stop|start``: ``module.postfix_service`` through the Supervisor of ``sandbox_dir``."""
+    _root_dir(script.parent)
+    # By module name, not `python -m`: the Postfix service's argv names the module by __name__.
+    code = f"import sys; from {module} import postfix_service; sys.exit(postfix_service(sys.argv[1]))"
+    text = (
+        "#!/bin/sh\n"
+        f"# Stop or start one sandbox Postfix through the sandbox Supervisor (written by {module}).\n"
+        "set -eu\n"
+        f"export BACKUPMX_SANDBOX_DIR={shlex.quote(str(sandbox_dir))}\n"
+        f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} \"$1\"\n"
+    )
+    _install(script, text, 0o755)
+
+
+def postfix_service(action: str) -> int:
+    """``stop`` or ``start`` the sandbox Postfix (start waits until both listeners accept)."""
+    return control_service(action, "postfix", lambda sandbox: _postfix(_paths(sandbox), _ports(sandbox)))
+
+
+def control_service(action: str, name: str, make: Callable[[Sandbox], Service]) -> int:
+    """``stop`` or ``start`` the supervised service ``name`` (``make`` builds it for a start)."""
+    sandbox = Sandbox()
+    supervisor = Supervisor(sandbox)
+    if action == "stop":
+        supervisor.stop(name)
+    elif action == "start":
+        supervisor.start(make(sandbox))
+    else:
+        raise SystemExit(f"postfix-service: {action!r}: use stop or start")
+    return 0
+
+
+def _stop_postfix(config_dir: str, start_fg: subprocess.Popen, timeout: float = 8.0) -> None:
+    """`postfix stop` (master then kills its own process group); wait until all of it is gone."""
+    deadline = time.monotonic() + timeout
+    master = _master_pid(config_dir)
+    while master is None and start_fg.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # stopped while still starting: wait for master.pid
+        master = _master_pid(config_dir)
+    subprocess.run(["/usr/sbin/postfix", "-c", config_dir, "stop"], capture_output=True, timeout=30)
+
+    def running() -> bool:
+        return start_fg.poll() is None or (master is not None and group_alive(master))
+
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for group in (master, start_fg.pid):
+        if group is not None and group_alive(group):
+            os.killpg(group, signal.SIGKILL)
+    start_fg.wait()
+
+
+def _master_pid(config_dir: str) -> int | None:
+    """The pid of the master running from ``config_dir``, checked against /proc.
+
+    master.pid may be stale and its pid reused; only a live ``master`` process
+    whose environment names this config dir (postfix exports MAIL_CONFIG) counts.
+    """
+    queue = subprocess.run(
+        ["/usr/sbin/postconf", "-c", config_dir, "-h", "queue_directory"], capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        pid = int((Path(queue) / "pid" / "master.pid").read_text().split()[0])
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    if comm != "master" or f"MAIL_CONFIG={config_dir}".encode() not in environ:
+        return None
+    return pid
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["postfix-foreground"] and len(sys.argv) == 3:
+        sys.exit(run_postfix_foreground(sys.argv[2]))
+    sys.exit(f"usage: python -m {__spec__.name if __spec__ else 'mailhost'} postfix-foreground CONFIG_DIR")
