@@ -390,7 +390,7 @@ def _show(plan: Plan) -> None:
         logger.info("    %s", line)
 
 
-def _apply(plan: Plan):
+def apply_plan(plan: Plan):
     if plan.problems:
         if not state.is_executing:
             raise OperationError(plan.problems[0])
@@ -436,7 +436,7 @@ def postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = True):
         )
     """
     plan = _recall("postscreen_whitelist", mailhost, relay_cidrs, present)
-    yield from _apply(plan or plan_postscreen_whitelist(mailhost, relay_cidrs, present))
+    yield from apply_plan(plan or plan_postscreen_whitelist(mailhost, relay_cidrs, present))
 
 
 @operation()
@@ -474,7 +474,7 @@ def rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True):
         )
     """
     plan = _recall("rspamd_exemption", mailhost, relay_cidrs, present)
-    yield from _apply(plan or plan_rspamd_exemption(mailhost, relay_cidrs, present))
+    yield from apply_plan(plan or plan_rspamd_exemption(mailhost, relay_cidrs, present))
 
 
 # --- stage 4: proof ---------------------------------------------------------------

@@ -38,7 +38,7 @@ from backupmx.providers.relayhost import (
     wanted_files,
 )
 from facts.relayhost import RelayFiles, RelayPostconf, RelayQueue, RelaySmtpProof
-from operations.mailhost import Plan, _apply, prove_settled, run_proof
+from operations.mailhost import Plan, apply_plan, prove_settled, run_proof
 
 # How long verify_relay waits for a reload to take effect (postscreen restarts).
 SETTLE_SECONDS = 30.0
@@ -119,7 +119,7 @@ def relay_config(relay: RelayHost, domains: Sequence[str], present: bool = True)
         )
     """
     plan = _recall(relay, domains, present)
-    yield from _apply(plan or plan_relay_config(relay, domains, present))
+    yield from apply_plan(plan or plan_relay_config(relay, domains, present))
 
 
 # --- the proof ------------------------------------------------------------------

@@ -70,7 +70,7 @@ def drill_world(published, sandbox):
     if not listener_up(published):  # never leave the mail host down for the next test
         from backupmx_sandbox import mailhost
 
-        Supervisor(sandbox).start(mailhost._postfix(mailhost._paths(sandbox), mailhost._ports(sandbox)))
+        Supervisor(sandbox).start(mailhost.postfix_daemon(mailhost.mailhost_paths(sandbox), mailhost.mailhost_ports(sandbox)))
 
 
 # --- the drill in the sandbox ---------------------------------------------------------

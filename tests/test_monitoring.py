@@ -259,7 +259,7 @@ def blackbox(world, tmp_path_factory):
         pytest.skip("prometheus-blackbox-exporter is not installed")
     settings = sandbox_settings(world)
     text = mon.render_blackbox(settings, mon.load_monitoring({"dir": "/srv/m"}, settings))
-    regexps = "".join(f"          - {mon._yaml_string(mon.rr_regexp(record))}\n"
+    regexps = "".join(f"          - {mon.yaml_string(mon.rr_regexp(record))}\n"
                       for record in mon.wanted_mx(settings.domains[0], settings))
     text += NAIVE_MODULE.format(domain=world["zone"], regexps=regexps)
     config = tmp_path_factory.mktemp("blackbox") / "blackbox.yml"

@@ -26,7 +26,7 @@ from backupmx.providers import relayhost as relay_render
 from backupmx.providers.relayhost import OFF, main_settings, parse_postqueue_json, trusted_by_mynetworks, wanted_files
 from backupmx_sandbox import relayhost as sandbox_relay
 from backupmx_sandbox import seed
-from backupmx_sandbox.relayhost import _haproxy, _paths, _ports
+from backupmx_sandbox.relayhost import haproxy_service, relay_paths, relay_ports
 from backupmx_sandbox.smtp_client import build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
@@ -124,7 +124,7 @@ def haproxy(action: str) -> None:
     if action == "stop":
         supervisor.stop("haproxy")
     else:
-        supervisor.start(_haproxy(_paths(sandbox), _ports(sandbox)))
+        supervisor.start(haproxy_service(relay_paths(sandbox), relay_ports(sandbox)))
 
 
 # --- fixtures ---------------------------------------------------------------------

@@ -381,7 +381,7 @@ def test_failover_drill_passes_against_the_relay(relay_world, deployed, sandbox)
             from backupmx_sandbox import mailhost
             from backupmx_sandbox.supervisor import Supervisor
 
-            Supervisor(sandbox).start(mailhost._postfix(mailhost._paths(sandbox), mailhost._ports(sandbox)))
+            Supervisor(sandbox).start(mailhost.postfix_daemon(mailhost.mailhost_paths(sandbox), mailhost.mailhost_ports(sandbox)))
 
 
 def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, deployed):

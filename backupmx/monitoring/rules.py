@@ -258,7 +258,7 @@ def smtp_targets(settings: Settings) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------- rendering
 
 
-def _yaml_string(value: Any) -> str:
+def yaml_string(value: Any) -> str:
     # A JSON string is a YAML double-quoted scalar; no HTML escaping (Jinja's tojson does that).
     return json.dumps(str(value), ensure_ascii=False)
 
@@ -266,7 +266,7 @@ def _yaml_string(value: Any) -> str:
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True)
-    env.filters["q"] = _yaml_string
+    env.filters["q"] = yaml_string
     return env
 
 

@@ -8,7 +8,7 @@ import time
 
 from backupmx_sandbox import components, seed
 from backupmx_sandbox.supervisor import Supervisor
-from backupmx_sandbox.world import Sandbox, _write_private_json
+from backupmx_sandbox.world import Sandbox, write_private_json
 
 
 def up(sandbox: Sandbox) -> dict:
@@ -22,7 +22,7 @@ def up(sandbox: Sandbox) -> dict:
         for service in component.services(sandbox):
             supervisor.start(service)
         world.update(component.world(sandbox))
-    _write_private_json(sandbox.root / "world.json", world)
+    write_private_json(sandbox.root / "world.json", world)
     return world
 
 

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from backupmx_sandbox import seed
-from backupmx_sandbox.world import LOOPBACK, Sandbox, Service, _write_private_json
+from backupmx_sandbox.world import LOOPBACK, Sandbox, Service, write_private_json
 
 SERVICE_NAMES = ["cloudflare"]
 API_PORT = "cloudflare.api"
@@ -164,7 +164,7 @@ def _dns_ready(sandbox: Sandbox) -> bool:
 
 def services(sandbox: Sandbox) -> list[Service]:
     path = sandbox.dir("cloudflare", mode=0o700) / "config.json"
-    _write_private_json(path, config(sandbox))
+    write_private_json(path, config(sandbox))
     return [
         Service(
             name="cloudflare",

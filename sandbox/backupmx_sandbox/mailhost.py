@@ -131,11 +131,11 @@ class Ports:
     dns: int
 
 
-def _paths(sandbox: Sandbox) -> Paths:
+def mailhost_paths(sandbox: Sandbox) -> Paths:
     return Paths(sandbox.dir("mailhost"))
 
 
-def _ports(sandbox: Sandbox) -> Ports:
+def mailhost_ports(sandbox: Sandbox) -> Ports:
     return Ports(
         ssh=sandbox.port("ssh"),
         smtp=sandbox.port("mailhost.smtp"),
@@ -155,12 +155,12 @@ def _ports(sandbox: Sandbox) -> Ports:
 
 def services(sandbox: Sandbox) -> list[Service]:
     """Write the mail host's config (idempotently) and return its three services."""
-    paths, ports = _paths(sandbox), _ports(sandbox)
-    return [_sshd(paths, ports), _rspamd(paths, ports), _postfix(paths, ports)]
+    paths, ports = mailhost_paths(sandbox), mailhost_ports(sandbox)
+    return [_sshd(paths, ports), _rspamd(paths, ports), postfix_daemon(paths, ports)]
 
 
 def world(sandbox: Sandbox) -> dict:
-    paths, ports = _paths(sandbox), _ports(sandbox)
+    paths, ports = mailhost_paths(sandbox), mailhost_ports(sandbox)
     return {
         "ssh": {
             "host": LOOPBACK,
@@ -206,7 +206,7 @@ def proxy_service_name(port: int) -> str:
 # --- writing files ------------------------------------------------------------
 
 
-def _render(template: str, templates: Path = TEMPLATES, **values) -> str:
+def render_template(template: str, templates: Path = TEMPLATES, **values) -> str:
     env = Environment(
         loader=FileSystemLoader(templates),
         undefined=StrictUndefined,
@@ -220,7 +220,7 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _install(path: Path, text: str, mode: int = 0o644) -> None:
+def install_file(path: Path, text: str, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` unless someone else has edited the file since we wrote it.
 
     The digest of what we last wrote sits in ``.<name>.sandbox-sha256`` next to it.
@@ -249,16 +249,16 @@ def _ensure_mode(path: Path, mode: int) -> None:
         os.chmod(path, mode)
 
 
-def _private_dir(path: Path, owner: str | int, group: str | int, mode: int = 0o750) -> Path:
+def private_dir(path: Path, owner: str | int, group: str | int, mode: int = 0o750) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     shutil.chown(path, owner, group)
     os.chmod(path, mode)
     return path
 
 
-def _root_dir(path: Path, mode: int = 0o755) -> Path:
+def root_dir(path: Path, mode: int = 0o755) -> Path:
     """A root-owned directory that is not group/world-writable (sshd and Postfix check)."""
-    return _private_dir(path, 0, 0, mode)
+    return private_dir(path, 0, 0, mode)
 
 
 # --- sshd -----------------------------------------------------------------------
@@ -271,16 +271,16 @@ def _sshd(paths: Paths, ports: Ports) -> Service:
 def sshd_service(name: str, ssh_dir: Path, port: int, client_key: Path, comment: str) -> Service:
     """An sshd of its own on ``LOOPBACK:port``: host key made once and kept, ``client_key``
     authorized, and a ``known_hosts`` for the clients; everything in ``ssh_dir``."""
-    _root_dir(ssh_dir, 0o700)
+    root_dir(ssh_dir, 0o700)
     host_key, authorized_keys = ssh_dir / "ssh_host_ed25519_key", ssh_dir / "authorized_keys"
     _keypair(host_key, comment)
     _keypair(client_key, "backupmx sandbox client")
-    _install(authorized_keys, _public_key(client_key), 0o600)
+    install_file(authorized_keys, _public_key(client_key), 0o600)
     host_public = " ".join(_public_key(host_key).split()[:2])
-    _install(ssh_dir / "known_hosts", f"[{LOOPBACK}]:{port} {host_public}\n", 0o644)
-    config = _render("sshd_config.j2", port=port, host_key=host_key, pid_file=ssh_dir / "sshd.pid",
+    install_file(ssh_dir / "known_hosts", f"[{LOOPBACK}]:{port} {host_public}\n", 0o644)
+    config = render_template("sshd_config.j2", port=port, host_key=host_key, pid_file=ssh_dir / "sshd.pid",
                      authorized_keys=authorized_keys)
-    _install(ssh_dir / "sshd_config", config, 0o600)
+    install_file(ssh_dir / "sshd_config", config, 0o600)
     # sshd's privilege separation directory; the system normally makes it at boot.
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     return Service(
@@ -332,26 +332,26 @@ def _rspamd(paths: Paths, ports: Ports) -> Service:
 
 
 def _write_rspamd_config(paths: Paths, ports: Ports) -> None:
-    local_d = _root_dir(paths.rspamd_local / "local.d")
-    override_d = _root_dir(paths.rspamd_local / "override.d")
+    local_d = root_dir(paths.rspamd_local / "local.d")
+    override_d = root_dir(paths.rspamd_local / "override.d")
     for directory in (paths.rspamd_db, paths.rspamd_run, paths.rspamd_log):
-        _private_dir(directory, RSPAMD_USER, RSPAMD_USER)
+        private_dir(directory, RSPAMD_USER, RSPAMD_USER)
     values = {
         "dns_port": ports.dns,
         "milter_port": ports.rspamd_milter,
         "normal_port": ports.rspamd_normal,
         "controller_port": ports.rspamd_controller,
     }
-    _install(local_d / "options.inc", _render("rspamd/options.inc.j2", **values))
-    _install(local_d / "milter_headers.conf", _render("rspamd/milter_headers.conf"))
-    _install(local_d / "dkim.conf", _render("rspamd/dkim.conf"))
-    _install(override_d / "fuzzy_check.conf", _render("rspamd/fuzzy_check.conf"))
+    install_file(local_d / "options.inc", render_template("rspamd/options.inc.j2", **values))
+    install_file(local_d / "milter_headers.conf", render_template("rspamd/milter_headers.conf"))
+    install_file(local_d / "dkim.conf", render_template("rspamd/dkim.conf"))
+    install_file(override_d / "fuzzy_check.conf", render_template("rspamd/fuzzy_check.conf"))
     for worker in ("worker-normal.inc", "worker-controller.inc", "worker-proxy.inc"):
-        _install(override_d / worker, _render(f"rspamd/{worker}.j2", **values))
+        install_file(override_d / worker, render_template(f"rspamd/{worker}.j2", **values))
     # rspamd runs in the foreground without a pidfile: the product reloads it with
     # this script (the `rspamd_reload` command of the inventory's mailhost data).
-    _root_dir(paths.rspamd_reload.parent)
-    _install(paths.rspamd_reload, _render("rspamd-reload.sh.j2", pidfile=paths.rspamd_pidfile,
+    root_dir(paths.rspamd_reload.parent)
+    install_file(paths.rspamd_reload, render_template("rspamd-reload.sh.j2", pidfile=paths.rspamd_pidfile,
                                            controller=f"{LOOPBACK}:{ports.rspamd_controller}"), 0o755)
 
 
@@ -368,7 +368,7 @@ def _rspamd_pong(port: int) -> bool:
 # --- postfix --------------------------------------------------------------------
 
 
-def _postfix(paths: Paths, ports: Ports) -> Service:
+def postfix_daemon(paths: Paths, ports: Ports) -> Service:
     _write_postfix_config(paths, ports)
     return Service(
         name="postfix",
@@ -384,16 +384,16 @@ def _postfix(paths: Paths, ports: Ports) -> Service:
 
 def _write_postfix_config(paths: Paths, ports: Ports) -> None:
     _write_postfix_service(paths)
-    _root_dir(paths.postfix_config)
-    _root_dir(paths.postfix_queue)
-    _root_dir(paths.log)
-    _private_dir(paths.postfix_data, "postfix", "postfix", 0o700)
-    _private_dir(paths.mail_base, MAIL_UID, MAIL_GID, 0o700)
+    root_dir(paths.postfix_config)
+    root_dir(paths.postfix_queue)
+    root_dir(paths.log)
+    private_dir(paths.postfix_data, "postfix", "postfix", 0o700)
+    private_dir(paths.mail_base, MAIL_UID, MAIL_GID, 0o700)
     for sub in ("", "new", "cur", "tmp"):
-        _private_dir(paths.maildir / sub, MAIL_UID, MAIL_GID, 0o700)
+        private_dir(paths.maildir / sub, MAIL_UID, MAIL_GID, 0o700)
     # A certificate for the primary's name from the sandbox CA: relays require TLS.
     tls_cert, tls_key = Sandbox(paths.root.parent).ca.issue(HOSTNAME, [HOSTNAME])
-    main_cf = _render(
+    main_cf = render_template(
         "main.cf.j2",
         config_dir=paths.postfix_config,
         queue_dir=paths.postfix_queue,
@@ -411,9 +411,9 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
-    master_cf = _render("master.cf.j2", smtp_port=ports.smtp, proxy_port=ports.smtp_proxy)
-    _install(paths.postfix_config / "main.cf", main_cf)
-    _install(paths.postfix_config / "master.cf", master_cf)
+    master_cf = render_template("master.cf.j2", smtp_port=ports.smtp, proxy_port=ports.smtp_proxy)
+    install_file(paths.postfix_config / "main.cf", main_cf)
+    install_file(paths.postfix_config / "master.cf", master_cf)
 
 
 # --- readiness --------------------------------------------------------------------
@@ -486,7 +486,7 @@ def _write_postfix_service(paths: Paths) -> None:
 
 def write_postfix_service(script: Path, sandbox_dir: Path, module: str) -> None:
     """``script stop|start``: ``module.postfix_service`` through the Supervisor of ``sandbox_dir``."""
-    _root_dir(script.parent)
+    root_dir(script.parent)
     # By module name, not `python -m`: the Postfix service's argv names the module by __name__.
     code = f"import sys; from {module} import postfix_service; sys.exit(postfix_service(sys.argv[1]))"
     text = (
@@ -496,12 +496,12 @@ def write_postfix_service(script: Path, sandbox_dir: Path, module: str) -> None:
         f"export BACKUPMX_SANDBOX_DIR={shlex.quote(str(sandbox_dir))}\n"
         f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} \"$1\"\n"
     )
-    _install(script, text, 0o755)
+    install_file(script, text, 0o755)
 
 
 def postfix_service(action: str) -> int:
     """``stop`` or ``start`` the sandbox Postfix (start waits until both listeners accept)."""
-    return control_service(action, "postfix", lambda sandbox: _postfix(_paths(sandbox), _ports(sandbox)))
+    return control_service(action, "postfix", lambda sandbox: postfix_daemon(mailhost_paths(sandbox), mailhost_ports(sandbox)))
 
 
 def control_service(action: str, name: str, make: Callable[[Sandbox], Service]) -> int:

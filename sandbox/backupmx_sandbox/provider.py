@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 from backupmx_sandbox import seed
-from backupmx_sandbox.world import LOOPBACK, Sandbox, Service, _write_private_json, port_in_use
+from backupmx_sandbox.world import LOOPBACK, Sandbox, Service, write_private_json, port_in_use
 
 SERVICE_NAMES = ["rollernet"]
 
@@ -90,7 +90,7 @@ def write_config(sandbox: Sandbox) -> str:
         },
     }
     path = data_dir / "config.json"
-    _write_private_json(path, config)  # mode 600: it holds the API keys
+    write_private_json(path, config)  # mode 600: it holds the API keys
     return str(path)
 
 

@@ -5,7 +5,7 @@ Everything lives under ``<sandbox>/relayhost/``. The relay's Postfix starts as a
 freshly installed one (smtpd listening directly, Debian's loopback ``mynetworks``);
 making it a store-and-forward backup MX is the product's job
 (``operations/relayhost.py``), over SSH, exactly as on a real VM. ``up`` never
-undoes that work: files are written through ``mailhost._install``, which leaves a
+undoes that work: files are written through ``mailhost.install_file``, which leaves a
 file alone once someone else has changed it.
 
 What stands in for the network:
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backupmx_sandbox import mailhost, seed
-from backupmx_sandbox.mailhost import _install, _private_dir, _root_dir, listening
+from backupmx_sandbox.mailhost import install_file, private_dir, root_dir, listening
 from backupmx_sandbox.world import LOOPBACK, Sandbox, Service
 
 SERVICE_NAMES = ["relay-sshd", "relay-postfix", "haproxy"]
@@ -63,11 +63,11 @@ class Ports:
     mailhost_proxy: int
 
 
-def _paths(sandbox: Sandbox) -> Paths:
+def relay_paths(sandbox: Sandbox) -> Paths:
     return Paths(sandbox.dir("relayhost"))
 
 
-def _ports(sandbox: Sandbox) -> Ports:
+def relay_ports(sandbox: Sandbox) -> Ports:
     return Ports(
         ssh=sandbox.port("relayhost.ssh"),
         smtp=sandbox.port("relayhost.smtp"),
@@ -85,14 +85,14 @@ def listen_service(ports: Ports) -> str:
 
 
 def services(sandbox: Sandbox) -> list[Service]:
-    paths, ports = _paths(sandbox), _ports(sandbox)
-    return [_sshd(sandbox, paths, ports), _haproxy(paths, ports), _postfix(paths, ports)]
+    paths, ports = relay_paths(sandbox), relay_ports(sandbox)
+    return [_sshd(sandbox, paths, ports), haproxy_service(paths, ports), relay_postfix_daemon(paths, ports)]
 
 
 def world(sandbox: Sandbox) -> dict:
-    paths, ports = _paths(sandbox), _ports(sandbox)
+    paths, ports = relay_paths(sandbox), relay_ports(sandbox)
     cert, key = sandbox.ca.issue(HOSTNAME, [HOSTNAME])
-    client_key = mailhost._paths(sandbox).client_key
+    client_key = mailhost.mailhost_paths(sandbox).client_key
     return {
         "selfhosted": {
             "host": HOSTNAME,
@@ -140,19 +140,19 @@ def world(sandbox: Sandbox) -> dict:
 
 
 def _render(template: str, **values) -> str:
-    return mailhost._render(template, TEMPLATES, **values)
+    return mailhost.render_template(template, TEMPLATES, **values)
 
 
 def _sshd(sandbox: Sandbox, paths: Paths, ports: Ports) -> Service:
     # The same client key as the mail host: one key for the sandbox's operator.
-    return mailhost.sshd_service("relay-sshd", paths.ssh, ports.ssh, mailhost._paths(sandbox).client_key,
+    return mailhost.sshd_service("relay-sshd", paths.ssh, ports.ssh, mailhost.mailhost_paths(sandbox).client_key,
                                  "backupmx sandbox relay host")
 
 
-def _haproxy(paths: Paths, ports: Ports) -> Service:
+def haproxy_service(paths: Paths, ports: Ports) -> Service:
     config = _render("haproxy.cfg.j2", listen=LOOPBACK, port=ports.primary, mailhost=LOOPBACK,
                      mailhost_port=ports.mailhost_proxy)
-    _install(paths.haproxy_config, config, 0o644)
+    install_file(paths.haproxy_config, config, 0o644)
     return Service(
         name="haproxy",
         # -db: stay in the foreground (no daemon), so the supervisor's pid is HAProxy's.
@@ -162,7 +162,7 @@ def _haproxy(paths: Paths, ports: Ports) -> Service:
     )
 
 
-def _postfix(paths: Paths, ports: Ports) -> Service:
+def relay_postfix_daemon(paths: Paths, ports: Ports) -> Service:
     _write_postfix_config(paths, ports)
     return Service(
         name="relay-postfix",
@@ -175,10 +175,10 @@ def _postfix(paths: Paths, ports: Ports) -> Service:
 
 def _write_postfix_config(paths: Paths, ports: Ports) -> None:
     _write_postfix_service(paths)
-    _root_dir(paths.postfix_config)
-    _root_dir(paths.postfix_queue)
-    _root_dir(paths.log)
-    _private_dir(paths.postfix_data, "postfix", "postfix", 0o700)
+    root_dir(paths.postfix_config)
+    root_dir(paths.postfix_queue)
+    root_dir(paths.log)
+    private_dir(paths.postfix_data, "postfix", "postfix", 0o700)
     main_cf = _render(
         "main.cf.j2",
         config_dir=paths.postfix_config,
@@ -193,8 +193,8 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
         retry_min=f"{RETRY_MIN}s",
         retry_max=f"{RETRY_MAX}s",
     )
-    _install(paths.postfix_config / "main.cf", main_cf)
-    _install(paths.postfix_config / "master.cf", _render("master.cf.j2", listen_service=listen_service(ports)))
+    install_file(paths.postfix_config / "main.cf", main_cf)
+    install_file(paths.postfix_config / "master.cf", _render("master.cf.j2", listen_service=listen_service(ports)))
 
 
 # --- stop/start the relay's Postfix only ----------------------------------------------
@@ -207,4 +207,4 @@ def _write_postfix_service(paths: Paths) -> None:
 def postfix_service(action: str) -> int:
     """``stop`` or ``start`` the relay's Postfix (start waits until it listens)."""
     return mailhost.control_service(action, "relay-postfix",
-                                    lambda sandbox: _postfix(_paths(sandbox), _ports(sandbox)))
+                                    lambda sandbox: relay_postfix_daemon(relay_paths(sandbox), relay_ports(sandbox)))

@@ -59,7 +59,7 @@ def load_world(path: Path | None = None) -> dict:
         raise SystemExit(f"{path}: no sandbox world; run `backupmx-sandbox up` (or `make demo`) first") from None
 
 
-def _write_private_json(path: Path, data: dict) -> None:
+def write_private_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -134,7 +134,7 @@ class Sandbox:
                         continue
                 break
             ports[name] = candidate
-            _write_private_json(self._ports_file, ports)
+            write_private_json(self._ports_file, ports)
         return ports[name]
 
     def ports(self) -> dict[str, int]:
@@ -145,7 +145,7 @@ class Sandbox:
         values = self._load(self._secrets_file)
         if name not in values:
             values[name] = factory() if factory else secrets.token_urlsafe(30)
-            _write_private_json(self._secrets_file, values)
+            write_private_json(self._secrets_file, values)
         return values[name]
 
     @property

@@ -221,18 +221,18 @@ def test_stopping_postfix_leaves_no_process_and_no_port(mh_world):
 def test_up_never_reverts_an_edit_made_after_it(tmp_path):
     """master.cf edited by a deploy (e.g. the relay whitelist) survives the next `up`."""
     config = tmp_path / "master.cf"
-    mailhost._install(config, "sandbox v1\n")
-    mailhost._install(config, "sandbox v1\n")
+    mailhost.install_file(config, "sandbox v1\n")
+    mailhost.install_file(config, "sandbox v1\n")
     assert config.read_text() == "sandbox v1\n"
-    mailhost._install(config, "sandbox v2\n")  # our own file: follows the template
+    mailhost.install_file(config, "sandbox v2\n")  # our own file: follows the template
     assert config.read_text() == "sandbox v2\n"
 
     config.write_text("edited by the product\n")
-    mailhost._install(config, "sandbox v2\n")
+    mailhost.install_file(config, "sandbox v2\n")
     assert config.read_text() == "edited by the product\n"
 
     config.unlink()
-    mailhost._install(config, "sandbox v2\n")
+    mailhost.install_file(config, "sandbox v2\n")
     assert config.read_text() == "sandbox v2\n"
 
 

@@ -1,0 +1,97 @@
+"""The code's shape, enforced: layers, no cycles, no hidden imports, private names stay home.
+
+docs/architecture.md ("Code map") draws the layers; pyproject.toml's
+[tool.importlinter] states them as contracts. These tests fail on a new violation.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_PACKAGES = ("backupmx", "backupmx_sandbox", "operations", "facts", "bench", "providerkit", "mailhostkit",
+                    "mailpath")
+# Runtime code: what a deploy runs. The sandbox, tests and bench are not in it.
+RUNTIME = ("backupmx", "operations", "facts", "deploys", "inventory")
+CHECKED = RUNTIME + ("sandbox", "bench", "tests")
+
+
+def python_files(*folders: str) -> list[Path]:
+    return sorted(path for folder in folders for path in (PROJECT_ROOT / folder).rglob("*.py")
+                  if ".venv" not in path.parts)
+
+
+def is_project_module(name: str | None) -> bool:
+    return bool(name) and name.split(".")[0] in PROJECT_PACKAGES
+
+
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def test_the_import_contracts_hold():
+    """Layers, runtime/sandbox separation and acyclic packages (import-linter)."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint), "--no-cache"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "4 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("folder", RUNTIME)
+def test_no_import_inside_a_function(folder):
+    """An import inside a function hides a dependency (or dodges a cycle): every import is at the top."""
+    found = []
+    for path in python_files(folder):
+        tree = parse(path)
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top_level:
+                found.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}")
+    assert found == []
+
+
+def test_no_private_name_crosses_a_module():
+    """`from x import _y` and `x._y` for a project module x: a private name stays in its module."""
+    found = []
+    for path in python_files(*CHECKED):
+        tree = parse(path)
+        module_aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and is_project_module(node.module):
+                for alias in node.names:
+                    if _private(alias.name):
+                        found.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} imports {node.module}.{alias.name}")
+                    else:
+                        module_aliases.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if is_project_module(alias.name):
+                        module_aliases.add(alias.asname or alias.name.split(".")[0])
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
+                    and node.value.id in module_aliases):
+                found.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert found == []
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_only_the_sandbox_inventory_tests_and_bench_import_the_sandbox():
+    found = []
+    for path in python_files("deploys", "inventory", "backupmx", "operations", "facts"):
+        if path == PROJECT_ROOT / "inventory" / "sandbox.py":
+            continue
+        for node in ast.walk(parse(path)):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "backupmx_sandbox" for name in names):
+                found.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}")
+    assert found == []
