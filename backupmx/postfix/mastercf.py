@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from backupmx.core.errors import BackupMXError
+from backupmx.postfix.syntax import logical_lines
 
 
 class MasterCfError(BackupMXError):
@@ -19,15 +20,10 @@ class MasterCfError(BackupMXError):
 
 
 def _entry_span(lines: list[str], service: str, service_type: str) -> tuple[int, int] | None:
-    for index, line in enumerate(lines):
-        if not line[:1].strip() or line.startswith("#"):
-            continue
-        fields = line.split()
+    for start, end in logical_lines(lines):
+        fields = lines[start].split()
         if len(fields) >= 2 and fields[0] == service and fields[1] == service_type:
-            end = index + 1
-            while end < len(lines) and lines[end][:1] in (" ", "\t") and lines[end].strip():
-                end += 1
-            return index, end
+            return start, end
     return None
 
 

@@ -35,6 +35,7 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import RelayHost
 from backupmx.postfix.blocks import block_begin, block_end, find_block, with_block
 from backupmx.postfix.maincf import postfix_list
+from backupmx.postfix.syntax import logical_lines
 
 MAIN_BLOCK = "relay-main"
 MASTER_BLOCK = "relay-postscreen"
@@ -150,23 +151,6 @@ def _append_block(text: str, name: str, block: str) -> str:
     return with_block(text, name, block) or ""
 
 
-def _entries(lines: list[str]) -> list[tuple[int, int]]:
-    """(start, end) of every logical line: a line at column 0 and its indented continuations."""
-    spans, index = [], 0
-    while index < len(lines):
-        line = lines[index]
-        if not line.strip() or line.startswith("#") or line[:1] in (" ", "\t"):
-            index += 1
-            continue
-        end = index + 1
-        while end < len(lines) and lines[end][:1] in (" ", "\t") and lines[end].strip() \
-                and not lines[end].lstrip().startswith("#"):
-            end += 1
-        spans.append((index, end))
-        index = end
-    return spans
-
-
 def _turn_off(lines: list[str], spans: Iterable[tuple[int, int]]) -> list[str]:
     off = {i for start, end in spans for i in range(start, end)}
     return [OFF + line if i in off else line for i, line in enumerate(lines)]
@@ -179,7 +163,7 @@ def configure_main_cf(current: str, relay: RelayHost, domains: Sequence[str], pr
         return original
     managed = set(main_settings(relay, domains))
     lines = original.splitlines(keepends=True)
-    spans = [(s, e) for s, e in _entries(lines) if lines[s].split("=", 1)[0].strip() in managed]
+    spans = [(s, e) for s, e in logical_lines(lines) if lines[s].split("=", 1)[0].strip() in managed]
     return _append_block("".join(_turn_off(lines, spans)), MAIN_BLOCK, render_main_block(relay, domains))
 
 
@@ -199,7 +183,7 @@ def configure_master_cf(current: str, relay: RelayHost, present: bool = True) ->
         return original
     lines = original.splitlines(keepends=True)
     listener, support = None, []
-    for start, end in _entries(lines):
+    for start, end in logical_lines(lines):
         fields = lines[start].split()
         if len(fields) >= 8 and (fields[0], fields[1]) == (relay.listen_service, "inet"):
             listener = (start, end)
