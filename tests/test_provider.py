@@ -12,10 +12,11 @@ import pytest
 
 from backupmx.core.settings import load_settings
 from backupmx.gates.starttls import hostname_matches
-from backupmx.providers.acc import AccAuthError, AccClient, AccNotFound, AccProvider, AccUnavailable
+from backupmx.providers.acc import AccAuthError, AccClient, AccNotFound, AccUnavailable
 from backupmx.providers.base import API, LEDGER, NONE, ManualStepRequired
 from backupmx.providers.ledger import LedgerProvider
 from backupmx.providers.registry import open_provider
+from backupmx.providers.rollernet import AccProvider
 from providerkit import acc_requests, admin, sandbox_data, sandbox_settings, secret_values, secrets_for
 
 DOMAIN = "viktorbarzin.me"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from backupmx.core.settings import Settings
 from backupmx.providers import selfhosted
-from backupmx.providers.acc import AccClient, AccProvider
+from backupmx.providers.acc import AccClient
 from backupmx.providers.base import LEDGER, Provider, ProviderError
 from backupmx.providers.console import console_steps
 from backupmx.providers.ledger import LedgerProvider
+from backupmx.providers.rollernet import AccProvider
 from backupmx.providers.selfhosted import SelfHostedProvider
 
 
