@@ -121,11 +121,3 @@ class Provider:
 
     def close(self) -> None:
         pass
-
-
-def describe_facts(facts: ProviderFacts) -> str:
-    parts = []
-    for name in ("present", "mode", "enabled", "user_table_default", "hold"):
-        fact = getattr(facts, name)
-        parts.append(f"{name}={fact.value if fact.known else '?'} [{fact.describe()}]")
-    return "; ".join(parts)

@@ -358,11 +358,6 @@ case("pregreet", "backupmx-probe-%s@%s" % (uuid.uuid4().hex[:12], domains[0]), T
 """.strip()
 
 
-def smtp_proof_argv(relay: RelayHost, domains: Sequence[str]) -> list[str]:
-    host, port = relay.probe_endpoint
-    return ["python3", "-c", SMTP_PROOF, host, str(port), OUTSIDE_DOMAIN, *domains]
-
-
 def judge_smtp(results: Sequence[Mapping[str, Any]], domains: Sequence[str]) -> list[tuple[str, bool, str]]:
     """(check, ok, detail) for catch-all, open relay and pregreet from the proof's lines."""
     by_case: dict[str, list[Mapping[str, Any]]] = {}
