@@ -64,7 +64,8 @@ class Plan:
     """The apex MX records of one domain: as read, as wanted, and the changes between them.
 
     ``existing`` holds the apex MX records only; ``untouched`` those neither ours nor
-    wanted, which no plan ever changes.
+    wanted, which no plan ever changes. The changes are worked out even when the
+    verdict refuses them: the verdict decides whether they may be applied.
     """
 
     domain: Domain
@@ -124,7 +125,7 @@ class PublishPlan(Plan):
         return primaries + wanted_backups(self.domain, self.backup, self.marker)
 
     def verdict(self) -> Verdict:
-        """The rules in order; the first broken one ends the review (later notes would not matter)."""
+        """The rules in order; the first broken one ends the review, and the notes are those made until then."""
         primaries = self.primaries
         warnings = _primary_warnings(self.domain, primaries)
         reason = _unsafe_primaries(self.domain, self.backup, list(self.existing), primaries)
