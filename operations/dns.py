@@ -6,6 +6,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
 from backupmx.core.errors import BackupMXError
+from backupmx.dns import render as mxrender
 
 
 @operation()
@@ -37,7 +38,7 @@ def backup_mx_records(run, domain, mailhost_names):
     if not assessment.plan.changed:
         host.noop(f"backup MX records of {domain.name} are already published")
         return
-    for line in assessment.plan.diff():
+    for line in mxrender.diff(assessment.plan):
         host.log(line, logger.info)
     yield FunctionCommand(_publish_when_proven, (run, domain, list(mailhost_names)), {})
 

@@ -16,6 +16,7 @@ import pytest
 import requests
 from pyinfra.api.hiddenvalue import HiddenValue
 
+from backupmx.core import audit
 from backupmx.core.errors import BackupMXError
 from backupmx.core.settings import BackupMX, Domain, MXHost
 from backupmx.dns.cloudflare import (
@@ -28,10 +29,13 @@ from backupmx.dns.cloudflare import (
     CloudflareRequestError,
     CloudflareUnavailableError,
 )
+from backupmx.dns.apply import apply_plan
 from backupmx.dns.plan import MANAGED_MARKER, plan
+from backupmx.dns.render import diff
 from backupmx_sandbox import seed
 from providerkit import cloudflare_faults as faults
 from providerkit import cloudflare_requests as request_log
+from providerkit import sandbox_settings
 
 BACKUP = "mail.rollernet.us"
 
@@ -306,7 +310,12 @@ def test_duplicate_error_type_is_exported():
 # ------------------------------------------------------------------ plan + apply, measured
 
 
-def test_plan_and_apply_then_a_second_run_changes_nothing(client, world, sdk, record_property):
+@pytest.fixture
+def settings(tmp_path):
+    return sandbox_settings(audit_log=str(tmp_path / "audit.jsonl"))
+
+
+def test_plan_and_apply_then_a_second_run_changes_nothing(client, world, sdk, settings, record_property):
     domain = Domain(world["zone"], world["zone"], (MXHost(seed.PRIMARY_MX, seed.PRIMARY_PRIORITY),))
     backup = BackupMX("rollernet", tuple(seed.BACKUP_MX), seed.BACKUP_PRIORITY)
 
@@ -314,17 +323,18 @@ def test_plan_and_apply_then_a_second_run_changes_nothing(client, world, sdk, re
         zone_id = client.zone_id(world["zone"])
         wanted = plan(domain, backup, client.mx_records(zone_id, domain.name), client.record_count(zone_id),
                       world["record_quota"])
-        client.apply(zone_id, wanted)
+        apply_plan(client, zone_id, wanted, settings)
         return wanted
 
     first = run()
     first_requests = client.request_count
-    assert first.diff() == [f"+ MX {seed.DOMAIN} 20 mail.rollernet.us", f"+ MX {seed.DOMAIN} 20 mail2.rollernet.us"]
+    assert diff(first) == [f"+ MX {seed.DOMAIN} 20 mail.rollernet.us", f"+ MX {seed.DOMAIN} 20 mail2.rollernet.us"]
     second = run()
     assert not second.changed
     noop_requests = client.request_count - first_requests
     # zone (1) + MX list (1) + count (1) + 2 creates; the second run reuses the zone id.
     assert (first_requests, noop_requests) == (5, 2)
+    assert [entry["what"] for entry in audit.read(settings)] == ["dns.create", "dns.create"]
     assert len(request_log(world)) == first_requests + noop_requests
     fresh_client = CloudflareClient(world["cloudflare_api_base"], world["cloudflare_token"])
     zone_id = fresh_client.zone_id(world["zone"])
@@ -338,14 +348,14 @@ def test_plan_and_apply_then_a_second_run_changes_nothing(client, world, sdk, re
                      (20, "mail2.rollernet.us", MANAGED_MARKER)]
 
 
-def test_refused_plan_is_not_applied(client, world, zone_id):
+def test_refused_plan_is_not_applied(client, world, zone_id, settings):
     domain = Domain(world["zone"], world["zone"], (MXHost(seed.PRIMARY_MX, seed.PRIMARY_PRIORITY),))
     backup = BackupMX("rollernet", tuple(seed.BACKUP_MX), seed.BACKUP_PRIORITY)
     refused = plan(domain, backup, client.mx_records(zone_id, domain.name), 199, 200)
     clear_log(world)
     with pytest.raises(BackupMXError, match="holds 199 of 200 records"):
-        client.apply(zone_id, refused)
-    assert request_log(world) == []
+        apply_plan(client, zone_id, refused, settings)
+    assert request_log(world) == [] and audit.read(settings) == []
 
 
 # ------------------------------------------------------------------ helpers

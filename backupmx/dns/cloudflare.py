@@ -25,7 +25,7 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from backupmx.core.errors import BackupMXError
-from backupmx.dns.plan import MXRecord, Plan
+from backupmx.dns.plan import MXRecord
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 SERVER_ERRORS = frozenset({500, 502, 503, 504, 520, 521, 522, 523, 524})
@@ -268,15 +268,6 @@ class CloudflareClient:
         except CloudflareNotFoundError as error:
             if 81044 not in error.codes:
                 raise
-
-    def apply(self, zone_id: str, plan: Plan) -> list[MXRecord]:
-        """Carry out a plan: every create first, then the deletes (the MX set never shrinks mid-way)."""
-        if plan.refused:
-            raise BackupMXError(f"MX {plan.domain}: {plan.refusal}")
-        created = [self.create_mx(zone_id, r.name, r.host, r.priority, r.comment) for r in plan.creates]
-        for record in plan.deletes:
-            self.delete_record(zone_id, record.id)
-        return created
 
     # ------------------------------------------------------------------ plumbing
 

@@ -1,4 +1,8 @@
-"""What to change in a zone's apex MX records: pure functions, plain data in and out.
+"""A zone's apex MX plan as data: the records read, the records wanted, the changes, and its verdict.
+
+The shape is octoDNS's ``Plan``: the planner works out the changes; the plan judges
+them itself (``verdict``) and refuses to be applied when they are unsafe
+(``raise_if_unsafe``). Its text (the record-level diff) is ``backupmx.dns.render``.
 
 The rules are the seed design's safety rules. The primary MX records are never in
 a plan. Backups all share one preference, strictly worse than every primary (Roller
@@ -13,12 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from backupmx.core.errors import BackupMXError
 from backupmx.core.settings import BackupMX, Domain
 
 # Written into the Cloudflare record comment of every record this tool creates;
 # the only proof of ownership the zone can carry.
 MANAGED_MARKER = "managed-by: backupmx"
 NULL_MX = "."
+
+
+class UnsafePlan(BackupMXError):
+    """A plan its own verdict refuses: nothing of it is applied."""
 
 
 @dataclass(frozen=True)
@@ -43,39 +52,115 @@ class MXRecord:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Record-level changes for one domain, or the reason it must not change."""
+class Verdict:
+    """Why a plan must not be applied (None: it may), and what its review noted on the way."""
 
-    domain: str
+    refusal: str | None
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """The apex MX records of one domain: as read, as wanted, and the changes between them.
+
+    ``existing`` holds the apex MX records only; ``untouched`` those neither ours nor
+    wanted, which no plan ever changes. The changes are worked out even when the
+    verdict refuses them: the verdict decides whether they may be applied.
+    """
+
+    domain: Domain
+    backup: BackupMX
+    existing: tuple[MXRecord, ...]
     creates: tuple[MXRecord, ...] = ()
     deletes: tuple[MXRecord, ...] = ()
-    warnings: tuple[str, ...] = ()
-    refusal: str | None = None
+    untouched: tuple[MXRecord, ...] = ()
+    marker: str = MANAGED_MARKER
+
+    @property
+    def desired(self) -> tuple[MXRecord, ...]:
+        """The apex MX records the zone is to hold once the plan is applied."""
+        raise NotImplementedError
+
+    def verdict(self) -> Verdict:
+        raise NotImplementedError
+
+    @property
+    def primaries(self) -> list[MXRecord]:
+        """The existing records of a declared primary host (whatever their preference)."""
+        hosts = {mx.host for mx in self.domain.primary_mx}
+        return [record for record in self.existing if record.host in hosts]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.creates or self.deletes)
+
+    @property
+    def refusal(self) -> str | None:
+        return self.verdict().refusal
 
     @property
     def refused(self) -> bool:
         return self.refusal is not None
 
     @property
-    def changed(self) -> bool:
-        return bool(self.creates or self.deletes)
+    def warnings(self) -> tuple[str, ...]:
+        return self.verdict().warnings
 
-    def diff(self) -> list[str]:
-        """``+``/``-`` lines, creates first (the order they must be applied in)."""
-        return [f"+ {r.render()}" for r in self.creates] + [f"- {r.render()}" for r in self.deletes]
-
-    def render(self) -> str:
-        if self.refused:
-            lines = [f"MX {self.domain}: REFUSED: {self.refusal}"]
-        elif self.changed:
-            lines = self.diff()
-        else:
-            lines = [f"MX {self.domain}: no change"]
-        return "\n".join(lines + [f"! {warning}" for warning in self.warnings])
+    def raise_if_unsafe(self) -> None:
+        refusal = self.refusal
+        if refusal is not None:
+            raise UnsafePlan(f"MX {self.domain.name}: {refusal}")
 
 
-def refuse(domain: str, reason: str, warnings: Iterable[str] = ()) -> Plan:
-    return Plan(domain, refusal=reason, warnings=tuple(warnings))
+@dataclass(frozen=True, kw_only=True)
+class PublishPlan(Plan):
+    """Stage 5: the backup records in, next to the primaries; ``record_count`` of ``quota`` used."""
+
+    record_count: int
+    quota: int
+
+    @property
+    def desired(self) -> tuple[MXRecord, ...]:
+        primaries = tuple(MXRecord(self.domain.name, mx.host, mx.priority) for mx in self.domain.primary_mx)
+        return primaries + wanted_backups(self.domain, self.backup, self.marker)
+
+    def verdict(self) -> Verdict:
+        """The rules in order; the first broken one ends the review, and the notes are those made until then."""
+        primaries = self.primaries
+        warnings = _primary_warnings(self.domain, primaries)
+        reason = _unsafe_primaries(self.domain, self.backup, list(self.existing), primaries)
+        if reason:
+            return Verdict(reason, tuple(warnings))
+        best_primary = min(r.priority for r in primaries)
+        for record in self.untouched:
+            if record.host in self.backup.hosts and record.priority <= best_primary:
+                return Verdict(f"{record.render()} was not created by backupmx and makes the backup as preferred "
+                               f"as the primary (mail would loop at the provider); remove it by hand and run again",
+                               tuple(warnings))
+            warnings.append(_foreign_warning(record, best_primary))
+        needed = self.record_count + len(self.creates)
+        if needed > self.quota:
+            return Verdict(f"zone {self.domain.zone} holds {self.record_count} of {self.quota} records; adding "
+                           f"{len(self.creates)} needs {needed}; delete {needed - self.quota} unused record(s) first",
+                           tuple(warnings))
+        return Verdict(None, tuple(warnings))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemovalPlan(Plan):
+    """Rollback: the backup records out; never refused (removing a backup cannot route mail wrong)."""
+
+    @property
+    def desired(self) -> tuple[MXRecord, ...]:
+        return tuple(record for record in self.existing if record not in self.deletes)
+
+    def verdict(self) -> Verdict:
+        warnings = [f"{record.render()} was not created by backupmx; it is left untouched"
+                    for record in self.untouched]
+        if self.deletes and not self.primaries:
+            warnings.append(f"no primary MX is published for {self.domain.name}: after the removal the domain "
+                            f"has {len(self.existing) - len(self.deletes)} MX record(s)")
+        return Verdict(None, tuple(warnings))
 
 
 def apex_mx(domain: Domain, records: Iterable[MXRecord]) -> list[MXRecord]:
@@ -83,64 +168,49 @@ def apex_mx(domain: Domain, records: Iterable[MXRecord]) -> list[MXRecord]:
     return [r for r in records if r.name.lower().rstrip(".") == name]
 
 
+def wanted_backups(domain: Domain, backup: BackupMX, marker: str = MANAGED_MARKER) -> tuple[MXRecord, ...]:
+    return tuple(MXRecord(domain.name, host, backup.priority, comment=marker) for host in backup.hosts)
+
+
 def plan(domain: Domain, backup: BackupMX, existing_records: Iterable[MXRecord], record_count: int,
-         quota: int, ownership_marker: str = MANAGED_MARKER) -> Plan:
-    """The changes that make the apex MX set ``primaries + backups``, or a refusal."""
+         quota: int, ownership_marker: str = MANAGED_MARKER) -> PublishPlan:
+    """The changes that make the apex MX set ``primaries + backups``; ``verdict()`` says if they may be made."""
     existing = apex_mx(domain, existing_records)
     primary_hosts = {mx.host for mx in domain.primary_mx}
-    primaries = [r for r in existing if r.host in primary_hosts]
     others = [r for r in existing if r.host not in primary_hosts]
-    warnings = _primary_warnings(domain, primaries)
+    wanted = wanted_backups(domain, backup, ownership_marker)
 
-    reason = _unsafe_primaries(domain, backup, existing, primaries)
-    if reason:
-        return refuse(domain.name, reason, warnings)
-    wanted = [MXRecord(domain.name, host, backup.priority, comment=ownership_marker) for host in backup.hosts]
-    wanted_keys = {record.key for record in wanted}
-
-    kept, extra = _split_duplicates(others, wanted_keys, ownership_marker)
+    kept, extra = _split_duplicates(others, {record.key for record in wanted}, ownership_marker)
     # An extra copy of a wanted record is an exact duplicate: safe to delete.
-    deletes, foreign = list(extra), []
+    deletes, untouched = list(extra), []
     for record in others:
         if record in kept or record in extra:
             continue
-        (deletes if record.owned(ownership_marker) else foreign).append(record)
-
-    best_primary = min(r.priority for r in primaries)
-    for record in foreign:
-        if record.host in backup.hosts and record.priority <= best_primary:
-            return refuse(domain.name, f"{record.render()} was not created by backupmx and makes the backup "
-                          f"as preferred as the primary (mail would loop at the provider); remove it by hand "
-                          f"and run again", warnings)
-        warnings.append(_foreign_warning(record, best_primary))
+        (deletes if record.owned(ownership_marker) else untouched).append(record)
 
     present = {record.key for record in kept}
     creates = [record for record in wanted if record.key not in present]
-    needed = record_count + len(creates)
-    if needed > quota:
-        return refuse(domain.name, f"zone {domain.zone} holds {record_count} of {quota} records; adding "
-                      f"{len(creates)} needs {needed}; delete {needed - quota} unused record(s) first", warnings)
-    return Plan(domain.name, tuple(creates), tuple(deletes), tuple(warnings))
+    return PublishPlan(domain=domain, backup=backup, existing=tuple(existing), creates=tuple(creates),
+                       deletes=tuple(deletes), untouched=tuple(untouched), marker=ownership_marker,
+                       record_count=record_count, quota=quota)
 
 
 def plan_removal(domain: Domain, backup: BackupMX, existing: Iterable[MXRecord],
-                 ownership_marker: str = MANAGED_MARKER) -> Plan:
+                 ownership_marker: str = MANAGED_MARKER) -> RemovalPlan:
     """Rollback: delete the backup records (ours, or exact wanted matches), never a primary."""
     records = apex_mx(domain, existing)
     primary_hosts = {mx.host for mx in domain.primary_mx}
     wanted_keys = {(backup.priority, host) for host in backup.hosts}
-    deletes, warnings = [], []
+    deletes, untouched = [], []
     for record in records:
         if record.host in primary_hosts:
             continue
         if record.owned(ownership_marker) or record.key in wanted_keys:
             deletes.append(record)
         else:
-            warnings.append(f"{record.render()} was not created by backupmx; it is left untouched")
-    if deletes and not any(r.host in primary_hosts for r in records):
-        warnings.append(f"no primary MX is published for {domain.name}: after the removal the domain has "
-                        f"{len(records) - len(deletes)} MX record(s)")
-    return Plan(domain.name, deletes=tuple(deletes), warnings=tuple(warnings))
+            untouched.append(record)
+    return RemovalPlan(domain=domain, backup=backup, existing=tuple(records), deletes=tuple(deletes),
+                       untouched=tuple(untouched), marker=ownership_marker)
 
 
 def _unsafe_primaries(domain: Domain, backup: BackupMX, existing: list[MXRecord],

@@ -10,15 +10,16 @@ then, not as it was when the plan was shown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from backupmx.core import audit
 from backupmx.core.errors import BackupMXError
 from backupmx.core.settings import Domain, Settings
 from backupmx.dns import check as dnscheck
 from backupmx.dns import mtasts
 from backupmx.dns import plan as mxplan
+from backupmx.dns import render as mxrender
+from backupmx.dns.apply import apply_plan
 from backupmx.dns.cloudflare import CloudflareClient
 
 
@@ -48,15 +49,14 @@ class DNSStage:
         zone_id = self.client.zone_id(domain.zone)
         return Assessment(domain, zone_id, self._plan(domain, zone_id), self._mta_sts(domain))
 
-    def _plan(self, domain: Domain, zone_id: str) -> mxplan.Plan:
+    def _plan(self, domain: Domain, zone_id: str) -> mxplan.PublishPlan:
         existing = self.client.mx_records(zone_id, domain.name)
         settings = self.settings
-        # Counting costs a request; it matters only when records are to be added.
+        # Counting costs a request; it matters only when records may be added.
         draft = mxplan.plan(domain, settings.backup_mx, existing, 0, settings.cloudflare.record_quota)
-        if not draft.creates:
+        if draft.refused or not draft.creates:
             return draft
-        count = self.client.record_count(zone_id)
-        return mxplan.plan(domain, settings.backup_mx, existing, count, settings.cloudflare.record_quota)
+        return replace(draft, record_count=self.client.record_count(zone_id))
 
     def _mta_sts(self, domain: Domain) -> mtasts.Decision:
         options = self.settings.mta_sts
@@ -73,19 +73,10 @@ class DNSStage:
         if not plan.changed:
             log(f"MX {domain.name}: already as wanted")
             return plan
-        # Creates first, then deletes (the MX set never shrinks mid-way), as
-        # CloudflareClient.apply does; one audit line right after each change.
-        for record in plan.creates:
-            created = self.client.create_mx(assessment.zone_id, record.name, record.host, record.priority,
-                                            record.comment)
-            audit.append(self.settings, "dns.create", domain.name, None, audit.record_dict(created))
-        for record in plan.deletes:
-            self.client.delete_record(assessment.zone_id, record.id)
-            audit.append(self.settings, "dns.delete", domain.name, audit.record_dict(record), None)
-        for line in plan.diff():
+        apply_plan(self.client, assessment.zone_id, plan, self.settings)
+        for line in mxrender.diff(plan):
             log(f"applied {line}")
-        wanted = {(mx.priority, mx.host) for mx in domain.primary_mx} | {
-            (self.settings.backup_mx.priority, host) for host in self.settings.backup_mx.hosts}
+        wanted = {record.key for record in plan.desired}
         removed = {record.key for record in plan.deletes} - wanted
         dnscheck.wait_for_mx(domain.name, self.settings.dns_servers, want_present=wanted, want_absent=removed,
                              timeout=self.settings.dns_wait_seconds)

@@ -24,6 +24,7 @@ from backupmx.core.relayhost import refuses_what_the_primary_takes
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, TODO, WARN, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
+from backupmx.dns import render as mxrender
 from backupmx.dns.stage import Assessment, DNSStage
 from backupmx.gates.checks import for_each_domain, run_gates
 
@@ -138,7 +139,8 @@ class Run:
             if assessment.refused:
                 self.report.add("5", title, FAIL, assessment.refusal)
             elif plan.changed:
-                self.report.add("5", title, CHANGE, "; ".join(plan.diff()) + " (after stage 4 proves every mail host)")
+                self.report.add("5", title, CHANGE,
+                                "; ".join(mxrender.diff(plan)) + " (after stage 4 proves every mail host)")
             else:
                 self.report.add("5", title, PASS, "backup MX records already published")
             self.report.add("5", f"MTA-STS {domain.name}", assessment.mta_sts.status, assessment.mta_sts.reason)

@@ -34,6 +34,7 @@ from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Domain, Settings
 from backupmx.dns import check as dnscheck
 from backupmx.dns import plan as mxplan
+from backupmx.dns.apply import apply_plan
 from backupmx.dns.cloudflare import CloudflareClient
 from backupmx.providers.base import ManualStepRequired, Provider
 from backupmx.providers.registry import manual_steps, open_provider
@@ -138,40 +139,37 @@ class Rollback:
 
     # ------------------------------------------------------------ step 1: DNS
 
-    def plan(self, domain: Domain) -> mxplan.Plan:
+    def plan(self, domain: Domain) -> mxplan.RemovalPlan:
         """Read-only: which records the removal would delete (the zone as it is now)."""
-        client = self.cloudflare()
-        zone_id = client.zone_id(domain.zone)
-        existing = mxplan.apex_mx(domain, client.mx_records(zone_id, domain.name))
-        plan = mxplan.plan_removal(domain, self.settings.backup_mx, existing)
-        self._expect(domain, existing, plan)
+        _zone_id, plan = self._read_zone(domain)
+        self._expect(plan)
         return plan
 
-    def _expect(self, domain: Domain, existing: list[mxplan.MXRecord], plan: mxplan.Plan) -> None:
+    def _read_zone(self, domain: Domain) -> tuple[str, mxplan.RemovalPlan]:
+        client = self.cloudflare()
+        zone_id = client.zone_id(domain.zone)
+        return zone_id, mxplan.plan_removal(domain, self.settings.backup_mx, client.mx_records(zone_id, domain.name))
+
+    def _expect(self, plan: mxplan.RemovalPlan) -> None:
         # What the authoritative DNS must show once the plan is applied (step 2).
-        self.removed[domain.name] = frozenset(record.key for record in plan.deletes)
-        self.kept[domain.name] = frozenset(record.key for record in existing if record not in plan.deletes)
+        self.removed[plan.domain.name] = frozenset(record.key for record in plan.deletes)
+        self.kept[plan.domain.name] = frozenset(record.key for record in plan.desired)
 
     def remove_records(self, domain: Domain, log: Log) -> Check:
         """Delete the backup MX records of ``domain`` (re-planned against the zone now)."""
         title = f"remove backup MX {domain.name}"
         try:
-            client = self.cloudflare()
-            zone_id = client.zone_id(domain.zone)
-            existing = mxplan.apex_mx(domain, client.mx_records(zone_id, domain.name))
-            plan = mxplan.plan_removal(domain, self.settings.backup_mx, existing)
+            zone_id, plan = self._read_zone(domain)
             for warning in plan.warnings:
                 log(f"warning: {warning}")
-            for record in plan.deletes:
-                client.delete_record(zone_id, record.id)
-                audit.append(self.settings, "dns.delete", domain.name, audit.record_dict(record), None)
-                log(f"deleted {record.render()}")
+            apply_plan(self.cloudflare(), zone_id, plan, self.settings,
+                       lambda _what, record: log(f"deleted {record.render()}"))
         except BackupMXError as error:
             backups = ", ".join(f"{self.settings.backup_mx.priority} {h}" for h in self.settings.backup_mx.hosts)
             return self.add("1", title, FAIL, str(error),
                             f"by hand: Cloudflare dashboard → {domain.zone} → DNS: delete the MX records "
                             f"{backups} of {domain.name} (keep the primary), then run the rollback again")
-        self._expect(domain, existing, plan)
+        self._expect(plan)
         source = f"; token from {self.token_source()}" if self.token_source() else ""
         kept = dnscheck.render(self.kept[domain.name])
         warnings = f"; {'; '.join(plan.warnings)}" if plan.warnings else ""
