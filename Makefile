@@ -81,7 +81,7 @@ lock:
 	@$(LOCK_VENV)/bin/python -c 'import platform, sys; \
 	  target = ("CPython", (3, 11), "linux", "x86_64"); \
 	  here = (platform.python_implementation(), sys.version_info[:2], sys.platform, platform.machine()); \
-	  sys.exit(None if here == target else f"make lock: resolve on {target}, not {here} (LOCK_PYTHON=...)")'
+	  sys.exit(None if here == target else f"make lock: $(LOCK_VENV) runs {here}, the target is {target}: rm -r $(LOCK_VENV), then make lock LOCK_PYTHON=<that python>")'
 	$(PIP_COMPILE) --all-build-deps --only-build-deps -o $(LOCK_DIR)/build.txt
 	$(PIP_COMPILE) --all-build-deps --extra test -c $(LOCK_DIR)/build.txt -o $(LOCK_DIR)/setup.txt
 	$(PIP_COMPILE) --all-build-deps --extra test --extra bench -c $(LOCK_DIR)/setup.txt -o $(BENCH_LOCK)
