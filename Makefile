@@ -23,9 +23,20 @@ apt:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml sandbox/pyproject.toml
+# Every version `make setup` installs is pinned, with hashes, in requirements/
+# (docs/development.md; `make lock` refreshes them). The build backend goes in first so
+# the one sdist and the two editable installs build with the locked setuptools, never
+# with one fetched into an isolated build environment.
+LOCK_DIR := requirements
+LOCKS := $(LOCK_DIR)/build.txt $(LOCK_DIR)/setup.txt
+BENCH_LOCK := $(LOCK_DIR)/bench.txt
+PIP_INSTALL := $(BIN)/python -m pip install -q --progress-bar off
+
+$(VENV)/.installed: $(LOCKS) pyproject.toml sandbox/pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q --progress-bar off -e '.[test]' -e ./sandbox
+	$(PIP_INSTALL) --require-hashes -r $(LOCK_DIR)/build.txt
+	$(PIP_INSTALL) --require-hashes --use-pep517 --no-build-isolation -r $(LOCK_DIR)/setup.txt
+	$(PIP_INSTALL) --no-deps --use-pep517 --no-build-isolation -e . -e ./sandbox
 	@touch $@
 
 demo: setup
@@ -45,9 +56,35 @@ sandbox-down:
 
 # Benchmarks (bench/, docs/performance.md): not part of `make test`; they print a table.
 # Their own sandbox world (/var/tmp/backupmx-bench unless BACKUPMX_SANDBOX_DIR is set).
-bench: setup
-	$(BIN)/python -m pip install -q --progress-bar off -e '.[test,bench]' -e ./sandbox
+bench: setup $(VENV)/.installed-bench
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# The bench lock holds the setup lock's pins plus octoDNS: this adds octoDNS only.
+$(VENV)/.installed-bench: $(BENCH_LOCK) $(VENV)/.installed
+	$(PIP_INSTALL) --require-hashes --use-pep517 --no-build-isolation -r $(BENCH_LOCK)
+	@touch $@
+
+# Re-pin requirements/ from pyproject.toml and sandbox/pyproject.toml: keeps every pin
+# the ranges still allow; UPGRADE=1 moves each to the newest release. pip-tools runs
+# from its own venv (.venv-lock) with this machine's pip config, so the hashes cover
+# the files pip picks here, from PyPI and the local indexes alike. It resolves for the
+# interpreter it runs on: CPython 3.11 on Linux x86_64, the target.
+.PHONY: lock
+LOCK_VENV := .venv-lock
+LOCK_PYTHON ?= python3
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	$(if $(UPGRADE),--upgrade) pyproject.toml sandbox/pyproject.toml
+lock:
+	@[ -x $(LOCK_VENV)/bin/pip-compile ] || { $(LOCK_PYTHON) -m venv $(LOCK_VENV) && \
+	  $(LOCK_VENV)/bin/python -m pip install -q --progress-bar off 'pip-tools>=7.4,<8'; }
+	@$(LOCK_VENV)/bin/python -c 'import platform, sys; \
+	  target = ("CPython", (3, 11), "linux", "x86_64"); \
+	  here = (platform.python_implementation(), sys.version_info[:2], sys.platform, platform.machine()); \
+	  sys.exit(None if here == target else f"make lock: $(LOCK_VENV) runs {here}, the target is {target}: rm -r $(LOCK_VENV), then make lock LOCK_PYTHON=<that python>")'
+	$(PIP_COMPILE) --all-build-deps --only-build-deps -o $(LOCK_DIR)/build.txt
+	$(PIP_COMPILE) --all-build-deps --extra test -c $(LOCK_DIR)/build.txt -o $(LOCK_DIR)/setup.txt
+	$(PIP_COMPILE) --all-build-deps --extra test --extra bench -c $(LOCK_DIR)/setup.txt -o $(BENCH_LOCK)
+
 clean: sandbox-down
-	rm -rf .sandbox $(VENV)
+	rm -rf .sandbox $(VENV) $(LOCK_VENV)
