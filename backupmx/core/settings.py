@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.profile import SELFHOSTED, GateLedger, ProviderProfile, gate_ledger, provider_profile
@@ -205,7 +205,7 @@ def load_settings(data: Mapping[str, Any], relays: Mapping[str, Any] | None = No
     )
 
 
-def check_top_level_keys(data: Mapping[str, Any]) -> None:
+def check_top_level_keys(data: Mapping[str, Any], host_name: str | None = None) -> None:
     """Refuse a top-level key that is a near miss of one of ours (``backup-mx``, ``relay_cidr``, ``domain``).
 
     Any other unknown top-level key is pyinfra's or another tool's and is left alone.
@@ -213,8 +213,19 @@ def check_top_level_keys(data: Mapping[str, Any]) -> None:
     for key in sorted(keys_of(data), key=str):
         meant = near_miss(key, TOP_LEVEL_KEYS) if isinstance(key, str) and key not in TOP_LEVEL_KEYS else None
         if meant:
-            raise ConfigError(key, "is not a known key", f"did you mean {meant}? backupmx's top-level keys: "
+            where = f" (host {host_name})" if host_name else ""
+            raise ConfigError(key, f"is not a known key{where}", f"did you mean {meant}? backupmx's top-level keys: "
                               f"{', '.join(TOP_LEVEL_KEYS)} (other keys are left to pyinfra and other tools)")
+
+
+def check_inventory_keys(hosts: Iterable[Any]) -> None:
+    """``check_top_level_keys`` on every host of the inventory (pyinfra hosts: ``.name``, ``.data``).
+
+    Stage 0 loads the settings from one host's data; a per-host key (``mailhost``,
+    ``monitoring`` ...) mistyped on another host would otherwise go unseen.
+    """
+    for target in hosts:
+        check_top_level_keys(target.data, target.name)
 
 
 # ----------------------------------------------------------- provider choice

@@ -19,6 +19,8 @@ WIDEST_PREFIX = {4: 16, 6: 32}
 # catches a dropped or added letter (domain, relay_cidr, mail_host) without taking
 # unrelated short keys for ours.
 NEAR_MISS_RATIO = 0.8
+# Shorter keys are too often alike by chance (old, hold): only case and - count there.
+NEAR_MISS_LENGTH = 5
 
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -179,6 +181,8 @@ def near_miss(key: str, known: tuple[str, ...]) -> str | None:
     normal = key.lower().replace("-", "_")
     if normal in known:
         return normal
+    if len(normal) < NEAR_MISS_LENGTH:
+        return None
     close = difflib.get_close_matches(normal, known, n=1, cutoff=NEAR_MISS_RATIO)
     return close[0] if close else None
 
