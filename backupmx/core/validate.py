@@ -89,8 +89,8 @@ def hostname(value: Any, field_name: str, fix: str | None = None) -> str:
         raise ConfigError(field_name, f"{value!r} is not a valid host name", fix)
     if all(label.isdigit() for label in labels):
         raise ConfigError(field_name, f"{value!r} is an IP address; an MX must name a host")
-    if labels[-1].isdigit():
-        # No top-level domain is all digits (RFC 3696 2): this is a typo or half an address.
+    if labels[-1].isdigit() or len(labels[-1]) < 2:
+        # No top-level domain is all digits (RFC 3696 2) or one letter: a typo or half an address.
         raise ConfigError(field_name, f"{value!r} is not a valid host name", fix)
     return value
 

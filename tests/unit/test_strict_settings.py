@@ -302,6 +302,7 @@ def test_one_argv_validator_for_every_command(value, words):
     ("relay_1.example.org", "not a valid host name"),
     ("relay1", "not a valid host name"),
     ("relay1.example.123", "not a valid host name"),
+    ("relay1.example.o", "not a valid host name"),
     ("192.0.2.1", "is an IP address"),
 ])
 def test_one_host_name_validator(value, words):
