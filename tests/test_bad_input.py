@@ -95,6 +95,10 @@ def _cases(data: dict) -> list[tuple[str, str, list[str], str]]:
         ("dns-wait-zero", BACKUPMX, ["dns_wait_seconds=0"], "dns_wait_seconds"),
         ("state-dir-relative", BACKUPMX, ['state_dir="relative/dir"'], "state_dir"),
         ("mailhost-unknown-flavour", BACKUPMX, [d("mailhost", {"flavour": "exim"})], "mailhost"),
+        # Strict keys (docs/configuration.md): a mistyped key, nested or a near miss at the top.
+        ("backup-mx-unknown-key", BACKUPMX, [backup(smtp_endpoint={})], "backup_mx.smtp_endpoint"),
+        ("top-level-near-miss", BACKUPMX, [d("relay_cidr", ["192.0.2.0/24"])], "relay_cidr"),
+        ("rollback-top-level-near-miss", ROLLBACK, [d("backup-mx", bmx)], "backup-mx"),
         ("lock-wait-negative", BACKUPMX, ["lock_wait=-1"], "lock_wait"),
         ("rollback-revert-not-bool", ROLLBACK, ["revert_mailhost=maybe"], "revert_mailhost"),
         ("rollback-bad-priority", ROLLBACK, [backup(priority=99999)], "backup_mx.priority"),

@@ -15,7 +15,7 @@ from pyinfra.api import DeployError
 from pyinfra.context import ctx_state
 
 from backupmx.core.errors import BackupMXError
-from backupmx.core.settings import RELAY_GROUP, Settings, load_settings
+from backupmx.core.settings import RELAY_GROUP, Settings, check_inventory_keys, load_settings
 
 T = TypeVar("T")
 # pyinfra prepares hosts in parallel greenlets; a greenlet switches out during the
@@ -35,6 +35,7 @@ def once_per_state(registry: weakref.WeakKeyDictionary, data, make: Callable[[Se
         made = registry.get(state)
         if made is None:
             try:
+                check_inventory_keys(state.inventory)
                 settings = load_settings(data, inventory_relays(state.inventory))
             except BackupMXError as error:
                 raise DeployError(str(error)) from None
@@ -49,6 +50,8 @@ def inventory_relays(inventory) -> dict[str, object]:
 
 def settings_of(data) -> Settings:
     """Stage 0 for a deploy that needs no run: ``data`` validated, with the inventory's relay hosts."""
-    return load_settings(data, inventory_relays(ctx_state.get().inventory))
+    inventory = ctx_state.get().inventory
+    check_inventory_keys(inventory)
+    return load_settings(data, inventory_relays(inventory))
 
 

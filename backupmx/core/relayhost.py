@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from backupmx.core.errors import ConfigError
-from backupmx.core.validate import IPNetwork, command, host_path
+from backupmx.core.validate import IPNetwork, command, host_path, hostname, known_keys
 
 TLS_POLICY_NAME = "backupmx_relay_tls_policy"
 DEFAULT_QUEUE_LIFETIME = "30d"
@@ -22,7 +22,6 @@ TLS_LEVELS = ("secure", "verify", "encrypt")
 
 
 _TIME = re.compile(r"^[0-9]{1,5}[smhdw]?$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
 
 
 _SERVICE = re.compile(r"^[A-Za-z0-9_.:\[\]-]+$")
@@ -106,9 +105,9 @@ class RelayHost:
         return list(self.postfix_reload) or ["postfix", "-c", self.postfix_config_dir, "reload"]
 
 
-_KNOWN = {"hostname", "public_addresses", "primary", "primary_port", "primary_tls", "primary_tls_match",
-          "primary_tls_ca", "queue_lifetime", "bounce_lifetime", "postfix_config_dir", "postfix_reload",
-          "listen_service", "tls_cert", "tls_key", "dnsbl_sites", "smtp_probe", "message_size_limit"}
+RELAYHOST_KEYS = ("bounce_lifetime", "dnsbl_sites", "hostname", "listen_service", "message_size_limit",
+                  "postfix_config_dir", "postfix_reload", "primary", "primary_port", "primary_tls", "primary_tls_ca",
+                  "primary_tls_match", "public_addresses", "queue_lifetime", "smtp_probe", "tls_cert", "tls_key")
 
 
 def load_relayhost(data: Any) -> RelayHost:
@@ -118,10 +117,9 @@ def load_relayhost(data: Any) -> RelayHost:
                           "(see docs/selfhosted-relay.md)")
     if not isinstance(data, Mapping):
         raise ConfigError("relayhost", f"must be a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - _KNOWN)
-    if unknown:
-        raise ConfigError(f"relayhost.{unknown[0]}", "is not a known key", f"known keys: {', '.join(sorted(_KNOWN))}")
-    values: dict[str, Any] = {"hostname": _hostname(data.get("hostname"), "relayhost.hostname")}
+    known_keys(data, "relayhost", RELAYHOST_KEYS)
+    values: dict[str, Any] = {"hostname": hostname(data.get("hostname"), "relayhost.hostname",
+                                                   "its MX name, e.g. relay1.example.org")}
     values["public_addresses"] = _addresses(data.get("public_addresses"))
     values["primary"] = _endpoint_host(data.get("primary"))
     values["primary_port"] = _port(data.get("primary_port", 25), "relayhost.primary_port")
@@ -131,7 +129,8 @@ def load_relayhost(data: Any) -> RelayHost:
                           f"use one of {', '.join(TLS_LEVELS)} (secure: encrypted and the certificate verified)")
     values["primary_tls"] = level
     if data.get("primary_tls_match"):
-        values["primary_tls_match"] = _hostname(data["primary_tls_match"], "relayhost.primary_tls_match")
+        values["primary_tls_match"] = hostname(data["primary_tls_match"], "relayhost.primary_tls_match",
+                                               "the name on the primary's certificate, e.g. mail.example.org")
     for key in ("primary_tls_ca", "postfix_config_dir", "tls_cert", "tls_key"):
         if data.get(key):
             values[key] = host_path(data[key], f"relayhost.{key}")
@@ -186,12 +185,6 @@ def refuses_what_the_primary_takes(relay_limit: int, primary_limit: int) -> bool
     return primary_limit == 0 or relay_limit < primary_limit
 
 
-def _hostname(value: Any, field_name: str) -> str:
-    if not isinstance(value, str) or not _HOSTNAME.match(value):
-        raise ConfigError(field_name, f"{value!r} is not a host name", "e.g. relay1.example.org")
-    return value.lower()
-
-
 def _addresses(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
         raise ConfigError("relayhost.public_addresses", f"must be a non-empty list of IP addresses, got {value!r}",
@@ -214,10 +207,9 @@ def _endpoint_host(value: Any) -> str:
         try:
             return str(ipaddress.ip_address(value.strip("[]")))
         except ValueError:
-            if _HOSTNAME.match(value):
-                return value.lower()
-    raise ConfigError("relayhost.primary", f"{value!r} is not a host name or IP address",
-                      "the primary's public SMTP endpoint, e.g. mail.example.org")
+            pass
+    return hostname(value, "relayhost.primary", "the primary's public SMTP endpoint (a host name or IP address), "
+                    "e.g. mail.example.org")
 
 
 def _port(value: Any, field_name: str) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.profile import SELFHOSTED, GateLedger, ProviderProfile, gate_ledger, provider_profile
@@ -22,10 +22,12 @@ from backupmx.core.validate import (
     bounded_seconds,
     endpoint,
     hostname,
+    keys_of,
     known_keys,
     local_path,
     lookup,
     mapping,
+    near_miss,
     nonempty_list,
     priority,
     relay_cidrs,
@@ -39,6 +41,24 @@ MAILHOST_FLAVOURS = ("native", "docker-mailserver")
 
 
 _SECRET_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
+
+# The keys of the inventory data this tool reads (docs/configuration.md). At the top
+# level of pyinfra's host data they sit beside pyinfra's own (ssh_*, _sudo ...) and
+# other tools' keys, so there only a near miss of one of ours is refused; below
+# their own top-level key every unknown key is.
+SETTINGS_KEYS = ("domains", "backup_mx", "relay_cidrs", "vault", "cloudflare", "dns_servers", "provider",
+                 "gate_ledger", "mta_sts", "dns_wait_seconds", "state_dir", "audit_log")
+# Per host: its mail host, relay host, monitoring host and failover drill data.
+HOST_KEYS = ("mailhost", "relayhost", "monitoring", "failover")
+# Run flags, usually given with --data: maintenance, run lock, rollback, drift.
+RUN_KEYS = ("hold", "lock_wait", "revert_mailhost", "disable_domain", "drift_verbose")
+TOP_LEVEL_KEYS = SETTINGS_KEYS + ("providers",) + HOST_KEYS + RUN_KEYS
+DOMAIN_KEYS = ("name", "zone", "primary_mx")
+PRIMARY_MX_KEYS = ("host", "priority")
+BACKUP_MX_KEYS = ("provider", "hosts", "priority", "smtp_port", "smtp_endpoints", "tls_ca_bundle")
+VAULT_KEYS = ("addr", "secret_path", "token_env", "token_file", "ca_cert")
+CLOUDFLARE_KEYS = ("api_base", "record_quota", "read_timeout")
+MTA_STS_KEYS = ("connect_to", "ca_bundle")
 
 
 @dataclass(frozen=True)
@@ -147,6 +167,7 @@ def load_settings(data: Mapping[str, Any], relays: Mapping[str, Any] | None = No
     ``relays``: the inventory's ``relay`` group as ``{host name: its relayhost data}``;
     only provider ``selfhosted`` reads it (its relay CIDRs are those hosts' addresses).
     """
+    check_top_level_keys(data)
     data = select_provider(data)
     domains = _domains(required(data, "domains"))
     backup_data = required(data, "backup_mx")
@@ -184,6 +205,29 @@ def load_settings(data: Mapping[str, Any], relays: Mapping[str, Any] | None = No
     )
 
 
+def check_top_level_keys(data: Mapping[str, Any], host_name: str | None = None) -> None:
+    """Refuse a top-level key that is a near miss of one of ours (``backup-mx``, ``relay_cidr``, ``domain``).
+
+    Any other unknown top-level key is pyinfra's or another tool's and is left alone.
+    """
+    for key in sorted(keys_of(data), key=str):
+        meant = near_miss(key, TOP_LEVEL_KEYS) if isinstance(key, str) and key not in TOP_LEVEL_KEYS else None
+        if meant:
+            where = f" (host {host_name})" if host_name else ""
+            raise ConfigError(key, f"is not a known key{where}", f"did you mean {meant}? backupmx's top-level keys: "
+                              f"{', '.join(TOP_LEVEL_KEYS)} (other keys are left to pyinfra and other tools)")
+
+
+def check_inventory_keys(hosts: Iterable[Any]) -> None:
+    """``check_top_level_keys`` on every host of the inventory (pyinfra hosts: ``.name``, ``.data``).
+
+    Stage 0 loads the settings from one host's data; a per-host key (``mailhost``,
+    ``monitoring`` ...) mistyped on another host would otherwise go unseen.
+    """
+    for target in hosts:
+        check_top_level_keys(target.data, target.name)
+
+
 # ----------------------------------------------------------- provider choice
 
 RELAY_GROUP = "relay"
@@ -200,25 +244,22 @@ def select_provider(data: Mapping[str, Any]) -> Mapping[str, Any]:
     keys (backup_mx, relay_cidrs, provider, gate_ledger) replace the top-level ones.
     """
     chosen = lookup(data, "provider")
+    providers = _providers(lookup(data, "providers"))
     if not isinstance(chosen, str):
         return data
-    providers = lookup(data, "providers")
     if providers is None:
         raise ConfigError("provider", f"{chosen!r} names a provider but the inventory has no `providers` map",
                           "define providers.<name> (docs/configuration.md), or give the profile itself")
-    providers = mapping(providers, "providers")
     if chosen not in providers:
         names = ", ".join(sorted(providers)) or "none"
         raise ConfigError("provider", f"{chosen!r} is not in `providers` (defined: {names})",
                           "pass one of those, or add it (docs/configuration.md)")
-    entry = mapping(providers[chosen], f"providers.{chosen}")
-    known_keys(entry, f"providers.{chosen}", PROVIDER_KEYS)
+    entry = providers[chosen]
     profile = entry.get("provider", {"name": chosen})
     if isinstance(profile, str):
         raise ConfigError(f"providers.{chosen}.provider", "must be a profile (a mapping), not a name")
-    keys = ("domains", "backup_mx", "relay_cidrs", "vault", "cloudflare", "dns_servers", "provider",
-            "gate_ledger", "mta_sts", "dns_wait_seconds", "state_dir", "audit_log")
-    merged = {key: lookup(data, key) for key in keys}
+    profile = mapping(profile, f"providers.{chosen}.provider")
+    merged = {key: lookup(data, key) for key in SETTINGS_KEYS}
     merged.update(entry)
     merged["provider"] = profile
     if "relay_cidrs" not in entry and profile.get("name", chosen) == SELFHOSTED:
@@ -226,6 +267,16 @@ def select_provider(data: Mapping[str, Any]) -> Mapping[str, Any]:
         # they are derived from the relay hosts unless this entry lists them.
         merged["relay_cidrs"] = None
     return {key: value for key, value in merged.items() if value is not None}
+
+
+def _providers(value: Any) -> Mapping[str, Any] | None:
+    """``providers``, each entry kept to its own keys whether chosen or not: a typo must not wait for the switch."""
+    if value is None:
+        return None
+    value = mapping(value, "providers")
+    for name, entry in value.items():
+        known_keys(mapping(entry, f"providers.{name}"), f"providers.{name}", PROVIDER_KEYS)
+    return value
 
 
 def _relay_group(relays: Mapping[str, Any] | None) -> list[str]:
@@ -281,6 +332,7 @@ def _domains(value: Any) -> tuple[Domain, ...]:
     for index, entry in enumerate(nonempty_list(value, "domains")):
         where = f"domains[{index}]"
         entry = mapping(entry, where)
+        known_keys(entry, where, DOMAIN_KEYS)
         name = hostname(entry.get("name"), f"{where}.name")
         zone = hostname(entry.get("zone", name), f"{where}.zone")
         if name != zone and not name.endswith("." + zone):
@@ -289,6 +341,7 @@ def _domains(value: Any) -> tuple[Domain, ...]:
         for mx_index, mx in enumerate(nonempty_list(entry.get("primary_mx"), f"{where}.primary_mx")):
             mx_where = f"{where}.primary_mx[{mx_index}]"
             mx = mapping(mx, mx_where)
+            known_keys(mx, mx_where, PRIMARY_MX_KEYS)
             primaries.append(MXHost(hostname(mx.get("host"), f"{mx_where}.host"),
                                     priority(mx.get("priority"), f"{mx_where}.priority")))
         if len({mx.host for mx in primaries}) != len(primaries):
@@ -303,6 +356,7 @@ def _domains(value: Any) -> tuple[Domain, ...]:
 
 def _backup_mx(value: Any) -> BackupMX:
     value = mapping(value, "backup_mx")
+    known_keys(value, "backup_mx", BACKUP_MX_KEYS)
     provider = value.get("provider")
     if not isinstance(provider, str) or not provider:
         raise ConfigError("backup_mx.provider", f"must name the provider profile, got {provider!r}")
@@ -346,6 +400,7 @@ def _check_backups_against_primaries(domains: tuple[Domain, ...], backup: Backup
 
 def _vault(value: Any) -> VaultSettings:
     value = mapping(value, "vault")
+    known_keys(value, "vault", VAULT_KEYS)
     addr = value.get("addr")
     if not isinstance(addr, str) or not re.match(r"^https?://[^/\s]+", addr):
         raise ConfigError("vault.addr", f"{addr!r} is not a Vault URL", "e.g. https://vault.example.com:8200")
@@ -359,13 +414,13 @@ def _vault(value: Any) -> VaultSettings:
 
 def _cloudflare(value: Any) -> CloudflareSettings:
     value = mapping(value, "cloudflare")
+    known_keys(value, "cloudflare", CLOUDFLARE_KEYS)
     api_base = value.get("api_base", PRODUCTION_CLOUDFLARE_API)
     if not isinstance(api_base, str) or not re.match(r"^https?://[^/\s]+", api_base):
         raise ConfigError("cloudflare.api_base", f"{api_base!r} is not a URL")
     quota = value.get("record_quota", FREE_PLAN_RECORD_QUOTA)
     if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
         raise ConfigError("cloudflare.record_quota", f"{quota!r} is not a record count")
-    known_keys(value, "cloudflare", ("api_base", "record_quota", "read_timeout"))
     return CloudflareSettings(api_base.rstrip("/"), quota,
                               timeout_seconds(value.get("read_timeout", 30.0), "cloudflare.read_timeout"))
 
@@ -380,6 +435,7 @@ def _dns_servers(value: Any) -> tuple[str, ...]:
 
 def _mta_sts(value: Any) -> MtaStsSettings:
     value = mapping(value, "mta_sts")
+    known_keys(value, "mta_sts", MTA_STS_KEYS)
     connect_to = value.get("connect_to")
     if connect_to is not None:
         endpoint(connect_to, "mta_sts.connect_to")

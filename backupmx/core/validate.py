@@ -4,15 +4,23 @@ validated, or raises ``ConfigError`` naming the field and the fix.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from backupmx.core.errors import ConfigError
 
 # Whitelisting a network wider than this in postscreen would exempt a large part
 # of the internet from DNSBL and pregreet tests.
 WIDEST_PREFIX = {4: 16, 6: 32}
+
+# How alike (difflib's ratio) a key must be to one of ours to count as its typo:
+# catches a dropped or added letter (domain, relay_cidr, mail_host) without taking
+# unrelated short keys for ours.
+NEAR_MISS_RATIO = 0.8
+# Shorter keys are too often alike by chance (old, hold): only case and - count there.
+NEAR_MISS_LENGTH = 5
 
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -33,6 +41,11 @@ def local_path(value: Any, field_name: str) -> str:
 def lookup(data: Mapping[str, Any], key: str) -> Any:
     # pyinfra's HostData answers attribute access and .get(); plain dicts only .get().
     return data.get(key) if hasattr(data, "get") else getattr(data, key, None)
+
+
+def keys_of(data: Mapping[str, Any]) -> Iterable[str]:
+    # pyinfra's HostData lists its merged keys only through .dict().
+    return data.dict() if callable(getattr(data, "dict", None)) else data
 
 
 def required(data: Mapping[str, Any], key: str) -> Any:
@@ -56,22 +69,29 @@ def nonempty_list(value: Any, field_name: str) -> list:
     return list(value)
 
 
-def hostname(value: Any, field_name: str) -> str:
-    """A DNS host name as Cloudflare stores it: lowercase A-labels, no trailing dot."""
+def hostname(value: Any, field_name: str, fix: str | None = None) -> str:
+    """A DNS host name as Cloudflare stores it: lowercase A-labels, no trailing dot.
+
+    ``fix`` is added to the message when the value is no host name at all (say what
+    the field should name).
+    """
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(field_name, f"must be a host name, got {value!r}")
+        raise ConfigError(field_name, f"must be a host name, got {value!r}", fix)
     canonical = value.strip().rstrip(".").lower()
     try:
         canonical = canonical.encode("idna").decode("ascii")
     except UnicodeError:
-        raise ConfigError(field_name, f"{value!r} is not a valid host name") from None
+        raise ConfigError(field_name, f"{value!r} is not a valid host name", fix) from None
     if canonical != value:
         raise ConfigError(field_name, f"{value!r} is not in canonical form", f"write {canonical!r}")
     labels = value.split(".")
     if len(labels) < 2 or len(value) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise ConfigError(field_name, f"{value!r} is not a valid host name")
+        raise ConfigError(field_name, f"{value!r} is not a valid host name", fix)
     if all(label.isdigit() for label in labels):
         raise ConfigError(field_name, f"{value!r} is an IP address; an MX must name a host")
+    if labels[-1].isdigit() or len(labels[-1]) < 2:
+        # No top-level domain is all digits (RFC 3696 2) or one letter: a typo or half an address.
+        raise ConfigError(field_name, f"{value!r} is not a valid host name", fix)
     return value
 
 
@@ -146,9 +166,25 @@ def bounded_seconds(value: Any, field_name: str, default: int) -> int:
 
 
 def known_keys(value: Mapping[str, Any], where: str, known: tuple[str, ...]) -> None:
-    unknown = sorted(set(value) - set(known))
+    """Refuse a key that is not in ``known``: a mistyped key would silently leave its default in force."""
+    unknown = sorted(set(value) - set(known), key=str)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}", "is not a known key", f"known keys: {', '.join(known)}")
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"{where}.{key}" if where else str(key), "is not a known key",
+                          f"{hint}known keys: {', '.join(known)}")
+
+
+def near_miss(key: str, known: tuple[str, ...]) -> str | None:
+    """The key of ``known`` that ``key`` is a likely typo of: the same up to case and ``-``, or nearly the same."""
+    normal = key.lower().replace("-", "_")
+    if normal in known:
+        return normal
+    if len(normal) < NEAR_MISS_LENGTH:
+        return None
+    close = difflib.get_close_matches(normal, known, n=1, cutoff=NEAR_MISS_RATIO)
+    return close[0] if close else None
 
 
 def timeout_seconds(value: Any, field_name: str) -> float:
@@ -167,11 +203,12 @@ def host_path(value: Any, field_name: str) -> str:
 
 
 def command(value: Any, field_name: str, allow_empty: bool = False) -> tuple[str, ...]:
+    """A command as its argv (run without a shell): a list of non-empty strings."""
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(field_name, f"must be a command as a list of strings, got {value!r}")
     if not value and not allow_empty:
         raise ConfigError(field_name, "is empty")
+    if not all(value):
+        raise ConfigError(field_name, f"{list(value)!r} has an empty argument",
+                          "one argument per string, e.g. [\"systemctl\", \"reload\", \"postfix\"]")
     return tuple(value)
-
-
-

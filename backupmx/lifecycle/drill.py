@@ -45,6 +45,7 @@ from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, Check, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
+from backupmx.core.validate import command, hostname, known_keys
 from backupmx.dns import check as dnscheck
 from backupmx.mailhost.model import MailHost
 from backupmx.providers.registry import open_provider
@@ -84,20 +85,12 @@ class FailoverSettings:
     poll_seconds: float = 0.5
 
 
-def _argv(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(where, f"{value!r} is not a command (a non-empty list of strings)")
-    return tuple(value)
-
-
 def load_failover(data: Any, mailhost: MailHost, domain: str) -> FailoverSettings:
     """Validate ``host.data.failover`` for one mail host; flavour defaults for docker-mailserver."""
     if not isinstance(data, Mapping):
         raise ConfigError("failover", "missing" if data is None else f"must be a mapping, got {type(data).__name__}",
                           "set `failover` on the mail host (docs/failover-drill.md)")
-    unknown = sorted(set(data) - set(KNOWN))
-    if unknown:
-        raise ConfigError(f"failover.{unknown[0]}", "is not a known key", f"known keys: {', '.join(KNOWN)}")
+    known_keys(data, "failover", KNOWN)
     values: dict[str, Any] = {}
     if mailhost.is_docker:
         stop = data.get("stop_command", [mailhost.docker, "stop", str(mailhost.container)])
@@ -108,8 +101,8 @@ def load_failover(data: Any, mailhost: MailHost, domain: str) -> FailoverSetting
                 raise ConfigError(f"failover.{key}", "missing", "the native flavour needs the command that stops "
                                   "(starts) the primary mail path, e.g. [systemctl, stop, postfix]")
         stop, start = data["stop_command"], data["start_command"]
-    values["stop_command"] = _argv(stop, "failover.stop_command")
-    values["start_command"] = _argv(start, "failover.start_command")
+    values["stop_command"] = command(stop, "failover.stop_command")
+    values["start_command"] = command(start, "failover.start_command")
     for key in ("maildir", "sender_domain", "dkim_key", "dkim_selector"):
         value = data.get(key)
         if not isinstance(value, str) or not value:
@@ -118,8 +111,8 @@ def load_failover(data: Any, mailhost: MailHost, domain: str) -> FailoverSetting
         values[key] = value
     if not values["maildir"].startswith("/"):
         raise ConfigError("failover.maildir", "must be an absolute path on the mail host (in the container)")
-    if not re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z0-9-]+", values["sender_domain"]):
-        raise ConfigError("failover.sender_domain", f"{values['sender_domain']!r} is not a domain name")
+    hostname(values["sender_domain"], "failover.sender_domain", "the test sender's domain, whose SPF does not list "
+             "the relays (docs/failover-drill.md)")
     recipient = data.get("recipient", f"failover-drill@{domain}")
     if not isinstance(recipient, str) or "@" not in recipient:
         raise ConfigError("failover.recipient", f"{recipient!r} is not an address")

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.settings import MAILHOST_FLAVOURS
-from backupmx.core.validate import command, host_path
+from backupmx.core.validate import command, host_path, known_keys
 
 NATIVE, DMS = MAILHOST_FLAVOURS  # "native", "docker-mailserver"
 
@@ -49,6 +49,9 @@ _SERVICE_TYPES = ("inet", "unix", "unix-dgram", "fifo", "pass")
 _CONTAINER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+MAILHOST_KEYS = ("config_dir", "container", "docker", "flavour", "host_config_dir", "postfix_config_dir",
+                 "postfix_reload", "proxy_service", "relay_scoring", "rspamadm_args", "rspamd_controller",
+                 "rspamd_local_dir", "rspamd_reload", "smtp_probe")
 _CONTROLLER = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 
 
@@ -186,13 +189,7 @@ def load_mailhost(data: Any) -> MailHost:
         raise ConfigError("mailhost", "missing", "set `mailhost` for every mail host (see docs/mailhost.md)")
     if not isinstance(data, Mapping):
         raise ConfigError("mailhost", f"must be a mapping, got {type(data).__name__}")
-    known = {"flavour", "proxy_service", "postfix_config_dir", "rspamd_local_dir", "rspamadm_args",
-             "rspamd_controller", "postfix_reload", "rspamd_reload", "container", "config_dir",
-             "host_config_dir", "docker", "smtp_probe", "relay_scoring"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"mailhost.{unknown[0]}", "is not a known key",
-                          f"known keys: {', '.join(sorted(known))}")
+    known_keys(data, "mailhost", MAILHOST_KEYS)
     flavour = data.get("flavour")
     if flavour not in MAILHOST_FLAVOURS:
         raise ConfigError("mailhost.flavour", f"{flavour!r} is not a mail host flavour",

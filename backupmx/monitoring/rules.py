@@ -37,6 +37,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.paths import TEMPLATES
 from backupmx.core.settings import Domain, Settings
+from backupmx.core.validate import command, known_keys
 
 BLACKBOX_FILE = "blackbox-backupmx.yml"
 RULES_FILE = "backupmx-alerts.rules.yml"
@@ -60,9 +61,9 @@ PROBERS = {"http": "http", "tcp": "tcp", "dns": "dns", "icmp": "icmp", "grpc": "
 _DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w|y)$")
 _TARGET = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 _ABS_PATH = re.compile(r"^/[^\s'\"\\$`]*$")
-_MONITORING_KEYS = ("dir", "blackbox_check", "blackbox_bin", "promtool_check", "promtool_bin", "dns_targets",
-                    "blackbox_address", "scrape_interval", "smtp_scrape_interval", "runbook_url", "reload",
-                    "runbook", "architecture", "severity")
+MONITORING_KEYS = ("dir", "blackbox_check", "blackbox_bin", "promtool_check", "promtool_bin", "dns_targets",
+                   "blackbox_address", "scrape_interval", "smtp_scrape_interval", "runbook_url", "reload",
+                   "runbook", "architecture", "severity")
 
 
 # ------------------------------------------------------------------ settings
@@ -111,9 +112,7 @@ def load_monitoring(data: Any, settings: Settings) -> Monitoring:
     if not isinstance(data, Mapping):
         raise ConfigError("monitoring", f"must be a mapping, got {type(data).__name__}",
                           "e.g. {\"dir\": \"/srv/backupmx/monitoring\"} (docs/monitoring.md)")
-    unknown = sorted(set(data) - set(_MONITORING_KEYS))
-    if unknown:
-        raise ConfigError(f"monitoring.{unknown[0]}", "is not a known key", f"known keys: {', '.join(_MONITORING_KEYS)}")
+    known_keys(data, "monitoring", MONITORING_KEYS)
     directory = data.get("dir")
     if not isinstance(directory, str) or not _ABS_PATH.match(directory) or directory.rstrip("/") == "":
         raise ConfigError("monitoring.dir", f"{directory!r} is not an absolute directory path",
@@ -157,13 +156,7 @@ def load_monitoring(data: Any, settings: Settings) -> Monitoring:
     reload = data.get("reload") or []
     if isinstance(reload, (str, bytes)) or not isinstance(reload, (list, tuple)):
         raise ConfigError("monitoring.reload", "must be a list of commands, each a list of arguments")
-    commands = []
-    for index, command in enumerate(reload):
-        if isinstance(command, (str, bytes)) or not isinstance(command, (list, tuple)) or not command \
-                or not all(isinstance(arg, str) and arg for arg in command):
-            raise ConfigError(f"monitoring.reload[{index}]", f"{command!r} is not a list of arguments",
-                              "e.g. [\"curl\", \"-fsS\", \"-X\", \"POST\", \"http://127.0.0.1:9115/-/reload\"]")
-        commands.append(tuple(command))
+    commands = [command(argv, f"monitoring.reload[{index}]") for index, argv in enumerate(reload)]
     local = {}
     for key in ("runbook", "architecture"):
         value = data.get(key)
