@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from backupmx.core.errors import ConfigError
-from backupmx.core.validate import IPNetwork, command, host_path, hostname, known_keys
+from backupmx.core.validate import IPNetwork, command, host_path, host_port, hostname, known_keys
 
 TLS_POLICY_NAME = "backupmx_relay_tls_policy"
 DEFAULT_QUEUE_LIFETIME = "30d"
@@ -159,9 +159,7 @@ def load_relayhost(data: Any) -> RelayHost:
                           "e.g. [\"zen.spamhaus.org*2\"] (postscreen_dnsbl_sites syntax)")
     values["dnsbl_sites"] = tuple(sites)
     probe = data.get("smtp_probe", "")
-    if probe and (not isinstance(probe, str) or not re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$", probe)):
-        raise ConfigError("relayhost.smtp_probe", f"{probe!r} is not host:port")
-    values["smtp_probe"] = probe or ""
+    values["smtp_probe"] = host_port(probe, "relayhost.smtp_probe") if probe else ""
     return RelayHost(**values)
 
 

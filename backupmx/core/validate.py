@@ -193,7 +193,16 @@ def timeout_seconds(value: Any, field_name: str) -> float:
     return float(value)
 
 
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 _SAFE_PATH = re.compile(r"^/[^\s'\"\\$`]*$")
+
+
+def host_port(value: Any, field_name: str, what: str = "host:port", fix: str | None = None) -> str:
+    """``host:port`` (a name or an IPv4 address, or ``[v6]:port``) that a probe connects to."""
+    match = _HOST_PORT.match(value) if isinstance(value, str) else None
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ConfigError(field_name, f"{value!r} is not {what}", fix)
+    return value
 
 
 def host_path(value: Any, field_name: str) -> str:

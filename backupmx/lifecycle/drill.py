@@ -45,7 +45,7 @@ from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, Check, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
-from backupmx.core.validate import command, hostname, known_keys
+from backupmx.core.validate import command, host_port, hostname, known_keys
 from backupmx.dns import check as dnscheck
 from backupmx.mailhost.model import MailHost
 from backupmx.providers.registry import open_provider
@@ -118,10 +118,9 @@ def load_failover(data: Any, mailhost: MailHost, domain: str) -> FailoverSetting
         raise ConfigError("failover.recipient", f"{recipient!r} is not an address")
     values["recipient"] = recipient
     up_check = data.get("up_check", mailhost.smtp_probe)
-    if not isinstance(up_check, str) or not re.fullmatch(r"[0-9A-Za-z.:\[\]-]+:\d{1,5}", up_check or ""):
-        raise ConfigError("failover.up_check", f"{up_check!r} is not ip:port",
-                          "the listener (as reachable on the mail host) that must accept once the primary is back")
-    values["up_check"] = up_check
+    values["up_check"] = host_port(up_check, "failover.up_check", what="ip:port",
+                                   fix="the listener (as reachable on the mail host) that must accept once the "
+                                       "primary is back")
     for key, default in DEFAULTS.items():
         value = data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.settings import MAILHOST_FLAVOURS
-from backupmx.core.validate import command, host_path, known_keys
+from backupmx.core.validate import command, host_path, host_port, known_keys
 
 NATIVE, DMS = MAILHOST_FLAVOURS  # "native", "docker-mailserver"
 
@@ -52,7 +52,6 @@ _CONTAINER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAILHOST_KEYS = ("config_dir", "container", "docker", "flavour", "host_config_dir", "postfix_config_dir",
                  "postfix_reload", "proxy_service", "relay_scoring", "rspamadm_args", "rspamd_controller",
                  "rspamd_local_dir", "rspamd_reload", "smtp_probe")
-_CONTROLLER = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 
 
 # --- the settings model -------------------------------------------------------
@@ -219,9 +218,7 @@ def load_mailhost(data: Any) -> MailHost:
                 raise ConfigError(f"mailhost.{key}", "is only for the docker-mailserver flavour")
     values["rspamadm_args"] = command(data.get("rspamadm_args", []), "mailhost.rspamadm_args", allow_empty=True)
     controller = data.get("rspamd_controller", "127.0.0.1:11334")
-    if not isinstance(controller, str) or not _CONTROLLER.match(controller):
-        raise ConfigError("mailhost.rspamd_controller", f"{controller!r} is not host:port")
-    values["rspamd_controller"] = controller
+    values["rspamd_controller"] = host_port(controller, "mailhost.rspamd_controller")
     if data.get("postfix_reload") is not None:
         values["postfix_reload"] = command(data["postfix_reload"], "mailhost.postfix_reload")
     default_rspamd_reload = ["supervisorctl", "signal", "HUP", "rspamd"] if docker else ["systemctl", "reload", "rspamd"]
@@ -267,9 +264,7 @@ def _smtp_probe(value: Any, service: str) -> str:
         if not port.isdigit():
             return ""
         return f"{host or '127.0.0.1'}:{port}"
-    if not isinstance(value, str) or not _CONTROLLER.match(value):
-        raise ConfigError("mailhost.smtp_probe", f"{value!r} is not host:port, true or false")
-    return value
+    return host_port(value, "mailhost.smtp_probe", what="host:port, true or false")
 
 
 

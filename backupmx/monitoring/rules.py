@@ -37,7 +37,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.paths import TEMPLATES
 from backupmx.core.settings import Domain, Settings
-from backupmx.core.validate import command, known_keys
+from backupmx.core.validate import command, host_port, known_keys
 
 BLACKBOX_FILE = "blackbox-backupmx.yml"
 RULES_FILE = "backupmx-alerts.rules.yml"
@@ -59,7 +59,6 @@ ALERT_FOR = "15m"
 PROBERS = {"http": "http", "tcp": "tcp", "dns": "dns", "icmp": "icmp", "grpc": "grpc"}
 
 _DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w|y)$")
-_TARGET = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 _ABS_PATH = re.compile(r"^/[^\s'\"\\$`]*$")
 MONITORING_KEYS = ("dir", "blackbox_check", "blackbox_bin", "promtool_check", "promtool_bin", "dns_targets",
                    "blackbox_address", "scrape_interval", "smtp_scrape_interval", "runbook_url", "reload",
@@ -138,9 +137,9 @@ def load_monitoring(data: Any, settings: Settings) -> Monitoring:
     if isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not targets:
         raise ConfigError("monitoring.dns_targets", f"{targets!r} is not a list of host:port")
     for index, target in enumerate(targets):
-        _target(target, f"monitoring.dns_targets[{index}]")
+        host_port(target, f"monitoring.dns_targets[{index}]", fix="e.g. 1.1.1.1:53")
     address = data.get("blackbox_address", "127.0.0.1:9115")
-    _target(address, "monitoring.blackbox_address")
+    host_port(address, "monitoring.blackbox_address", fix="e.g. 127.0.0.1:9115")
     intervals = {}
     for key, default in (("scrape_interval", "60s"), ("smtp_scrape_interval", "5m")):
         value = data.get(key, default)
@@ -166,13 +165,6 @@ def load_monitoring(data: Any, settings: Settings) -> Monitoring:
     return Monitoring(dir=directory.rstrip("/"), dns_targets=tuple(targets), blackbox_address=address,
                       runbook_url=runbook_url, severity=severity, reload=tuple(commands), **flags, **programs,
                       **intervals, **local)
-
-
-def _target(value: Any, field_name: str) -> str:
-    match = _TARGET.match(str(value)) if isinstance(value, str) else None
-    if not match or not 0 < int(match.group(2)) < 65536:
-        raise ConfigError(field_name, f"{value!r} is not host:port", "e.g. 1.1.1.1:53")
-    return value
 
 
 # ---------------------------------------------------------------------- model
