@@ -35,6 +35,7 @@ from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.drill import Drill, SignalGuard, load_failover
 from operations.mailhost import mailhost_settings, prove_live
 
+
 def current_drill(target) -> Drill:
     """The drill of the pyinfra run in progress (one mail host); its report is printed at exit."""
     drill = run_value("drill", partial(_start_drill, target))

@@ -126,11 +126,6 @@ def executing_after_preparing() -> bool:
     return state is not None and state.is_executing and state.should_check_for_changes()
 
 
-def current_inventory():
-    """The pyinfra ``Inventory`` of the run in progress."""
-    return ctx_state.get().inventory
-
-
 def relay_group() -> list | None:
     """The hosts of the inventory's ``relay`` group (whatever --limit says); None outside a pyinfra run."""
     state = ctx_state.get()
