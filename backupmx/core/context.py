@@ -40,7 +40,10 @@ class RunState:
         self.memory: dict[tuple[str, Hashable], Any] = {}
 
     def value(self, name: str, make: Callable[[], T]) -> T:
-        """The run's value ``name``, made by ``make`` on first use: once, whichever host asks first."""
+        """The run's value ``name``, made by ``make`` on first use: once, whichever host asks first.
+
+        ``make`` runs under the one lock, so it must not ask for another run value.
+        """
         with _making:
             if name not in self.values:
                 self.values[name] = make()
