@@ -7,9 +7,8 @@ Review runs are ``--dry`` without ``-y``: with ``-y`` pyinfra skips change
 detection and would show no diff.
 """
 
-from pyinfra import host, logger
+from pyinfra import host, inventory, logger
 from pyinfra.api import DeployError
-from pyinfra.context import ctx_state
 
 from backupmx.core.report import FAIL
 from backupmx.lifecycle.deploy import current_run
@@ -27,7 +26,6 @@ from operations.monitoring import is_monitoring_host, monitoring_stage, prepare_
 from operations.relayhost import assess_relayhost, relay_config, relay_settings, verify_relay
 from operations.stages import boundary
 
-inventory = ctx_state.get().inventory
 # Every mail host of the inventory, connected or not: --limit cannot shrink what
 # the ordering guard asks to be proven.
 mailhost_names = [target.name for target in inventory if is_mailhost(target)]

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import re
 import time
-import weakref
 
 import click
-from pyinfra import host, state
+from pyinfra import host
 from pyinfra.api import DeployError
-from pyinfra.context import ctx_state
 
-from backupmx.core.context import settings_of
+from backupmx.core.context import active_host_names, failed_host_names, once_per_run
 from backupmx.core.errors import BackupMXError
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
@@ -42,8 +40,6 @@ from operations.mailhost import (
 )
 from operations.monitoring import monitoring_settings
 
-_runs: weakref.WeakKeyDictionary[object, DriftRun] = weakref.WeakKeyDictionary()
-
 
 class DriftRun:
     def __init__(self, settings: Settings):
@@ -59,11 +55,10 @@ class DriftRun:
     def finish(self, host_name: str) -> None:
         """Record one host's pass; after the last one, print and stop with exit 1 on drift."""
         self.finished.add(host_name)
-        active = {active_host.name for active_host in state.inventory.get_active_hosts()}
-        if not active <= self.finished:
+        if not active_host_names() <= self.finished:
             return
-        for failed in sorted(getattr(state, "failed_hosts", set()) or (), key=lambda h: h.name):
-            self.findings.append(dr.Finding("host", failed.name, dr.UNKNOWN, "could not be reached: not checked"))
+        for failed in sorted(failed_host_names()):
+            self.findings.append(dr.Finding("host", failed, dr.UNKNOWN, "could not be reached: not checked"))
         lines, failing = dr.summary(self.findings, verbose=bool(host.data.get("drift_verbose")))
         elapsed = time.monotonic() - self.started
         click.echo("backupmx drift check:")
@@ -78,15 +73,8 @@ class DriftRun:
 
 
 def current_drift_run() -> DriftRun:
-    current = ctx_state.get()
-    run = _runs.get(current)
-    if run is None:
-        try:
-            settings = settings_of(host.data)
-        except BackupMXError as error:
-            raise DeployError(str(error)) from None
-        run = _runs[current] = DriftRun(settings)
-    return run
+    """The drift check of the pyinfra run in progress (settings validated once)."""
+    return once_per_run("drift", host.data, DriftRun)
 
 
 # --- the control machine -----------------------------------------------------------

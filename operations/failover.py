@@ -15,12 +15,11 @@ printed once at exit whatever happened (like the rollback's).
 
 from __future__ import annotations
 
-import atexit
 import shlex
-import weakref
+from functools import partial
 
 import click
-from pyinfra import host, logger, state
+from pyinfra import host, logger
 from pyinfra.api import (
     DeployError,
     FunctionCommand,
@@ -28,43 +27,38 @@ from pyinfra.api import (
     StringCommand,
     operation,
 )
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_state
 
-from backupmx.core.context import settings_of
+from backupmx.core.context import RunEnd, at_exit, executing, run_value, settings_of
 from backupmx.core.errors import BackupMXError
 from backupmx.core.report import CHANGE, FAIL
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.drill import Drill, SignalGuard, load_failover
 from operations.mailhost import mailhost_settings, prove_live
 
-_drills: weakref.WeakKeyDictionary[object, Drill] = weakref.WeakKeyDictionary()
-
 
 def current_drill(target) -> Drill:
-    """The drill of the pyinfra state being prepared (one mail host); its report is printed at exit."""
-    current = ctx_state.get()
-    drill = _drills.get(current)
-    if drill is None:
-        try:
-            settings = settings_of(target.data)
-            mailhost = mailhost_settings(target)
-            failover = load_failover(target.data.get("failover"), mailhost, settings.domains[0].name)
-        except BackupMXError as error:
-            raise DeployError(f"{target.name}: {error}") from None
-        drill = Drill(settings, mailhost, failover, target.name)
-        _drills[current] = drill
-        atexit.register(_print_report, drill, weakref.ref(current))
-    elif drill.host_name != target.name:
+    """The drill of the pyinfra run in progress (one mail host); its report is printed at exit."""
+    drill = run_value("drill", partial(_start_drill, target))
+    if drill.host_name != target.name:
         raise DeployError(f"the failover drill takes one mail host at a time ({drill.host_name}, {target.name}): "
                           f"use --limit")
     return drill
 
 
-def _print_report(drill: Drill, state_ref) -> None:
-    current = state_ref()
-    executed = current is not None and current.current_stage >= StateStage.Execute
-    if not executed:
+def _start_drill(target) -> Drill:
+    try:
+        settings = settings_of(target.data)
+        mailhost = mailhost_settings(target)
+        failover = load_failover(target.data.get("failover"), mailhost, settings.domains[0].name)
+    except BackupMXError as error:
+        raise DeployError(f"{target.name}: {error}") from None
+    drill = Drill(settings, mailhost, failover, target.name)
+    at_exit(partial(_print_report, drill))
+    return drill
+
+
+def _print_report(drill: Drill, end: RunEnd) -> None:
+    if not end.executed:
         drill.report.title += " (review: nothing was stopped or sent)"
         click.echo(drill.report.render().rsplit("\n", 1)[0])
     else:
@@ -79,13 +73,13 @@ def _log(message: str, log_func=logger.info) -> None:
 
 def _show(message: str) -> None:
     # The plan, shown while preparing (the --dry review); at execution the steps say what they do.
-    if state.is_executing:
+    if executing():
         return
     host.log(message, logger.info)
 
 
 def _plan(drill: Drill, key: str, title: str, evidence: str) -> None:
-    if not state.is_executing:
+    if not executing():
         drill.add(key, title, CHANGE, evidence)
 
 
@@ -151,7 +145,7 @@ def drill_preflight(drill: Drill):
     backup = drill.settings.backup_mx
     _show(f"failover 1: would check the authoritative DNS of {drill.domain} lists "
           f"{', '.join(f'{backup.priority} {h}' for h in backup.hosts)} and prove the whitelist + exemption live")
-    if not state.is_executing:
+    if not executing():
         try:
             answer = dnscheck.render(dnscheck.live_mx(drill.domain, drill.settings.dns_servers))
         except BackupMXError as error:

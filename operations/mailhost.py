@@ -15,14 +15,13 @@ functions, so the deploy file can show it in the gate report before anything run
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from pyinfra import host, logger, state
+from pyinfra import host, logger
 from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
-from pyinfra.context import ctx_state
 
+from backupmx.core.context import executing, executing_after_preparing, recall, remember
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, TODO
@@ -137,25 +136,25 @@ def _plan_reads(mailhost: MailHost) -> list[tuple[type, dict]]:
     return reads
 
 
-# Facts read ahead in one round trip while preparing (assess_mailhost), per state,
-# each taken once by the plan that asks for it; anything else reads the host.
-_known: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+# Facts read ahead in one round trip while preparing (assess_mailhost) are kept for
+# the host's pass (backupmx.core.context), each taken once by the plan that asks
+# for it; anything else reads the host.
+_NOT_READ = object()
 
 
 def _read_key(fact: type, arguments: dict) -> tuple:
-    return (host.name, fact.__name__, tuple(sorted(arguments.items())))
+    return ("fact", fact.__name__, tuple(sorted(arguments.items())))
 
 
 def _read_ahead(reads: list[tuple[type, dict]]) -> None:
-    if state.is_executing:
+    if executing():
         return
     found = host.get_fact(MailhostReads, reads=tuple((fact.__name__, tuple(sorted(arguments.items())))
                                                      for fact, arguments in reads))
     if len(found) != len(reads):
         return  # incomplete answer: each plan reads its own fact, as without read-ahead
-    known = _known.setdefault(ctx_state.get(), {})
     for (fact, arguments), value in zip(reads, found):
-        known[_read_key(fact, arguments)] = value
+        remember(_read_key(fact, arguments), value)
 
 
 def _fact(fact: type, arguments: dict, shared: bool = False):
@@ -164,11 +163,10 @@ def _fact(fact: type, arguments: dict, shared: bool = False):
     A value is taken by the plan that asks for it, unless ``shared``: then it is
     left for the other readers of this pass (one SSH read, several users).
     """
-    if not state.is_executing:
-        known = _known.get(ctx_state.get(), {})
-        key = _read_key(fact, arguments)
-        if key in known:
-            return known[key] if shared else known.pop(key)
+    if not executing():
+        value = recall(_read_key(fact, arguments), keep=shared, default=_NOT_READ)
+        if value is not _NOT_READ:
+            return value
     return host.get_fact(fact, **arguments)
 
 
@@ -383,7 +381,7 @@ def _fail(state, host, message):  # (state, host): pyinfra passes them to a Func
 def _show(plan: Plan) -> None:
     # Shown while preparing (the --dry review) and, with -y (no preparing pass),
     # once when it runs; never twice.
-    if state.is_executing and state.should_check_for_changes():
+    if executing_after_preparing():
         return
     host.log(f"{plan.label}: {plan.summary()}", logger.info)
     for line in plan.diff():
@@ -392,7 +390,7 @@ def _show(plan: Plan) -> None:
 
 def apply_plan(plan: Plan):
     if plan.problems:
-        if not state.is_executing:
+        if not executing():
             raise OperationError(plan.problems[0])
         yield FunctionCommand(_fail, (plan.problems[0],), {})
         return
@@ -709,7 +707,7 @@ def assess_mailhost(mailhost: MailHost, relay_cidrs, domain: str) -> Assessment:
     listeners = _fact(PostscreenListeners, _listeners_args(mailhost), shared=True)  # the whitelist plan's too
     plans = [plan_rspamd_exemption(mailhost, relay_cidrs), plan_postscreen_whitelist(mailhost, relay_cidrs)]
     for plan in plans:
-        _remember(plan, mailhost, relay_cidrs, True)
+        remember(_plan_key(plan.label, mailhost, relay_cidrs, True), plan)
     assessment = Assessment(plans)
     if listeners["postconf"]:
         assessment.message_size_limit = postfix_size(listeners["main"].get("message_size_limit"))
@@ -757,25 +755,17 @@ def report_mailhost(run, host_name: str, assessment: Assessment) -> None:
 TITLE_3 = "mail host: whitelist + exemption"
 TITLE_4 = "verify live on every mail host"
 
-# Plans made while preparing, per state, reused by the operations (each plan once).
-_plans: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
-
-def _key(plan_label: str, mailhost: MailHost, relay_cidrs, present: bool) -> tuple:
-    return (host.name, plan_label, mailhost, tuple(_cidrs(relay_cidrs)), present)
-
-
-def _remember(plan: Plan, mailhost: MailHost, relay_cidrs, present: bool) -> None:
-    if not state.is_executing:
-        _plans.setdefault(ctx_state.get(), {})[_key(plan.label, mailhost, relay_cidrs, present)] = plan
+def _plan_key(plan_label: str, mailhost: MailHost, relay_cidrs, present: bool) -> tuple:
+    return ("plan", plan_label, mailhost, tuple(_cidrs(relay_cidrs)), present)
 
 
 def _recall(plan_label: str, mailhost: MailHost, relay_cidrs, present: bool) -> Plan | None:
-    if state.is_executing and state.should_check_for_changes():
+    if executing_after_preparing():
         # The operation already took its plan while preparing, and execution may
         # come long after (a prompt): read the host as it is now.
         return None
     # Preparing, or executing under -y (the operation body runs only now): the plan
     # this run's assessment made moments ago, without reading the same facts again.
     # Safe to apply: the transaction refuses if a file no longer holds what the plan saw.
-    return _plans.get(ctx_state.get(), {}).pop(_key(plan_label, mailhost, relay_cidrs, present), None)
+    return recall(_plan_key(plan_label, mailhost, relay_cidrs, present))

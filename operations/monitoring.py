@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyinfra import host, logger, state
+from pyinfra import host, logger
 from pyinfra.api import (
     DeployError,
     FunctionCommand,
@@ -31,6 +31,7 @@ from pyinfra.api import (
     operation,
 )
 
+from backupmx.core.context import executing, executing_after_preparing
 from backupmx.core.errors import BackupMXError
 from backupmx.core.settings import Settings
 from backupmx.monitoring import docs
@@ -58,7 +59,7 @@ def monitoring_settings(target, settings: Settings) -> mon.Monitoring:
 
 def _show(title: str, lines: list[str]) -> None:
     # While preparing (the --dry review) and, with -y (no preparing pass), once when it runs.
-    if state.is_executing and state.should_check_for_changes():
+    if executing_after_preparing():
         return
     host.log(title, logger.info)
     for line in lines:
@@ -110,7 +111,7 @@ def monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]):
     """
     changes, problem = plan_monitoring_files(monitoring, files)
     if problem:
-        if not state.is_executing:
+        if not executing():
             raise OperationError(problem)
         yield FunctionCommand(_fail, (problem,), {})
         return

@@ -6,23 +6,21 @@ under ``--dry``), changed at execution in a Python callback, then read back.
 
 from __future__ import annotations
 
-import weakref
+from functools import partial
 
-from pyinfra import host, logger, state
+from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, operation
 
-from backupmx.core.context import once_per_state
+from backupmx.core.context import executing, executing_after_preparing, once_per_run
 from backupmx.core.errors import BackupMXError
 from backupmx.lifecycle.deploy import take_run_lock
 from backupmx.lifecycle.maintenance import REMINDER, Maintenance, parse_action
 from backupmx.providers.base import ManualStepRequired
 
-_runs: weakref.WeakKeyDictionary[object, Maintenance] = weakref.WeakKeyDictionary()
-
 
 def current_maintenance(data) -> Maintenance:
-    """The maintenance run of the pyinfra state being prepared (settings validated once)."""
-    return once_per_state(_runs, data, lambda settings: _start_maintenance(settings, data))
+    """The maintenance run of the pyinfra run in progress (settings validated once)."""
+    return once_per_run("maintenance", data, partial(_start_maintenance, data=data))
 
 
 def _start_maintenance(settings, data) -> Maintenance:
@@ -35,7 +33,7 @@ def _start_maintenance(settings, data) -> Maintenance:
 
 def _show(message: str, log_func=logger.info) -> None:
     # Shown while preparing (the --dry review) and, with -y (no preparing pass), when it runs.
-    if state.is_executing and state.should_check_for_changes():
+    if executing_after_preparing():
         return
     host.log(message, log_func)
 
@@ -47,7 +45,7 @@ def _fail(state, host, message):  # pyinfra calls it with (state, host, ...)
 
 def _stop(message: str):
     """Fail this operation with one line: while preparing, or when it runs."""
-    if not state.is_executing:
+    if not executing():
         raise OperationError(message)
     yield FunctionCommand(_fail, (message,), {})
 

@@ -15,14 +15,13 @@ files are put back byte for byte on any failure, and only then Postfix reloads.
 from __future__ import annotations
 
 import ipaddress
-import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from pyinfra import host, state
+from pyinfra import host
 from pyinfra.api import DeployError, FunctionCommand, operation
-from pyinfra.context import ctx_state
 
+from backupmx.core.context import executing, recall, remember
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Check
@@ -118,7 +117,9 @@ def relay_config(relay: RelayHost, domains: Sequence[str], present: bool = True)
             domains=["example.org"],
         )
     """
-    plan = _recall(relay, domains, present)
+    # At execution always read the host as it is now; while preparing, the plan
+    # assess_relayhost made moments ago.
+    plan = None if executing() else recall(_plan_key(relay, domains, present))
     yield from apply_plan(plan or plan_relay_config(relay, domains, present))
 
 
@@ -242,10 +243,10 @@ def assess_relayhost(relay: RelayHost, domains: Sequence[str], relay_cidrs=None)
     The plan is kept for this host and preparing pass, so ``relay_config`` called
     next reuses it instead of reading the same facts again.
     """
-    # One read for the plan and for gate G2's message size (Run.report_message_sizes).
+    # One read for the plan and for gate G2's message size (backupmx.gates.message_size).
     postfix = host.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=("message_size_limit",))
     plan = plan_relay_config(relay, domains, postfix=postfix)
-    _remember(plan, relay, domains, True)
+    remember(_plan_key(relay, domains, True), plan)
     assessment = RelayAssessment(plan)
     assessment.message_size_limit = relay.message_size_limit
     if assessment.message_size_limit is None:
@@ -310,20 +311,5 @@ def relay_settings(target) -> RelayHost:
         raise DeployError(f"{target.name}: {error}") from None
 
 
-# Plans made while preparing, per state, reused by relay_config's preparing pass.
-_plans: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
-
-
-def _key(relay: RelayHost, domains, present: bool) -> tuple:
-    return (host.name, relay, tuple(str(domain).lower() for domain in domains), present)
-
-
-def _remember(plan: Plan, relay: RelayHost, domains, present: bool) -> None:
-    if not state.is_executing:
-        _plans.setdefault(ctx_state.get(), {})[_key(relay, domains, present)] = plan
-
-
-def _recall(relay: RelayHost, domains, present: bool) -> Plan | None:
-    if state.is_executing:
-        return None  # at execution always read the host as it is now
-    return _plans.get(ctx_state.get(), {}).pop(_key(relay, domains, present), None)
+def _plan_key(relay: RelayHost, domains, present: bool) -> tuple:
+    return ("relay_config", relay, tuple(str(domain).lower() for domain in domains), present)

@@ -9,26 +9,22 @@ never fails: trouble there is a warning with the manual steps.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import sys
-import weakref
+from functools import partial
 
 import click
-from pyinfra import host, logger, state
+from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_state
 
-from backupmx.core.context import once_per_state
+from backupmx.core.context import RunEnd, at_exit, executing_after_preparing, once_per_run
 from backupmx.core.errors import BackupMXError
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, WARN
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.deploy import take_run_lock
 from backupmx.lifecycle.rollback import Rollback
 
-_runs: weakref.WeakKeyDictionary[object, Rollback] = weakref.WeakKeyDictionary()
 STEPS = (("1", "remove backup MX {}"), ("2", "DNS without backups {}"), ("3", "disable {} at {}"))
 # Steps 1-2 done, DNS clear, but a provider step is left for the operator: not 0
 # (scripts and tired operators must not read "all done"), not 1 (nothing failed
@@ -37,8 +33,8 @@ EXIT_MANUAL_STEP_LEFT = 2
 
 
 def current_rollback(data) -> Rollback:
-    """The rollback of the pyinfra state being prepared: settings validated once, summary printed at exit."""
-    return once_per_state(_runs, data, lambda settings: _start_rollback(settings, data))
+    """The rollback of the pyinfra run in progress: settings validated once, summary printed at exit."""
+    return once_per_run("rollback", data, partial(_start_rollback, data=data))
 
 
 def _start_rollback(settings, data) -> Rollback:
@@ -46,26 +42,25 @@ def _start_rollback(settings, data) -> Rollback:
     rollback = Rollback(settings)
     # One table at the very end, whatever happened: pyinfra stops running a
     # failed host's operations, and the operator must still see every step.
-    atexit.register(_print_summary, rollback, weakref.ref(ctx_state.get()))
+    at_exit(partial(_print_summary, rollback))
     return rollback
 
 
-def _print_summary(rollback: Rollback, state_ref) -> None:
-    current = state_ref()
-    executed = current is not None and current.current_stage >= StateStage.Execute
+def _print_summary(rollback: Rollback, end: RunEnd) -> None:
+    executed = end.executed
     settings = rollback.settings
     for domain in settings.domains:
         for key, title in STEPS:
             title = title.format(domain.name, settings.provider.name)
             if not any((c.key, c.title) == (key, title) for c in rollback.report.checks):
                 rollback.add(key, title, SKIP, "not run: an earlier step failed" if executed else "not planned")
-    failed = {host.name for host in current.failed_hosts} if current is not None else set()
+    failed = set(end.failed_hosts)
     rollback.mailhost_reverts(failed, executed)
     rollback.report.checks.sort(key=lambda check: check.key)
     if not executed:
         rollback.report.title += " (review: nothing was changed)"
     click.echo(rollback.render() if executed else rollback.report.render().rsplit("\n", 1)[0])
-    controllers = {h.name for h in current.inventory.get_group("controller", [])} if current is not None else set()
+    controllers = end.group("controller")
     others = sorted(name for name in failed if name not in rollback.revert_mailhosts and name not in controllers)
     if others:
         click.echo(f"  note: not reached or failed: {', '.join(others)}; steps 1-3 do not need them, but pyinfra "
@@ -86,7 +81,7 @@ def _exit_now(code: int) -> None:
 
 def _show(message: str, log_func=logger.info) -> None:
     # Shown while preparing (the --dry review) and, with -y (no preparing pass), when it runs.
-    if state.is_executing and state.should_check_for_changes():
+    if executing_after_preparing():
         return
     host.log(message, log_func)
 

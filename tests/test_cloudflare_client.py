@@ -19,6 +19,7 @@ from pyinfra.api.hiddenvalue import HiddenValue
 from backupmx.core import audit
 from backupmx.core.errors import BackupMXError
 from backupmx.core.settings import BackupMX, Domain, MXHost
+from backupmx.dns.apply import apply_plan
 from backupmx.dns.cloudflare import (
     CloudflareAuthError,
     CloudflareClient,
@@ -29,7 +30,6 @@ from backupmx.dns.cloudflare import (
     CloudflareRequestError,
     CloudflareUnavailableError,
 )
-from backupmx.dns.apply import apply_plan
 from backupmx.dns.plan import MANAGED_MARKER, plan
 from backupmx.dns.render import diff
 from backupmx_sandbox import seed

@@ -1,17 +1,25 @@
-"""The one per-run state holder over pyinfra's context.
+"""The one per-run state holder, and the only module that touches pyinfra's context.
 
-pyinfra prepares a deploy file once per host, in parallel greenlets, and runs it
-again at execution. What belongs to the run, not to a host (the validated settings,
-the gate report, plan caches), is kept here per pyinfra ``State``.
+pyinfra prepares a deploy file once per host, in parallel greenlets, and runs the
+operation bodies again at execution (only then, under ``-y``). What belongs to the
+run rather than to one host's pass (the validated settings, the gate report, what a
+host's assessment read or planned for the operations that follow) is kept in the
+``RunState`` of the pyinfra ``State`` being run. Whether pyinfra is preparing or
+executing, which hosts the run has and how it ended are asked here as well, so
+tests/unit/test_context_boundary.py can keep every other module off pyinfra's context.
 """
 
 from __future__ import annotations
 
+import atexit
 import weakref
-from typing import Callable, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, TypeVar
 
 import gevent.lock
+from pyinfra import host
 from pyinfra.api import DeployError
+from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
 from backupmx.core.errors import BackupMXError
@@ -19,28 +27,65 @@ from backupmx.core.settings import RELAY_GROUP, Settings, check_inventory_keys, 
 
 T = TypeVar("T")
 # pyinfra prepares hosts in parallel greenlets; a greenlet switches out during the
-# Vault read, so making a per-run object must be serialised or each host would get its own.
-_runs_lock = gevent.lock.BoundedSemaphore()
+# Vault read, so making a per-run value must be serialised or each host would get its own.
+_making = gevent.lock.BoundedSemaphore()
 
 
-def once_per_state(registry: weakref.WeakKeyDictionary, data, make: Callable[[Settings], T]) -> T:
-    """The object ``registry`` holds for the pyinfra state being prepared, made on first use.
+class RunState:
+    """What one pyinfra run keeps between its hosts' passes and between preparing and executing."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        # (host name, key) -> what that host's pass read or planned while preparing.
+        self.memory: dict[tuple[str, Hashable], Any] = {}
+
+    def value(self, name: str, make: Callable[[], T]) -> T:
+        """The run's value ``name``, made by ``make`` on first use: once, whichever host asks first.
+
+        ``make`` runs under the one lock, so it must not ask for another run value.
+        """
+        with _making:
+            if name not in self.values:
+                self.values[name] = make()
+            return self.values[name]
+
+
+# Keyed weakly: a test (or an API user) may make many States in one process.
+_runs: weakref.WeakKeyDictionary[Any, RunState] = weakref.WeakKeyDictionary()
+
+
+def run_state() -> RunState:
+    """The ``RunState`` of the pyinfra run in progress, made on first use."""
+    return _runs.setdefault(ctx_state.get(), RunState())
+
+
+def run_value(name: str, make: Callable[[], T]) -> T:
+    """The run's value ``name`` (a ``Run``, a ``Rollback``...), made by ``make`` on first use."""
+    return run_state().value(name, make)
+
+
+def once_per_run(name: str, data, make: Callable[[Settings], T]) -> T:
+    """The run's value ``name``, made on first use by ``make`` from the validated settings.
 
     Stage 0 (inventory data validated into ``Settings``) happens here, once, for
     every deploy: bad data becomes one ``DeployError`` line before anything is
-    contacted. Serialised, because hosts are prepared in parallel greenlets.
+    contacted.
     """
-    state = ctx_state.get()
-    with _runs_lock:
-        made = registry.get(state)
-        if made is None:
-            try:
-                check_inventory_keys(state.inventory)
-                settings = load_settings(data, inventory_relays(state.inventory))
-            except BackupMXError as error:
-                raise DeployError(str(error)) from None
-            made = registry[state] = make(settings)
-    return made
+    def made() -> T:
+        try:
+            settings = settings_of(data)
+        except BackupMXError as error:
+            raise DeployError(str(error)) from None
+        return make(settings)
+
+    return run_value(name, made)
+
+
+def settings_of(data) -> Settings:
+    """Stage 0: ``data`` validated (every host's keys too), with the inventory's relay hosts."""
+    inventory = ctx_state.get().inventory
+    check_inventory_keys(inventory)
+    return load_settings(data, inventory_relays(inventory))
 
 
 def inventory_relays(inventory) -> dict[str, object]:
@@ -48,10 +93,93 @@ def inventory_relays(inventory) -> dict[str, object]:
     return {target.name: target.data.get("relayhost") for target in inventory.get_group(RELAY_GROUP, [])}
 
 
-def settings_of(data) -> Settings:
-    """Stage 0 for a deploy that needs no run: ``data`` validated, with the inventory's relay hosts."""
-    inventory = ctx_state.get().inventory
-    check_inventory_keys(inventory)
-    return load_settings(data, inventory_relays(inventory))
+# --- what a host's pass keeps for its operations ----------------------------------------
 
 
+def remember(key: Hashable, value) -> None:
+    """Keep ``value`` for the current host's operations while preparing; at execution nothing is kept."""
+    if not executing():
+        run_state().memory[(host.name, key)] = value
+
+
+def recall(key: Hashable, keep: bool = False, default=None):
+    """What ``remember`` kept under ``key`` for the current host, taken (``keep``: left for
+    the pass's other readers); ``default`` if nothing. Whether a value made while
+    preparing may still be used is the caller's decision (``executing()``)."""
+    memory = run_state().memory
+    if keep:
+        return memory.get((host.name, key), default)
+    return memory.pop((host.name, key), default)
+
+
+# --- where pyinfra is ----------------------------------------------------------------
+
+
+def executing() -> bool:
+    """pyinfra is executing the operations (not preparing them)."""
+    state = ctx_state.get()
+    return state is not None and state.is_executing
+
+
+def executing_after_preparing() -> bool:
+    """Executing, and the operation bodies already ran while preparing (not under ``-y``).
+
+    What a body showed or planned then is not shown or reused again: execution may
+    come long after (a prompt), and the --dry review already printed it.
+    """
+    state = ctx_state.get()
+    return state is not None and state.is_executing and state.should_check_for_changes()
+
+
+def relay_group() -> list | None:
+    """The hosts of the inventory's ``relay`` group (whatever --limit says); None outside a pyinfra run."""
+    state = ctx_state.get()
+    if state is None:
+        return None
+    return list(state.inventory.get_group(RELAY_GROUP, []))
+
+
+def active_host_names() -> set[str]:
+    """The hosts still taking part in the run (connected, not failed)."""
+    return {target.name for target in ctx_state.get().inventory.get_active_hosts()}
+
+
+def failed_host_names() -> set[str]:
+    """The hosts pyinfra gave up on in this run (unreachable, or an operation failed)."""
+    return {target.name for target in getattr(ctx_state.get(), "failed_hosts", set()) or ()}
+
+
+# --- the end of the run ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How the pyinfra run ended, as an at-exit report sees it."""
+
+    executed: bool  # execution started: not a --dry review, not stopped while preparing
+    failed_hosts: frozenset[str] = frozenset()
+    groups: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def group(self, name: str) -> frozenset[str]:
+        return self.groups.get(name, frozenset())
+
+
+def at_exit(report: Callable[[RunEnd], None]) -> None:
+    """Call ``report`` with the run's ``RunEnd`` at interpreter exit, whatever happened.
+
+    pyinfra stops running a failed host's operations, so a report printed by the
+    last operation could be missing; at exit every outcome is known.
+    """
+    state_ref = weakref.ref(ctx_state.get())
+    atexit.register(lambda: report(_run_end(state_ref())))
+
+
+def _run_end(state) -> RunEnd:
+    if state is None:
+        return RunEnd(executed=False)
+    return RunEnd(
+        executed=state.current_stage >= StateStage.Execute,
+        failed_hosts=frozenset(target.name for target in state.failed_hosts),
+        groups={name: frozenset(target.name for target in targets)
+                for name, targets in state.inventory.groups.items()},
+    )

@@ -29,11 +29,11 @@ from typing import Any, Callable
 
 from pyinfra.api import QuoteString, StringCommand
 from pyinfra.api.exceptions import ConnectError
-from pyinfra.context import ctx_state
 
+from backupmx.core.context import relay_group
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import load_relayhost
-from backupmx.core.settings import RELAY_GROUP, Settings
+from backupmx.core.settings import Settings
 from backupmx.postfix.maincf import parse_postconf_main, postfix_list
 from backupmx.providers.base import Fact, ManualStepRequired, Provider, ProviderError, ProviderFacts, QueuedMessage
 
@@ -76,12 +76,11 @@ def pyinfra_runner(target) -> Runner:
 
 def inventory_targets(settings: Settings) -> list[RelayTarget]:
     """The relay hosts of the pyinfra inventory being run (every one, whatever ``--limit`` says)."""
-
-    state = ctx_state.get()
-    if state is None:
+    group = relay_group()
+    if group is None:
         raise ProviderError("provider selfhosted: the relay hosts are reached through pyinfra; run this from a "
                             "deploy (pyinfra INVENTORY deploys/...)")
-    hosts = {target.name: target for target in state.inventory.get_group(RELAY_GROUP, [])}
+    hosts = {target.name: target for target in group}
     targets = []
     for name in settings.relay_hosts:
         if name not in hosts:

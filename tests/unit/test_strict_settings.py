@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from backupmx_sandbox import seed
 from pyinfra.api import Inventory
 from pyinfra.api.arguments import all_global_arguments
 from pyinfra.api.connectors import get_all_connectors
@@ -39,6 +38,7 @@ from backupmx.lifecycle.drill import KNOWN as FAILOVER_KEYS
 from backupmx.lifecycle.drill import load_failover
 from backupmx.mailhost.model import MAILHOST_KEYS, load_mailhost
 from backupmx.monitoring.rules import MONITORING_KEYS, load_monitoring
+from backupmx_sandbox import seed
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
