@@ -32,7 +32,8 @@ from backupmx.core.context import RunEnd, at_exit, executing, run_value, setting
 from backupmx.core.errors import BackupMXError
 from backupmx.core.report import CHANGE, FAIL
 from backupmx.dns import check as dnscheck
-from backupmx.lifecycle.drill import Drill, SignalGuard, load_failover
+from backupmx.lifecycle.drill import Drill, SignalGuard
+from backupmx.lifecycle.drill_settings import load_failover
 from operations.mailhost import mailhost_settings, prove_live
 
 

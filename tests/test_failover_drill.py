@@ -21,7 +21,8 @@ import pytest
 import requests
 
 from backupmx.core.errors import ConfigError
-from backupmx.lifecycle.drill import load_failover, parse_maildir_listing, verdicts
+from backupmx.lifecycle.drill_settings import load_failover
+from backupmx.lifecycle.probes import parse_maildir_listing, verdicts
 from backupmx.mailhost.model import CIDR_FILE_NAME, load_mailhost
 from backupmx_sandbox.supervisor import Supervisor
 from providerkit import output

@@ -23,41 +23,28 @@ stderr_text)``. See docs/failover-drill.md.
 
 from __future__ import annotations
 
-import base64
-import email
-import email.policy
-import ipaddress
 import re
 import secrets
 import shlex
 import signal
 import smtplib
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from email.utils import formatdate
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import dkim
-
-from backupmx.core.errors import BackupMXError, ConfigError
+from backupmx.core.errors import BackupMXError
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, Check, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
-from backupmx.core.validate import command, host_port, hostname, known_keys
 from backupmx.dns import check as dnscheck
+from backupmx.lifecycle.drill_settings import FailoverSettings
+from backupmx.lifecycle.probes import MAILDIR_SCRIPT, Probe, build_probe, parse_maildir_listing, verdicts
 from backupmx.mailhost.model import MailHost
 from backupmx.providers.registry import open_provider
 
 Log = Callable[[str], None]
 Remote = Callable[[Sequence[str]], tuple[bool, list[str], str]]
-
-DEFAULTS = {"probes": 3, "window_seconds": 30, "queue_seconds": 15, "up_seconds": 30, "drain_seconds": 40,
-            "poll_seconds": 0.5}
-KNOWN = ("stop_command", "start_command", "maildir", "sender_domain", "dkim_key", "dkim_selector", "recipient",
-         "probes", "window_seconds", "queue_seconds", "up_seconds", "drain_seconds", "poll_seconds", "up_check")
-
 
 STEP_TITLES = {"2": "take the primary down", "3": "send probes", "4": "probes queued at the provider",
                "5": "bring the primary back", "6": "provider queue drained", "7": "mailbox verdicts"}
@@ -65,179 +52,6 @@ STEP_TITLES = {"2": "take the primary down", "3": "send probes", "4": "probes qu
 
 class Interrupted(BackupMXError):
     """SIGINT/SIGTERM during the drill: the primary is brought back, then the run fails."""
-
-
-@dataclass(frozen=True)
-class FailoverSettings:
-    stop_command: tuple[str, ...]
-    start_command: tuple[str, ...]
-    maildir: str
-    sender_domain: str
-    dkim_key: str
-    dkim_selector: str
-    recipient: str
-    up_check: str  # "ip:port" on the mail host that must accept once the primary is back
-    probes: int = 3
-    window_seconds: float = 30
-    queue_seconds: float = 15
-    up_seconds: float = 30
-    drain_seconds: float = 40
-    poll_seconds: float = 0.5
-
-
-def load_failover(data: Any, mailhost: MailHost, domain: str) -> FailoverSettings:
-    """Validate ``host.data.failover`` for one mail host; flavour defaults for docker-mailserver."""
-    if not isinstance(data, Mapping):
-        raise ConfigError("failover", "missing" if data is None else f"must be a mapping, got {type(data).__name__}",
-                          "set `failover` on the mail host (docs/failover-drill.md)")
-    known_keys(data, "failover", KNOWN)
-    values: dict[str, Any] = {}
-    if mailhost.is_docker:
-        stop = data.get("stop_command", [mailhost.docker, "stop", str(mailhost.container)])
-        start = data.get("start_command", [mailhost.docker, "start", str(mailhost.container)])
-    else:
-        for key in ("stop_command", "start_command"):
-            if key not in data:
-                raise ConfigError(f"failover.{key}", "missing", "the native flavour needs the command that stops "
-                                  "(starts) the primary mail path, e.g. [systemctl, stop, postfix]")
-        stop, start = data["stop_command"], data["start_command"]
-    values["stop_command"] = command(stop, "failover.stop_command")
-    values["start_command"] = command(start, "failover.start_command")
-    for key in ("maildir", "sender_domain", "dkim_key", "dkim_selector"):
-        value = data.get(key)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"failover.{key}", "missing" if value is None else f"{value!r} is not a string",
-                              "docs/failover-drill.md")
-        values[key] = value
-    if not values["maildir"].startswith("/"):
-        raise ConfigError("failover.maildir", "must be an absolute path on the mail host (in the container)")
-    hostname(values["sender_domain"], "failover.sender_domain", "the test sender's domain, whose SPF does not list "
-             "the relays (docs/failover-drill.md)")
-    recipient = data.get("recipient", f"failover-drill@{domain}")
-    if not isinstance(recipient, str) or "@" not in recipient:
-        raise ConfigError("failover.recipient", f"{recipient!r} is not an address")
-    values["recipient"] = recipient
-    up_check = data.get("up_check", mailhost.smtp_probe)
-    values["up_check"] = host_port(up_check, "failover.up_check", what="ip:port",
-                                   fix="the listener (as reachable on the mail host) that must accept once the "
-                                       "primary is back")
-    for key, default in DEFAULTS.items():
-        value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"failover.{key}", f"{value!r} is not a positive number")
-        values[key] = int(value) if key == "probes" else float(value)
-    if values["probes"] > 50:
-        raise ConfigError("failover.probes", "at most 50 probes")
-    return FailoverSettings(**values)
-
-
-# --- probes -------------------------------------------------------------------
-
-
-@dataclass
-class Probe:
-    index: int
-    relay: str
-    sender: str  # unique envelope sender: how the provider's queue listing names it
-    message_id: str
-    sent_at: float | None = None
-    send_error: str | None = None
-    queued_at: str | None = None  # as the provider reports it
-    seen_queued: float | None = None
-    attempts_at_up: int = 0
-    last_error: str | None = None
-    retried_after_up: str | None = None  # a deferral seen after the primary was back
-    left_queue: float | None = None
-    delivered_at: float | None = None
-    delivered_wall: float | None = None  # the same moment, as wall-clock time for the report
-    copies: int = 0
-    verdicts: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-def build_probe(probe: Probe, recipient: str, sender_domain: str, selector: str, key: bytes, run_id: str) -> bytes:
-    """An RFC 5322 message from ``sender_domain``, DKIM-signed with its key (dkimpy)."""
-
-    headers = [
-        f"From: Failover drill <{probe.sender}>",
-        f"To: <{recipient}>",
-        f"Subject: backupmx failover drill {run_id} probe {probe.index}",
-        f"Date: {formatdate(localtime=False)}",
-        f"Message-ID: {probe.message_id}",
-        "MIME-Version: 1.0",
-        "Content-Type: text/plain; charset=utf-8",
-    ]
-    body = (f"Probe {probe.index} of the backupmx failover drill {run_id}, sent to {probe.relay} while the "
-            f"primary was down. Safe to delete.\r\n")
-    message = ("\r\n".join(headers) + "\r\n\r\n" + body).encode()
-    signature = dkim.sign(message, selector.encode(), sender_domain.encode(), key,
-                          include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
-    return signature + message
-
-
-MAILDIR_SCRIPT = r'''dir=$1; shift
-for id in "$@"; do
-  for f in $(grep -rliF -e "message-id: $id" "$dir/new" "$dir/cur" 2>/dev/null); do
-    printf '==> %s %s\n' "$id" "$(base64 -w0 "$f")"
-  done
-done
-exit 0'''
-
-
-def parse_maildir_listing(lines: Sequence[str]) -> dict[str, list[email.message.EmailMessage]]:
-    found: dict[str, list] = {}
-    for line in lines:
-        if not line.startswith("==> "):
-            continue
-        _, message_id, data = line.split(" ", 2)
-        message = email.message_from_bytes(base64.b64decode(data), policy=email.policy.default)
-        found.setdefault(message_id, []).append(message)
-    return found
-
-
-SYMBOL = re.compile(r"([A-Z0-9_]+)\(")
-RECEIVED_IP = re.compile(r"\[([0-9a-fA-F.:]+)\]")
-
-
-def verdicts(message, relay_cidrs: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(what the delivered headers show, the problems among them)."""
-    shown, problems = [], []
-    spamd = " ".join(str(v) for v in (message.get_all("X-Spamd-Result") or []))
-    symbols = set(SYMBOL.findall(spamd))
-    if not spamd:
-        problems.append("no X-Spamd-Result header (was it scanned by rspamd?)")
-    penalties = sorted(s for s in symbols if s.startswith(("R_SPF_", "DMARC_")))
-    if penalties:
-        problems.append(f"SPF/DMARC penalty: {', '.join(penalties)}")
-    else:
-        shown.append("no SPF/DMARC symbol")
-    if "R_DKIM_ALLOW" in symbols:
-        shown.append("DKIM R_DKIM_ALLOW")
-    else:
-        dkim = sorted(s for s in symbols if "DKIM" in s) or ["no DKIM symbol"]
-        problems.append(f"DKIM does not verify: {', '.join(dkim)}")
-    # The mail host's own Received header (the first one) names the client address
-    # postscreen and rspamd saw: the one the relay announced in its PROXY header.
-    received = message.get_all("Received") or []
-    networks = [ipaddress.ip_network(c, strict=False) for c in relay_cidrs]
-    first = str(received[0]) if received else ""
-    addresses = RECEIVED_IP.findall(first)
-    seen = next((a for a in addresses if _ip(a) is not None), None)
-    if seen is None:
-        problems.append("the mail host's Received header names no client address")
-    elif not any(_ip(seen) in net for net in networks if _ip(seen).version == net.version):
-        problems.append(f"postscreen saw {seen}, outside the relay CIDRs (not whitelisted: SPF/postscreen "
-                        f"apply)")
-    else:
-        shown.append(f"via {seen} (whitelisted)")
-    return shown, problems
-
-
-def _ip(text: str):
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 # --- the drill ------------------------------------------------------------------

@@ -34,8 +34,8 @@ from backupmx.core.settings import (
     load_settings,
 )
 from backupmx.core.validate import command, hostname
-from backupmx.lifecycle.drill import KNOWN as FAILOVER_KEYS
-from backupmx.lifecycle.drill import load_failover
+from backupmx.lifecycle.drill_settings import KNOWN as FAILOVER_KEYS
+from backupmx.lifecycle.drill_settings import load_failover
 from backupmx.mailhost.model import MAILHOST_KEYS, load_mailhost
 from backupmx.monitoring.rules import MONITORING_KEYS, load_monitoring
 from backupmx_sandbox import seed

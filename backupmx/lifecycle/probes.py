@@ -1,0 +1,126 @@
+"""The failover drill's probe messages: built (DKIM-signed, uniquely tagged), read back from the
+Maildir, and judged (which rspamd symbols, which relay address in the Received header).
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+import dkim
+
+# --- probes -------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    index: int
+    relay: str
+    sender: str  # unique envelope sender: how the provider's queue listing names it
+    message_id: str
+    sent_at: float | None = None
+    send_error: str | None = None
+    queued_at: str | None = None  # as the provider reports it
+    seen_queued: float | None = None
+    attempts_at_up: int = 0
+    last_error: str | None = None
+    retried_after_up: str | None = None  # a deferral seen after the primary was back
+    left_queue: float | None = None
+    delivered_at: float | None = None
+    delivered_wall: float | None = None  # the same moment, as wall-clock time for the report
+    copies: int = 0
+    verdicts: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def build_probe(probe: Probe, recipient: str, sender_domain: str, selector: str, key: bytes, run_id: str) -> bytes:
+    """An RFC 5322 message from ``sender_domain``, DKIM-signed with its key (dkimpy)."""
+
+    headers = [
+        f"From: Failover drill <{probe.sender}>",
+        f"To: <{recipient}>",
+        f"Subject: backupmx failover drill {run_id} probe {probe.index}",
+        f"Date: {formatdate(localtime=False)}",
+        f"Message-ID: {probe.message_id}",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+    ]
+    body = (f"Probe {probe.index} of the backupmx failover drill {run_id}, sent to {probe.relay} while the "
+            f"primary was down. Safe to delete.\r\n")
+    message = ("\r\n".join(headers) + "\r\n\r\n" + body).encode()
+    signature = dkim.sign(message, selector.encode(), sender_domain.encode(), key,
+                          include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+    return signature + message
+
+
+MAILDIR_SCRIPT = r'''dir=$1; shift
+for id in "$@"; do
+  for f in $(grep -rliF -e "message-id: $id" "$dir/new" "$dir/cur" 2>/dev/null); do
+    printf '==> %s %s\n' "$id" "$(base64 -w0 "$f")"
+  done
+done
+exit 0'''
+
+
+def parse_maildir_listing(lines: Sequence[str]) -> dict[str, list[email.message.EmailMessage]]:
+    found: dict[str, list] = {}
+    for line in lines:
+        if not line.startswith("==> "):
+            continue
+        _, message_id, data = line.split(" ", 2)
+        message = email.message_from_bytes(base64.b64decode(data), policy=email.policy.default)
+        found.setdefault(message_id, []).append(message)
+    return found
+
+
+SYMBOL = re.compile(r"([A-Z0-9_]+)\(")
+RECEIVED_IP = re.compile(r"\[([0-9a-fA-F.:]+)\]")
+
+
+def verdicts(message, relay_cidrs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(what the delivered headers show, the problems among them)."""
+    shown, problems = [], []
+    spamd = " ".join(str(v) for v in (message.get_all("X-Spamd-Result") or []))
+    symbols = set(SYMBOL.findall(spamd))
+    if not spamd:
+        problems.append("no X-Spamd-Result header (was it scanned by rspamd?)")
+    penalties = sorted(s for s in symbols if s.startswith(("R_SPF_", "DMARC_")))
+    if penalties:
+        problems.append(f"SPF/DMARC penalty: {', '.join(penalties)}")
+    else:
+        shown.append("no SPF/DMARC symbol")
+    if "R_DKIM_ALLOW" in symbols:
+        shown.append("DKIM R_DKIM_ALLOW")
+    else:
+        dkim = sorted(s for s in symbols if "DKIM" in s) or ["no DKIM symbol"]
+        problems.append(f"DKIM does not verify: {', '.join(dkim)}")
+    # The mail host's own Received header (the first one) names the client address
+    # postscreen and rspamd saw: the one the relay announced in its PROXY header.
+    received = message.get_all("Received") or []
+    networks = [ipaddress.ip_network(c, strict=False) for c in relay_cidrs]
+    first = str(received[0]) if received else ""
+    addresses = RECEIVED_IP.findall(first)
+    seen = next((a for a in addresses if _ip(a) is not None), None)
+    if seen is None:
+        problems.append("the mail host's Received header names no client address")
+    elif not any(_ip(seen) in net for net in networks if _ip(seen).version == net.version):
+        problems.append(f"postscreen saw {seen}, outside the relay CIDRs (not whitelisted: SPF/postscreen "
+                        f"apply)")
+    else:
+        shown.append(f"via {seen} (whitelisted)")
+    return shown, problems
+
+
+def _ip(text: str):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
