@@ -43,7 +43,7 @@ _settings = {
 }
 
 # The providers this sandbox can run with; `--data provider=<name>` picks one
-# (backupmx.core.settings.select_provider, docs/configuration.md). Without it the
+# (backupmx.core.provider_choice.select_provider, docs/configuration.md). Without it the
 # `provider` profile above is used: the Roller Network fake, as always.
 _providers = {
     "rollernet": {key: _settings[key] for key in ("backup_mx", "relay_cidrs", "provider", "gate_ledger")},

@@ -23,7 +23,9 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
 from backupmx.core.errors import BackupMXError
-from backupmx.core.settings import RELAY_GROUP, Settings, check_inventory_keys, load_settings
+from backupmx.core.keys import check_inventory_keys
+from backupmx.core.provider_choice import RELAY_GROUP
+from backupmx.core.settings import Settings, load_settings
 
 T = TypeVar("T")
 # pyinfra prepares hosts in parallel greenlets; a greenlet switches out during the

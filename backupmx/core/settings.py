@@ -12,22 +12,35 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from backupmx.core.errors import ConfigError
+from backupmx.core.keys import (
+    BACKUP_MX_KEYS,
+    CLOUDFLARE_KEYS,
+    DOMAIN_KEYS,
+    MTA_STS_KEYS,
+    PRIMARY_MX_KEYS,
+    VAULT_KEYS,
+    check_top_level_keys,
+)
 from backupmx.core.profile import SELFHOSTED, GateLedger, ProviderProfile, gate_ledger, provider_profile
-from backupmx.core.relayhost import load_relayhost
+from backupmx.core.provider_choice import (
+    load_relay_hosts,
+    relay_addresses,
+    relay_backup_mx,
+    relay_group_names,
+    select_provider,
+)
 from backupmx.core.validate import (
     IPNetwork,
     bounded_seconds,
     endpoint,
     hostname,
-    keys_of,
     known_keys,
     local_path,
     lookup,
     mapping,
-    near_miss,
     nonempty_list,
     priority,
     relay_cidrs,
@@ -42,23 +55,6 @@ MAILHOST_FLAVOURS = ("native", "docker-mailserver")
 
 _SECRET_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
 
-# The keys of the inventory data this tool reads (docs/configuration.md). At the top
-# level of pyinfra's host data they sit beside pyinfra's own (ssh_*, _sudo ...) and
-# other tools' keys, so there only a near miss of one of ours is refused; below
-# their own top-level key every unknown key is.
-SETTINGS_KEYS = ("domains", "backup_mx", "relay_cidrs", "vault", "cloudflare", "dns_servers", "provider",
-                 "gate_ledger", "mta_sts", "dns_wait_seconds", "state_dir", "audit_log")
-# Per host: its mail host, relay host, monitoring host and failover drill data.
-HOST_KEYS = ("mailhost", "relayhost", "monitoring", "failover")
-# Run flags, usually given with --data: maintenance, run lock, rollback, drift.
-RUN_KEYS = ("hold", "lock_wait", "revert_mailhost", "disable_domain", "drift_verbose")
-TOP_LEVEL_KEYS = SETTINGS_KEYS + ("providers",) + HOST_KEYS + RUN_KEYS
-DOMAIN_KEYS = ("name", "zone", "primary_mx")
-PRIMARY_MX_KEYS = ("host", "priority")
-BACKUP_MX_KEYS = ("provider", "hosts", "priority", "smtp_port", "smtp_endpoints", "tls_ca_bundle")
-VAULT_KEYS = ("addr", "secret_path", "token_env", "token_file", "ca_cert")
-CLOUDFLARE_KEYS = ("api_base", "record_quota", "read_timeout")
-MTA_STS_KEYS = ("connect_to", "ca_bundle")
 
 
 @dataclass(frozen=True)
@@ -174,9 +170,9 @@ def load_settings(data: Mapping[str, Any], relays: Mapping[str, Any] | None = No
     selfhosted = isinstance(backup_data, Mapping) and backup_data.get("provider") == SELFHOSTED
     relay_hosts: tuple[str, ...] = ()
     if selfhosted:
-        relay_hosts = tuple(_relay_group(relays))
-        loaded = _relay_hosts(relays)
-        backup_data = _relay_backup_mx(backup_data, loaded)
+        relay_hosts = tuple(relay_group_names(relays))
+        loaded = load_relay_hosts(relays)
+        backup_data = relay_backup_mx(backup_data, loaded)
     backup = _backup_mx(backup_data)
     _check_backups_against_primaries(domains, backup)
     profile = provider_profile(lookup(data, "provider"), backup.provider)
@@ -185,7 +181,7 @@ def load_settings(data: Mapping[str, Any], relays: Mapping[str, Any] | None = No
         # Not listed: the relay hosts' own addresses are the CIDRs (one place to
         # edit). Listed: kept, and gate G4 compares them with the relay hosts'.
         networks = (relay_cidrs(cidrs) if cidrs is not None else
-                    relay_cidrs(_relay_addresses(loaded), "relayhost.public_addresses"))
+                    relay_cidrs(relay_addresses(loaded), "relayhost.public_addresses"))
     else:
         networks = relay_cidrs(required(data, "relay_cidrs"))
     return Settings(
@@ -203,122 +199,6 @@ def load_settings(data: Mapping[str, Any], relays: Mapping[str, Any] | None = No
         state_dir=local_path(lookup(data, "state_dir"), "state_dir") or default_state_dir(),
         audit_log=local_path(lookup(data, "audit_log"), "audit_log"),
     )
-
-
-def check_top_level_keys(data: Mapping[str, Any], host_name: str | None = None) -> None:
-    """Refuse a top-level key that is a near miss of one of ours (``backup-mx``, ``relay_cidr``, ``domain``).
-
-    Any other unknown top-level key is pyinfra's or another tool's and is left alone.
-    """
-    for key in sorted(keys_of(data), key=str):
-        meant = near_miss(key, TOP_LEVEL_KEYS) if isinstance(key, str) and key not in TOP_LEVEL_KEYS else None
-        if meant:
-            where = f" (host {host_name})" if host_name else ""
-            raise ConfigError(key, f"is not a known key{where}", f"did you mean {meant}? backupmx's top-level keys: "
-                              f"{', '.join(TOP_LEVEL_KEYS)} (other keys are left to pyinfra and other tools)")
-
-
-def check_inventory_keys(hosts: Iterable[Any]) -> None:
-    """``check_top_level_keys`` on every host of the inventory (pyinfra hosts: ``.name``, ``.data``).
-
-    Stage 0 loads the settings from one host's data; a per-host key (``mailhost``,
-    ``monitoring`` ...) mistyped on another host would otherwise go unseen.
-    """
-    for target in hosts:
-        check_top_level_keys(target.data, target.name)
-
-
-# ----------------------------------------------------------- provider choice
-
-RELAY_GROUP = "relay"
-# The keys one entry of `providers` may set: what differs between providers.
-PROVIDER_KEYS = ("backup_mx", "relay_cidrs", "provider", "gate_ledger")
-
-
-def select_provider(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The data with the chosen entry of ``providers`` laid over it.
-
-    ``provider`` is normally the provider profile (a mapping). A name instead
-    (``provider = "selfhosted"`` in the inventory, or ``--data provider=selfhosted``,
-    which pyinfra lays over every host's data) picks ``providers[<name>]``, whose
-    keys (backup_mx, relay_cidrs, provider, gate_ledger) replace the top-level ones.
-    """
-    chosen = lookup(data, "provider")
-    providers = _providers(lookup(data, "providers"))
-    if not isinstance(chosen, str):
-        return data
-    if providers is None:
-        raise ConfigError("provider", f"{chosen!r} names a provider but the inventory has no `providers` map",
-                          "define providers.<name> (docs/configuration.md), or give the profile itself")
-    if chosen not in providers:
-        names = ", ".join(sorted(providers)) or "none"
-        raise ConfigError("provider", f"{chosen!r} is not in `providers` (defined: {names})",
-                          "pass one of those, or add it (docs/configuration.md)")
-    entry = providers[chosen]
-    profile = entry.get("provider", {"name": chosen})
-    if isinstance(profile, str):
-        raise ConfigError(f"providers.{chosen}.provider", "must be a profile (a mapping), not a name")
-    profile = mapping(profile, f"providers.{chosen}.provider")
-    merged = {key: lookup(data, key) for key in SETTINGS_KEYS}
-    merged.update(entry)
-    merged["provider"] = profile
-    if "relay_cidrs" not in entry and profile.get("name", chosen) == SELFHOSTED:
-        # The other provider's CIDRs must not leak into a selfhosted run: there
-        # they are derived from the relay hosts unless this entry lists them.
-        merged["relay_cidrs"] = None
-    return {key: value for key, value in merged.items() if value is not None}
-
-
-def _providers(value: Any) -> Mapping[str, Any] | None:
-    """``providers``, each entry kept to its own keys whether chosen or not: a typo must not wait for the switch."""
-    if value is None:
-        return None
-    value = mapping(value, "providers")
-    for name, entry in value.items():
-        known_keys(mapping(entry, f"providers.{name}"), f"providers.{name}", PROVIDER_KEYS)
-    return value
-
-
-def _relay_group(relays: Mapping[str, Any] | None) -> list[str]:
-    if not relays:
-        raise ConfigError(RELAY_GROUP, "provider selfhosted needs the inventory group `relay` (the relay hosts "
-                          "this tool configures) and it is missing or empty",
-                          "add relay = [(host, {'relayhost': {...}})] (docs/provider-selfhosted.md)")
-    return sorted(relays)
-
-
-def _relay_hosts(relays: Mapping[str, Any]) -> dict[str, Any]:
-    """Each relay host's validated ``relayhost`` data (``backupmx.core.relayhost.RelayHost``)."""
-    loaded = {}
-    for name in sorted(relays):
-        if relays[name] is None:
-            raise ConfigError(f"relay[{name!r}].relayhost", "missing",
-                              "give each relay host its `relayhost` data (docs/selfhosted-relay.md)")
-        loaded[name] = load_relayhost(relays[name])
-    return loaded
-
-
-def _relay_addresses(relays: Mapping[str, Any]) -> list[str]:
-    """The relay hosts' public addresses (``relayhost.public_addresses``), as host networks."""
-    networks: list[str] = []
-    for relay in relays.values():
-        for network in relay.relay_cidrs:
-            if str(network) not in networks:
-                networks.append(str(network))
-    return networks
-
-
-def _relay_backup_mx(value: Any, relays: Mapping[str, Any]) -> Any:
-    """backup_mx for selfhosted: its hosts are the relay hosts' names (derived when not listed)."""
-    value = dict(mapping(value, "backup_mx"))
-    names = [relay.hostname for relay in relays.values()]
-    hosts = value.get("hosts")
-    if hosts is None:
-        value["hosts"] = names
-    elif not isinstance(hosts, (list, tuple)) or sorted(hosts) != sorted(names):
-        raise ConfigError("backup_mx.hosts", f"{value['hosts']!r} are not the relay hosts' names {names!r}",
-                          "list exactly the relayhost.hostname of each `relay` host, or leave hosts out")
-    return value
 
 
 def default_state_dir() -> str:

@@ -22,7 +22,7 @@ from pyinfra.api.connectors import get_all_connectors
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.relayhost import RELAYHOST_KEYS, load_relayhost
-from backupmx.core.settings import (
+from backupmx.core.keys import (
     BACKUP_MX_KEYS,
     DOMAIN_KEYS,
     MTA_STS_KEYS,
@@ -31,8 +31,8 @@ from backupmx.core.settings import (
     VAULT_KEYS,
     check_inventory_keys,
     check_top_level_keys,
-    load_settings,
 )
+from backupmx.core.settings import load_settings
 from backupmx.core.validate import command, hostname
 from backupmx.lifecycle.drill_settings import KNOWN as FAILOVER_KEYS
 from backupmx.lifecycle.drill_settings import load_failover
