@@ -13,15 +13,8 @@ from pyinfra.api import DeployError
 from backupmx.core.report import FAIL
 from backupmx.lifecycle.deploy import current_run
 from operations.dns import backup_mx_records
-from operations.mailhost import (
-    assess_mailhost,
-    is_mailhost,
-    mailhost_settings,
-    postscreen_whitelist,
-    report_mailhost,
-    rspamd_exemption,
-    verify_live,
-)
+from operations.mailhost import is_mailhost, mailhost_settings, postscreen_whitelist, rspamd_exemption, verify_live
+from operations.mailhost_proof import assess_mailhost, report_mailhost
 from operations.monitoring import is_monitoring_host, monitoring_stage, prepare_monitoring
 from operations.relayhost import assess_relayhost, relay_config, relay_settings, verify_relay
 from operations.stages import boundary

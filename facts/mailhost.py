@@ -22,7 +22,6 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 
 from backupmx.core import errors
 from backupmx.mailhost.model import ACCESS_LIST, CACHE_MAP, DMS_POLICIES, RSPAMD_BLOCK, MailHost
-from backupmx.mailhost.proof import PREGREET_PROBE, parse_rspamc_action, parse_rspamc_symbols
 from backupmx.mailhost.render import parse_postscreen_access
 from backupmx.postfix.blocks import find_block
 from backupmx.postfix.maincf import parse_postconf_main
@@ -30,18 +29,18 @@ from backupmx.postfix.mastercf import parse_postconf_services
 from backupmx.postfix.shell import capture_script, file_content, one_line, parse_captures, read_file_argv
 
 
-def _target(container: str | None, docker: str, argv: list[str], stdin: bool = False) -> list[str]:
+def in_target(container: str | None, docker: str, argv: list[str], stdin: bool = False) -> list[str]:
     if not container:
         return list(argv)
     return [docker, "exec", *(["-i"] if stdin else []), container, *argv]
 
 
-def _script(commands, stdin=None, labels=None) -> StringCommand:
+def capture_command(commands, stdin=None, labels=None) -> StringCommand:
     return StringCommand("sh", "-c", QuoteString(capture_script(commands, stdin=stdin, labels=labels)))
 
 
-def _has(container: str | None, docker: str, program: str) -> list[str]:
-    return _target(container, docker, ["sh", "-c", 'command -v "$1"', "sh", program])
+def has_program(container: str | None, docker: str, program: str) -> list[str]:
+    return in_target(container, docker, ["sh", "-c", 'command -v "$1"', "sh", program])
 
 
 def facts_args(mailhost: MailHost) -> dict[str, Any]:
@@ -61,11 +60,11 @@ class MailhostFiles(FactBase):
     """
 
     def command(self, paths, container=None, docker="docker"):
-        return _script(*self.captures(paths, container, docker))
+        return capture_command(*self.captures(paths, container, docker))
 
     @staticmethod
     def captures(paths, container=None, docker="docker"):
-        commands = [(f"f{index}", _target(container, docker, read_file_argv(path)))
+        commands = [(f"f{index}", in_target(container, docker, read_file_argv(path)))
                     for index, path in enumerate(paths)]
         return commands, None, {f"f{index}": path for index, path in enumerate(paths)}
 
@@ -94,7 +93,7 @@ class InterruptedTransactions(FactBase):
     """
 
     def command(self, paths):
-        return _script(*self.captures(paths))
+        return capture_command(*self.captures(paths))
 
     @staticmethod
     def captures(paths):
@@ -122,11 +121,11 @@ class PostscreenAccessFile(FactBase):
     """
 
     def command(self, path, container=None, docker="docker"):
-        return _script(*self.captures(path, container, docker))
+        return capture_command(*self.captures(path, container, docker))
 
     @staticmethod
     def captures(path, container=None, docker="docker"):
-        return [("cidr", _target(container, docker, read_file_argv(path)))], None, {"cidr": path}
+        return [("cidr", in_target(container, docker, read_file_argv(path)))], None, {"cidr": path}
 
     def process(self, output):
         captured = parse_captures(output).get("cidr")
@@ -154,13 +153,13 @@ class PostscreenListeners(FactBase):
     """
 
     def command(self, config_dir, container=None, docker="docker"):
-        return _script(*self.captures(config_dir, container, docker))
+        return capture_command(*self.captures(config_dir, container, docker))
 
     @staticmethod
     def captures(config_dir, container=None, docker="docker"):
-        postconf = _target(container, docker, ["postconf", "-c", config_dir])
+        postconf = in_target(container, docker, ["postconf", "-c", config_dir])
         return [
-            ("has", _has(container, docker, "postconf")),
+            ("has", has_program(container, docker, "postconf")),
             ("master", postconf + ["-M"]),
             ("overrides", postconf + ["-P"]),
             ("main", postconf + [ACCESS_LIST, CACHE_MAP, "message_size_limit"]),
@@ -206,16 +205,16 @@ class RspamdExemption(FactBase):
     """
 
     def command(self, settings_path, rspamadm_args=(), live_path=None, dump=True, container=None, docker="docker"):
-        return _script(*self.captures(settings_path, rspamadm_args, live_path, dump, container, docker))
+        return capture_command(*self.captures(settings_path, rspamadm_args, live_path, dump, container, docker))
 
     @staticmethod
     def captures(settings_path, rspamadm_args=(), live_path=None, dump=True, container=None, docker="docker"):
         commands = [("file", read_file_argv(settings_path))]
         if live_path:
-            commands.append(("live", _target(container, docker, read_file_argv(live_path))))
-        commands.append(("has", _has(container, docker, "rspamadm")))
+            commands.append(("live", in_target(container, docker, read_file_argv(live_path))))
+        commands.append(("has", has_program(container, docker, "rspamadm")))
         if dump:
-            commands.append(("dump", _target(container, docker, ["rspamadm", *rspamadm_args, "configdump", "-j", "settings"])))
+            commands.append(("dump", in_target(container, docker, ["rspamadm", *rspamadm_args, "configdump", "-j", "settings"])))
         return commands, None, None
 
     def process(self, output):
@@ -249,151 +248,6 @@ class RspamdExemption(FactBase):
         return result
 
 
-class RelayWhitelistProbes(FactBase):
-    """
-    The liveness of the CIDR table as Postfix reads it: ``postmap -q <address>
-    cidr:<file>`` per address. ``{"postmap": bool, "error", "answers": {address:
-    {"answer": "permit" or None, "error": stderr or None}}}``. An address in a
-    relay network must answer ``permit``; one outside every relay network must get
-    no answer and no error (postmap exits 1 both for "no match" and for a missing
-    file, so its stderr decides).
-
-    .. code:: python
-
-        host.get_fact(RelayWhitelistProbes, config_dir="/etc/postfix",
-                      cidr_path="/etc/postfix/postscreen_access.cidr",
-                      addresses=("192.0.2.1", "203.0.113.1"))
-    """
-
-    def command(self, config_dir, cidr_path, addresses, container=None, docker="docker"):
-        return _script(*self.captures(config_dir, cidr_path, addresses, container, docker))
-
-    @staticmethod
-    def captures(config_dir, cidr_path, addresses, container=None, docker="docker"):
-        commands = [("has", _has(container, docker, "postmap"))]
-        labels = {}
-        for index, address in enumerate(addresses):
-            commands.append((f"q{index}", _target(container, docker, ["postmap", "-c", config_dir, "-q", address,
-                                                                      f"cidr:{cidr_path}"])))
-            labels[f"q{index}"] = address
-        return commands, None, labels
-
-    @staticmethod
-    def default():
-        return {"postmap": False, "error": "no output", "answers": {}}
-
-    def process(self, output):
-        captured = parse_captures(output)
-        has = captured.get("has")
-        if has is None or has.rc != 0:
-            return {"postmap": False, "error": "postmap not found", "answers": {}}
-        answers = {}
-        for name, item in captured.items():
-            if not name.startswith("q"):
-                continue
-            answers[item.label] = {"answer": item.out.strip() or None,
-                                   "error": one_line(item.err) or (None if item.rc in (0, 1) else f"exit {item.rc}")}
-        return {"postmap": True, "error": None, "answers": answers}
-
-
-class RspamdSymbols(FactBase):
-    """
-    What the running rspamd concludes about a probe message claimed to come from
-    each of ``ips`` (``rspamc -i IP -F FROM symbols`` through the controller): a
-    scan, not a config read, so it shows the rules rspamd has loaded now.
-    ``{"rspamc": bool, "results": {ip: {"symbols": [...] or None, "action", "error"}}}``.
-
-    .. code:: python
-
-        host.get_fact(RspamdSymbols, controller="127.0.0.1:11334", ips=("192.0.2.1",),
-                      mail_from="postmaster@example.org", message="From: ...")
-    """
-
-    def command(self, controller, ips, mail_from, message, container=None, docker="docker"):
-        return _script(*self.captures(controller, ips, mail_from, message, container, docker))
-
-    @staticmethod
-    def captures(controller, ips, mail_from, message, container=None, docker="docker"):
-        commands = [("has", _has(container, docker, "rspamc"))]
-        stdin, labels = {}, {}
-        for index, ip in enumerate(ips):
-            name = f"s{index}"
-            commands.append((name, _target(container, docker, ["rspamc", "-h", controller, "-t", "20", "-j", "-i", ip,
-                                                               "-F", mail_from, "--helo", "backupmx-probe.invalid",
-                                                               "symbols"], stdin=True)))
-            stdin[name], labels[name] = message, ip
-        return commands, stdin, labels
-
-    @staticmethod
-    def default():
-        return {"rspamc": False, "results": {}}
-
-    def process(self, output):
-        captured = parse_captures(output)
-        has = captured.get("has")
-        if has is None or has.rc != 0:
-            return {"rspamc": False, "results": {}}
-        results = {}
-        for name, item in captured.items():
-            if not name.startswith("s"):
-                continue
-            symbols = parse_rspamc_symbols(item.out) if item.rc == 0 else None
-            results[item.label] = {"symbols": symbols,
-                                   "action": parse_rspamc_action(item.out) if symbols is not None else None,
-                                   "error": None if symbols is not None else item.problem()}
-        return {"rspamc": True, "results": results}
-
-
-class PostscreenPregreet(FactBase):
-    """
-    An SMTP session through the PROXY-v2 listener claiming each of ``sources``,
-    talking before the greeting, up to RCPT (no mail is sent): a whitelisted
-    source gets RCPT 250 at once, any other fails postscreen's pregreet test.
-    Runs ``python3`` on the mail host. ``{"python": bool, "results": {source:
-    {"code", "text", "error"}}}``.
-
-    .. code:: python
-
-        host.get_fact(PostscreenPregreet, listener="127.0.0.1:2525", sources=("192.0.2.1",),
-                      rcpt="postmaster@example.org")
-    """
-
-    def command(self, listener, sources, rcpt, container=None, docker="docker"):
-        return _script(*self.captures(listener, sources, rcpt, container, docker))
-
-    @staticmethod
-    def captures(listener, sources, rcpt, container=None, docker="docker"):
-        address, _, port = listener.rpartition(":")
-        commands = [("has", _has(container, docker, "python3"))]
-        labels = {}
-        for index, source in enumerate(sources):
-            name = f"p{index}"
-            commands.append((name, _target(container, docker, ["python3", "-c", PREGREET_PROBE, address, port,
-                                                               source, rcpt])))
-            labels[name] = source
-        return commands, None, labels
-
-    @staticmethod
-    def default():
-        return {"python": False, "results": {}}
-
-    def process(self, output):
-        captured = parse_captures(output)
-        has = captured.get("has")
-        if has is None or has.rc != 0:
-            return {"python": False, "results": {}}
-        results = {}
-        for name, item in captured.items():
-            if not name.startswith("p"):
-                continue
-            code, _, text = item.out.strip().partition(" ")
-            if item.rc == 0 and code.isdigit():
-                results[item.label] = {"code": int(code), "text": text, "error": None}
-            else:
-                results[item.label] = {"code": None, "text": "", "error": item.problem()}
-        return {"python": True, "results": results}
-
-
 class DockerMailserverPolicies(FactBase):
     """
     docker-mailserver's SMTP-time SPF and DMARC policies: the container's
@@ -407,7 +261,7 @@ class DockerMailserverPolicies(FactBase):
     """
 
     def command(self, container, docker="docker"):
-        return _script(*self.captures(container, docker))
+        return capture_command(*self.captures(container, docker))
 
     @staticmethod
     def captures(container, docker="docker"):
@@ -436,58 +290,7 @@ class DockerMailserverPolicies(FactBase):
                 "restrictions": lines[0] if lines else "", "milters": lines[1] if len(lines) > 1 else ""}
 
 
-class MailhostProof(FactBase):
-    """
-    Everything stage 4's proof reads, in one SSH round trip instead of six: the
-    reads of ``PostscreenAccessFile``, ``RelayWhitelistProbes``,
-    ``PostscreenListeners``, ``RspamdExemption``, ``RspamdSymbols`` and (with
-    ``listener``) ``PostscreenPregreet``, run concurrently on the host (they are
-    independent, and most of the time is spent waiting on rspamd and postscreen).
-    Returns ``{"table", "probes", "listeners", "exemption", "scan", "pregreet"}``,
-    each what that fact returns (``pregreet`` is not read without ``listener``).
-
-    .. code:: python
-
-        host.get_fact(MailhostProof, cidr_host_path=..., config_dir="/etc/postfix", cidr_path=...,
-                      addresses=(...), settings_path=..., rspamadm_args=(), live_path=None, dump=True,
-                      controller="127.0.0.1:11334", ips=(...), mail_from="postmaster@example.org",
-                      message="From: ...", listener="127.0.0.1:2525", sources=(...), rcpt="postmaster@example.org")
-    """
-
-    PARTS = {
-        "table": PostscreenAccessFile,
-        "probes": RelayWhitelistProbes,
-        "listeners": PostscreenListeners,
-        "exemption": RspamdExemption,
-        "scan": RspamdSymbols,
-        "pregreet": PostscreenPregreet,
-    }
-
-    def command(self, cidr_host_path, config_dir, cidr_path, addresses, settings_path, rspamadm_args, live_path,
-                dump, controller, ips, mail_from, message, listener=None, sources=(), rcpt="", container=None,
-                docker="docker"):
-        target = {"container": container, "docker": docker}
-        parts = {
-            # A path on the host (docker-mailserver: its mounted config directory), not in the container.
-            "table": PostscreenAccessFile.captures(cidr_host_path),
-            "probes": RelayWhitelistProbes.captures(config_dir, cidr_path, addresses, **target),
-            "listeners": PostscreenListeners.captures(config_dir, **target),
-            "exemption": RspamdExemption.captures(settings_path, rspamadm_args, live_path, dump, **target),
-            "scan": RspamdSymbols.captures(controller, ips, mail_from, message, **target),
-        }
-        if listener:
-            parts["pregreet"] = PostscreenPregreet.captures(listener, sources, rcpt, **target)
-        return _combined(parts)
-
-    @staticmethod
-    def default():
-        return MailhostProof().process([])
-
-    def process(self, output):
-        return _split(output, self.PARTS)
-
-
-def _combined(parts: dict[str, tuple]) -> StringCommand:
+def combined_script(parts: dict[str, tuple]) -> StringCommand:
     """One concurrent capture script of several facts' captures, each name prefixed ``<part>__``."""
     commands, stdin, labels = [], {}, {}
     for part, (part_commands, part_stdin, part_labels) in parts.items():
@@ -498,7 +301,7 @@ def _combined(parts: dict[str, tuple]) -> StringCommand:
                                                                     parallel=True)))
 
 
-def _split(output, parts: dict[str, type]) -> dict[str, Any]:
+def split_parts(output, parts: dict[str, type]) -> dict[str, Any]:
     """Each part's lines handed to its own fact's ``process`` (``default`` without output)."""
     lines: dict[str, list[str]] = {part: [] for part in parts}
     for line in output:
@@ -534,7 +337,7 @@ class MailhostReads(FactBase):
     """
 
     def command(self, reads):
-        return _combined({f"r{index}{fact}": _COMBINABLE[fact].captures(**dict(arguments))
+        return combined_script({f"r{index}{fact}": _COMBINABLE[fact].captures(**dict(arguments))
                           for index, (fact, arguments) in enumerate(reads)})
 
     @staticmethod
@@ -547,5 +350,5 @@ class MailhostReads(FactBase):
             match = re.match(r"^r(\d+)([A-Za-z]+)__", line.strip())
             if match and match.group(2) in _COMBINABLE:
                 parts[f"r{match.group(1)}{match.group(2)}"] = _COMBINABLE[match.group(2)]
-        found = _split(output, parts)
+        found = split_parts(output, parts)
         return [found[part] for part in sorted(found, key=lambda part: int(re.match(r"r(\d+)", part).group(1)))]

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import json
 
-from pyinfra.api import FactBase, QuoteString, StringCommand
+from pyinfra.api import FactBase
 
 from backupmx.postfix.maincf import parse_postconf_main
 from backupmx.postfix.mastercf import parse_postconf_services
-from backupmx.postfix.shell import capture_script, one_line, parse_captures
+from backupmx.postfix.shell import one_line, parse_captures
 from backupmx.providers.relayhost import OUTSIDE_DOMAIN, SMTP_PROOF, parse_postqueue_json
-from facts.mailhost import MailhostFiles
-
-
-def _script(commands) -> StringCommand:
-    return StringCommand("sh", "-c", QuoteString(capture_script(commands)))
+from facts.mailhost import MailhostFiles, capture_command
 
 
 class RelayFiles(MailhostFiles):
@@ -47,7 +43,7 @@ class RelayPostconf(FactBase):
 
     def command(self, config_dir, names=()):
         postconf = ["postconf", "-c", config_dir]
-        return _script([
+        return capture_command([
             ("has", ["sh", "-c", "command -v postconf"]),
             ("main", postconf + list(names)),
             ("master", postconf + ["-M"]),
@@ -90,7 +86,7 @@ class RelayQueue(FactBase):
     """
 
     def command(self, config_dir):
-        return _script([("queue", ["postqueue", "-c", config_dir, "-j"])])
+        return capture_command([("queue", ["postqueue", "-c", config_dir, "-j"])])
 
     @staticmethod
     def default():
@@ -119,7 +115,7 @@ class RelaySmtpProof(FactBase):
 
     def command(self, listener, domains):
         host, _, port = listener.rpartition(":")
-        return _script([
+        return capture_command([
             ("has", ["sh", "-c", "command -v python3"]),
             ("smtp", ["python3", "-c", SMTP_PROOF, host.strip("[]"), port, OUTSIDE_DOMAIN, *domains]),
         ])

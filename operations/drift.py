@@ -33,11 +33,8 @@ from backupmx.monitoring import rules as mon
 from backupmx.postfix.blocks import find_block
 from backupmx.providers.registry import open_provider
 from facts.mailhost import MailhostFiles, PostscreenAccessFile, facts_args
-from operations.mailhost import (
-    mailhost_settings,
-    plan_postscreen_whitelist,
-    plan_rspamd_exemption,
-)
+from operations.mailhost import mailhost_settings
+from operations.mailhost_plans import plan_postscreen_whitelist, plan_rspamd_exemption
 from operations.monitoring import monitoring_settings
 
 

@@ -34,7 +34,8 @@ from backupmx.core.report import CHANGE, FAIL
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.drill import Drill, SignalGuard
 from backupmx.lifecycle.drill_settings import load_failover
-from operations.mailhost import mailhost_settings, prove_live
+from operations.mailhost import mailhost_settings
+from operations.mailhost_proof import prove_live
 
 
 def current_drill(target) -> Drill:

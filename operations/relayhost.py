@@ -37,7 +37,9 @@ from backupmx.providers.relayhost import (
     wanted_files,
 )
 from facts.relayhost import RelayFiles, RelayPostconf, RelayQueue, RelaySmtpProof
-from operations.mailhost import Plan, apply_plan, prove_settled, run_proof
+from operations.mailhost import apply_plan
+from operations.mailhost_plans import Plan
+from operations.mailhost_proof import prove_settled, run_proof
 
 # How long verify_relay waits for a reload to take effect (postscreen restarts).
 SETTLE_SECONDS = 30.0

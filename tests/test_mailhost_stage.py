@@ -28,7 +28,7 @@ import dkim
 import pytest
 import requests
 
-import operations.mailhost
+import operations.mailhost_plans
 from backupmx.mailhost import render as mailhost_render
 from backupmx.mailhost.listener import wanted_listener_options
 from backupmx.mailhost.model import load_mailhost
@@ -369,7 +369,7 @@ def test_postfix_check_warning_is_rolled_back(world, pristine, monkeypatch, capl
     from operations.mailhost import postscreen_whitelist
 
     wanted = wanted_listener_options
-    monkeypatch.setattr(operations.mailhost, "wanted_listener_options",
+    monkeypatch.setattr(operations.mailhost_plans, "wanted_listener_options",
                         lambda *args: {**wanted(*args), "postscren_greet_action": "enforce"})
 
     ok, log = run_operation(world, postscreen_whitelist, caplog)
@@ -390,7 +390,7 @@ def test_postmap_probe_failure_is_rolled_back(world, pristine, monkeypatch, capl
     from operations.mailhost import postscreen_whitelist
 
     render = render_postscreen_access
-    monkeypatch.setattr(operations.mailhost, "render_postscreen_access", lambda cidrs: render(list(cidrs)[:1]))
+    monkeypatch.setattr(operations.mailhost_plans, "render_postscreen_access", lambda cidrs: render(list(cidrs)[:1]))
 
     ok, log = run_operation(world, postscreen_whitelist, caplog)
 

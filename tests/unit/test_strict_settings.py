@@ -21,7 +21,6 @@ from pyinfra.api.arguments import all_global_arguments
 from pyinfra.api.connectors import get_all_connectors
 
 from backupmx.core.errors import ConfigError
-from backupmx.core.relayhost import RELAYHOST_KEYS, load_relayhost
 from backupmx.core.keys import (
     BACKUP_MX_KEYS,
     DOMAIN_KEYS,
@@ -32,6 +31,7 @@ from backupmx.core.keys import (
     check_inventory_keys,
     check_top_level_keys,
 )
+from backupmx.core.relayhost import RELAYHOST_KEYS, load_relayhost
 from backupmx.core.settings import load_settings
 from backupmx.core.validate import command, hostname
 from backupmx.lifecycle.drill_settings import KNOWN as FAILOVER_KEYS
