@@ -29,7 +29,7 @@ from backupmx.dns import check as dnscheck
 from backupmx.dns import mtasts
 from backupmx.lifecycle import drift as dr
 from backupmx.mailhost.model import RSPAMD_BLOCK
-from backupmx.monitoring import rules as mon
+from backupmx.monitoring.rules import render_all
 from backupmx.postfix.blocks import find_block
 from backupmx.providers.registry import open_provider
 from facts.mailhost import MailhostFiles, PostscreenAccessFile, facts_args
@@ -182,7 +182,7 @@ def mailhost_findings(settings: Settings) -> list[dr.Finding]:
 
 def monitoring_findings(settings: Settings) -> list[dr.Finding]:
     monitoring = monitoring_settings(host, settings)
-    files = {monitoring.path(name): text for name, text in mon.render_all(settings, monitoring).items()}
+    files = {monitoring.path(name): text for name, text in render_all(settings, monitoring).items()}
     current = host.get_fact(MailhostFiles, paths=tuple(files))
     unreadable = [f"{path}: {entry['error']}" for path, entry in current.items() if entry["error"]]
     if unreadable or len(current) != len(files):

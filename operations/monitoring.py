@@ -35,7 +35,9 @@ from backupmx.core.context import executing, executing_after_preparing
 from backupmx.core.errors import BackupMXError
 from backupmx.core.settings import Settings
 from backupmx.monitoring import docs
-from backupmx.monitoring import rules as mon
+from backupmx.monitoring.checks import check_blackbox_shape
+from backupmx.monitoring.rules import render_all
+from backupmx.monitoring.settings import BLACKBOX_FILE, RULES_FILE, SCRAPE_FILE, Monitoring, load_monitoring
 from backupmx.postfix.shell import one_line
 from backupmx.postfix.transaction import FileChange, Transaction, unified_diff
 from facts.mailhost import MailhostFiles
@@ -49,10 +51,10 @@ def is_monitoring_host(target) -> bool:
     return "monitoring" in (target.groups or []) or target.data.get("monitoring") is not None
 
 
-def monitoring_settings(target, settings: Settings) -> mon.Monitoring:
+def monitoring_settings(target, settings: Settings) -> Monitoring:
     """Stage 0 for one monitoring host: its ``monitoring`` data validated, or one ``DeployError`` line."""
     try:
-        return mon.load_monitoring(target.data.get("monitoring"), settings)
+        return load_monitoring(target.data.get("monitoring"), settings)
     except BackupMXError as error:
         raise DeployError(f"{target.name}: {error}") from None
 
@@ -71,7 +73,7 @@ def _fail(state, host, message):  # pyinfra calls it with (state, host, ...)
     return False
 
 
-def plan_monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]) -> tuple[list[FileChange], str | None]:
+def plan_monitoring_files(monitoring: Monitoring, files: dict[str, str]) -> tuple[list[FileChange], str | None]:
     """The file changes on the current host, or a problem that stops the operation."""
     paths = {monitoring.path(name): text for name, text in files.items()}
     current = host.get_fact(MailhostFiles, paths=tuple(paths))
@@ -86,7 +88,7 @@ def plan_monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]) -> 
 
 
 @operation()
-def monitoring_files(monitoring: mon.Monitoring, files: dict[str, str]):
+def monitoring_files(monitoring: Monitoring, files: dict[str, str]):
     """
     Put the rendered monitoring files into ``monitoring.dir`` on the host, validated.
 
@@ -182,7 +184,7 @@ def local_file(path: str, text: str):
 class PreparedMonitoring:
     """Stage 6 of one monitoring host, rendered and validated on the control machine, nothing pushed yet."""
 
-    monitoring: mon.Monitoring
+    monitoring: Monitoring
     files: dict[str, str]
     checked_here: str
     pages: list[tuple[str, str, str]]  # (title, path, text) of the rendered docs
@@ -199,7 +201,7 @@ def prepare_monitoring(settings: Settings) -> PreparedMonitoring | None:
         return None
     monitoring = monitoring_settings(host, settings)
     try:
-        files = mon.render_all(settings, monitoring)
+        files = render_all(settings, monitoring)
     except BackupMXError as error:
         raise DeployError(f"{host.name}: {error}") from None
     # Validate on the control machine too: the monitoring host may not have the
@@ -270,15 +272,15 @@ def validate_locally(files: dict[str, str], promtool_bin: str = "promtool",
     with tempfile.TemporaryDirectory(prefix="backupmx-monitoring-") as scratch:
         for name, text in files.items():
             Path(scratch, name).write_text(text, encoding="utf-8")
-        problems += [f"{mon.BLACKBOX_FILE}: {problem}" for problem in mon.check_blackbox_shape(files[mon.BLACKBOX_FILE])]
+        problems += [f"{BLACKBOX_FILE}: {problem}" for problem in check_blackbox_shape(files[BLACKBOX_FILE])]
         checks = []
         blackbox_bin = next((program for program in BLACKBOX_PROGRAMS if shutil.which(program)), None)
         if blackbox_bin:
             checks.append((f"{blackbox_bin} --config.check",
-                           [blackbox_bin, f"--config.file={Path(scratch, mon.BLACKBOX_FILE)}", "--config.check"]))
+                           [blackbox_bin, f"--config.file={Path(scratch, BLACKBOX_FILE)}", "--config.check"]))
         if shutil.which(promtool_bin):
-            checks.append(("promtool check rules", [promtool_bin, "check", "rules", str(Path(scratch, mon.RULES_FILE))]))
-            checks.append(("promtool check config", [promtool_bin, "check", "config", str(Path(scratch, mon.SCRAPE_FILE))]))
+            checks.append(("promtool check rules", [promtool_bin, "check", "rules", str(Path(scratch, RULES_FILE))]))
+            checks.append(("promtool check config", [promtool_bin, "check", "config", str(Path(scratch, SCRAPE_FILE))]))
         for what, argv in checks:
             try:
                 result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout, cwd=scratch)

@@ -25,19 +25,35 @@ import requests
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.settings import load_settings
 from backupmx.dns import check as dnscheck
-from backupmx.monitoring import rules as mon
 from providerkit import output, pyinfra
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # facts/ and operations/ live next to deploys/
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from backupmx.monitoring import rules as monitoring_rules
+from backupmx.monitoring.checks import check_blackbox_shape, loads
+from backupmx.monitoring.rules import (
+    MX_JOB,
+    SMTP_JOB,
+    SMTP_MODULE,
+    module_name,
+    render_all,
+    render_blackbox,
+    render_rules,
+    render_scrape,
+    rr_regexp,
+    smtp_targets,
+    wanted_mx,
+    yaml_string,
+)
+from backupmx.monitoring.settings import BLACKBOX_FILE, FILES, RULES_FILE, load_monitoring
 from operations.monitoring import validate_locally
 
 BLACKBOX = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
 PROMTOOL = shutil.which("promtool")
 RULE_TESTS = PROJECT_ROOT / "tests" / "monitoring" / "backupmx-alerts.test.yml"
-SHIPPED_RULES = PROJECT_ROOT / "tests" / "monitoring" / mon.RULES_FILE
+SHIPPED_RULES = PROJECT_ROOT / "tests" / "monitoring" / RULES_FILE
 
 needs_blackbox = pytest.mark.skipif(BLACKBOX is None, reason="prometheus-blackbox-exporter is not installed")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) is not installed")
@@ -65,8 +81,8 @@ def sandbox_settings(world):
 
 def test_one_dns_module_per_wanted_record_each_with_its_own_record():
     settings = seed_settings()
-    monitoring = mon.load_monitoring(SEED_MONITORING, settings)
-    config = mon.loads(mon.render_blackbox(settings, monitoring))
+    monitoring = load_monitoring(SEED_MONITORING, settings)
+    config = loads(render_blackbox(settings, monitoring))
     dns = {name: module for name, module in config["modules"].items() if module["prober"] == "dns"}
     assert sorted(dns) == sorted([
         "backupmx_mx_viktorbarzin_me__mail_viktorbarzin_me",
@@ -91,30 +107,30 @@ def test_one_dns_module_per_wanted_record_each_with_its_own_record():
             assert re.search(allowed, rr.format(p, h))
         assert not re.search(allowed, rr.format(30, "mx.other.example"))
         assert not re.search(allowed, rr.format(10, "mail.rollernet.us"))
-    smtp = config["modules"][mon.SMTP_MODULE]
+    smtp = config["modules"][SMTP_MODULE]
     assert smtp["prober"] == "tcp" and smtp["tcp"]["query_response"][0]["expect"] == "^220[ -]"
 
 
 def test_scrape_jobs_probe_every_record_on_every_dns_server_and_each_backup_host():
     settings = seed_settings()
-    monitoring = mon.load_monitoring({**SEED_MONITORING, "dns_targets": ["1.1.1.1:53", "8.8.8.8:53"],
+    monitoring = load_monitoring({**SEED_MONITORING, "dns_targets": ["1.1.1.1:53", "8.8.8.8:53"],
                                       "blackbox_address": "blackbox.monitoring.svc:9115"}, settings)
-    scrape = mon.loads(mon.render_scrape(settings, monitoring))
+    scrape = loads(render_scrape(settings, monitoring))
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
-    mx = jobs[mon.MX_JOB]
+    mx = jobs[MX_JOB]
     targets = [(entry["targets"][0], entry["labels"]["module"], entry["labels"]["mx_host"])
                for entry in mx["static_configs"]]
     assert len(targets) == 6 and {t[0] for t in targets} == {"1.1.1.1:53", "8.8.8.8:53"}
     assert {"replacement": "blackbox.monitoring.svc:9115", "target_label": "__address__"} in mx["relabel_configs"]
-    smtp = jobs[mon.SMTP_JOB]
-    assert smtp["params"] == {"module": [mon.SMTP_MODULE]}
+    smtp = jobs[SMTP_JOB]
+    assert smtp["params"] == {"module": [SMTP_MODULE]}
     assert [entry["targets"] for entry in smtp["static_configs"]] == [["mail.rollernet.us:25"], ["mail2.rollernet.us:25"]]
-    assert scrape["rule_files"] == [mon.RULES_FILE]
+    assert scrape["rule_files"] == [RULES_FILE]
 
 
 def test_sandbox_smtp_probe_targets_are_the_relays_loopback_endpoints(world):
     settings = sandbox_settings(world)
-    assert mon.smtp_targets(settings) == [(relay["host"], relay["smtp"]) for relay in world["relays"]]
+    assert smtp_targets(settings) == [(relay["host"], relay["smtp"]) for relay in world["relays"]]
 
 
 @pytest.mark.parametrize("data, field", [
@@ -129,15 +145,15 @@ def test_sandbox_smtp_probe_targets_are_the_relays_loopback_endpoints(world):
 ])
 def test_bad_monitoring_data_names_the_field(data, field):
     with pytest.raises(ConfigError) as caught:
-        mon.load_monitoring(data, seed_settings())
+        load_monitoring(data, seed_settings())
     assert caught.value.field == field
 
 
 def test_dns_targets_default_to_the_inventory_dns_servers_or_must_be_given():
     with pytest.raises(ConfigError, match="monitoring.dns_targets"):
-        mon.load_monitoring({"dir": "/srv/m"}, seed_settings())
+        load_monitoring({"dir": "/srv/m"}, seed_settings())
     settings = load_settings({**SEED_DATA, "dns_servers": ["192.0.2.53:53"]})
-    assert mon.load_monitoring({"dir": "/srv/m"}, settings).dns_targets == ("192.0.2.53:53",)
+    assert load_monitoring({"dir": "/srv/m"}, settings).dns_targets == ("192.0.2.53:53",)
 
 
 # ------------------------------------------------------------ validation and shape
@@ -147,7 +163,7 @@ def test_dns_targets_default_to_the_inventory_dns_servers_or_must_be_given():
 @needs_promtool
 def test_rendered_files_pass_blackbox_config_check_and_promtool(world):
     settings = sandbox_settings(world)
-    files = mon.render_all(settings, mon.load_monitoring({"dir": "/srv/m"}, settings))
+    files = render_all(settings, load_monitoring({"dir": "/srv/m"}, settings))
     passed, problems = validate_locally(files)
     assert problems == []
     assert len(passed) == 3
@@ -160,7 +176,7 @@ def test_config_check_lets_an_unknown_prober_by_and_the_shape_check_does_not(tmp
     path.write_text(text)
     check = subprocess.run([BLACKBOX, f"--config.file={path}", "--config.check"], capture_output=True, text=True, check=False)
     assert check.returncode == 0  # blackbox_exporter 0.23 accepts it
-    assert any("prober 'dsn' is not one of" in problem for problem in mon.check_blackbox_shape(text))
+    assert any("prober 'dsn' is not one of" in problem for problem in check_blackbox_shape(text))
 
 
 @pytest.mark.parametrize("edit, problem", [
@@ -176,17 +192,17 @@ def test_shape_check_refuses_what_would_not_guard(edit, problem):
     import yaml
 
     settings = seed_settings()
-    config = mon.loads(mon.render_blackbox(settings, mon.load_monitoring(SEED_MONITORING, settings)))
-    name = mon.module_name(mon.wanted_mx(settings.domains[0], settings)[1])
+    config = loads(render_blackbox(settings, load_monitoring(SEED_MONITORING, settings)))
+    name = module_name(wanted_mx(settings.domains[0], settings)[1])
     edit(config["modules"][name])
-    problems = mon.check_blackbox_shape(yaml.safe_dump(config))
+    problems = check_blackbox_shape(yaml.safe_dump(config))
     assert any(problem in found for found in problems), problems
 
 
 def test_shape_check_wants_every_expected_module():
     text = "modules:\n  a:\n    prober: icmp\n"
-    assert mon.check_blackbox_shape(text, expected_modules=["a", "b"]) == ["module b is missing"]
-    assert mon.check_blackbox_shape("modules: []\n") == ["no `modules:` mapping"]
+    assert check_blackbox_shape(text, expected_modules=["a", "b"]) == ["module b is missing"]
+    assert check_blackbox_shape("modules: []\n") == ["no `modules:` mapping"]
 
 
 # ----------------------------------------------------------------------- promtool
@@ -198,7 +214,7 @@ def test_shipped_rule_file_is_rendered_from_the_seed_values():
     Re-render it with: BACKUPMX_REGENERATE=1 .venv/bin/pytest tests/test_monitoring.py -k shipped
     """
     settings = seed_settings()
-    rendered = mon.render_rules(settings, mon.load_monitoring(SEED_MONITORING, settings))
+    rendered = render_rules(settings, load_monitoring(SEED_MONITORING, settings))
     if os.environ.get("BACKUPMX_REGENERATE"):
         SHIPPED_RULES.write_text(rendered)
     assert SHIPPED_RULES.read_text() == rendered
@@ -216,7 +232,7 @@ def test_promtool_rule_tests_catch_a_broken_rule(tmp_path):
     """The unit tests are not vacuous: a rule that fires too early, or counts wrong, fails them."""
     for old, new in (("for: 15m", "for: 5m"), ("!= 3)", "!= 2)"), ("== 0)", "== 2)")):
         shutil.copy(RULE_TESTS, tmp_path)
-        (tmp_path / mon.RULES_FILE).write_text(SHIPPED_RULES.read_text().replace(old, new))
+        (tmp_path / RULES_FILE).write_text(SHIPPED_RULES.read_text().replace(old, new))
         result = subprocess.run([PROMTOOL, "test", "rules", str(tmp_path / RULE_TESTS.name)],
                                 capture_output=True, text=True, check=False, timeout=60)
         assert result.returncode != 0, f"{old} -> {new} went unnoticed"
@@ -226,7 +242,7 @@ def test_promtool_rule_tests_catch_a_broken_rule(tmp_path):
 def test_sandbox_rules_are_the_seed_rules(world):
     """The sandbox's zone is the seed's: the rules the promtool tests cover are the sandbox's."""
     settings = sandbox_settings(world)
-    assert mon.render_rules(settings, mon.load_monitoring({"dir": "/srv/m"}, settings)) == SHIPPED_RULES.read_text()
+    assert render_rules(settings, load_monitoring({"dir": "/srv/m"}, settings)) == SHIPPED_RULES.read_text()
 
 
 # ------------------------------------------------------- a real blackbox_exporter
@@ -258,9 +274,9 @@ def blackbox(world, tmp_path_factory):
     if BLACKBOX is None:
         pytest.skip("prometheus-blackbox-exporter is not installed")
     settings = sandbox_settings(world)
-    text = mon.render_blackbox(settings, mon.load_monitoring({"dir": "/srv/m"}, settings))
-    regexps = "".join(f"          - {mon.yaml_string(mon.rr_regexp(record))}\n"
-                      for record in mon.wanted_mx(settings.domains[0], settings))
+    text = render_blackbox(settings, load_monitoring({"dir": "/srv/m"}, settings))
+    regexps = "".join(f"          - {yaml_string(rr_regexp(record))}\n"
+                      for record in wanted_mx(settings.domains[0], settings))
     text += NAIVE_MODULE.format(domain=world["zone"], regexps=regexps)
     config = tmp_path_factory.mktemp("blackbox") / "blackbox.yml"
     config.write_text(text)
@@ -344,7 +360,7 @@ def probe_all(base, world, modules) -> dict[str, dict[str, float]]:
 
 def mx_modules(world):
     settings = sandbox_settings(world)
-    return {record.host: mon.module_name(record) for record in mon.wanted_mx(settings.domains[0], settings)}
+    return {record.host: module_name(record) for record in wanted_mx(settings.domains[0], settings)}
 
 
 def test_probe_passes_with_the_full_mx_set_and_fails_without_a_backup(blackbox, world, cf):
@@ -410,9 +426,9 @@ def test_probe_latency(blackbox, world, cf):
 
 def test_smtp_probe_of_the_backup_hosts(blackbox, world):
     for relay in world["relays"]:
-        metrics, _ = probe(blackbox, mon.SMTP_MODULE, relay["smtp"])
+        metrics, _ = probe(blackbox, SMTP_MODULE, relay["smtp"])
         assert metrics["probe_success"] == 1, relay["host"]
-    metrics, _ = probe(blackbox, mon.SMTP_MODULE, f"127.0.0.1:{_free_port()}")
+    metrics, _ = probe(blackbox, SMTP_MODULE, f"127.0.0.1:{_free_port()}")
     assert metrics["probe_success"] == 0
 
 
@@ -443,7 +459,7 @@ def data(directory: Path, **extra) -> list[str]:
 def test_dry_run_shows_the_files_and_changes_nothing(world, mon_dir):
     result = deploy(*data(mon_dir), dry=True)
     assert result.returncode == 0, output(result)
-    assert f"+++ {mon_dir}/files/{mon.BLACKBOX_FILE}" in output(result)
+    assert f"+++ {mon_dir}/files/{BLACKBOX_FILE}" in output(result)
     assert "+  backupmx_mx_viktorbarzin_me__mail2_rollernet_us:" in output(result)
     assert "validated with prometheus-blackbox-exporter --config.check, promtool check rules" in output(result)
     assert not mon_dir.exists()
@@ -455,7 +471,7 @@ def test_push_validates_and_a_second_run_changes_nothing(world, mon_dir):
     first = time.monotonic() - started
     assert result.returncode == 0, output(result)
     settings = sandbox_settings(world)
-    rendered = mon.render_all(settings, mon.load_monitoring({"dir": str(mon_dir / "files")}, settings))
+    rendered = render_all(settings, load_monitoring({"dir": str(mon_dir / "files")}, settings))
     for name, text in rendered.items():
         assert (mon_dir / "files" / name).read_text() == text
     assert "# Runbook: backup MX for viktorbarzin.me" in (mon_dir / "docs" / "runbook.md").read_text()
@@ -482,12 +498,12 @@ def test_push_with_fifty_domains_goes_beyond_one_ssh_argument(world, mon_dir):
     result = deploy(*data(mon_dir), "--data", f"domains={json.dumps(domains)}")
     assert result.returncode == 0, output(result)
     files = mon_dir / "files"
-    blackbox = (files / mon.BLACKBOX_FILE).read_text()
-    assert len(blackbox) + len((files / mon.RULES_FILE).read_text()) > 128 * 1024
+    blackbox = (files / BLACKBOX_FILE).read_text()
+    assert len(blackbox) + len((files / RULES_FILE).read_text()) > 128 * 1024
     assert "backupmx_mx_bench_z50_test__mail2_rollernet_us:" in blackbox
     assert not list(files.glob("*.backupmx-*"))
     # The uploads (named as operations.transaction names them) are gone from the host's /tmp.
-    for name in mon.FILES:
+    for name in FILES:
         content = (files / name).read_bytes()
         key = f"backupmx-staged {files / name} {hashlib.sha256(content).hexdigest()}"
         assert not Path(f"/tmp/pyinfra-{hashlib.sha1(key.encode()).hexdigest()}").exists()
@@ -498,10 +514,10 @@ def test_push_with_fifty_domains_goes_beyond_one_ssh_argument(world, mon_dir):
 def test_a_failed_validation_on_the_host_restores_the_old_files(world, mon_dir):
     files = mon_dir / "files"
     files.mkdir(parents=True)
-    old = {name: f"# an operator's old {name}\n" for name in mon.FILES}
+    old = {name: f"# an operator's old {name}\n" for name in FILES}
     for name, text in old.items():
         (files / name).write_text(text)
-    before = {name: (files / name).stat().st_mtime_ns for name in mon.FILES}
+    before = {name: (files / name).stat().st_mtime_ns for name in FILES}
     # A validator that fails, standing in for a blackbox_exporter that rejects the file.
     result = deploy(*data(mon_dir, blackbox_bin="/bin/false"))
     assert result.returncode != 0
@@ -534,6 +550,6 @@ def test_docs_cli_check_tells_whether_the_pages_are_current(tmp_path):
 
 def test_rendered_error_for_a_broken_template_names_the_file(monkeypatch):
     settings = seed_settings()
-    monkeypatch.setattr(mon, "render_template", lambda *a, **k: "modules:\n  x:\n    prober: nope\n")
-    with pytest.raises(BackupMXError, match=f"rendered {mon.BLACKBOX_FILE} is not a valid blackbox"):
-        mon.render_blackbox(settings, mon.load_monitoring(SEED_MONITORING, settings))
+    monkeypatch.setattr(monitoring_rules, "render_template", lambda *a, **k: "modules:\n  x:\n    prober: nope\n")
+    with pytest.raises(BackupMXError, match=f"rendered {BLACKBOX_FILE} is not a valid blackbox"):
+        render_blackbox(settings, load_monitoring(SEED_MONITORING, settings))

@@ -27,7 +27,9 @@ from backupmx.core.settings import Settings, load_settings
 from backupmx.dns import mtasts
 from backupmx.mailhost.model import MailHost, load_mailhost
 from backupmx.mailhost.proof import probe_addresses
-from backupmx.monitoring import rules as mon
+from backupmx.monitoring import rules
+from backupmx.monitoring.rules import render_template, wanted_mx
+from backupmx.monitoring.settings import Monitoring, load_monitoring
 
 QUOTED = "'\"()|*$;&<>"  # characters a remote shell would take for its own
 RUNBOOK_TEMPLATE = "runbook.md.j2"
@@ -73,7 +75,7 @@ class MailhostView:
 @dataclass(frozen=True)
 class MonitoringView:
     name: str
-    monitoring: mon.Monitoring
+    monitoring: Monitoring
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def load_inventory(path: str) -> InventoryView:
         if "mailhosts" in member_of or data.get("mailhost") is not None:
             mailhosts.append(mailhost_view(name, data, settings))
         if "monitoring" in member_of or data.get("monitoring") is not None:
-            monitors.append(MonitoringView(name, mon.load_monitoring(data.get("monitoring"), settings)))
+            monitors.append(MonitoringView(name, load_monitoring(data.get("monitoring"), settings)))
     return InventoryView(inventory_name(path), settings, tuple(mailhosts), tuple(monitors))
 
 
@@ -138,7 +140,7 @@ def _context(view: InventoryView) -> dict[str, Any]:
         enforce = mtasts.policy_for(domain, settings.backup_mx, mode="enforce")
         domains.append({
             "domain": domain,
-            "records": mon.wanted_mx(domain, settings),
+            "records": wanted_mx(domain, settings),
             "mx_hosts": hosts,
             "policy_testing": testing,
             "policy_enforce": enforce,
@@ -163,17 +165,17 @@ def _context(view: InventoryView) -> dict[str, Any]:
         "ledger_cidrs": ledger.relay_cidrs,
         "dns_servers": list(settings.dns_servers),
         "seed": SEED,
-        "m": mon,
+        "m": rules,
         "crlf": lambda text: text.replace("\r\n", "\n"),
     }
 
 
 def render_runbook(view: InventoryView) -> str:
-    return mon.render_template(RUNBOOK_TEMPLATE, **_context(view))
+    return render_template(RUNBOOK_TEMPLATE, **_context(view))
 
 
 def render_architecture(view: InventoryView) -> str:
-    return mon.render_template(ARCHITECTURE_TEMPLATE, **_context(view))
+    return render_template(ARCHITECTURE_TEMPLATE, **_context(view))
 
 
 def _output(given: str | None, view: InventoryView, key: str) -> Path | None:

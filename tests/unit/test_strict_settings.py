@@ -37,7 +37,7 @@ from backupmx.core.validate import command, hostname
 from backupmx.lifecycle.drill_settings import KNOWN as FAILOVER_KEYS
 from backupmx.lifecycle.drill_settings import load_failover
 from backupmx.mailhost.model import MAILHOST_KEYS, load_mailhost
-from backupmx.monitoring.rules import MONITORING_KEYS, load_monitoring
+from backupmx.monitoring.settings import MONITORING_KEYS, load_monitoring
 from backupmx_sandbox import seed
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
