@@ -40,11 +40,8 @@ from backupmx_sandbox import seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
 from mailhostkit import leftovers, pristine_state, reload_rspamd, restore, run_api_operation, snapshot
 from mailpath import endpoint, fresh_address_in, fresh_ipv4, wait_for_delivery
-from providerkit import output, pyinfra
+from providerkit import PROJECT_ROOT, output, pyinfra
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF: ip4:203.0.113.10 -all; DMARC p=reject
 RECIPIENT = f"xrelay@{seed.DOMAIN}"

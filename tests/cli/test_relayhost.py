@@ -15,7 +15,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,9 +33,6 @@ from mailhostkit import run_api_operation
 from mailpath import endpoint, wait_for_delivery
 from providerkit import output, pyinfra
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
 DOMAIN = seed.DOMAIN
 # No SPF or DMARC record anywhere: the mail host's rspamd has nothing to reject for.
 SENDER = f"sender-{os.getpid()}@relay-test.invalid"

@@ -20,7 +20,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -50,12 +49,6 @@ from mailhostkit import (
 from mailpath import endpoint, fresh_ipv4, fresh_ipv6, wait_for_delivery
 from providerkit import output, pyinfra
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# facts/ and operations/ are top-level packages next to deploys/: pyinfra's CLI finds
-# them from the deploy's directory; an editable install made before they existed
-# does not map them, so the in-process tests below import them from the project.
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
 RECIPIENT = f"stage3-{os.getpid()}@{seed.DOMAIN}"
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"

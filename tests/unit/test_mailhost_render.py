@@ -14,15 +14,11 @@ import ipaddress
 import os
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # facts/ and operations/ live next to deploys/
-    sys.path.insert(0, str(PROJECT_ROOT))
 
 
 from backupmx.core.errors import BackupMXError, ConfigError  # noqa: E402

@@ -26,11 +26,8 @@ from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.settings import load_settings
 from backupmx.dns import check as dnscheck
 from backupmx.monitoring import rules as mon
-from providerkit import output, pyinfra
+from providerkit import PROJECT_ROOT, output, pyinfra
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # facts/ and operations/ live next to deploys/
-    sys.path.insert(0, str(PROJECT_ROOT))
 
 from operations.monitoring import validate_locally
 

@@ -24,9 +24,8 @@ from backupmx.core.errors import ConfigError
 from backupmx.lifecycle.drill import load_failover, parse_maildir_listing, verdicts
 from backupmx.mailhost.model import CIDR_FILE_NAME, load_mailhost
 from backupmx_sandbox.supervisor import Supervisor
-from providerkit import output
+from providerkit import PROJECT_ROOT, output
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 DRILL = [PYINFRA, "-y", "inventory/sandbox.py", "deploys/failover_test.py"]
 RELAY_CIDRS = ["192.0.2.0/24", "198.51.100.0/24", "2001:db8:2::/48"]

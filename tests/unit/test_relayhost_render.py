@@ -23,6 +23,7 @@ from backupmx.providers.relayhost import (
     trusted_by_mynetworks,
     wanted_files,
 )
+from facts.relayhost import RelayQueue, RelaySmtpProof
 
 DATA = {"hostname": "relay1.example.org", "public_addresses": ["192.0.2.7", "2001:db8::7"],
         "primary": "mail.example.org", "primary_port": 2525}
@@ -208,12 +209,6 @@ def _captured(name: str, rc: int, out: str = "", err: str = "") -> list[str]:
 
 
 def test_queue_fact_reads_postqueue_json_and_reports_failure():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from facts.relayhost import RelayQueue
-
     fact = RelayQueue()
     ok = fact.process(_captured("queue", 0, '{"queue_name": "deferred", "queue_id": "4F2A1"}\n'))
     assert ok == {"ok": True, "error": None, "messages": [{"queue_name": "deferred", "queue_id": "4F2A1"}]}
@@ -222,12 +217,6 @@ def test_queue_fact_reads_postqueue_json_and_reports_failure():
 
 
 def test_smtp_proof_fact_without_python():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from facts.relayhost import RelaySmtpProof
-
     fact = RelaySmtpProof()
     assert fact.process(_captured("has", 1)) == {"python": False, "error": "python3 not found on the relay host",
                                                  "results": []}

@@ -20,9 +20,8 @@ import pytest
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.settings import load_settings
 from backupmx.providers.selfhosted import RelayTarget, SelfHostedProvider, parse_queue_line
-from providerkit import output, pyinfra
+from providerkit import PROJECT_ROOT, output, pyinfra
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 DOMAIN = "example.org"
 
