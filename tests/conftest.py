@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import trustme
 
 from backupmx_sandbox.world import Sandbox, load_world
 
@@ -93,6 +94,20 @@ def pytest_runtest_makereport(item, call):
             report.longrepr = "a seeded secret value was in this test's captured output (shown as <SEEDED SECRET>)"
 
 
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A test CA of its own (not the sandbox's), for TLS servers on loopback (httpkit)."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_bundle(ca, tmp_path_factory) -> str:
+    """``ca``'s certificate as a PEM file, to trust it."""
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
 @pytest.fixture
 def sdk(world):
     """The official Cloudflare SDK pointed at the fake (no retries: a test sees every answer)."""
@@ -110,6 +125,16 @@ def cf(fresh, sdk):
 @pytest.fixture
 def zone_id(world) -> str:
     return world["cloudflare_zone_id"]
+
+
+@pytest.fixture
+def acc(world):
+    """The fake Roller Network ACC at its seed before and after the test."""
+    from providerkit import admin
+
+    admin(world, "reset", {})
+    yield world
+    admin(world, "reset", {})
 
 
 @pytest.fixture

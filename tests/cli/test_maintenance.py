@@ -16,13 +16,6 @@ from providerkit import acc_writes, admin, dead_port, output, provider_data, pyi
 DOMAIN = "viktorbarzin.me"
 
 
-@pytest.fixture
-def acc(world):
-    admin(world, "reset", {})
-    yield world
-    admin(world, "reset", {})
-
-
 def maintenance(hold: str | None, *args: str, yes: bool = True):
     data = ["--data", f"hold={hold}"] if hold is not None else []
     return pyinfra("deploys/maintenance.py", *data, *args, yes=yes)

@@ -1,9 +1,8 @@
 """Gates G1-G4 (stage 2) against the fake ACC, the sandbox relays' STARTTLS and the gate ledger.
 
 Each gate passes on the seeded sandbox and fails for its own reason; a failing
-hard gate blocks the report, G3 only ever warns. The last tests run the deploy
-through the CLI and check that a failing gate stops it before anything changes.
-The fake ACC is reset before and after every test.
+hard gate blocks the report, G3 only ever warns. The fake ACC is reset before
+and after every test. A failing gate stopping the deploy: tests/cli/test_deploy_gates.py.
 """
 
 from __future__ import annotations
@@ -20,28 +19,15 @@ from aiosmtpd.controller import Controller
 from backupmx.core.report import FAIL, PASS, WARN, Report
 from backupmx.core.settings import load_settings
 from backupmx.gates import checks as gates
-from backupmx.providers.ledger import LedgerProvider
 from providerkit import (
     acc_writes,
     admin,
-    cloudflare_admin,
-    cloudflare_writes,
     dead_port,
-    output,
-    pyinfra,
     sandbox_data,
-    secret_values,
     secrets_for,
 )
 
 DOMAIN = "viktorbarzin.me"
-
-
-@pytest.fixture
-def acc(world):
-    admin(world, "reset", {})
-    yield world
-    admin(world, "reset", {})
 
 
 def run(data: dict | None = None, **changes) -> Report:
@@ -169,24 +155,6 @@ def test_g2_recorded_as_5xx_is_a_hard_stop_listing_the_alternatives(acc):
         assert alternative in g2.evidence
 
 
-def test_production_without_the_g2_entry_stops_at_g2():
-    # The production inventory's ledger as written there: G2 deliberately absent.
-    data = {
-        "domains": [{"name": DOMAIN, "primary_mx": [{"host": "mail.viktorbarzin.me", "priority": 1}]}],
-        "backup_mx": {"provider": "rollernet", "hosts": ["mail.rollernet.us", "mail2.rollernet.us"], "priority": 20},
-        "relay_cidrs": ["162.216.242.0/24", "72.51.58.0/24"],
-        "vault": {"addr": "https://vault.example.net", "secret_path": "secret/viktor"},
-        "provider": {"name": "rollernet", "backend": "api", "user": "viktor", "api": {"facts": {"relay_cidrs": None}}},
-        "gate_ledger": {"relay_cidrs": {"value": ["162.216.242.0/24", "72.51.58.0/24"], "date": "2026-07-04",
-                                        "evidence": "seed design 2026-07-04"}},
-    }
-    settings = load_settings(data)
-    [g2] = gates.g2_overage(settings, LedgerProvider(settings))
-    assert g2.status == FAIL
-    [g4] = gates.g4_relay_cidrs(settings, LedgerProvider(settings))
-    assert g4.status == PASS and "ledger 2026-07-04: seed design" in g4.evidence
-
-
 # --- G3 ----------------------------------------------------------------------------------
 
 
@@ -273,56 +241,3 @@ def test_g4_fails_on_a_cidr_mismatch_and_prints_the_exact_inventory_change(acc):
 def test_g4_also_fails_when_the_inventory_has_more_than_the_provider(acc):
     g4 = only(run(relay_cidrs=["192.0.2.0/24", "198.51.100.0/24", "2001:db8:2::/48", "203.0.113.0/24"]), "G4")
     assert g4.status == FAIL and "remove 203.0.113.0/24" in g4.evidence
-
-
-# --- through the CLI: the report, and the stop before stage 3 ------------------------------
-
-
-@pytest.fixture
-def clean_logs(world, acc):
-    cloudflare_admin(world, "POST", "reset")
-    cloudflare_admin(world, "DELETE", "requests")
-    yield
-    cloudflare_admin(world, "POST", "reset")
-
-
-def deploy(*args: str, dry: bool = False):
-    return pyinfra("deploys/backupmx.py", *args, dry=dry)
-
-
-def require_gates_in_the_deploy(result) -> None:
-    if re.search(r"^\s+G1\s+.*\btodo\b", result.stdout, re.MULTILINE):
-        pytest.skip("deploys/backupmx.py does not call backupmx.gates.checks.run_gates yet (stage 2 still 'todo')")
-
-
-def test_dry_run_prints_every_gate_before_anything_changes(clean_logs, world):
-    result = deploy(dry=True)
-    require_gates_in_the_deploy(result)
-    assert result.returncode == 0, output(result)
-    for key in ("G1", "G2", "G3", "G4"):
-        assert re.search(rf"^\s+{key}\s+.*\bpass\b", result.stdout, re.MULTILINE), result.stdout
-    assert acc_writes(world) == [] and cloudflare_writes(world) == []
-    assert not any(value in output(result) for value in secret_values(world))
-
-
-@pytest.mark.parametrize("acc_state,data,gate,words", [
-    ({"remove": True}, None, "G1", "is not in the rollernet account"),
-    ({"user_table_default": "deny"}, None, "G1", "user table default is deny"),
-    (None, "gate_ledger={}", "G2", "unverified: no gate_ledger.overage entry"),
-    (None, 'gate_ledger={"overage": {"value": "5xx", "date": "2026-07-06", "evidence": "ticket 4711"}}', "G2",
-     "bounced with 5xx"),
-    ({"relay_cidrs": ["192.0.2.0/24"]}, None, "G4", "remove 198.51.100.0/24, 2001:db8:2::/48"),
-], ids=["domain-missing", "default-deny", "no-g2-entry", "g2-5xx", "cidr-mismatch"])
-def test_a_failing_gate_stops_the_deploy_before_any_change(clean_logs, world, acc_state, data, gate, words):
-    if acc_state:
-        admin(world, "state", acc_state)
-    result = deploy(*(["--data", data] if data else []))
-    require_gates_in_the_deploy(result)
-    text = output(result)
-    assert result.returncode != 0, text
-    assert re.search(rf"^\s+{gate}\s+.*\bFAIL\b", result.stdout, re.MULTILINE), text
-    assert words in text
-    assert "Traceback" not in text
-    # Stopped before stage 3: no operation ran, nothing was written anywhere.
-    assert "Beginning operation run" not in text
-    assert acc_writes(world) == [] and cloudflare_writes(world) == []

@@ -1,16 +1,11 @@
 """MTA-STS: the RFC 8461 parsers, mx pattern matching and the guard as pure tests; the
-policy fetch against a real HTTPS server on loopback (its own trustme CA); the whole
-observation against the sandbox's DNS."""
+policy fetch against a real HTTPS server on loopback (its own trustme CA, httpkit).
+The whole observation against the sandbox's DNS: tests/integration/test_mtasts_zone.py."""
 
 from __future__ import annotations
 
-import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
-import trustme
 
 from backupmx.core.report import FAIL, PASS, WARN
 from backupmx.dns import mtasts
@@ -24,13 +19,14 @@ from backupmx.dns.mtasts import (
     generate_policy,
     guard,
     mx_matches,
-    observe,
     parse_policy,
     parse_txt,
     policy_id,
     txt_record,
 )
 from backupmx_sandbox import seed
+from httpkit import PolicyServer
+from providerkit import dead_port
 
 BACKUPS = tuple(seed.BACKUP_MX)
 DOMAIN = seed.DOMAIN
@@ -206,56 +202,6 @@ def test_guard_warns_on_an_invalid_txt():
 # ------------------------------------------------------------------ fetching over HTTPS
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_bundle(ca, tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-class PolicyServer:
-    """HTTPS on 127.0.0.1 serving ``/.well-known/mta-sts.txt`` with a certificate for ``names``."""
-
-    def __init__(self, ca: trustme.CA, names: list[str], body: str = "", status: int = 200,
-                 location: str | None = None):
-        self.requests: list[tuple[str, str]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests.append((self.path, self.headers.get("Host")))
-                payload = body.encode() if self.path == mtasts.POLICY_PATH else b"not found"
-                code = status if self.path == mtasts.POLICY_PATH else 404
-                self.send_response(code)
-                self.send_header("Content-Type", "text/plain")
-                if location:
-                    self.send_header("Location", location)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(*names).configure_cert(context)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-
-    def __enter__(self) -> str:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 ENFORCE_ALL = generate_policy("enforce", ["mail.viktorbarzin.me", "*.rollernet.us"], 604800)
 ENFORCE_PRIMARY_ONLY = generate_policy("enforce", ["mail.viktorbarzin.me"], 604800)
 
@@ -293,71 +239,5 @@ def test_fetch_rejects_an_untrusted_certificate(ca):
 
 
 def test_fetch_of_nothing_listening_is_an_error():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
     with pytest.raises(PolicyFetchError, match="cannot connect"):
-        fetch_policy(DOMAIN, connect_to=address, timeout=2)
-
-
-# ------------------------------------------------------------------ against the sandbox DNS
-
-
-@pytest.fixture
-def zone(world):
-    requests.post(f"{world['cloudflare_admin']}/reset", timeout=5).raise_for_status()
-    return world
-
-
-def publish_policy_host(sdk, world) -> None:
-    sdk.dns.records.create(zone_id=world["cloudflare_zone_id"], type="A", name=f"mta-sts.{DOMAIN}",
-                           content="127.0.0.1", ttl=1)
-
-
-def test_seeded_zone_is_inert_as_the_seed_found(zone):
-    observation = observe(DOMAIN, [zone["dns"]], timeout=2)
-    assert observation.txt_id == "20260412" and observation.policy is None
-    assert observation.policy_problem == f"mta-sts.{DOMAIN} has no address in DNS"
-    decision = guard(observation, BACKUPS)
-    assert decision.status == WARN and decision.reason.startswith(INERT)
-
-
-def test_policy_host_in_dns_but_nothing_serving_is_inert(zone, sdk):
-    publish_policy_host(sdk, zone)
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
-    observation = observe(DOMAIN, [zone["dns"]], connect_to=address, timeout=2)
-    assert "cannot connect" in observation.policy_problem
-    assert guard(observation, BACKUPS).reason.startswith(INERT)
-
-
-@pytest.mark.parametrize("policy, status", [(ENFORCE_PRIMARY_ONLY, FAIL), (ENFORCE_ALL, PASS),
-                                            (generate_policy("testing", ["mail.viktorbarzin.me"]), WARN)])
-def test_served_policy_decides(zone, sdk, ca, ca_bundle, policy, status):
-    publish_policy_host(sdk, zone)
-    with PolicyServer(ca, [f"mta-sts.{DOMAIN}"], policy) as address:
-        observation = observe(DOMAIN, [zone["dns"]], connect_to=address, ca_bundle=ca_bundle, timeout=5)
-    assert observation.policy == parse_policy(policy)
-    assert guard(observation, BACKUPS).status == status
-
-
-def test_served_but_invalid_policy_is_inert(zone, sdk, ca, ca_bundle):
-    publish_policy_host(sdk, zone)
-    with PolicyServer(ca, [f"mta-sts.{DOMAIN}"], "version: STSv1\nmode: enforce\n") as address:
-        observation = observe(DOMAIN, [zone["dns"]], connect_to=address, ca_bundle=ca_bundle, timeout=5)
-    assert "max_age" in observation.policy_problem
-    assert guard(observation, BACKUPS).status == WARN
-
-
-def test_no_txt_passes(zone, sdk):
-    zone_id = zone["cloudflare_zone_id"]
-    for record in sdk.dns.records.list(zone_id=zone_id, type="TXT", name={"exact": f"_mta-sts.{DOMAIN}"}):
-        sdk.dns.records.delete(dns_record_id=record.id, zone_id=zone_id)
-    observation = observe(DOMAIN, [zone["dns"]])
-    assert observation == Observation(DOMAIN)
-    assert guard(observation, BACKUPS).status == PASS
+        fetch_policy(DOMAIN, connect_to=f"127.0.0.1:{dead_port()}", timeout=2)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import requests
 
 from backupmx.core.report import FAIL, PASS, WARN
 from backupmx.core.settings import load_settings
@@ -26,13 +25,9 @@ from backupmx.dns.mtasts import (
     policy_id,
     rotate,
 )
+from seedkit import seed_settings
 
-SEED = load_settings({
-    "domains": [{"name": "viktorbarzin.me", "primary_mx": [{"host": "mail.viktorbarzin.me", "priority": 1}]}],
-    "backup_mx": {"provider": "rollernet", "hosts": ["mail.rollernet.us", "mail2.rollernet.us"], "priority": 20},
-    "relay_cidrs": ["162.216.242.0/24", "72.51.58.0/24"],
-    "vault": {"addr": "https://vault.example", "secret_path": "secret/viktor"},
-})
+SEED = seed_settings()
 DOMAIN = SEED.domains[0]
 BACKUP = SEED.backup_mx
 ALL = ["mail.viktorbarzin.me", "mail.rollernet.us", "mail2.rollernet.us"]
@@ -241,22 +236,3 @@ def test_coverage_of_no_policy_and_of_a_broken_txt():
 def test_the_generated_policy_covers_every_mx_host():
     observation = Observation("viktorbarzin.me", "x1", policy=mtasts.parse_policy(policy_for(DOMAIN, BACKUP)))
     assert check_coverage(observation, mx_hosts(DOMAIN, BACKUP)).status == PASS
-
-
-# ------------------------------------------------------------- against the sandbox
-
-
-@pytest.fixture
-def reset_zone(world):
-    requests.post(f"{world['cloudflare_admin']}/reset", timeout=10).raise_for_status()
-    yield
-    requests.post(f"{world['cloudflare_admin']}/reset", timeout=10).raise_for_status()
-
-
-def test_the_sandbox_zone_shows_the_seeds_finding(world, reset_zone):
-    observation = mtasts.observe(world["zone"], [world["dns"]], timeout=3)
-    coverage = check_coverage(observation, ALL)
-    assert observation.txt_id == "20260412" and observation.policy is None
-    assert coverage.inert and coverage.status == WARN
-    rotation = rotate(observation, policy_for(DOMAIN, BACKUP))
-    assert rotation.changed and rotation.id != "20260412"

@@ -20,7 +20,6 @@ import requests
 from aiosmtpd.controller import Controller
 
 from backupmx_sandbox import provider, seed
-from backupmx_sandbox.smtp_client import proxy_v2_header
 from backupmx_sandbox.supervisor import Supervisor
 
 RECIPIENT = f"someone@{seed.DOMAIN}"
@@ -324,17 +323,6 @@ def test_queue_survives_a_restart(world, sandbox):
 
 
 # -- relays: delivering to the mail host -----------------------------------------
-
-
-def test_proxy_v2_header_layout():
-    header = proxy_v2_header("192.0.2.25", 40000, "127.0.0.1", 2525)
-    assert header[:12] == b"\r\n\r\n\x00\r\nQUIT\n"
-    assert header[12:16] == bytes([0x21, 0x11, 0, 12])
-    assert header[16:20] == bytes([192, 0, 2, 25]) and header[20:24] == bytes([127, 0, 0, 1])
-    assert header[24:] == (40000).to_bytes(2, "big") + (2525).to_bytes(2, "big")
-
-    v6 = proxy_v2_header("2001:db8:2::25", 40000, "127.0.0.1", 2525)
-    assert v6[12:16] == bytes([0x21, 0x21, 0, 36]) and len(v6) == 16 + 36
 
 
 def test_undeliverable_mail_stays_queued_with_the_error(world, closed_port):
