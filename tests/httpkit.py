@@ -1,5 +1,6 @@
 """HTTP(S) servers on loopback for tests that need a peer the fakes do not play: an
-MTA-STS policy host with a certificate of a test CA, a server with one fixed answer.
+MTA-STS policy host (its certificate from a test CA or the sandbox's), a server with
+one fixed answer.
 
 Each is a context manager that serves from a thread and gives its address.
 """
@@ -38,11 +39,24 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
 
-class PolicyServer(LoopbackServer):
-    """HTTPS serving ``/.well-known/mta-sts.txt`` with a certificate of ``ca`` for ``names``."""
+def tls_for(ca: trustme.CA, names: list[str]) -> ssl.SSLContext:
+    """A server's TLS with a certificate of ``ca`` for ``names``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
 
-    def __init__(self, ca: trustme.CA, names: list[str], body: str = "", status: int = 200,
-                 location: str | None = None):
+
+def tls_from_files(cert: str, key: str) -> ssl.SSLContext:
+    """A server's TLS with the certificate and key in these PEM files (e.g. one the sandbox CA issued)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class PolicyServer(LoopbackServer):
+    """HTTPS (``tls``) serving ``body`` at ``/.well-known/mta-sts.txt``, 404 elsewhere."""
+
+    def __init__(self, tls: ssl.SSLContext, body: str = "", status: int = 200, location: str | None = None):
         self.requests: list[tuple[str, str]] = []
         outer = self
 
@@ -59,9 +73,7 @@ class PolicyServer(LoopbackServer):
                 self.end_headers()
                 self.wfile.write(payload)
 
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(*names).configure_cert(context)
-        super().__init__(Handler, tls=context)
+        super().__init__(Handler, tls=tls)
 
 
 class AnswerServer(LoopbackServer):

@@ -1,7 +1,8 @@
-"""The seed design's inventory values as plain data, for tests that need a valid
-``Settings`` and no world: the domain, its primary and the backup hosts are the
-sandbox's (``backupmx_sandbox.seed``, the same names), the relay networks are Roller
-Network's published ones, as in inventory/production.py.
+"""The seed design's values for tests: the inventory as plain data, for tests that
+need a valid ``Settings`` and no world (the domain, its primary and the backup hosts
+are the sandbox's, ``backupmx_sandbox.seed``; the relay networks are Roller Network's
+published ones, as in inventory/production.py), and the MX records of the domain as
+(preference, host), as ``backupmx.dns.check.live_mx`` answers them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import copy
 
 from backupmx.core.settings import Settings, load_settings
 from backupmx_sandbox.seed import BACKUP_MX, BACKUP_PRIORITY, DOMAIN, PRIMARY_MX, PRIMARY_PRIORITY, VAULT_SECRET_PATH
+
+PRIMARY = (PRIMARY_PRIORITY, PRIMARY_MX)
+BACKUPS = frozenset((BACKUP_PRIORITY, host) for host in BACKUP_MX)
 
 SEED_DATA = {
     "domains": [{"name": DOMAIN, "primary_mx": [{"host": PRIMARY_MX, "priority": PRIMARY_PRIORITY}]}],

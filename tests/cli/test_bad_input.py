@@ -21,7 +21,9 @@ import pytest
 from providerkit import (
     acc_requests,
     admin,
+    clear_cloudflare_requests,
     cloudflare_admin,
+    cloudflare_requests,
     output,
     pyinfra,
     sandbox_data,
@@ -124,7 +126,7 @@ CASE_IDS = [case[0] for case in _cases({"domains": [{}], "backup_mx": {}, "vault
 def results(world):
     admin(world, "reset", {})
     cloudflare_admin(world, "POST", "reset")
-    cloudflare_admin(world, "DELETE", "requests")
+    clear_cloudflare_requests(world)
     acc_before = len(acc_requests(world))
     audit = Path(world["root"]) / "state" / "audit.jsonl"
     audit_before = audit.read_text() if audit.exists() else ""
@@ -137,8 +139,7 @@ def results(world):
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         done = dict(zip(CASE_IDS, pool.map(run, cases)))
-    log = cloudflare_admin(world, "GET", "requests")
-    entries = log.get("requests", log) if isinstance(log, dict) else log
+    entries = cloudflare_requests(world)
     contacted = {
         "cloudflare": [entry for entry in entries if "/client/v4/" in entry["path"]],
         "acc": acc_requests(world)[acc_before:],
@@ -179,7 +180,7 @@ def test_input_only_an_api_can_refuse_stops_before_any_write(world, assignment, 
     if assignment == "wrong-vault-mount":
         vault = sandbox_data()["vault"]
         assignment = "vault=" + json.dumps({**vault, "secret_path": "nomount/viktor"})
-    cloudflare_admin(world, "DELETE", "requests")
+    clear_cloudflare_requests(world)
     acc_before = [entry for entry in acc_requests(world) if entry.get("action") in ("domain_set", "hold_set")]
     result = pyinfra(BACKUPMX, "--data", assignment, timeout=120)
     text = output(result)
@@ -187,7 +188,6 @@ def test_input_only_an_api_can_refuse_stops_before_any_write(world, assignment, 
     assert "Traceback" not in text
     errors = [line for line in text.splitlines() if "pyinfra error" in line]
     assert len(errors) == 1 and needle in errors[0], text
-    log = cloudflare_admin(world, "GET", "requests")
-    entries = log.get("requests", log) if isinstance(log, dict) else log
+    entries = cloudflare_requests(world)
     assert [entry for entry in entries if entry["method"] != "GET"] == []
     assert [entry for entry in acc_requests(world) if entry.get("action") in ("domain_set", "hold_set")] == acc_before

@@ -8,24 +8,16 @@ holder; with ``--data lock_wait=N`` it waits and runs only after the first ended
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
-
 from backupmx.core import lock
-from providerkit import PROJECT_ROOT, PYINFRA, output, pyinfra
-
-DOMAIN = "viktorbarzin.me"
+from backupmx_sandbox.seed import DOMAIN
+from providerkit import output, pyinfra, start_pyinfra
 
 
 def lock_file(world) -> Path:
     return lock.lock_path(str(Path(world["root"]) / "state"), DOMAIN)
-
-
-def start(deploy: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([PYINFRA, "-y", "inventory/sandbox.py", deploy, *args], cwd=PROJECT_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
 
 def wait_until_locked_by(world, pid: int, timeout: float = 30.0) -> dict:
@@ -42,7 +34,7 @@ def wait_until_locked_by(world, pid: int, timeout: float = 30.0) -> dict:
 
 
 def test_second_deploy_fails_at_once_naming_the_holder(fresh):
-    first = start("deploys/backupmx.py")
+    first = start_pyinfra("deploys/backupmx.py")
     try:
         holder = wait_until_locked_by(fresh, first.pid)
         began = time.monotonic()
@@ -62,7 +54,7 @@ def test_second_deploy_fails_at_once_naming_the_holder(fresh):
 
 
 def test_rollback_during_a_deploy_is_refused_too(fresh):
-    first = start("deploys/backupmx.py")
+    first = start_pyinfra("deploys/backupmx.py")
     try:
         wait_until_locked_by(fresh, first.pid)
         second = pyinfra("deploys/rollback.py", "--limit", "controller", timeout=60)
@@ -73,10 +65,10 @@ def test_rollback_during_a_deploy_is_refused_too(fresh):
 
 
 def test_lock_wait_makes_the_second_run_wait_for_the_first(fresh):
-    first = start("deploys/backupmx.py")
+    first = start_pyinfra("deploys/backupmx.py")
     try:
         wait_until_locked_by(fresh, first.pid)
-        second = start("deploys/backupmx.py", "--data", "lock_wait=120")
+        second = start_pyinfra("deploys/backupmx.py", "--data", "lock_wait=120")
         out2, err2 = second.communicate(timeout=180)
         second_ended = time.monotonic()
     finally:
@@ -90,7 +82,7 @@ def test_lock_wait_makes_the_second_run_wait_for_the_first(fresh):
 
 
 def test_hold_change_during_a_deploy_is_refused_but_status_reads(fresh):
-    first = start("deploys/backupmx.py")
+    first = start_pyinfra("deploys/backupmx.py")
     try:
         wait_until_locked_by(fresh, first.pid)
         change = pyinfra("deploys/maintenance.py", "--limit", "controller", "--data", "hold=on", timeout=60)
@@ -104,11 +96,10 @@ def test_hold_change_during_a_deploy_is_refused_but_status_reads(fresh):
 
 
 def test_dry_run_needs_no_lock(fresh):
-    first = start("deploys/backupmx.py")
+    first = start_pyinfra("deploys/backupmx.py")
     try:
         wait_until_locked_by(fresh, first.pid)
-        review = subprocess.run([PYINFRA, "inventory/sandbox.py", "deploys/backupmx.py", "--dry"], cwd=PROJECT_ROOT,
-                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+        review = pyinfra("deploys/backupmx.py", dry=True, timeout=120)
     finally:
         first.communicate(timeout=120)
     assert review.returncode == 0, output(review)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from backupmx.dns import check as dnscheck
 from providerkit import output, pyinfra
+from seedkit import BACKUPS, PRIMARY
 
-FULL = {(1, "mail.viktorbarzin.me"), (20, "mail.rollernet.us"), (20, "mail2.rollernet.us")}
+FULL = {PRIMARY} | BACKUPS
 
 
 def drift(*args: str, dry: bool = False, limit: tuple[str, ...] = ("@local", "sandbox-monitoring")):
@@ -44,7 +46,6 @@ def drift_with_mx(cf, world, wanted: set, *args: str, **kwargs) -> subprocess.Co
 
 
 def live(world) -> set:
-    from backupmx.dns import check as dnscheck
 
     return set(dnscheck.live_mx(world["zone"], [world["dns"]]))
 

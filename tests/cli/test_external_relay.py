@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,11 +37,11 @@ from backupmx.mailhost.model import (
 from backupmx.mailhost.render import render_external_relay_block
 from backupmx_sandbox import seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
-from mailhostkit import leftovers, pristine_state, reload_rspamd, restore, run_api_operation, snapshot
+from mailhostkit import leftovers, pristine_state, reload_rspamd, restore, run_api_operation, snapshot, worker_pids
 from mailpath import endpoint, fresh_address_in, fresh_ipv4, wait_for_delivery
-from providerkit import PROJECT_ROOT, output, pyinfra
+from operations.mailhost import rspamd_exemption
+from providerkit import PROJECT_ROOT, admin, cloudflare_admin, output, pyinfra
 
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF: ip4:203.0.113.10 -all; DMARC p=reject
 RECIPIENT = f"xrelay@{seed.DOMAIN}"
 SPOOFER = "203.0.113.77"  # not in the sender's SPF
@@ -148,8 +147,6 @@ def inventories(world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def seeded_after(world):
     """Back to the seeded world at the end: mail host as `backupmx-sandbox up` left it, both fakes reset."""
-    from providerkit import admin, cloudflare_admin
-
     yield
     pristine = pristine_state(world)
     restore(world, pristine)
@@ -337,8 +334,7 @@ def test_external_relay_drift_check_sees_an_edited_lua_block_only(external_relay
     original = lua.read_bytes()
 
     def drift() -> subprocess.CompletedProcess:
-        return subprocess.run([PYINFRA, "-y", inventories[EXTERNAL_RELAY], "deploys/drift.py", "--limit",
-                               "sandbox-mailhost"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        return pyinfra("deploys/drift.py", "--limit", "sandbox-mailhost", inventory=inventories[EXTERNAL_RELAY])
 
     try:
         lua.write_bytes(original + b"-- a site's own line\n")
@@ -372,7 +368,6 @@ def test_exempt_to_external_relay_to_exempt_is_byte_identical(world, inventories
 
 
 def _run_rspamd_operation(world, mailhost: MailHost, caplog, **kwargs) -> tuple[bool, str]:
-    from operations.mailhost import rspamd_exemption
 
     return run_api_operation(world["ssh"], "sandbox-mailhost", rspamd_exemption, caplog, mailhost=mailhost,
                              relay_cidrs=world["relay_cidrs"], **kwargs)
@@ -380,8 +375,6 @@ def _run_rspamd_operation(world, mailhost: MailHost, caplog, **kwargs) -> tuple[
 
 def test_a_failed_switch_restores_all_three_files_and_reloads_nothing(exempt, monkeypatch, caplog):
     """rspamadm configtest fails on the new external_relay.conf: the switch is all or nothing."""
-    from test_mailhost_stage import worker_pids
-
     before, pids = files(exempt), worker_pids(exempt)
     render = render_external_relay_block
     monkeypatch.setattr(mailhost_render, "render_external_relay_block",

@@ -9,38 +9,22 @@ mail host's PROXY-v2 listener accepting connections again.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from backupmx.mailhost.model import CIDR_FILE_NAME
 from backupmx_sandbox.supervisor import Supervisor
-from providerkit import PROJECT_ROOT, output
+from mailhostkit import listener_up, reload_postfix, start_postfix_if_down
+from providerkit import admin, output, pyinfra, start_pyinfra
 
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
-DRILL = [PYINFRA, "-y", "inventory/sandbox.py", "deploys/failover_test.py"]
-
-
-def run(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(command, check=False, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def listener_up(world) -> bool:
-    host, port = world["proxy_listener"].rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=2).close()
-        return True
-    except OSError:
-        return False
+DRILL = "deploys/failover_test.py"
 
 
 def relay(world, **switches) -> None:
-    requests.post(f"{world['acc_admin']}/relay", json=switches, timeout=10).raise_for_status()
+    admin(world, "relay", switches)
 
 
 def default_relay(world) -> None:
@@ -51,7 +35,7 @@ def default_relay(world) -> None:
 @pytest.fixture(scope="module")
 def published(world):
     """The live state G5 starts from: stages 3-5 applied (whitelist live, backup MX in DNS)."""
-    result = run([PYINFRA, "-y", "inventory/sandbox.py", "deploys/backupmx.py"], timeout=300)
+    result = pyinfra("deploys/backupmx.py")
     assert result.returncode == 0, output(result)
     return world
 
@@ -61,10 +45,7 @@ def drill_world(published, sandbox):
     default_relay(published)
     yield published
     default_relay(published)
-    if not listener_up(published):  # never leave the mail host down for the next test
-        from backupmx_sandbox import mailhost
-
-        Supervisor(sandbox).start(mailhost._postfix(mailhost._paths(sandbox), mailhost._ports(sandbox)))
+    start_postfix_if_down(published, sandbox)
 
 
 # --- the drill in the sandbox ---------------------------------------------------------
@@ -72,7 +53,7 @@ def drill_world(published, sandbox):
 
 def test_dry_run_says_what_it_would_do_and_does_nothing(drill_world, sandbox):
     before = Supervisor(sandbox).pid("postfix")
-    result = run([PYINFRA, "inventory/sandbox.py", "deploys/failover_test.py", "--dry"])
+    result = pyinfra(DRILL, dry=True, timeout=120)
     text = output(result)
     assert result.returncode == 0, text
     assert "would stop the primary mail path" in text and "postfix-service stop" in text
@@ -83,7 +64,7 @@ def test_dry_run_says_what_it_would_do_and_does_nothing(drill_world, sandbox):
 
 def test_full_drill_passes_and_leaves_the_mail_host_up(drill_world):
     started = time.monotonic()
-    result = run(DRILL)
+    result = pyinfra(DRILL, timeout=120)
     wall = time.monotonic() - started
     text = output(result)
     assert result.returncode == 0, text
@@ -105,12 +86,12 @@ def test_whitelist_removed_by_hand_refuses_at_step_1_without_stopping(drill_worl
     original = cidr.read_text()
     before = Supervisor(sandbox).pid("postfix")
     cidr.write_text("# emptied by hand\n")
-    subprocess.run(["/usr/sbin/postfix", "-c", config_dir, "reload"], check=True, capture_output=True)
+    reload_postfix(drill_world)
     try:
-        result = run(DRILL)
+        result = pyinfra(DRILL, timeout=120)
     finally:
         cidr.write_text(original)
-        subprocess.run(["/usr/sbin/postfix", "-c", config_dir, "reload"], check=True, capture_output=True)
+        reload_postfix(drill_world)
     text = output(result)
     assert result.returncode != 0, text
     assert "failover 1: refused: whitelist + exemption live" in text
@@ -122,7 +103,7 @@ def test_whitelist_removed_by_hand_refuses_at_step_1_without_stopping(drill_worl
 
 def test_relay_outside_the_whitelist_shows_the_penalty_and_fails(drill_world):
     relay(drill_world, source_override="203.0.113.77")
-    result = run(DRILL)
+    result = pyinfra(DRILL, timeout=120)
     text = output(result)
     assert result.returncode != 0, text
     assert "SPF/DMARC penalty" in text and "R_SPF_FAIL" in text
@@ -134,7 +115,7 @@ def test_relay_outside_the_whitelist_shows_the_penalty_and_fails(drill_world):
 def test_sigint_during_the_down_window_brings_the_primary_back(drill_world):
     # The relays accept but do not try the primary: step 4 waits (the window stays open).
     relay(drill_world, deliver=False)
-    process = subprocess.Popen(DRILL, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = start_pyinfra(DRILL, stderr=subprocess.STDOUT)
     lines = []
     try:
         deadline = time.monotonic() + 60

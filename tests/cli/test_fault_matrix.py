@@ -37,7 +37,6 @@ from pathlib import Path
 
 import hvac
 import pytest
-import requests
 
 from backupmx.dns import check as dnscheck
 from backupmx.dns.cloudflare import CloudflareClient
@@ -45,21 +44,21 @@ from backupmx.dns.plan import MANAGED_MARKER
 from backupmx.mailhost.model import RSPAMD_BLOCK
 from backupmx.postfix.blocks import with_block
 from backupmx_sandbox import cli
+from backupmx_sandbox.seed import DOMAIN
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
 from mailhostkit import leftovers, managed_paths, services_answer, snapshot
 from providerkit import (
     admin,
     cloudflare_admin,
+    cloudflare_faults,
     output,
     pyinfra,
     sandbox_data,
     secret_values,
 )
+from seedkit import BACKUPS, PRIMARY
 
-DOMAIN = "viktorbarzin.me"
-PRIMARY = (1, "mail.viktorbarzin.me")
-BACKUPS = {(20, "mail.rollernet.us"), (20, "mail2.rollernet.us")}
 RECIPIENT = f"faults-{os.getpid()}@{DOMAIN}"
 BACKUPMX, ROLLBACK = "deploys/backupmx.py", "deploys/rollback.py"
 # Fault-run-only --data (filled in from the world when the cell runs; the re-run goes without):
@@ -129,13 +128,9 @@ def acc_enabled(world) -> bool:
 
 def cf_fault(**spec) -> Callable:
     def setup(world, ctx):
-        cloudflare_admin_post(world, "faults", spec)
+        cloudflare_faults(world, **spec)
 
     return setup
-
-
-def cloudflare_admin_post(world, name: str, payload: dict) -> None:
-    requests.post(f"{world['cloudflare_admin']}/{name}", json=payload, timeout=10).raise_for_status()
 
 
 def acc_fault(**spec) -> Callable:

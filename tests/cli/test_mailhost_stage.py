@@ -25,7 +25,6 @@ from pathlib import Path
 
 import dkim
 import pytest
-import requests
 
 import operations.mailhost
 from backupmx.mailhost import render as mailhost_render
@@ -34,8 +33,6 @@ from backupmx.mailhost.model import load_mailhost
 from backupmx.mailhost.render import render_postscreen_access, render_rspamd_block
 from backupmx_sandbox import seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
-from backupmx_sandbox.supervisor import Supervisor
-from backupmx_sandbox.world import Sandbox
 from mailhostkit import (
     leftovers,
     managed_paths,
@@ -45,9 +42,11 @@ from mailhostkit import (
     run_api_operation,
     services_answer,
     snapshot,
+    worker_pids,
 )
 from mailpath import endpoint, fresh_ipv4, fresh_ipv6, wait_for_delivery
-from providerkit import output, pyinfra
+from operations.mailhost import postscreen_whitelist, rspamd_exemption
+from providerkit import admin, output, pyinfra
 
 RECIPIENT = f"stage3-{os.getpid()}@{seed.DOMAIN}"
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
@@ -101,12 +100,6 @@ def signed_message(world, subject: str, body: str = "Signed through the relay.\n
     signature = dkim.sign(message, world["dkim_selector"].encode(), seed.SENDER_DOMAIN.encode(), key,
                           include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
     return signature + message, message_id
-
-
-def worker_pids(world) -> set[int]:
-    main = Supervisor(Sandbox()).pid("rspamd")
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(main)], capture_output=True, text=True).stdout
-    return {int(pid) for pid in children.split()}
 
 
 def one_error_line(text: str) -> list[str]:
@@ -252,11 +245,11 @@ def test_dry_run_on_a_changed_cidr_list_shows_the_diff_and_changes_nothing(world
     pids = worker_pids(world)
     changed = seed.RELAY_CIDRS[:1] + ["203.0.113.0/24"] + seed.RELAY_CIDRS[2:]
     # The provider announced the new list too, so gate G4 lets the review through.
-    requests.post(f"{world['acc_admin']}/state", json={"relay_cidrs": changed}, timeout=10).raise_for_status()
+    admin(world, "state", {"relay_cidrs": changed})
     try:
         result = deploy("--data", f"relay_cidrs={json.dumps(changed)}", dry=True)
     finally:
-        requests.post(f"{world['acc_admin']}/reset", timeout=10).raise_for_status()
+        admin(world, "reset", {})
     text = output(result)
     assert result.returncode == 0, text
     assert "-198.51.100.0/24\tpermit" in text and "+203.0.113.0/24\tpermit" in text
@@ -330,8 +323,6 @@ def assert_services_answer(world) -> None:
 
 
 def test_broken_rspamd_include_is_rolled_back_byte_for_byte(world, pristine, monkeypatch, caplog):
-    from operations.mailhost import rspamd_exemption
-
     # Make the foreign part of settings.conf non-trivial: it must survive untouched.
     settings = managed_paths(world)["settings.conf"]
     foreign = b"# a rule of the site's own\nsite_rule {\n  priority = low;\n  ip = \"198.18.0.0/15\";\n  apply { actions { reject = 50; } }\n}\n"
@@ -359,8 +350,6 @@ def test_broken_rspamd_include_is_rolled_back_byte_for_byte(world, pristine, mon
 
 def test_postfix_check_warning_is_rolled_back(world, pristine, monkeypatch, caplog):
     """A misspelled parameter only makes `postfix check` warn (exit 0): that warning must count."""
-    from operations.mailhost import postscreen_whitelist
-
     wanted = wanted_listener_options
     monkeypatch.setattr(operations.mailhost, "wanted_listener_options",
                         lambda *args: {**wanted(*args), "postscren_greet_action": "enforce"})
@@ -380,8 +369,6 @@ def test_postfix_check_warning_is_rolled_back(world, pristine, monkeypatch, capl
 
 def test_postmap_probe_failure_is_rolled_back(world, pristine, monkeypatch, caplog):
     """A table that leaves out a relay network fails its probe: nothing reloaded."""
-    from operations.mailhost import postscreen_whitelist
-
     render = render_postscreen_access
     monkeypatch.setattr(operations.mailhost, "render_postscreen_access", lambda cidrs: render(list(cidrs)[:1]))
 
@@ -399,8 +386,6 @@ def test_postmap_probe_failure_is_rolled_back(world, pristine, monkeypatch, capl
 
 
 def test_present_false_takes_both_out_byte_for_byte(world, pristine, caplog):
-    from operations.mailhost import postscreen_whitelist, rspamd_exemption
-
     for operation in (rspamd_exemption, postscreen_whitelist):
         assert run_operation(world, operation, caplog)[0]
     assert snapshot(world) != pristine

@@ -11,9 +11,8 @@ from email.message import EmailMessage
 import pytest
 
 from backupmx_sandbox import seed
+from backupmx_sandbox.seed import DOMAIN
 from providerkit import acc_writes, admin, dead_port, output, provider_data, pyinfra, secret_values
-
-DOMAIN = "viktorbarzin.me"
 
 
 def maintenance(hold: str | None, *args: str, yes: bool = True):

@@ -24,16 +24,16 @@ from backupmx.core.relayhost import RelayHost, load_relayhost
 from backupmx.providers import relayhost as relay_render
 from backupmx.providers.relayhost import OFF, main_settings, parse_postqueue_json, trusted_by_mynetworks, wanted_files
 from backupmx_sandbox import relayhost as sandbox_relay
-from backupmx_sandbox import seed
 from backupmx_sandbox.relayhost import _haproxy, _paths, _ports
+from backupmx_sandbox.seed import DOMAIN
 from backupmx_sandbox.smtp_client import build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
 from mailhostkit import run_api_operation
 from mailpath import endpoint, wait_for_delivery
+from operations.relayhost import relay_config, verify_relay
 from providerkit import output, pyinfra
 
-DOMAIN = seed.DOMAIN
 # No SPF or DMARC record anywhere: the mail host's rspamd has nothing to reject for.
 SENDER = f"sender-{os.getpid()}@relay-test.invalid"
 
@@ -306,8 +306,6 @@ def test_queue_survives_a_relay_restart_and_drains_to_the_primary(configured):
 
 
 def test_broken_value_fails_postfix_check_and_restores_byte_for_byte(configured, monkeypatch, caplog):
-    from operations.relayhost import relay_config
-
     before = snapshot(configured)
     master_pid = (Path(configured["selfhosted"]["postfix_config_dir"]).parent / "postfix-queue" / "pid" / "master.pid")
     log_before = Path(configured["selfhosted"]["log"]).read_text(errors="replace").count("refreshing the Postfix")
@@ -366,8 +364,6 @@ def test_relay_is_not_in_the_primary_mynetworks(relay_world):
 
 def test_verify_relay_fails_on_a_fresh_relay_and_records_why(relay_world, caplog):
     """Without relay_config the proof fails (loopback may relay, no postscreen) and says so once."""
-    from operations.relayhost import verify_relay
-
     make_fresh(relay_world)
     recorded = []
     ok, _ = run_api_operation(relay_world["selfhosted"]["ssh"], "sandbox-relay", verify_relay, caplog,

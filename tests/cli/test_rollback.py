@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ import pytest
 from backupmx.dns import check as dnscheck
 from backupmx.dns.cloudflare import CloudflareClient
 from backupmx.dns.plan import MANAGED_MARKER
-from backupmx.mailhost.model import load_mailhost
+from backupmx_sandbox.seed import DOMAIN
+from mailhostkit import managed_paths, restore, snapshot
 from providerkit import (
     acc_requests,
     acc_writes,
@@ -32,10 +32,7 @@ from providerkit import (
     provider_data,
     pyinfra,
 )
-
-DOMAIN = "viktorbarzin.me"
-PRIMARY = (1, "mail.viktorbarzin.me")
-BACKUPS = {(20, "mail.rollernet.us"), (20, "mail2.rollernet.us")}
+from seedkit import BACKUPS, PRIMARY
 
 
 def rollback(*args: str, env: dict | None = None, yes: bool = True):
@@ -272,32 +269,6 @@ def test_a_foreign_record_at_the_provider_is_left_and_the_domain_stays_enabled(l
 # --- revert_mailhost ----------------------------------------------------------------------------
 
 
-def mailhost_files(world) -> dict[str, Path]:
-    m = load_mailhost(world["mailhost"])
-    return {"cidr": Path(m.cidr_host_path), "master.cf": Path(m.master_cf_path),
-            "settings.conf": Path(m.rspamd_settings_host_path)}
-
-
-def snapshot(world) -> dict[str, bytes | None]:
-    return {name: path.read_bytes() if path.exists() else None for name, path in mailhost_files(world).items()}
-
-
-def restore(world, saved: dict[str, bytes | None]) -> None:
-    current = snapshot(world)
-    for name, path in mailhost_files(world).items():
-        if current[name] == saved[name]:
-            continue
-        if saved[name] is None:
-            path.unlink()
-        else:
-            path.write_bytes(saved[name])
-    if current["cidr"] != saved["cidr"] or current["master.cf"] != saved["master.cf"]:
-        subprocess.run(["postfix", "-c", world["postfix_config_dir"], "reload"], check=True, capture_output=True,
-                       timeout=60)
-    if current["settings.conf"] != saved["settings.conf"]:
-        subprocess.run(world["mailhost"]["rspamd_reload"], check=True, capture_output=True, timeout=90)
-
-
 def test_revert_runs_after_the_dns_steps(live):
     result = rollback("--dry", "--data", "revert_mailhost=true", yes=False)
     assert result.returncode == 0, output(result)
@@ -312,13 +283,13 @@ def test_revert_mailhost_removes_the_whitelist_and_the_exemption(live):
     try:
         installed = pyinfra("tests/deploys/mailhost_on.py")
         assert installed.returncode == 0, output(installed)
-        assert mailhost_files(live)["cidr"].exists()
+        assert managed_paths(live)["cidr"].exists()
         result = rollback("--data", "revert_mailhost=true")
         assert result.returncode == 0, output(result)
         assert dns_answer(live) == {PRIMARY}
-        assert not mailhost_files(live)["cidr"].exists()
-        assert "postscreen_access.cidr" not in mailhost_files(live)["master.cf"].read_text()
-        settings = mailhost_files(live)["settings.conf"]
+        assert not managed_paths(live)["cidr"].exists()
+        assert "postscreen_access.cidr" not in managed_paths(live)["master.cf"].read_text()
+        settings = managed_paths(live)["settings.conf"]
         assert not settings.exists() or "backupmx_relay_exempt" not in settings.read_text()
         assert "pass    postscreen whitelist and rspamd exemption removed" in summary_row(result, "4")
         again = rollback("--data", "revert_mailhost=true")
@@ -335,7 +306,7 @@ def test_revert_waits_for_dns_when_the_dns_part_fails(live):
         result = rollback("--data", "revert_mailhost=true", "--data", vault_down(live), env=env_without_vault())
         assert result.returncode != 0
         # DNS still routes to the backup: its relays must stay whitelisted and exempt.
-        assert mailhost_files(live)["cidr"].exists()
+        assert managed_paths(live)["cidr"].exists()
         assert "not reverted: DNS was not confirmed clear" in summary_row(result, "4")
     finally:
         restore(live, saved)

@@ -19,6 +19,7 @@ from backupmx.dns.cloudflare import CloudflareClient
 from backupmx.providers.acc import AccClient
 from providerkit import (
     admin,
+    cloudflare_faults,
     dead_port,
     output,
     pyinfra,
@@ -71,7 +72,7 @@ def test_tokens_are_never_in_urls_or_exception_messages(fresh):
     texts.append(repr(cloudflare))
     # 5xx, 429 and a dead endpoint: every error message and its whole traceback.
     for fault in ({"server_error": {"count": 1, "status": 502}}, {"rate_limit": {"count": 1, "retry_after": 0}}):
-        cloudflare_admin_faults(fresh, fault)
+        cloudflare_faults(fresh, **fault)
         with pytest.raises(BackupMXError) as caught:
             cloudflare.record_count(zone_id)
         texts.append(_chain_text(caught.value))
@@ -103,9 +104,3 @@ def test_tokens_are_never_in_urls_or_exception_messages(fresh):
     assert urls and acc_urls
     assert [url for url in urls + acc_urls if any(value in url for value in values)] == []
     assert [text for text in texts if any(value in text for value in values)] == []
-
-
-def cloudflare_admin_faults(world, spec: dict) -> None:
-    import requests
-
-    requests.post(f"{world['cloudflare_admin']}/faults", json=spec, timeout=10).raise_for_status()

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from providerkit import PROJECT_ROOT, output, pyinfra
-
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
-
+from backupmx.core.relayhost import load_relayhost
+from backupmx.dns import check as dnscheck
+from mailhostkit import managed_paths, restore, snapshot, start_postfix_if_down
+from providerkit import PROJECT_ROOT, acc_requests, admin, cloudflare_admin, cloudflare_writes, output, pyinfra
 
 # ------------------------------------------- the CLI against the sandbox world
 #
@@ -35,7 +34,6 @@ def cli(deploy: str, *args: str, yes: bool = True, timeout: float = 300) -> subp
 
 
 def relay_dir(world) -> Path:
-    from backupmx.core.relayhost import load_relayhost
 
     return Path(load_relayhost(world["selfhosted"]["relayhost"]).postfix_config_dir)
 
@@ -67,7 +65,6 @@ def postconf(world, name: str) -> list[str]:
 
 
 def mx_set(world) -> set[tuple[int, str]]:
-    from backupmx.dns import check as dnscheck
 
     return set(dnscheck.mx_per_server(world["zone"], [world["dns"]])[world["dns"]])
 
@@ -81,8 +78,6 @@ def report_of(text: str) -> str:
 def relay_world(world):
     if "selfhosted" not in world:
         pytest.skip("the sandbox world has no relay host (world.json has no `selfhosted`)")
-    from mailhostkit import restore, snapshot
-    from providerkit import cloudflare_admin
 
     mail = snapshot(world)
     relay = relay_files(world)
@@ -95,8 +90,6 @@ def relay_world(world):
 @pytest.fixture(scope="module")
 def deployed(relay_world):
     """The whole pipeline once with provider selfhosted (from the zone's seed)."""
-    from providerkit import cloudflare_admin
-
     cloudflare_admin(relay_world, "POST", "reset")
     started = time.monotonic()
     result = cli("deploys/backupmx.py", *SELFHOSTED)
@@ -104,9 +97,6 @@ def deployed(relay_world):
 
 
 def test_dry_run_shows_the_relay_rows_and_changes_nothing(relay_world):
-    from mailhostkit import snapshot
-    from providerkit import cloudflare_admin, cloudflare_writes
-
     cloudflare_admin(relay_world, "POST", "reset")
     before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
     result = cli("deploys/backupmx.py", "--dry", *SELFHOSTED, yes=False)
@@ -131,9 +121,6 @@ def test_dry_run_shows_the_relay_rows_and_changes_nothing(relay_world):
 def test_a_relay_smaller_than_the_primary_is_refused_before_any_change(relay_world):
     """Gate G2 of this provider: a relay message_size_limit below the primary's answers 552 to mail
     the primary would take (a bounce during an outage)."""
-    from mailhostkit import snapshot
-    from providerkit import cloudflare_admin, cloudflare_writes
-
     cloudflare_admin(relay_world, "POST", "reset")
     before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
     small = {**relay_world["selfhosted"]["relayhost"], "message_size_limit": 1000000}
@@ -153,7 +140,6 @@ def test_full_deploy_configures_the_relay_whitelists_it_and_points_mx_at_it(rela
     assert result.returncode == 0, text
     zone = relay_world["zone"]
     assert zone in postconf(relay_world, "relay_domains")
-    from mailhostkit import managed_paths
 
     cidr_table = managed_paths(relay_world)["cidr"].read_text()
     for address in relay_world["selfhosted"]["relay_cidrs"]:
@@ -165,8 +151,6 @@ def test_full_deploy_configures_the_relay_whitelists_it_and_points_mx_at_it(rela
 
 
 def test_second_run_changes_nothing(relay_world, deployed):
-    from mailhostkit import snapshot
-
     before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
     result = cli("deploys/backupmx.py", *SELFHOSTED)
     text = output(result)
@@ -197,18 +181,10 @@ def test_failover_drill_passes_against_the_relay(relay_world, deployed, sandbox)
         assert "drill passed" in text
         assert f"via {relay_world['selfhosted']['host']}" in text
     finally:
-        from test_failover_drill import listener_up
-
-        if not listener_up(relay_world):  # never leave the mail host down
-            from backupmx_sandbox import mailhost
-            from backupmx_sandbox.supervisor import Supervisor
-
-            Supervisor(sandbox).start(mailhost._postfix(mailhost._paths(sandbox), mailhost._ports(sandbox)))
+        start_postfix_if_down(relay_world, sandbox)
 
 
 def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, deployed):
-    from providerkit import cloudflare_admin, cloudflare_writes
-
     cloudflare_admin(relay_world, "POST", "reset")  # the zone wants the relay's MX record again
     result = cli("deploys/backupmx.py", *SELFHOSTED, "--limit", "controller", "--limit", "mailhosts")
     text = output(result)
@@ -234,16 +210,13 @@ def test_rollback_takes_the_mx_out_then_disables_the_domain_on_the_relay(relay_w
 
 
 def test_selfhosted_without_a_relay_group_is_one_line(relay_world, tmp_path):
-    from providerkit import acc_requests, admin
-
     inventory = tmp_path / "no_relay.py"
     inventory.write_text(
         "import runpy\n"
         f"_ns = runpy.run_path({str(PROJECT_ROOT / 'inventory' / 'sandbox.py')!r})\n"
         "mailhosts = _ns['mailhosts']\ncontroller = _ns['controller']\n")
     admin(relay_world, "reset", {})
-    result = subprocess.run([PYINFRA, str(inventory), "deploys/backupmx.py", "--dry", *SELFHOSTED],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    result = pyinfra("deploys/backupmx.py", *SELFHOSTED, dry=True, inventory=inventory, timeout=120)
     text = output(result)
     assert result.returncode != 0
     assert "Traceback" not in text

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import requests
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from backupmx.core.errors import BackupMXError
@@ -26,6 +25,7 @@ from backupmx.dns.cloudflare import (
 )
 from backupmx.dns.plan import MANAGED_MARKER, plan
 from backupmx_sandbox import seed
+from providerkit import clear_cloudflare_requests
 from providerkit import cloudflare_faults as faults
 from providerkit import cloudflare_requests as request_log
 
@@ -42,10 +42,6 @@ def client(world) -> CloudflareClient:
                             backoff_factor=0.05, timeout=(2, 5))
     yield made
     made.close()
-
-
-def clear_log(world) -> None:
-    requests.delete(f"{world['cloudflare_admin']}/requests", timeout=5).raise_for_status()
 
 
 def sdk_mx(sdk, zone_id, host=None) -> list:
@@ -74,7 +70,7 @@ def test_pagination_reads_more_than_100_mx_records(client, sdk, world, zone_id):
     sdk.dns.records.batch(zone_id=zone_id, posts=[
         {"type": "MX", "name": "@", "content": f"mx{number:03d}.example.net", "priority": 50, "ttl": 1}
         for number in range(150)])
-    clear_log(world)
+    clear_cloudflare_requests(world)
     records = client.mx_records(zone_id, world["zone"])
     assert len(records) == 151 and len({r.id for r in records}) == 151
     # Two pages of 100; total_pages says page 2 is the last, so no third request.
@@ -98,7 +94,7 @@ def test_pagination_stops_on_an_empty_page_when_total_pages_is_absent(client, mo
 
 def test_record_count_uses_one_request(client, sdk, world, zone_id):
     expected = len(list(sdk.dns.records.list(zone_id=zone_id, per_page=5000)))
-    clear_log(world)
+    clear_cloudflare_requests(world)
     assert client.record_count(zone_id) == expected == 190
     log = request_log(world)
     assert len(log) == 1 and log[0]["query"]["per_page"] == "1"
@@ -203,7 +199,7 @@ def test_create_that_timed_out_is_not_duplicated(world, sdk, zone_id):
 
 def test_identical_record_81058_is_success_by_reread(client, sdk, world, zone_id):
     existing = sdk.dns.records.create(zone_id=zone_id, type="MX", name="@", content=BACKUP, priority=20, ttl=1)
-    clear_log(world)
+    clear_cloudflare_requests(world)
     record = client.create_mx(zone_id, world["zone"], BACKUP, 20, MANAGED_MARKER)
     assert record.id == existing.id and record.comment is None
     assert [(e["method"], e["status"]) for e in request_log(world)] == [("POST", 400), ("GET", 200)]
@@ -308,7 +304,7 @@ def test_refused_plan_is_not_applied(client, world, zone_id):
     domain = Domain(world["zone"], world["zone"], (MXHost(seed.PRIMARY_MX, seed.PRIMARY_PRIORITY),))
     backup = BackupMX("rollernet", tuple(seed.BACKUP_MX), seed.BACKUP_PRIORITY)
     refused = plan(domain, backup, client.mx_records(zone_id, domain.name), 199, 200)
-    clear_log(world)
+    clear_cloudflare_requests(world)
     with pytest.raises(BackupMXError, match="holds 199 of 200 records"):
         client.apply(zone_id, refused)
     assert request_log(world) == []

@@ -6,15 +6,12 @@ import time
 
 import dns.resolver
 import pytest
-import requests
 
 from backupmx.dns import check as dnscheck
 from backupmx.dns.check import DNSCheckError, live_mx, wait_for_mx
 from backupmx_sandbox import seed
-
-PRIMARY = (seed.PRIMARY_PRIORITY, seed.PRIMARY_MX)
-BACKUPS = {(seed.BACKUP_PRIORITY, host) for host in seed.BACKUP_MX}
-
+from providerkit import cloudflare_admin, cloudflare_faults
+from seedkit import BACKUPS, PRIMARY
 
 # Every test starts from the seeded zone, no faults, an empty request log (conftest).
 pytestmark = pytest.mark.usefixtures("fresh")
@@ -77,7 +74,7 @@ def test_wait_sees_a_record_that_appears_later(sdk, world, servers):
 
 
 def test_large_answers_fall_back_to_tcp(sdk, world, servers, monkeypatch):
-    requests.post(f"{world['cloudflare_admin']}/faults", json={"quota": 400}, timeout=5).raise_for_status()
+    cloudflare_faults(world, quota=400)
     hosts = {(30, f"relay{n:02d}.a-rather-long-name-for-a-mail-exchanger.example.net") for n in range(30)}
     sdk.dns.records.batch(zone_id=world["cloudflare_zone_id"], posts=[
         {"type": "MX", "name": "@", "content": host, "priority": priority, "ttl": 1} for priority, host in hosts])
@@ -89,9 +86,8 @@ def test_large_answers_fall_back_to_tcp(sdk, world, servers, monkeypatch):
 
 
 def test_null_mx_reads_as_a_dot(world, servers):
-    requests.post(f"{world['cloudflare_admin']}/records", timeout=5, json={
-        "zone": seed.DOMAIN, "records": [{"type": "MX", "name": seed.DOMAIN, "content": ".", "priority": 0}],
-    }).raise_for_status()
+    cloudflare_admin(world, "POST", "records", {
+        "zone": seed.DOMAIN, "records": [{"type": "MX", "name": seed.DOMAIN, "content": ".", "priority": 0}]})
     assert (0, ".") in live_mx(seed.DOMAIN, servers)
 
 

@@ -19,6 +19,7 @@ from aiosmtpd.controller import Controller
 from backupmx.core.report import FAIL, PASS, WARN, Report
 from backupmx.core.settings import load_settings
 from backupmx.gates import checks as gates
+from backupmx_sandbox.seed import DOMAIN
 from providerkit import (
     acc_writes,
     admin,
@@ -26,8 +27,6 @@ from providerkit import (
     sandbox_data,
     secrets_for,
 )
-
-DOMAIN = "viktorbarzin.me"
 
 
 def run(data: dict | None = None, **changes) -> Report:

@@ -21,7 +21,7 @@ from backupmx.dns.mtasts import (
     rotate,
 )
 from backupmx_sandbox.seed import BACKUP_MX, DOMAIN, PRIMARY_MX
-from httpkit import PolicyServer
+from httpkit import PolicyServer, tls_for
 from providerkit import dead_port, sandbox_data
 
 BACKUPS = tuple(BACKUP_MX)
@@ -58,7 +58,7 @@ def test_policy_host_in_dns_but_nothing_serving_is_inert(world, cf):
 ])
 def test_served_policy_decides(world, cf, ca, ca_bundle, policy, status):
     publish_policy_host(cf, world)
-    with PolicyServer(ca, [f"mta-sts.{DOMAIN}"], policy) as address:
+    with PolicyServer(tls_for(ca, [f"mta-sts.{DOMAIN}"]), policy) as address:
         observation = observe(DOMAIN, [world["dns"]], connect_to=address, ca_bundle=ca_bundle, timeout=5)
     assert observation.policy == parse_policy(policy)
     assert guard(observation, BACKUPS).status == status
@@ -66,7 +66,7 @@ def test_served_policy_decides(world, cf, ca, ca_bundle, policy, status):
 
 def test_served_but_invalid_policy_is_inert(world, cf, ca, ca_bundle):
     publish_policy_host(cf, world)
-    with PolicyServer(ca, [f"mta-sts.{DOMAIN}"], "version: STSv1\nmode: enforce\n") as address:
+    with PolicyServer(tls_for(ca, [f"mta-sts.{DOMAIN}"]), "version: STSv1\nmode: enforce\n") as address:
         observation = observe(DOMAIN, [world["dns"]], connect_to=address, ca_bundle=ca_bundle, timeout=5)
     assert "max_age" in observation.policy_problem
     assert guard(observation, BACKUPS).status == WARN

@@ -15,9 +15,8 @@ from backupmx.providers.acc import AccAuthError, AccClient, AccNotFound, AccProv
 from backupmx.providers.base import API, LEDGER, NONE, ManualStepRequired
 from backupmx.providers.ledger import LedgerProvider
 from backupmx.providers.registry import open_provider
+from backupmx_sandbox.seed import DOMAIN
 from providerkit import acc_requests, admin, sandbox_data, sandbox_settings, secret_values, secrets_for
-
-DOMAIN = "viktorbarzin.me"
 
 
 def api_provider(world, **profile_changes) -> AccProvider:

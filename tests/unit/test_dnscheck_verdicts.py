@@ -11,9 +11,7 @@ import pytest
 from backupmx.dns import check as dnscheck
 from backupmx.dns.check import DNSCheckError, live_mx
 from backupmx_sandbox import seed
-
-PRIMARY = (seed.PRIMARY_PRIORITY, seed.PRIMARY_MX)
-BACKUPS = {(seed.BACKUP_PRIORITY, host) for host in seed.BACKUP_MX}
+from seedkit import BACKUPS, PRIMARY
 
 
 def test_a_silent_server_is_an_error_naming_it():

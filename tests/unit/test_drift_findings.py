@@ -4,11 +4,11 @@ deploys/drift.py through the pyinfra CLI against the sandbox: tests/cli/test_dri
 from __future__ import annotations
 
 from backupmx.lifecycle import drift as dr
-from seedkit import seed_settings
+from seedkit import BACKUPS, PRIMARY, seed_settings
 
 SEED = seed_settings()
 DOMAIN = SEED.domains[0]
-FULL = {(1, "mail.viktorbarzin.me"), (20, "mail.rollernet.us"), (20, "mail2.rollernet.us")}
+FULL = {PRIMARY} | BACKUPS
 
 
 def messages(findings):

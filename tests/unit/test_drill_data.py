@@ -14,7 +14,6 @@ from backupmx.lifecycle.drill import load_failover, parse_maildir_listing, verdi
 from backupmx.mailhost.model import load_mailhost
 from backupmx_sandbox.seed import RELAY_CIDRS
 
-
 NATIVE = load_mailhost({"flavour": "native", "proxy_service": "127.0.0.1:2525/inet"})
 
 

@@ -12,7 +12,6 @@ import pytest
 from backupmx.core import lock
 from providerkit import PROJECT_ROOT
 
-
 HOLD = """
 import sys, time
 from backupmx.core import lock

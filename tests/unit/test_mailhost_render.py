@@ -68,7 +68,6 @@ from scratchkit import (
     stub,
 )
 
-
 # --- the settings model ------------------------------------------------------------
 
 

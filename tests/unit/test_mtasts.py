@@ -4,7 +4,6 @@ The whole observation against the sandbox's DNS: tests/integration/test_mtasts_z
 
 from __future__ import annotations
 
-
 import pytest
 
 from backupmx.core.report import FAIL, PASS, WARN
@@ -25,11 +24,11 @@ from backupmx.dns.mtasts import (
     txt_record,
 )
 from backupmx_sandbox import seed
-from httpkit import PolicyServer
+from backupmx_sandbox.seed import DOMAIN
+from httpkit import PolicyServer, tls_for
 from providerkit import dead_port
 
 BACKUPS = tuple(seed.BACKUP_MX)
-DOMAIN = seed.DOMAIN
 
 # ------------------------------------------------------------------ TXT
 
@@ -207,7 +206,7 @@ ENFORCE_PRIMARY_ONLY = generate_policy("enforce", ["mail.viktorbarzin.me"], 6048
 
 
 def test_fetch_reads_the_policy_as_a_sender_does(ca, ca_bundle):
-    served = PolicyServer(ca, [f"mta-sts.{DOMAIN}"], ENFORCE_ALL)
+    served = PolicyServer(tls_for(ca, [f"mta-sts.{DOMAIN}"]), ENFORCE_ALL)
     with served as address:
         text = fetch_policy(DOMAIN, connect_to=address, ca_bundle=ca_bundle, timeout=5)
     assert text == ENFORCE_ALL
@@ -215,25 +214,25 @@ def test_fetch_reads_the_policy_as_a_sender_does(ca, ca_bundle):
 
 
 def test_fetch_of_a_missing_policy_is_an_error(ca, ca_bundle):
-    with PolicyServer(ca, [f"mta-sts.{DOMAIN}"], "gone", status=404) as address, \
+    with PolicyServer(tls_for(ca, [f"mta-sts.{DOMAIN}"]), "gone", status=404) as address, \
             pytest.raises(PolicyFetchError, match="answered HTTP 404"):
         fetch_policy(DOMAIN, connect_to=address, ca_bundle=ca_bundle, timeout=5)
 
 
 def test_fetch_does_not_follow_redirects(ca, ca_bundle):
-    with PolicyServer(ca, [f"mta-sts.{DOMAIN}"], "", status=301, location="https://elsewhere.test/") as address, \
+    with PolicyServer(tls_for(ca, [f"mta-sts.{DOMAIN}"]), "", status=301, location="https://elsewhere.test/") as address, \
             pytest.raises(PolicyFetchError, match="answered HTTP 301"):
         fetch_policy(DOMAIN, connect_to=address, ca_bundle=ca_bundle, timeout=5)
 
 
 def test_fetch_rejects_a_certificate_for_another_name(ca, ca_bundle):
-    with PolicyServer(ca, ["www.viktorbarzin.me"], ENFORCE_ALL) as address, \
+    with PolicyServer(tls_for(ca, ["www.viktorbarzin.me"]), ENFORCE_ALL) as address, \
             pytest.raises(PolicyFetchError, match="TLS failed"):
         fetch_policy(DOMAIN, connect_to=address, ca_bundle=ca_bundle, timeout=5)
 
 
 def test_fetch_rejects_an_untrusted_certificate(ca):
-    with PolicyServer(ca, [f"mta-sts.{DOMAIN}"], ENFORCE_ALL) as address, \
+    with PolicyServer(tls_for(ca, [f"mta-sts.{DOMAIN}"]), ENFORCE_ALL) as address, \
             pytest.raises(PolicyFetchError, match="TLS failed"):
         fetch_policy(DOMAIN, connect_to=address, timeout=5)  # system trust: the test CA is unknown
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from backupmx.core.errors import BackupMXError, ConfigError
@@ -202,7 +204,6 @@ def test_relay_must_not_be_trusted_by_the_primary():
 
 
 def _captured(name: str, rc: int, out: str = "", err: str = "") -> list[str]:
-    import base64
 
     return [f"{name} rc {rc}", f"{name} out {base64.b64encode(out.encode()).decode()}",
             f"{name} err {base64.b64encode(err.encode()).decode()}"]

@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.facts.files import File
+from pyinfra.facts.server import Command
 
 from backupmx_sandbox import mailhost, seed
 from backupmx_sandbox.smtp_client import SMTPConnection, build_message, send_mail
@@ -45,11 +49,6 @@ def mh_world(world):
 
 
 def test_pyinfra_reads_facts_on_the_mail_host_over_ssh(mh_world):
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.facts.files import File
-    from pyinfra.facts.server import Command
-
     ssh = mh_world["ssh"]
     host_data = {
         "ssh_port": ssh["port"],
