@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -120,6 +122,45 @@ def start_pyinfra(deploy: str, *args: str, yes: bool = True, dry: bool = False,
 
 def output(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
+
+
+def has_line(text: str, line: str) -> bool:
+    """``line`` is one of ``text``'s lines, surrounding blanks aside (not just a part of one)."""
+    return line in (candidate.strip() for candidate in text.splitlines())
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    stage: str
+    check: str
+    status: str
+    evidence: str
+
+
+def report_rows(text: str) -> list[ReportRow]:
+    """The rows of every backupmx report in ``text`` (the gate report, the rollback and drift summaries),
+    cut at the columns of its header line; a row's ``next:`` line is not a row."""
+    rows = []
+    lines = text.splitlines()
+    for index, header in enumerate(lines):
+        if not re.fullmatch(r"  stage +check +status +evidence", header):
+            continue
+        check_at, status_at, evidence_at = (header.index(word) for word in ("check", "status", "evidence"))
+        for line in lines[index + 1:]:
+            if not line.startswith("  ") or line.startswith("  =>"):
+                break
+            stage = line[:check_at].strip()
+            if stage:
+                rows.append(ReportRow(stage, line[check_at:status_at].strip(), line[status_at:evidence_at].strip(),
+                                      line[evidence_at:]))
+    return rows
+
+
+def report_row(text: str, stage: str, check: str = "") -> ReportRow:
+    """The one report row of ``stage`` whose check starts with ``check``."""
+    found = [row for row in report_rows(text) if row.stage == stage and row.check.startswith(check)]
+    assert len(found) == 1, f"{len(found)} rows for stage {stage} {check!r} in:\n{text}"
+    return found[0]
 
 
 def provider_data(world, **changes) -> str:

@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-from pathlib import Path
 
 import hvac
 import pytest
 
 import providerkit
+from providerkit import report_row, secret_values
 
 
 def pyinfra(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return providerkit.pyinfra("deploys/backupmx.py", *args, env=env, yes=False, timeout=120)
 
 
-def world_secret_values(world) -> list[str]:
-    secrets = json.loads((Path(world["root"]) / "secrets.json").read_text())
-    return [value for value in secrets.values() if len(value) >= 8]
-
-
 def test_dry_run_prints_the_gate_report(world):
     result = pyinfra("--dry")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "backupmx gate report: " + world["zone"] in result.stdout
-    assert "inventory data" in result.stdout and "pass" in result.stdout
-    assert f"from vault {world['vault_secret_path']}" in result.stdout
+    assert report_row(result.stdout, "0", "inventory data").status == "pass"
+    secrets = report_row(result.stdout, "1", "secrets")
+    assert secrets.status == "pass" and secrets.evidence.endswith(f"from vault {world['vault_secret_path']}")
 
 
 def test_secrets_never_reach_output_even_with_vvv(world):
     result = pyinfra("--dry", "-vvv")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    for value in world_secret_values(world):
+    for value in secret_values(world):
         assert value not in output
 
 

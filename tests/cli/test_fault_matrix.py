@@ -19,7 +19,7 @@ and validation: stages 3-4, rollback step 4; Cloudflare: stage 5, rollback step
 1). A dependency is not faulted in a stage that does not call it: the run would
 be the unfaulted run. docs/reliability.md lists the cells and why.
 
-The matrix (fault × stage → held/broken) is printed by the last test.
+The matrix (fault × stage → held/broken) is printed once the module's cells have run.
 """
 
 from __future__ import annotations
@@ -352,7 +352,58 @@ def _cells() -> list[Cell]:
     ]
 
 
-MATRIX: dict[str, tuple[Cell, str, list[str], float]] = {}
+@dataclass
+class Outcome:
+    cell: Cell
+    broken: list[str]
+    seconds: float
+
+    @property
+    def status(self) -> str:
+        return "broken" if self.broken else "held"
+
+
+def matrix_lines(outcomes: list[Outcome]) -> list[str]:
+    """The matrix, fault x stage -> held/broken ("-": the dependency is not used there), and its notes."""
+    stages, faults = [], []
+    for outcome in outcomes:
+        cell = outcome.cell
+        if (cell.deploy, cell.stage) not in stages:
+            stages.append((cell.deploy, cell.stage))
+        if (cell.dependency, cell.fault) not in faults:
+            faults.append((cell.dependency, cell.fault))
+    header = ["fault \\ stage"] + [f"{Path(deploy).stem}:{stage}" for deploy, stage in stages]
+    rows = []
+    for dependency, fault in faults:
+        row = [f"{dependency}: {fault}"]
+        for deploy, stage in stages:
+            found = [o.status for o in outcomes
+                     if (o.cell.dependency, o.cell.fault, o.cell.deploy, o.cell.stage) == (dependency, fault, deploy, stage)]
+            row.append(found[0] if found else "-")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(row, widths)) for row in [header, *rows]]
+    lines.append(f"{len(outcomes)} cells, {sum(o.seconds for o in outcomes):.0f} s")
+    for outcome in outcomes:
+        if outcome.broken:
+            lines.append(f"  {outcome.cell.id}: {'; '.join(outcome.broken)}")
+        if outcome.cell.note:
+            lines.append(f"  note {outcome.cell.id}: {outcome.cell.note}")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def matrix(request):
+    """The outcome of each cell that ran; printed as the matrix once the module's cells are done."""
+    outcomes: list[Outcome] = []
+    yield outcomes
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if outcomes and reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line("fault matrix (held: every invariant held and the re-run converged; "
+                            "- : dependency not used there)")
+        for line in matrix_lines(outcomes):
+            reporter.write_line(line)
 
 
 @pytest.fixture(scope="module")
@@ -457,7 +508,7 @@ def converge(world, cell: Cell, goal_files) -> list[str]:
 
 
 @pytest.mark.parametrize("cell", _cells(), ids=lambda cell: cell.id)
-def test_fault_cell(world, goal, cell: Cell):
+def test_fault_cell(world, goal, matrix, cell: Cell):
     started = time.monotonic()
     prepare(world, cell, goal)
     before_zone = zone(world)
@@ -476,40 +527,13 @@ def test_fault_cell(world, goal, cell: Cell):
     if cell.id == "ssh-drop-b" and not cell.ctx.get("killed"):
         broken.append("the SSH session was never dropped (the reload did not start)")
     broken += converge(world, cell, goal)
-    MATRIX[cell.id] = (cell, "held" if not broken else "broken", broken, time.monotonic() - started)
+    matrix.append(Outcome(cell, broken, time.monotonic() - started))
     assert not broken, f"{cell.id}: " + "; ".join(broken) + "\n" + output(result)[-3000:]
 
 
-def test_print_the_matrix(capsys):
-    if not MATRIX:
-        pytest.skip("no cell ran")
-    stages = []
-    for cell, *_ in MATRIX.values():
-        if (cell.deploy, cell.stage) not in stages:
-            stages.append((cell.deploy, cell.stage))
-    faults = []
-    for cell, *_ in MATRIX.values():
-        if (cell.dependency, cell.fault) not in faults:
-            faults.append((cell.dependency, cell.fault))
-    header = ["fault \\ stage"] + [f"{Path(d).stem}:{s}" for d, s in stages]
-    rows = []
-    for dependency, fault in faults:
-        row = [f"{dependency}: {fault}"]
-        for deploy, stage in stages:
-            found = [v for v in MATRIX.values() if (v[0].dependency, v[0].fault, v[0].deploy, v[0].stage)
-                     == (dependency, fault, deploy, stage)]
-            row.append(found[0][1] if found else "-")
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
-    total = sum(v[3] for v in MATRIX.values())
-    with capsys.disabled():
-        print("\n\nfault matrix (held: every invariant held and the re-run converged; - : dependency not used there)")
-        print("\n".join(lines))
-        print(f"{len(MATRIX)} cells, {total:.0f} s")
-        for cell_id, (cell, _status, broken, _seconds) in MATRIX.items():
-            if broken:
-                print(f"  {cell_id}: {'; '.join(broken)}")
-            if cell.note:
-                print(f"  note {cell_id}: {cell.note}")
-    assert all(v[1] == "held" for v in MATRIX.values())
+def test_each_cell_has_its_own_slot_in_the_matrix():
+    """Two cells on one (dependency, fault, deploy, stage) would show as one: the second hidden."""
+    cells = _cells()
+    assert len({cell.id for cell in cells}) == len(cells)
+    table = matrix_lines([Outcome(cell, [], 0.0) for cell in cells])
+    assert sum(line.split().count("held") for line in table) == len(cells)

@@ -22,6 +22,7 @@ from backupmx.dns.plan import MANAGED_MARKER
 from backupmx_sandbox.seed import DOMAIN
 from mailhostkit import managed_paths, restore, snapshot
 from providerkit import (
+    ReportRow,
     acc_requests,
     acc_writes,
     admin,
@@ -31,6 +32,7 @@ from providerkit import (
     output,
     provider_data,
     pyinfra,
+    report_row,
 )
 from seedkit import BACKUPS, PRIMARY
 
@@ -54,10 +56,8 @@ def publish(world, host: str, priority: int = 20, comment: str | None = MANAGED_
     client.create_mx(client.zone_id(world["zone"]), world["zone"], host, priority, comment=comment)
 
 
-def summary_row(result, key: str) -> str:
-    found = re.search(rf"^  {key}\s+.*$", result.stdout, re.MULTILINE)
-    assert found, result.stdout
-    return found.group(0)
+def summary_row(result, stage: str) -> ReportRow:
+    return report_row(result.stdout, stage)
 
 
 def acc_domain(world) -> dict:
@@ -134,9 +134,9 @@ def test_rollback_from_a_live_state_leaves_exactly_the_primary(live, capsys):
     assert [w["method"] for w in cloudflare_writes(live)] == ["DELETE", "DELETE"]
     assert acc_domain(live)["enabled"] is False
     assert "change  deleted MX viktorbarzin.me 20 mail.rollernet.us, MX viktorbarzin.me 20 mail2.rollernet.us; " \
-           "kept: 1 mail.viktorbarzin.me" in summary_row(result, "1")
-    assert "answer 1 mail.viktorbarzin.me" in summary_row(result, "2")
-    assert "disabled (api mail/domain_set, re-read api mail/domain_get)" in summary_row(result, "3")
+           "kept: 1 mail.viktorbarzin.me" in summary_row(result, "1").evidence
+    assert "answer 1 mail.viktorbarzin.me" in summary_row(result, "2").evidence
+    assert "disabled (api mail/domain_set, re-read api mail/domain_get)" in summary_row(result, "3").evidence
     assert "=> rollback complete" in result.stdout
     no_secret_in(live, result)
     with capsys.disabled():
@@ -153,8 +153,8 @@ def test_running_it_again_is_harmless(live):
     result = rollback()
     assert result.returncode == 0, output(result)
     assert cloudflare_writes(live) == [] and acc_writes(live) == []
-    assert "no backup MX record in the zone (kept: 1 mail.viktorbarzin.me)" in summary_row(result, "1")
-    assert "already disabled" in summary_row(result, "3")
+    assert "no backup MX record in the zone (kept: 1 mail.viktorbarzin.me)" in summary_row(result, "1").evidence
+    assert "already disabled" in summary_row(result, "3").evidence
     assert dns_answer(live) == {PRIMARY}
 
 
@@ -163,7 +163,7 @@ def test_dry_run_shows_the_plan_and_changes_nothing(live):
     assert result.returncode == 0, output(result)
     assert "rollback 1: - MX viktorbarzin.me 20 mail.rollernet.us" in output(result)
     assert "(review: nothing was changed)" in result.stdout
-    assert "would disable viktorbarzin.me" in summary_row(result, "3")
+    assert "would disable viktorbarzin.me" in summary_row(result, "3").evidence
     assert cloudflare_writes(live) == [] and acc_writes(live) == []
     assert dns_answer(live) == {PRIMARY} | BACKUPS
 
@@ -198,8 +198,8 @@ def test_acc_down_warns_with_the_manual_steps_and_dns_is_still_done(live):
     assert result.returncode == 2, output(result)  # documented: DNS done, a step left by hand
     assert dns_answer(live) == {PRIMARY}
     row = summary_row(result, "3")
-    assert "warn" in row and f"POST {dead} (m=mail a=domain_get)" in row
-    assert "no connection (ConnectionError after 3 retries)" in row
+    assert row.status == "warn" and f"POST {dead} (m=mail a=domain_get)" in row.evidence
+    assert "no connection (ConnectionError after 3 retries)" in row.evidence
     assert "log in to https://acc.rollernet.us/ as viktor" in result.stdout
     assert "open the mail domain viktorbarzin.me and disable it" in result.stdout
     assert "finish by hand what the warn row(s) say (exit 2)" in result.stdout
@@ -212,7 +212,7 @@ def test_acc_dropping_connections_is_the_same_warning(live):
     result = rollback()
     assert result.returncode == 2, output(result)
     assert dns_answer(live) == {PRIMARY}
-    assert "no answer (ConnectionError after 3 retries)" in summary_row(result, "3")
+    assert "no answer (ConnectionError after 3 retries)" in summary_row(result, "3").evidence
 
 
 def vault_down(world) -> str:
@@ -225,7 +225,7 @@ def test_vault_down_with_the_env_tokens(live):
     result = rollback("--data", vault_down(live), env=env)
     assert result.returncode == 0, output(result)
     assert dns_answer(live) == {PRIMARY}
-    assert "token from $CLOUDFLARE_API_TOKEN (Vault unavailable)" in summary_row(result, "1")
+    assert "token from $CLOUDFLARE_API_TOKEN (Vault unavailable)" in summary_row(result, "1").evidence
     assert acc_domain(live)["enabled"] is False
     no_secret_in(live, result)
 
@@ -236,7 +236,7 @@ def test_vault_down_with_only_the_cloudflare_token_still_removes_the_records(liv
     assert result.returncode == 2, output(result)
     assert dns_answer(live) == {PRIMARY}
     row = summary_row(result, "3")
-    assert "warn" in row and "set $ROLLERNET_API_KEY for an emergency run" in row
+    assert row.status == "warn" and "set $ROLLERNET_API_KEY for an emergency run" in row.evidence
     assert acc_domain(live)["enabled"] is True
     no_secret_in(live, result)
 
@@ -245,8 +245,8 @@ def test_vault_down_without_the_env_token_stops_and_touches_nothing(live):
     result = rollback("--data", vault_down(live), env=env_without_vault())
     assert result.returncode != 0
     row = summary_row(result, "1")
-    assert "FAIL" in row and "set $CLOUDFLARE_API_TOKEN for an emergency run" in row
-    assert "not run: an earlier step failed" in summary_row(result, "3")
+    assert row.status == "FAIL" and "set $CLOUDFLARE_API_TOKEN for an emergency run" in row.evidence
+    assert "not run: an earlier step failed" in summary_row(result, "3").evidence
     assert "ROLLBACK INCOMPLETE" in result.stdout
     assert dns_answer(live) == {PRIMARY} | BACKUPS
     assert cloudflare_writes(live) == [] and acc_writes(live) == []
@@ -261,7 +261,7 @@ def test_a_foreign_record_at_the_provider_is_left_and_the_domain_stays_enabled(l
     assert result.returncode != 0
     assert dns_answer(live) == {PRIMARY, (30, "mail.rollernet.us")}
     assert "was not created by backupmx; it is left untouched" in output(result)
-    assert "still points at the provider: 30 mail.rollernet.us" in summary_row(result, "2")
+    assert "still points at the provider: 30 mail.rollernet.us" in summary_row(result, "2").evidence
     # A disabled domain would bounce what senders still route there.
     assert acc_domain(live)["enabled"] is True and acc_writes(live) == []
 
@@ -275,7 +275,7 @@ def test_revert_runs_after_the_dns_steps(live):
     names = re.findall(r"^    (Rollback \d: [^\n]+?)\s{2,}", output(result), re.MULTILINE)
     order = [name.split(":")[0] for name in names]
     assert order == sorted(order) and order[-1] == "Rollback 4", names
-    assert "would remove the postscreen whitelist and the rspamd exemption" in summary_row(result, "4")
+    assert "would remove the postscreen whitelist and the rspamd exemption" in summary_row(result, "4").evidence
 
 
 def test_revert_mailhost_removes_the_whitelist_and_the_exemption(live):
@@ -291,7 +291,8 @@ def test_revert_mailhost_removes_the_whitelist_and_the_exemption(live):
         assert "postscreen_access.cidr" not in managed_paths(live)["master.cf"].read_text()
         settings = managed_paths(live)["settings.conf"]
         assert not settings.exists() or "backupmx_relay_exempt" not in settings.read_text()
-        assert "pass    postscreen whitelist and rspamd exemption removed" in summary_row(result, "4")
+        row = summary_row(result, "4")
+        assert row.status == "pass" and row.evidence.startswith("postscreen whitelist and rspamd exemption removed")
         again = rollback("--data", "revert_mailhost=true")
         assert again.returncode == 0, output(again)
     finally:
@@ -307,7 +308,7 @@ def test_revert_waits_for_dns_when_the_dns_part_fails(live):
         assert result.returncode != 0
         # DNS still routes to the backup: its relays must stay whitelisted and exempt.
         assert managed_paths(live)["cidr"].exists()
-        assert "not reverted: DNS was not confirmed clear" in summary_row(result, "4")
+        assert "not reverted: DNS was not confirmed clear" in summary_row(result, "4").evidence
     finally:
         restore(live, saved)
 
@@ -316,5 +317,5 @@ def test_disable_domain_false_leaves_the_provider_for_later(live):
     result = rollback("--data", "disable_domain=false")
     assert result.returncode == 0, output(result)
     assert dns_answer(live) == {PRIMARY}
-    assert "left enabled on request" in summary_row(result, "3")
+    assert "left enabled on request" in summary_row(result, "3").evidence
     assert acc_domain(live)["enabled"] is True and acc_writes(live) == []

@@ -8,7 +8,6 @@ relay host of ``world.json["selfhosted"]``), like tests/cli/test_deploy_cli.py. 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -18,13 +17,24 @@ import pytest
 from backupmx.core.relayhost import load_relayhost
 from backupmx.dns import check as dnscheck
 from mailhostkit import managed_paths, restore, snapshot, start_postfix_if_down
-from providerkit import PROJECT_ROOT, acc_requests, admin, cloudflare_admin, cloudflare_writes, output, pyinfra
+from providerkit import (
+    PROJECT_ROOT,
+    ReportRow,
+    acc_requests,
+    admin,
+    clear_cloudflare_requests,
+    cloudflare_admin,
+    cloudflare_writes,
+    output,
+    pyinfra,
+    report_row,
+    report_rows,
+)
 
-# ------------------------------------------- the CLI against the sandbox world
-#
-# Order matters inside this part: the full deploy first (the drill and the hold
-# start from it), the rollback last. The module fixture puts the mail host, the
-# relay host's Postfix configuration and the zone back as it found them.
+# No test depends on another having run: a test that takes the deployed state away
+# (the zone reset, the rollback) deploys again after itself (``redeploy_after``), and
+# the module fixture puts the mail host, the relay host's Postfix configuration and
+# the zone back as it found them.
 
 SELFHOSTED = ["--data", "provider=selfhosted"]
 
@@ -34,7 +44,6 @@ def cli(deploy: str, *args: str, yes: bool = True, timeout: float = 300) -> subp
 
 
 def relay_dir(world) -> Path:
-
     return Path(load_relayhost(world["selfhosted"]["relayhost"]).postfix_config_dir)
 
 
@@ -65,8 +74,12 @@ def postconf(world, name: str) -> list[str]:
 
 
 def mx_set(world) -> set[tuple[int, str]]:
-
     return set(dnscheck.mx_per_server(world["zone"], [world["dns"]])[world["dns"]])
+
+
+def size_row(text: str) -> ReportRow:
+    [row] = [row for row in report_rows(text) if row.check == "relay takes the primary's largest message"]
+    return row
 
 
 def report_of(text: str) -> str:
@@ -96,8 +109,20 @@ def deployed(relay_world):
     return {"result": result, "seconds": time.monotonic() - started}
 
 
+@pytest.fixture
+def redeploy_after(deployed):
+    """For a test that takes the deployed state away: the pipeline again after it."""
+    yield
+    result = cli("deploys/backupmx.py", *SELFHOSTED)
+    assert result.returncode == 0, output(result)
+
+
+def relay_mx(world) -> tuple[int, str]:
+    return world["backup_priority"], world["selfhosted"]["host"]
+
+
 def test_dry_run_shows_the_relay_rows_and_changes_nothing(relay_world):
-    cloudflare_admin(relay_world, "POST", "reset")
+    clear_cloudflare_requests(relay_world)
     before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
     result = cli("deploys/backupmx.py", "--dry", *SELFHOSTED, yes=False)
     text = output(result)
@@ -106,14 +131,16 @@ def test_dry_run_shows_the_relay_rows_and_changes_nothing(relay_world):
     assert "provider selfhosted: relay host(s) sandbox-relay" in report
     host = relay_world["selfhosted"]["host"]
     assert f"STARTTLS {host}" in report
-    sizes = next(line for line in report.splitlines() if "relay takes the primary's largest message" in line)
-    assert "pass" in sizes.lower() and "sandbox-relay: message_size_limit" in sizes, sizes
+    sizes = size_row(text)
+    assert sizes.status == "pass" and sizes.evidence.startswith("sandbox-relay: message_size_limit"), sizes
+    rows = report_rows(text)
     for gate in ("G1", "G2", "G4"):  # checks of the relay host itself
-        assert any(line.strip().startswith(gate) and "sandbox-relay:" in line for line in report.splitlines()), report
+        assert any(row.stage == gate and "sandbox-relay:" in row.evidence for row in rows), report
     assert "Relay stage: configure the store-and-forward relay" in text
     if postconf(relay_world, "relay_domains") != [relay_world["zone"]]:  # a relay still to configure: its diff
         assert f"+relay_domains = {relay_world['zone']}" in text
-        assert not re.search(r"\sG1\s.*\sFAIL\s", report), "a relay not configured yet is a change, not a failure"
+        assert not [row for row in rows if row.stage == "G1" and row.status == "FAIL"], \
+            "a relay not configured yet is a change, not a failure"
     assert (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world)) == before
     assert cloudflare_writes(relay_world) == []
 
@@ -121,14 +148,14 @@ def test_dry_run_shows_the_relay_rows_and_changes_nothing(relay_world):
 def test_a_relay_smaller_than_the_primary_is_refused_before_any_change(relay_world):
     """Gate G2 of this provider: a relay message_size_limit below the primary's answers 552 to mail
     the primary would take (a bounce during an outage)."""
-    cloudflare_admin(relay_world, "POST", "reset")
+    clear_cloudflare_requests(relay_world)
     before = (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world))
     small = {**relay_world["selfhosted"]["relayhost"], "message_size_limit": 1000000}
     result = cli("deploys/backupmx.py", *SELFHOSTED, "--data", "relayhost=" + json.dumps(small))
     text = output(result)
     assert result.returncode != 0, text
-    row = next(line for line in report_of(text).splitlines() if "relay takes the primary's largest message" in line)
-    assert "FAIL" in row and "sandbox-relay: message_size_limit 1000000 bytes < primary " in row, row
+    row = size_row(text)
+    assert row.status == "FAIL" and row.evidence.startswith("sandbox-relay: message_size_limit 1000000 bytes < primary "), row
     assert "set relayhost.message_size_limit = " in text
     assert (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world)) == before
     assert cloudflare_writes(relay_world) == []
@@ -144,7 +171,7 @@ def test_full_deploy_configures_the_relay_whitelists_it_and_points_mx_at_it(rela
     cidr_table = managed_paths(relay_world)["cidr"].read_text()
     for address in relay_world["selfhosted"]["relay_cidrs"]:
         assert address in cidr_table
-    assert (relay_world["backup_priority"], relay_world["selfhosted"]["host"]) in mx_set(relay_world)
+    assert relay_mx(relay_world) in mx_set(relay_world)
     primary = relay_world["primary_mx"]
     assert (primary["priority"], primary["host"]) in mx_set(relay_world)
     print(f"\nfirst selfhosted deploy through the CLI: {deployed['seconds']:.1f}s")
@@ -155,7 +182,7 @@ def test_second_run_changes_nothing(relay_world, deployed):
     result = cli("deploys/backupmx.py", *SELFHOSTED)
     text = output(result)
     assert result.returncode == 0, text
-    rows = [line for line in report_of(text).splitlines() if re.search(r"\s(change|FAIL)\s{2}", line)]
+    rows = [row for row in report_rows(text) if row.status in ("change", "FAIL")]
     assert rows == [], rows
     assert (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world)) == before
 
@@ -178,13 +205,13 @@ def test_failover_drill_passes_against_the_relay(relay_world, deployed, sandbox)
     text = output(result)
     try:
         assert result.returncode == 0, text
-        assert "drill passed" in text
+        assert "=> drill passed: " in text
         assert f"via {relay_world['selfhosted']['host']}" in text
     finally:
         start_postfix_if_down(relay_world, sandbox)
 
 
-def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, deployed):
+def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, redeploy_after):
     cloudflare_admin(relay_world, "POST", "reset")  # the zone wants the relay's MX record again
     result = cli("deploys/backupmx.py", *SELFHOSTED, "--limit", "controller", "--limit", "mailhosts")
     text = output(result)
@@ -192,21 +219,22 @@ def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, deployed):
     assert "not part of this run (--limit)" in text
     assert "refused: relay not proven configured and live on relay host(s) sandbox-relay" in text
     assert cloudflare_writes(relay_world) == []
-    assert (relay_world["backup_priority"], relay_world["selfhosted"]["host"]) not in mx_set(relay_world)
+    assert relay_mx(relay_world) not in mx_set(relay_world)
 
 
-def test_rollback_takes_the_mx_out_then_disables_the_domain_on_the_relay(relay_world, deployed):
-    result = cli("deploys/backupmx.py", *SELFHOSTED)  # published again (the guard test reset the zone)
-    assert result.returncode == 0, output(result)
+def test_rollback_takes_the_mx_out_then_disables_the_domain_on_the_relay(relay_world, redeploy_after):
     zone = relay_world["zone"]
+    assert relay_mx(relay_world) in mx_set(relay_world) and zone in postconf(relay_world, "relay_domains")
     result = cli("deploys/rollback.py", *SELFHOSTED)
     text = output(result)
     assert result.returncode == 0, text
-    assert (relay_world["backup_priority"], relay_world["selfhosted"]["host"]) not in mx_set(relay_world)
+    assert relay_mx(relay_world) not in mx_set(relay_world)
     assert zone not in postconf(relay_world, "relay_domains")
-    assert "disabled" in text
+    disabled = report_row(result.stdout, "3")
+    assert disabled.status == "change" and disabled.evidence.startswith("disabled ("), text
     again = cli("deploys/rollback.py", *SELFHOSTED)  # harmless the second time
-    assert again.returncode == 0 and "already disabled" in output(again), output(again)
+    assert again.returncode == 0, output(again)
+    assert report_row(again.stdout, "3").evidence.startswith("already disabled ("), output(again)
 
 
 def test_selfhosted_without_a_relay_group_is_one_line(relay_world, tmp_path):

@@ -40,9 +40,10 @@ def test_up_twice_then_down_twice_leaves_nothing(world, sandbox):
     assert {name: supervisor.pid(name) for name in supervisor.known()} == before, "second up restarted something"
 
     first = sandbox_cli("down")
-    assert "stopped" in first.stdout
+    stopped = first.stdout.strip().removeprefix("sandbox down: stopped ").split(", ")
+    assert set(before) <= set(stopped), first.stdout
     second = sandbox_cli("down")
-    assert "nothing" in second.stdout
+    assert second.stdout.strip() == "sandbox down: stopped nothing (was not running)", second.stdout
 
     for name, pid in before.items():
         assert not os.path.exists(f"/proc/{pid}") or supervisor.pid(name) is None, name
