@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := postfix rspamd openssh-server haproxy prometheus prometheus-blackbox-exporter swaks ca-certificates
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt venv demo test sandbox-up sandbox-down bench clean
+.PHONY: setup apt venv demo test test-unit sandbox-up sandbox-down bench clean
 
 setup: apt venv
 
@@ -44,9 +44,16 @@ demo: setup
 	$(BIN)/pyinfra inventory/sandbox.py deploys/backupmx.py --dry
 
 # pytest exits 5 when it collected no test: that must fail, not pass.
-test: setup
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+pytest = @$(BIN)/pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The whole suite: tests/unit, tests/integration and tests/cli (a sandbox world is brought up).
+test: setup
+	$(call pytest)
+
+# The fast loop: tests/unit alone (pure: no apt, no sandbox world), in seconds.
+test-unit: venv
+	$(call pytest,tests/unit)
 
 sandbox-up: setup
 	$(BIN)/backupmx-sandbox up

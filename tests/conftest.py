@@ -2,18 +2,24 @@
 
 If a world is already up (``backupmx-sandbox up`` by hand), the suite uses it and
 leaves it running; otherwise it brings one up and takes it down at the end.
+
+The tests by kind: tests/unit (pure, no world; tests/unit/conftest.py keeps it so),
+tests/integration (the sandbox's daemons), tests/cli (the pyinfra CLI end to end).
+Shared helpers live next to this file (providerkit, mailhostkit, mailpath, seedkit,
+scratchkit, httpkit), importable by name (pyproject's ``pythonpath``).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from pathlib import Path
 
 import pytest
+import trustme
 
-from backupmx_sandbox.world import Sandbox, load_world
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from backupmx_sandbox import cli
+from backupmx_sandbox.world import Sandbox, load_world, sandbox_root
+from providerkit import admin, cloudflare_admin
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +29,6 @@ def sandbox() -> Sandbox:
 
 @pytest.fixture(scope="session")
 def world(sandbox: Sandbox):
-    from backupmx_sandbox import cli
-
     already_up = all(cli.status(sandbox).values())
     try:
         data = cli.up(sandbox)
@@ -54,10 +58,6 @@ def _seeded_secrets() -> list[str]:
     """The sandbox's generated secret values (``<sandbox root>/secrets.json``), read once."""
     global _secret_values
     if _secret_values is None:
-        import json
-
-        from backupmx_sandbox.world import sandbox_root
-
         try:
             values = json.loads((sandbox_root() / "secrets.json").read_text())
         except (OSError, ValueError):
@@ -93,10 +93,24 @@ def pytest_runtest_makereport(item, call):
             report.longrepr = "a seeded secret value was in this test's captured output (shown as <SEEDED SECRET>)"
 
 
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A test CA of its own (not the sandbox's), for TLS servers on loopback (httpkit)."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_bundle(ca, tmp_path_factory) -> str:
+    """``ca``'s certificate as a PEM file, to trust it."""
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
 @pytest.fixture
 def sdk(world):
     """The official Cloudflare SDK pointed at the fake (no retries: a test sees every answer)."""
-    from cloudflare import Cloudflare
+    from cloudflare import Cloudflare  # on first use: tests/unit never pays for importing the SDK
 
     return Cloudflare(api_token=world["cloudflare_token"], base_url=world["cloudflare_api_base"], max_retries=0)
 
@@ -113,10 +127,16 @@ def zone_id(world) -> str:
 
 
 @pytest.fixture
+def acc(world):
+    """The fake Roller Network ACC at its seed before and after the test."""
+    admin(world, "reset", {})
+    yield world
+    admin(world, "reset", {})
+
+
+@pytest.fixture
 def fresh(world):
     """Both fakes (Cloudflare, Roller Network ACC) at their seed before and after the test."""
-    from providerkit import admin, cloudflare_admin
-
     admin(world, "reset", {})
     cloudflare_admin(world, "POST", "reset")
     yield world

@@ -1,20 +1,30 @@
-"""Mail host helpers shared by the stage 3 tests and the fault matrix.
+"""Sandbox mail host helpers shared by the stage 3 tests, the drill and the fault matrix.
 
 The three files stage 3 manages, their snapshot, putting a state back (and
-reloading what changed), the sandbox's pristine configuration, and a check that
-both daemons still answer.
+reloading what changed), the sandbox's pristine configuration, checks that both
+daemons still answer and that the listener is up, and one operation through
+pyinfra's API on a sandbox SSH host.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
+
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operation import add_op
+from pyinfra.api.operations import run_ops
 
 from backupmx.mailhost.model import ACCESS_LIST, RSPAMD_BLOCK, load_mailhost
 from backupmx.postfix.blocks import with_block
 from backupmx.postfix.mastercf import remove_service_options
-from backupmx_sandbox import seed
+from backupmx_sandbox import mailhost, seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
+from backupmx_sandbox.supervisor import Supervisor
+from backupmx_sandbox.world import Sandbox
 from mailpath import endpoint, fresh_ipv4
 
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
@@ -85,15 +95,15 @@ def services_answer(world, recipient: str) -> None:
     assert ping.returncode == 0, ping.stderr
 
 
+def start_postfix_if_down(world, sandbox) -> None:
+    """Never leave the mail host down for the next test: the drill stops its Postfix."""
+    if not listener_up(world):
+        Supervisor(sandbox).start(mailhost.postfix_daemon(mailhost.mailhost_paths(sandbox), mailhost.mailhost_ports(sandbox)))
+
+
 def run_api_operation(ssh: dict, host_name: str, operation, caplog, **arguments) -> tuple[bool, str]:
     """One operation through pyinfra's API on a sandbox SSH host (``world["ssh"]`` or the relay's);
     (succeeded, what pyinfra logged)."""
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operation import add_op
-    from pyinfra.api.operations import run_ops
-
     data = {"ssh_hostname": ssh["host"], "ssh_port": ssh["port"], "ssh_user": ssh["user"], "ssh_key": ssh["key"],
             "ssh_known_hosts_file": ssh["known_hosts"], "ssh_strict_host_key_checking": "yes"}
     state = State(inventory=Inventory(([(host_name, data)], {})), config=Config())
@@ -108,3 +118,19 @@ def run_api_operation(ssh: dict, host_name: str, operation, caplog, **arguments)
         return state.inventory.get_host(host_name) not in state.failed_hosts, caplog.text
     finally:
         disconnect_all(state)
+
+
+def worker_pids(world) -> set[int]:
+    """The rspamd main process's children: a reload replaces them."""
+    main = Supervisor(Sandbox()).pid("rspamd")
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(main)], capture_output=True, text=True).stdout
+    return {int(pid) for pid in children.split()}
+
+
+def listener_up(world) -> bool:
+    """The mail host's PROXY-v2 listener accepts connections."""
+    try:
+        socket.create_connection(endpoint(world["proxy_listener"]), timeout=2).close()
+        return True
+    except OSError:
+        return False

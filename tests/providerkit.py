@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -58,25 +60,31 @@ def acc_writes(world) -> list[dict]:
     return [entry for entry in acc_requests(world) if entry.get("action") in ACC_WRITES]
 
 
-def cloudflare_admin(world, method: str, name: str):
-    response = requests.request(method, f"{world['cloudflare_admin']}/{name}", timeout=10)
+def cloudflare_admin(world, method: str, name: str, payload=None):
+    """The fake Cloudflare's test-only endpoints (``payload``: a JSON body)."""
+    response = requests.request(method, f"{world['cloudflare_admin']}/{name}", json=payload, timeout=10)
     response.raise_for_status()
     return response.json() if response.content else None
 
 
 def cloudflare_faults(world, **settings) -> None:
     """Switch the fake Cloudflare's faults (docs/reliability.md); a reset clears them."""
-    requests.post(f"{world['cloudflare_admin']}/faults", json=settings, timeout=10).raise_for_status()
+    cloudflare_admin(world, "POST", "faults", settings)
 
 
 def cloudflare_requests(world) -> list[dict]:
-    return requests.get(f"{world['cloudflare_admin']}/requests", timeout=10).json()["requests"]
+    """The fake Cloudflare's request log, oldest first."""
+    return cloudflare_admin(world, "GET", "requests")["requests"]
+
+
+def clear_cloudflare_requests(world) -> None:
+    cloudflare_admin(world, "DELETE", "requests")
 
 
 def cloudflare_writes(world) -> list[dict]:
-    log = cloudflare_admin(world, "GET", "requests")
-    entries = log.get("requests", log) if isinstance(log, dict) else log
-    return [entry for entry in entries if entry["method"] in CF_WRITES and "/client/v4/" in entry["path"]]
+    """The API writes in the fake Cloudflare's request log (not the test-only endpoints)."""
+    return [entry for entry in cloudflare_requests(world)
+            if entry["method"] in CF_WRITES and "/client/v4/" in entry["path"]]
 
 
 def secret_values(world) -> list[str]:
@@ -91,17 +99,68 @@ def dead_port() -> int:
         return probe.getsockname()[1]
 
 
+def pyinfra_argv(deploy: str, *args: str, yes: bool = True, dry: bool = False,
+                 inventory: str | Path = "inventory/sandbox.py") -> list[str]:
+    """The pyinfra command line; ``dry``: a ``--dry`` review, without ``-y`` (with it pyinfra shows no diff)."""
+    return [PYINFRA, *(["-y"] if yes and not dry else []), str(inventory), deploy, *args, *(["--dry"] if dry else [])]
+
+
 def pyinfra(deploy: str, *args: str, env: dict | None = None, yes: bool = True, dry: bool = False,
             inventory: str | Path = "inventory/sandbox.py", timeout: float = 300) -> subprocess.CompletedProcess:
-    """The pyinfra CLI on ``deploy``; ``dry``: a ``--dry`` review, without ``-y`` (with it pyinfra shows no diff)."""
-    command = [PYINFRA, *(["-y"] if yes and not dry else []), str(inventory), deploy, *args,
-               *(["--dry"] if dry else [])]
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, env=env,
-                          stdin=subprocess.DEVNULL, check=False)
+    """The pyinfra CLI on ``deploy``, run to its end from the project root (see ``pyinfra_argv``)."""
+    return subprocess.run(pyinfra_argv(deploy, *args, yes=yes, dry=dry, inventory=inventory), cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
+                          check=False)
+
+
+def start_pyinfra(deploy: str, *args: str, yes: bool = True, dry: bool = False,
+                  inventory: str | Path = "inventory/sandbox.py", stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    """The pyinfra CLI on ``deploy``, started and left running (text pipes; ``stderr=subprocess.STDOUT`` merges)."""
+    return subprocess.Popen(pyinfra_argv(deploy, *args, yes=yes, dry=dry, inventory=inventory), cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, stdin=subprocess.DEVNULL)
 
 
 def output(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
+
+
+def has_line(text: str, line: str) -> bool:
+    """``line`` is one of ``text``'s lines, surrounding blanks aside (not just a part of one)."""
+    return line in (candidate.strip() for candidate in text.splitlines())
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    stage: str
+    check: str
+    status: str
+    evidence: str
+
+
+def report_rows(text: str) -> list[ReportRow]:
+    """The rows of every backupmx report in ``text`` (the gate report, the rollback and drift summaries),
+    cut at the columns of its header line; a row's ``next:`` line is not a row."""
+    rows = []
+    lines = text.splitlines()
+    for index, header in enumerate(lines):
+        if not re.fullmatch(r"  stage +check +status +evidence", header):
+            continue
+        check_at, status_at, evidence_at = (header.index(word) for word in ("check", "status", "evidence"))
+        for line in lines[index + 1:]:
+            if not line.startswith("  ") or line.startswith("  =>"):
+                break
+            stage = line[:check_at].strip()
+            if stage:
+                rows.append(ReportRow(stage, line[check_at:status_at].strip(), line[status_at:evidence_at].strip(),
+                                      line[evidence_at:]))
+    return rows
+
+
+def report_row(text: str, stage: str, check: str = "") -> ReportRow:
+    """The one report row of ``stage`` whose check starts with ``check``."""
+    found = [row for row in report_rows(text) if row.stage == stage and row.check.startswith(check)]
+    assert len(found) == 1, f"{len(found)} rows for stage {stage} {check!r} in:\n{text}"
+    return found[0]
 
 
 def provider_data(world, **changes) -> str:

@@ -1,6 +1,6 @@
 """Test helper: put the stage-3 whitelist and exemption on the sandbox mail host (no gates, no DNS).
 
-Used by tests/test_rollback.py to make the state ``revert_mailhost`` takes away.
+Used by tests/cli/test_rollback.py to make the state ``revert_mailhost`` takes away.
 """
 
 from pyinfra import host

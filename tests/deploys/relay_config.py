@@ -3,7 +3,7 @@
 Data: ``relayhost`` (the world's), ``relay_domains``, ``relay_present`` (default
 true), ``relay_verify`` (default true), ``relay_assess`` (log the read-only
 assessment's gate rows first; ``relay_cidrs`` is the run's list for G4).
-Used by tests/test_relayhost.py.
+Used by tests/cli/test_relayhost.py.
 """
 
 from pyinfra import host, logger

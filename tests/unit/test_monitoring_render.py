@@ -1,0 +1,148 @@
+"""Monitoring (seed change 4) rendered from the seed's values: the blackbox modules, the
+scrape jobs, the shape check, the shipped rule file. The same files against the real
+blackbox_exporter and promtool, and probes of the sandbox DNS: tests/integration/test_monitoring.py;
+the push to the monitoring host: tests/cli/test_monitoring_push.py."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import yaml
+from seedkit import seed_settings
+
+from backupmx.core.errors import BackupMXError, ConfigError
+from backupmx.monitoring import rules as monitoring_rules
+from backupmx.monitoring.checks import check_blackbox_shape, loads
+from backupmx.monitoring.rules import (
+    MX_JOB,
+    SMTP_JOB,
+    SMTP_MODULE,
+    module_name,
+    render_blackbox,
+    render_rules,
+    render_scrape,
+    wanted_mx,
+)
+from backupmx.monitoring.settings import BLACKBOX_FILE, RULES_FILE, load_monitoring
+from providerkit import PROJECT_ROOT
+
+SHIPPED_RULES = PROJECT_ROOT / "tests" / "monitoring" / RULES_FILE
+# The seed's values: the shipped rule file next to the promtool tests is rendered from these.
+SEED_MONITORING = {"dir": "/srv/backupmx/monitoring", "dns_targets": ["1.1.1.1:53"]}
+
+
+def test_one_dns_module_per_wanted_record_each_with_its_own_record():
+    settings = seed_settings()
+    monitoring = load_monitoring(SEED_MONITORING, settings)
+    config = loads(render_blackbox(settings, monitoring))
+    dns = {name: module for name, module in config["modules"].items() if module["prober"] == "dns"}
+    assert sorted(dns) == sorted([
+        "backupmx_mx_viktorbarzin_me__mail_viktorbarzin_me",
+        "backupmx_mx_viktorbarzin_me__mail_rollernet_us",
+        "backupmx_mx_viktorbarzin_me__mail2_rollernet_us",
+    ])
+    rr = "viktorbarzin.me.\t300\tIN\tMX\t{} {}."
+    for name, module in dns.items():
+        assert module["dns"]["query_name"] == "viktorbarzin.me" and module["dns"]["query_type"] == "MX"
+        [present] = module["dns"]["validate_answer_rrs"]["fail_if_none_matches_regexp"]
+        [allowed] = module["dns"]["validate_answer_rrs"]["fail_if_not_matches_regexp"]
+        host = "mail.viktorbarzin.me" if name.endswith("viktorbarzin_me") else (
+            "mail2.rollernet.us" if "mail2" in name else "mail.rollernet.us")
+        priority = 1 if host == "mail.viktorbarzin.me" else 20
+        # Its own record (any TTL, any case), nothing else; the set regexp takes all three.
+        assert re.search(present, rr.format(priority, host))
+        assert re.search(present, rr.format(priority, host).upper())
+        assert not re.search(present, rr.format(priority + 1, host))
+        assert not re.search(present, rr.format(priority, "x" + host))
+        assert not re.search(present, rr.format(priority, host + ".evil.test"))
+        for p, h in ((1, "mail.viktorbarzin.me"), (20, "mail.rollernet.us"), (20, "mail2.rollernet.us")):
+            assert re.search(allowed, rr.format(p, h))
+        assert not re.search(allowed, rr.format(30, "mx.other.example"))
+        assert not re.search(allowed, rr.format(10, "mail.rollernet.us"))
+    smtp = config["modules"][SMTP_MODULE]
+    assert smtp["prober"] == "tcp" and smtp["tcp"]["query_response"][0]["expect"] == "^220[ -]"
+
+
+def test_scrape_jobs_probe_every_record_on_every_dns_server_and_each_backup_host():
+    settings = seed_settings()
+    monitoring = load_monitoring({**SEED_MONITORING, "dns_targets": ["1.1.1.1:53", "8.8.8.8:53"],
+                                      "blackbox_address": "blackbox.monitoring.svc:9115"}, settings)
+    scrape = loads(render_scrape(settings, monitoring))
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    mx = jobs[MX_JOB]
+    targets = [(entry["targets"][0], entry["labels"]["module"], entry["labels"]["mx_host"])
+               for entry in mx["static_configs"]]
+    assert len(targets) == 6 and {t[0] for t in targets} == {"1.1.1.1:53", "8.8.8.8:53"}
+    assert {"replacement": "blackbox.monitoring.svc:9115", "target_label": "__address__"} in mx["relabel_configs"]
+    smtp = jobs[SMTP_JOB]
+    assert smtp["params"] == {"module": [SMTP_MODULE]}
+    assert [entry["targets"] for entry in smtp["static_configs"]] == [["mail.rollernet.us:25"], ["mail2.rollernet.us:25"]]
+    assert scrape["rule_files"] == [RULES_FILE]
+
+
+@pytest.mark.parametrize("data, field", [
+    ({}, "monitoring.dir"),
+    ({"dir": "relative/dir"}, "monitoring.dir"),
+    ({"dir": "/srv/m", "dns_targets": ["1.1.1.1"]}, "monitoring.dns_targets[0]"),
+    ({"dir": "/srv/m", "dns_targets": "1.1.1.1:53"}, "monitoring.dns_targets"),
+    ({"dir": "/srv/m", "blackbox_check": "yes"}, "monitoring.blackbox_check"),
+    ({"dir": "/srv/m", "dns_targets": ["1.1.1.1:53"], "scrape_interval": "1 minute"}, "monitoring.scrape_interval"),
+    ({"dir": "/srv/m", "dns_targets": ["1.1.1.1:53"], "reload": "systemctl reload prometheus"}, "monitoring.reload"),
+    ({"dir": "/srv/m", "dirr": "/x"}, "monitoring.dirr"),
+])
+def test_bad_monitoring_data_names_the_field(data, field):
+    with pytest.raises(ConfigError) as caught:
+        load_monitoring(data, seed_settings())
+    assert caught.value.field == field
+
+
+def test_dns_targets_default_to_the_inventory_dns_servers_or_must_be_given():
+    with pytest.raises(ConfigError, match="monitoring.dns_targets"):
+        load_monitoring({"dir": "/srv/m"}, seed_settings())
+    settings = seed_settings(dns_servers=["192.0.2.53:53"])
+    assert load_monitoring({"dir": "/srv/m"}, settings).dns_targets == ("192.0.2.53:53",)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda m: m.__setitem__("prober", "tcp"), "has a `dns` section but its prober is tcp"),
+    (lambda m: m["dns"].__setitem__("query_type", "A"), "the drift guard asks for MX"),
+    (lambda m: m["dns"]["validate_answer_rrs"]["fail_if_none_matches_regexp"].append("x"), "several would pass"),
+    (lambda m: m["dns"]["validate_answer_rrs"]["fail_if_not_matches_regexp"].__setitem__(0, "(?=x)"),
+     "look-around"),
+    (lambda m: m["dns"]["validate_answer_rrs"]["fail_if_not_matches_regexp"].__setitem__(0, "(unclosed"),
+     "does not compile"),
+])
+def test_shape_check_refuses_what_would_not_guard(edit, problem):
+    settings = seed_settings()
+    config = loads(render_blackbox(settings, load_monitoring(SEED_MONITORING, settings)))
+    name = module_name(wanted_mx(settings.domains[0], settings)[1])
+    edit(config["modules"][name])
+    problems = check_blackbox_shape(yaml.safe_dump(config))
+    assert any(problem in found for found in problems), problems
+
+
+def test_shape_check_wants_every_expected_module():
+    text = "modules:\n  a:\n    prober: icmp\n"
+    assert check_blackbox_shape(text, expected_modules=["a", "b"]) == ["module b is missing"]
+    assert check_blackbox_shape("modules: []\n") == ["no `modules:` mapping"]
+
+
+def test_shipped_rule_file_is_rendered_from_the_seed_values():
+    """The rule file the promtool tests run against is what the product renders today.
+
+    Re-render it with: BACKUPMX_REGENERATE=1 .venv/bin/pytest tests/unit/test_monitoring_render.py -k shipped
+    """
+    settings = seed_settings()
+    rendered = render_rules(settings, load_monitoring(SEED_MONITORING, settings))
+    if os.environ.get("BACKUPMX_REGENERATE"):
+        SHIPPED_RULES.write_text(rendered)
+    assert SHIPPED_RULES.read_text() == rendered
+
+
+def test_rendered_error_for_a_broken_template_names_the_file(monkeypatch):
+    settings = seed_settings()
+    monkeypatch.setattr(monitoring_rules, "render_template", lambda *a, **k: "modules:\n  x:\n    prober: nope\n")
+    with pytest.raises(BackupMXError, match=f"rendered {BLACKBOX_FILE} is not a valid blackbox"):
+        render_blackbox(settings, load_monitoring(SEED_MONITORING, settings))
