@@ -329,7 +329,7 @@ class MailhostReads(FactBase):
     Several facts of this module in one SSH round trip, run concurrently: ``reads``
     is a tuple of ``(fact name, ((argument, value), ...))``; the result is the list
     of what each fact returns, in that order. Stage 3's plans read their three
-    facts through it while preparing (``operations.mailhost.assess_mailhost``).
+    facts through it while preparing (``operations.mailhost_proof.assess_mailhost``).
 
     .. code:: python
 

@@ -3,7 +3,7 @@
 A smaller limit answers 552 (5xx) to mail the primary would accept: during an
 outage that is a bounce the primary would never have sent. The sizes are Postfix's
 ``message_size_limit`` as read while preparing (``None``: not read); the mail hosts'
-come from ``operations.mailhost.report_mailhost``, the relays' from ``assess_relayhost``.
+come from ``operations.mailhost_proof.report_mailhost``, the relays' from ``assess_relayhost``.
 """
 
 from __future__ import annotations
