@@ -58,7 +58,7 @@ if is_mailhost(host):
 # planned change (3r), the proof that it is live already is 4r.
 if host.name in relay_names:
     relay = relay_data[host.name]
-    relay_assessment = assess_relayhost(relay, domain_names, relay_cidrs)
+    relay_assessment = assess_relayhost(relay, domain_names, relay_cidrs, run.relay_rolled_back())
     run.add_relay_rows(host.name, relay_assessment.rows)
     run.relay_message_sizes[host.name] = relay_assessment.message_size_limit
 

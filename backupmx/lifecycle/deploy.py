@@ -91,6 +91,11 @@ class Run:
         planned = {(row.title, row.status) for row in rows if row.key == "G1"}
         self.reenable = {name: entry for name, entry in rolled_back.items() if (g1_title(name), CHANGE) in planned}
 
+    def relay_rolled_back(self) -> dict[str, dict]:
+        """Provider selfhosted: per domain, the change-log entry of this tool's rollback that disabled it last."""
+        return {domain.name: entry for domain in self.settings.domains
+                if (entry := audit.disabled_by_rollback(self.settings, domain.name)) is not None}
+
     def reenable_domain(self, domain: str, log: Callable[[str], None]) -> str | None:
         """At execution: enable ``domain`` again at the provider (G1's planned change); None, or why not.
 
