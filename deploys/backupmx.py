@@ -16,6 +16,7 @@ from operations.dns import backup_mx_records
 from operations.mailhost import is_mailhost, mailhost_settings, postscreen_whitelist, rspamd_exemption, verify_live
 from operations.mailhost_proof import assess_mailhost, report_mailhost
 from operations.monitoring import is_monitoring_host, monitoring_stage, prepare_monitoring
+from operations.provider import provider_domain_reenabled
 from operations.relayhost import assess_relayhost, relay_config, relay_settings, verify_relay
 from operations.stages import boundary
 
@@ -57,7 +58,7 @@ if is_mailhost(host):
 # planned change (3r), the proof that it is live already is 4r.
 if host.name in relay_names:
     relay = relay_data[host.name]
-    relay_assessment = assess_relayhost(relay, domain_names, relay_cidrs)
+    relay_assessment = assess_relayhost(relay, domain_names, relay_cidrs, run.relay_rolled_back())
     run.add_relay_rows(host.name, relay_assessment.rows)
     run.relay_message_sizes[host.name] = relay_assessment.message_size_limit
 
@@ -129,6 +130,16 @@ if is_mailhost(host):
 boundary(name="Stages 3-4 finished on every mail host", stage="stages 3-4")
 
 if "controller" in host.groups:
+    # G1's planned change, if any: a domain this tool's rollback disabled is
+    # enabled again at the provider before its MX records go in (a failure here
+    # fails the controller: stage 5 then publishes nothing).
+    for domain in run.settings.domains:
+        if domain.name in run.reenable:
+            provider_domain_reenabled(
+                name=f"G1: enable {domain.name} again at the provider",
+                run=run,
+                domain=domain,
+            )
     # Stage 5 refuses unless stage 4 proved every mail host of the inventory
     # (and, with provider selfhosted, the relay stage every relay host).
     for domain in run.settings.domains:

@@ -114,3 +114,33 @@ def hold_status(maintenance, domain):
     for line in lines:
         _show(line)
     host.noop(lines[0])
+
+
+def _reenable(state, host, run, domain) -> bool:  # pyinfra calls it with (state, host, ...)
+    problem = run.reenable_domain(domain, lambda message: host.log(message, logger.info))
+    if problem:
+        host.log(problem, log_func=logger.error)
+        return False
+    return True
+
+
+@operation(is_idempotent=False)
+def provider_domain_reenabled(run, domain):
+    """
+    Enable ``domain`` again at the provider when this tool's own rollback disabled it.
+
+    + run: the deploy's ``backupmx.lifecycle.deploy.Run``
+    + domain: the ``backupmx.core.settings.Domain``
+
+    Only for a domain gate G1 planned to re-enable (``Run.reenable``: the change
+    log's last entry for it is the rollback's disable, and the provider still
+    shows it disabled); at execution the provider and the log are read again. A
+    failure fails the control machine, so stage 5 publishes nothing.
+    """
+    entry = run.reenable.get(domain.name)
+    if entry is None:
+        host.noop(f"{domain.name}: nothing to enable again at the provider")
+        return
+    _show(f"G1: enable {domain.name} again at {run.settings.provider.name} (disabled by the rollback of "
+          f"{entry.get('when', '?')}), before stage 5")
+    yield FunctionCommand(_reenable, (run, domain.name), {})

@@ -26,6 +26,7 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Check
 from backupmx.mailhost.proof import Proof
+from backupmx.postfix.maincf import postfix_list
 from backupmx.postfix.transaction import FileChange, Transaction
 from backupmx.providers.relayhost import (
     check_domains,
@@ -239,14 +240,20 @@ TITLE_G2 = "relay defers (4xx), queue lifetime"
 TITLE_G4 = "relay addresses == relay CIDRs"
 
 
-def assess_relayhost(relay: RelayHost, domains: Sequence[str], relay_cidrs=None) -> RelayAssessment:
+def assess_relayhost(relay: RelayHost, domains: Sequence[str], relay_cidrs=None,
+                     rolled_back: dict[str, dict] | None = None) -> RelayAssessment:
     """The plan of ``relay_config``; if it would change nothing, the proof; and rows G1, G2, G4.
+
+    ``rolled_back``: per domain, the change-log entry of this tool's rollback that
+    took it out of ``relay_domains`` (``backupmx.core.audit.disabled_by_rollback``);
+    G1 says when ``relay_config`` puts such a domain back.
 
     The plan is kept for this host and preparing pass, so ``relay_config`` called
     next reuses it instead of reading the same facts again.
     """
     # One read for the plan and for gate G2's message size (backupmx.gates.message_size).
-    postfix = host.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir, names=("message_size_limit",))
+    postfix = host.get_fact(RelayPostconf, config_dir=relay.postfix_config_dir,
+                            names=("message_size_limit", "relay_domains"))
     plan = plan_relay_config(relay, domains, postfix=postfix)
     remember(_plan_key(relay, domains, True), plan)
     assessment = RelayAssessment(plan)
@@ -263,7 +270,7 @@ def assess_relayhost(relay: RelayHost, domains: Sequence[str], relay_cidrs=None)
         rows.append(Check("G2", TITLE_G2, FAIL, f"{name}: not checked, the relay cannot be configured"))
     elif plan.changed:
         rows.append(Check("G1", TITLE_G1, CHANGE, f"{name}: relay_config will {plan.summary()}; "
-                          "proven at execution by verify_relay"))
+                          "proven at execution by verify_relay" + _way_back(postfix, domains, rolled_back)))
         rows.append(Check("G2", TITLE_G2, TODO, f"{name}: queue {relay.queue_lifetime}, bounces "
                           f"{relay.bounce_lifetime}; 4xx proven at execution by verify_relay"))
     else:
@@ -280,6 +287,17 @@ def assess_relayhost(relay: RelayHost, domains: Sequence[str], relay_cidrs=None)
                           None if g2_ok else "re-run relay_config (it restores the settings), then review with --dry"))
     rows.append(addresses_row(relay, relay_cidrs))
     return assessment
+
+
+def _way_back(postfix: dict, domains: Sequence[str], rolled_back: dict[str, dict] | None) -> str:
+    """G1's note when relay_config puts back domains this tool's rollback took out of relay_domains."""
+    current = set(postfix_list(postfix["settings"].get("relay_domains", "") or ""))
+    back = [(domain, entry) for domain, entry in (rolled_back or {}).items() if domain not in current]
+    if not back or not postfix["settings"]:
+        return ""
+    return "; " + "; ".join(f"enables {domain} again (back in relay_domains, its rollback transport route "
+                            f"dropped): disabled by this tool's rollback ({entry.get('when', '?')}, change log)"
+                            for domain, entry in back)
 
 
 def addresses_row(relay: RelayHost, relay_cidrs) -> Check:

@@ -76,3 +76,37 @@ def read(settings) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# Entries that say something about whether a domain is enabled at the provider:
+# its MX records and its enabled state. ``provider.hold`` is left out: turning the
+# hold off after a rollback (to drain the queue) does not enable or disable anything.
+_STATE_CHANGES = ("dns.create", "dns.delete", "provider.domain_enabled")
+ROLLBACK_DEPLOY = "deploys/rollback.py"
+
+
+def disabled_by_rollback(settings, domain: str) -> dict | None:
+    """The rollback's entry if this tool's own rollback is the last to have disabled ``domain``.
+
+    "Disabled by us" means: the last logged change of the domain's MX records or
+    enabled state is the rollback's ``provider.domain_enabled`` setting it to false.
+    Any later logged change (a deploy's record, an enable) or none at all (a fresh
+    log, a domain disabled by hand or on another machine) answers None. The caller
+    also checks that the provider still shows the domain disabled, i.e. the state
+    equals what that entry set. A hand re-enable and re-disable in the provider's
+    console with no logged change in between cannot be told apart (docs/rollback.md).
+    """
+    try:
+        entries = read(settings)
+    except (OSError, ValueError):
+        return None
+    last = None
+    for entry in entries:
+        if entry.get("target") == domain and entry.get("what") in _STATE_CHANGES:
+            last = entry
+    if last is None or last.get("what") != "provider.domain_enabled" or last.get("deploy") != ROLLBACK_DEPLOY:
+        return None
+    after = last.get("after")
+    if not isinstance(after, dict) or after.get("enabled") is not False:
+        return None
+    return last

@@ -20,11 +20,11 @@ run's report. Nothing here changes anything anywhere.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from backupmx.core.errors import BackupMXError
-from backupmx.core.report import FAIL, PASS, WARN, Check, Report
+from backupmx.core.report import CHANGE, FAIL, PASS, WARN, Check, Report
 from backupmx.core.settings import Settings
 from backupmx.gates import starttls
 from backupmx.providers.base import Fact, Provider, ProviderFacts, unknown
@@ -69,21 +69,31 @@ def for_each_domain(function: Callable, domains: list) -> list:
         return list(pool.map(function, domains))
 
 
-def g1_domain(settings: Settings, provider: Provider) -> list[Check]:
-    """G1 per domain: present, Secondary MX, enabled, user table default allow any."""
+def g1_title(domain: str) -> str:
+    return f"provider domain {domain}"
+
+
+def g1_domain(settings: Settings, provider: Provider, rolled_back: Mapping[str, dict] | None = None) -> list[Check]:
+    """G1 per domain: present, Secondary MX, enabled, user table default allow any.
+
+    ``rolled_back``: per domain, the change-log entry of this tool's rollback that
+    disabled it (``backupmx.core.audit.disabled_by_rollback``). Such a domain, still
+    disabled, is a planned change (the deploy enables it again before stage 5),
+    not a failure; any other disabled domain fails as before.
+    """
 
     def one(domain) -> Check:
-        title = f"provider domain {domain.name}"
+        title = g1_title(domain.name)
         try:
             facts = provider.domain_facts(domain.name)
         except BackupMXError as error:
             return Check("G1", title, FAIL, str(error), "fix the provider access and run again")
-        return _g1_check(settings, title, facts)
+        return _g1_check(settings, title, facts, (rolled_back or {}).get(domain.name))
 
     return for_each_domain(one, list(settings.domains))
 
 
-def _g1_check(settings: Settings, title: str, facts: ProviderFacts) -> Check:
+def _g1_check(settings: Settings, title: str, facts: ProviderFacts, rolled_back: dict | None = None) -> Check:
     name, console = facts.domain, settings.provider.manual_url
     present = facts.present
     if not present.known:
@@ -95,7 +105,7 @@ def _g1_check(settings: Settings, title: str, facts: ProviderFacts) -> Check:
                      f"({present.evidence})",
                      f"add {name} at {console} as a Secondary MX domain, set its user table default to "
                      f"'allow any', and run again")
-    fails, warns, steps = [], [], []
+    fails, warns, steps, changes = [], [], [], []
     mode, table, enabled, hold = facts.mode, facts.user_table_default, facts.enabled, facts.hold
     if not mode.known:
         fails.append(f"mode unknown ({mode.evidence})")
@@ -111,7 +121,10 @@ def _g1_check(settings: Settings, title: str, facts: ProviderFacts) -> Check:
                      f"550 to every address but abuse@ and postmaster@")
         steps.append(f"in the ACC, valid-user table of {name}: flip the default action from "
                      f"'{table.value}' to 'allow any' (catch-all)")
-    if enabled.known and enabled.value is False:
+    if enabled.known and enabled.value is False and rolled_back is not None:
+        changes.append(f"will enable {name} again before stage 5: disabled by this tool's rollback "
+                       f"({rolled_back.get('when', '?')}, change log), nothing changed it since")
+    elif enabled.known and enabled.value is False:
         fails.append("the domain is disabled (a rollback disables it): the relays would refuse its mail "
                      "with 554")
         steps.append(f"in the ACC enable {name}")
@@ -128,6 +141,9 @@ def _g1_check(settings: Settings, title: str, facts: ProviderFacts) -> Check:
     sources = _sources(present, mode, table, enabled, hold)
     if fails:
         return Check("G1", title, FAIL, f"{'; '.join(fails)} ({sources})", "; ".join(steps))
+    if changes:
+        return Check("G1", title, CHANGE, f"{said}; {'; '.join(changes + warns)} ({sources})",
+                     "; ".join(steps) or None)
     if warns:
         return Check("G1", title, WARN, f"{said}; {'; '.join(warns)} ({sources})", "; ".join(steps) or None)
     return Check("G1", title, PASS, f"{said} ({sources})")
@@ -225,12 +241,14 @@ def g4_relay_cidrs(settings: Settings, provider: Provider) -> list[Check]:
 # ------------------------------------------------------------------------ all
 
 
-def run_gates(settings: Settings, secrets, report: Report, provider: Provider | None = None) -> list[Check]:
+def run_gates(settings: Settings, secrets, report: Report, provider: Provider | None = None,
+              rolled_back: Mapping[str, dict] | None = None) -> list[Check]:
     """Run G1-G4 and add every row to ``report``; returns the rows added.
 
     ``secrets`` is the run's ``SecretStore`` (the api backend's key comes from it);
     a ``provider`` may be given instead (tests). A provider that cannot be opened
     fails G1 and G4 with the reason; G2 still reads the ledger and G3 still probes.
+    ``rolled_back``: see ``g1_domain``.
     """
     opened = provider is None
     checks: list[Check] = []
@@ -255,7 +273,7 @@ def run_gates(settings: Settings, secrets, report: Report, provider: Provider | 
             report.checks.extend(checks)
             return checks
     try:
-        checks += g1_domain(settings, provider)
+        checks += g1_domain(settings, provider, rolled_back)
         checks += g2_overage(settings, provider)
         checks += g3_starttls(settings, provider)
         checks += g4_relay_cidrs(settings, provider)

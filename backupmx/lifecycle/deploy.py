@@ -13,17 +13,20 @@ import gevent.event
 from pyinfra import host as current_host
 from pyinfra.api import DeployError
 
-from backupmx.core import lock
+from collections.abc import Callable
+
+from backupmx.core import audit, lock
 from backupmx.core.audit import deploy_name
 from backupmx.core.context import once_per_run
 from backupmx.core.errors import BackupMXError
-from backupmx.core.report import FAIL, Report
+from backupmx.core.report import CHANGE, FAIL, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.dns.stage import Assessment, DNSStage
-from backupmx.gates.checks import for_each_domain, run_gates
+from backupmx.gates.checks import for_each_domain, g1_title, run_gates
 from backupmx.gates.message_size import message_size_rows
 from backupmx.lifecycle import gate_report
+from backupmx.providers.registry import open_provider
 
 CLOUDFLARE_TOKEN_KEY = "cloudflare_api_token"
 
@@ -54,6 +57,8 @@ class Run:
         self.relay_message_sizes: dict[str, int | None] = {}
         self.dns_stage: DNSStage | None = None
         self.dns: dict[str, Assessment] = {}
+        # G1: domains this tool's rollback disabled, enabled again before stage 5 (change-log entries).
+        self.reenable: dict[str, dict] = {}
 
     def check_inventory(self) -> None:
         self.report.checks.append(gate_report.inventory_row(self.settings))
@@ -73,8 +78,51 @@ class Run:
         self.report.checks.append(gate_report.secrets_row(self.settings, keys, error))
 
     def check_gates(self) -> None:
-        """Stage 2: G1-G4, read-only; every gate runs so the report shows them all."""
-        run_gates(self.settings, self.secrets, self.report)
+        """Stage 2: G1-G4, read-only; every gate runs so the report shows them all.
+
+        A domain this tool's own rollback disabled (the change log says so, and the
+        provider still shows it disabled) is G1's planned change: kept in
+        ``reenable`` for ``reenable_domain`` before stage 5.
+        """
+        rolled_back = {} if self.settings.selfhosted else {
+            domain.name: entry for domain in self.settings.domains
+            if (entry := audit.disabled_by_rollback(self.settings, domain.name)) is not None}
+        rows = run_gates(self.settings, self.secrets, self.report, rolled_back=rolled_back)
+        planned = {(row.title, row.status) for row in rows if row.key == "G1"}
+        self.reenable = {name: entry for name, entry in rolled_back.items() if (g1_title(name), CHANGE) in planned}
+
+    def relay_rolled_back(self) -> dict[str, dict]:
+        """Provider selfhosted: per domain, the change-log entry of this tool's rollback that disabled it last."""
+        return {domain.name: entry for domain in self.settings.domains
+                if (entry := audit.disabled_by_rollback(self.settings, domain.name)) is not None}
+
+    def reenable_domain(self, domain: str, log: Callable[[str], None]) -> str | None:
+        """At execution: enable ``domain`` again at the provider (G1's planned change); None, or why not.
+
+        Read again first: enabled meanwhile is nothing to do; disabled, it is enabled
+        only if the change log still says this tool's rollback did it.
+        """
+        name = self.settings.provider.name
+        try:
+            provider = open_provider(self.settings, self.secrets)
+            try:
+                facts = provider.domain_facts(domain)
+                if facts.enabled.known and facts.enabled.value is True:
+                    log(f"{name}: {domain} is enabled already ({facts.enabled.evidence})")
+                    return None
+                if audit.disabled_by_rollback(self.settings, domain) is None:
+                    return (f"{domain} is disabled at {name}, but the change log no longer says this tool's "
+                            f"rollback did it: in the ACC enable {domain}, then run again")
+                after = provider.set_enabled(domain, True)
+            finally:
+                provider.close()
+        except BackupMXError as error:
+            return (f"{name}: enabling {domain} failed: {error}; the MX records were not published; "
+                    f"in the ACC enable {domain} (or fix the access), then run again")
+        audit.append(self.settings, "provider.domain_enabled", domain,
+                     {"enabled": facts.enabled.value}, {"enabled": after.value, "evidence": after.evidence})
+        log(f"{name}: {domain} enabled again ({after.evidence})")
+        return None
 
     def start_run_checks(self, monitoring_hosts: list[str]) -> None:
         """Stage 2 (gates) and stage 5's read-only part, in a greenlet of their own.

@@ -36,6 +36,7 @@ from backupmx.core.relayhost import RelayHost
 from backupmx.postfix.blocks import block_begin, block_end, find_block, with_block
 from backupmx.postfix.maincf import postfix_list
 from backupmx.postfix.syntax import logical_lines
+from backupmx.providers.relayroute import without_routes
 
 MAIN_BLOCK = "relay-main"
 MASTER_BLOCK = "relay-postscreen"
@@ -162,6 +163,8 @@ def configure_main_cf(current: str, relay: RelayHost, domains: Sequence[str], pr
     if not present:
         return original
     managed = set(main_settings(relay, domains))
+    # Back in relay_domains, a domain needs no route of its own any more (a rollback's).
+    original = without_routes(original, domains, relay.nexthop)
     lines = original.splitlines(keepends=True)
     spans = [(s, e) for s, e in logical_lines(lines) if lines[s].split("=", 1)[0].strip() in managed]
     return _append_block("".join(_turn_off(lines, spans)), MAIN_BLOCK, render_main_block(relay, domains))

@@ -36,6 +36,7 @@ from backupmx.core.relayhost import load_relayhost
 from backupmx.core.settings import Settings
 from backupmx.postfix.maincf import parse_postconf_main, postfix_list
 from backupmx.providers.base import Fact, ManualStepRequired, Provider, ProviderError, ProviderFacts, QueuedMessage
+from backupmx.providers.relayroute import with_route
 
 SOURCE = "relayhost"
 COMMAND_TIMEOUT = 30
@@ -232,16 +233,9 @@ class SelfHostedProvider(Provider):
         inline transport map keeps it going to the primary. An operator's own
         transport_maps is never overwritten: then the route is theirs to keep.
         """
-        route = f"{domain}=smtp:{target.relay.nexthop}"
-        current = lists["transport_maps_raw"][0].strip()
-        if route in current:
-            return
-        if current and not current.startswith("inline:{"):
-            return
-        entries = [entry for entry in current[len("inline:{"):].rstrip("}").split(",") if entry.strip()] \
-            if current else []
-        entries.append(f" {route} ")
-        self._edit(target, "transport_maps", "inline:{" + ",".join(entry.strip() for entry in entries) + "}")
+        value = with_route(lists["transport_maps_raw"][0], domain, target.relay.nexthop)
+        if value is not None:
+            self._edit(target, "transport_maps", value)
 
     def manual_steps(self, change: str, domain: str) -> list[str]:
         return manual_steps(self.settings, change, domain, self._targets)

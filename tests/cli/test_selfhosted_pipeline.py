@@ -235,6 +235,22 @@ def test_rollback_takes_the_mx_out_then_disables_the_domain_on_the_relay(relay_w
     again = cli("deploys/rollback.py", *SELFHOSTED)  # harmless the second time
     assert again.returncode == 0, output(again)
     assert report_row(again.stdout, "3").evidence.startswith("already disabled ("), output(again)
+    route = f"{zone}=smtp:"
+    assert route in " ".join(postconf(relay_world, "transport_maps"))  # the queue still drains
+
+    # The way back: --dry plans it and changes nothing, the deploy makes the relay whole.
+    files = relay_files(relay_world)
+    dry = pyinfra("deploys/backupmx.py", *SELFHOSTED, dry=True)
+    assert dry.returncode == 0, output(dry)
+    g1 = report_row(dry.stdout, "G1", "relay listening")
+    assert g1.status == "change" and f"enables {zone} again" in g1.evidence, output(dry)
+    assert relay_files(relay_world) == files and relay_mx(relay_world) not in mx_set(relay_world)
+    back = cli("deploys/backupmx.py", *SELFHOSTED)
+    assert back.returncode == 0, output(back)
+    assert zone in postconf(relay_world, "relay_domains")
+    assert route not in " ".join(postconf(relay_world, "transport_maps"))
+    assert "transport_maps" not in (relay_dir(relay_world) / "main.cf").read_text()
+    assert relay_mx(relay_world) in mx_set(relay_world)
 
 
 def test_selfhosted_without_a_relay_group_is_one_line(relay_world, tmp_path):
