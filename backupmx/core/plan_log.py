@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backupmx.core.context import executing, run_value
+from backupmx.core.context import executing, in_a_run, run_value
 
 CONFIG, DOCUMENT = "config", "document"  # a file to review / a generated page
 
@@ -31,7 +31,7 @@ class FileDiff:
 def note_file_change(host: str, path: str, old: str | None, new: str | None, operation: str,
                      kind: str = CONFIG) -> None:
     """Keep one planned file change for the run's plan documents (while preparing only)."""
-    if executing():
+    if executing() or not in_a_run():
         return
     notes = run_value("plan_file_changes", list)
     diff = FileDiff(host, path, old, new, operation, kind)
@@ -41,4 +41,4 @@ def note_file_change(host: str, path: str, old: str | None, new: str | None, ope
 
 def file_changes() -> list[FileDiff]:
     """The planned file changes of the run so far, in the order they were noted."""
-    return list(run_value("plan_file_changes", list))
+    return list(run_value("plan_file_changes", list)) if in_a_run() else []

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 
-from backupmx.core.plan_log import DOCUMENT, FileDiff
+import pytest
+
+from backupmx.core.errors import ConfigError
+from backupmx.core.plan_log import DOCUMENT, FileDiff, file_changes, note_file_change
 from backupmx.core.report import CHANGE, FAIL, PASS, Check
 from backupmx.core.settings import BackupMX, Domain, MXHost
 from backupmx.dns.plan import MANAGED_MARKER, MXRecord, plan
 from backupmx.lifecycle.plan_document import PlanData, domain_changes, document, to_json, to_markdown
+from backupmx.lifecycle.plan_output import plan_outputs
 from plankit import details_blocks, gate_table, problems
 
 ZONE = "viktorbarzin.me"
@@ -109,3 +113,20 @@ def test_schema_checker_catches_a_wrong_document():
     found = problems(doc)
     assert any("before_sha256" in p for p in found) and any("verdict.status" in p for p in found)
     assert any("missing evidence" in p for p in found)
+
+
+def test_plan_paths_are_checked_before_anything_is_contacted(tmp_path):
+    outputs = plan_outputs({"plan_markdown": str(tmp_path / "plan.md")})
+    assert outputs.markdown == tmp_path / "plan.md" and outputs.json is None and outputs
+    assert not plan_outputs({})
+    for data, words in (({"plan_json": str(tmp_path / "no" / "p.json")}, f"directory {tmp_path / 'no'} does not "
+                         "exist"), ({"plan_json": str(tmp_path)}, "is a directory"),
+                        ({"plan_markdown": 3}, "3 is not a path")):
+        with pytest.raises(ConfigError) as raised:
+            plan_outputs(data)
+        assert words in str(raised.value) and str(raised.value).startswith("inventory data plan_")
+
+
+def test_outside_a_pyinfra_run_nothing_is_noted():
+    note_file_change("mail", "/etc/x", None, "x\n", "op")
+    assert file_changes() == []
