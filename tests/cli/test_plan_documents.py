@@ -4,12 +4,23 @@ deploy with changes, a no-op and a failed gate; the JSON checked against docs/pl
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from backupmx.monitoring.settings import FILES
 from mailhostkit import pristine_state, restore
 from plankit import details_blocks, gate_table, problems
 from providerkit import acc_writes, admin, cloudflare_writes, output, pyinfra, secret_values
+
+
+@pytest.fixture
+def stage6_absent(fresh):
+    """Stage 6 as before the first deploy: the sandbox's monitoring files and rendered pages removed."""
+    root = Path(fresh["root"])
+    for path in [root / "monitoring" / name for name in FILES] + [root / "docs" / "runbook.md",
+                                                                  root / "docs" / "architecture.md"]:
+        path.unlink(missing_ok=True)
 
 
 def deploy(*args: str, dry: bool = False):
@@ -27,7 +38,7 @@ def no_secrets(world, *texts: str) -> None:
         assert all(value not in text for text in texts)
 
 
-def test_a_deploy_with_changes(fresh, tmp_path):
+def test_a_deploy_with_changes(fresh, stage6_absent, tmp_path):
     world = fresh
     restore(world, pristine_state(world))  # the mail host as before any deploy: its files are in the plan
     result, markdown, doc = dry_with_plan(tmp_path)
@@ -63,14 +74,14 @@ def test_a_deploy_with_changes(fresh, tmp_path):
     assert acc_writes(world) == [] and cloudflare_writes(world) == []
 
 
-def test_full_docs_diff_shows_the_pages_in_the_terminal(fresh):
+def test_full_docs_diff_shows_the_pages_in_the_terminal(fresh, stage6_absent):
     result = deploy("--data", "full_docs_diff=true", dry=True)
     assert result.returncode == 0, output(result)
     assert "+# Runbook: backup MX for viktorbarzin.me" in output(result)
     assert "full diff:" not in output(result)
 
 
-def test_a_no_op_after_the_deploy(fresh, tmp_path):
+def test_a_no_op_after_the_deploy(fresh, stage6_absent, tmp_path):
     world = fresh
     applied = deploy()
     assert applied.returncode == 0, output(applied)
