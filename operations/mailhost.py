@@ -21,6 +21,7 @@ from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
 
 from backupmx.core.context import executing, executing_after_preparing
 from backupmx.core.errors import BackupMXError
+from backupmx.core.plan_log import note_file_change
 from backupmx.mailhost.model import (
     MailHost,
     load_mailhost,
@@ -40,6 +41,8 @@ def _show(plan: Plan) -> None:
     # once when it runs; never twice.
     if executing_after_preparing():
         return
+    for change in plan.files:  # for the --dry plan documents (docs/ci.md)
+        note_file_change(host.name, change.path, change.old, change.new, plan.label)
     host.log(f"{plan.label}: {plan.summary()}", logger.info)
     for line in plan.diff():
         logger.info("    %s", line)

@@ -33,7 +33,9 @@ from pyinfra.api import (
 
 from backupmx.core.context import executing, executing_after_preparing
 from backupmx.core.errors import BackupMXError
+from backupmx.core.plan_log import DOCUMENT, note_file_change
 from backupmx.core.settings import Settings
+from backupmx.lifecycle.plan_output import FULL_DOCS_KEY, MARKDOWN_KEY
 from backupmx.monitoring import docs
 from backupmx.monitoring.checks import check_blackbox_shape
 from backupmx.monitoring.rules import render_all
@@ -124,6 +126,8 @@ def monitoring_files(monitoring: Monitoring, files: dict[str, str]):
     for change in changes:
         diff.extend(unified_diff(change.path, change.old, change.new))
     summary = "; ".join(f"{'create' if c.old is None else 'change'} {c.path}" for c in changes)
+    for change in changes:  # for the --dry plan documents (docs/ci.md)
+        note_file_change(host.name, change.path, change.old, change.new, "monitoring_files")
     checks = ", ".join(what for what, _ in monitoring.validations()) or "no validation (disabled in the inventory)"
     _show(f"monitoring_files: {summary} (validated with {checks})", diff)
     transaction = Transaction(
@@ -172,9 +176,24 @@ def local_file(path: str, text: str):
     if old == text:
         host.noop(f"{path} already as rendered")
         return
-    _show(f"local_file: {'create' if old is None else 'change'} {path} (on the control machine)",
-          unified_diff(path, old, text))
+    note_file_change(host.name, path, old, text, "local_file", DOCUMENT)
+    diff = unified_diff(path, old, text)
+    title = f"local_file: {'create' if old is None else 'change'} {path} (on the control machine)"
+    if bool(host.data.get(FULL_DOCS_KEY)):
+        _show(title, diff)
+    else:
+        # A generated page: its rendering is long and not configuration; one line unless asked.
+        _show(f"{title}: {doc_diff_summary(diff, host.data.get(MARKDOWN_KEY))}", [])
     yield FunctionCommand(_write_local, (str(target), text), {})
+
+
+def doc_diff_summary(diff: list[str], plan_markdown: str | None = None) -> str:
+    """``+N -M lines`` of a generated page's diff and where its full diff is."""
+    body = diff[2:]
+    added = sum(1 for line in body if line.startswith("+"))
+    removed = sum(1 for line in body if line.startswith("-"))
+    where = f"in the plan {plan_markdown}, or " if plan_markdown else ""
+    return f"+{added} -{removed} lines (full diff: {where}--data {FULL_DOCS_KEY}=true)"
 
 
 # --- the stage as a whole -----------------------------------------------------------

@@ -117,6 +117,11 @@ def recall(key: Hashable, keep: bool = False, default=None):
 # --- where pyinfra is ----------------------------------------------------------------
 
 
+def in_a_run() -> bool:
+    """A pyinfra run is in progress (not a bare call of an operation's body, as a unit test makes)."""
+    return ctx_state.get() is not None
+
+
 def executing() -> bool:
     """pyinfra is executing the operations (not preparing them)."""
     state = ctx_state.get()

@@ -18,8 +18,9 @@ SETTINGS_KEYS = ("domains", "backup_mx", "relay_cidrs", "vault", "cloudflare", "
                  "gate_ledger", "mta_sts", "dns_wait_seconds", "state_dir", "audit_log")
 # Per host: its mail host, relay host, monitoring host and failover drill data.
 HOST_KEYS = ("mailhost", "relayhost", "monitoring", "failover")
-# Run flags, usually given with --data: maintenance, run lock, rollback, drift.
-RUN_KEYS = ("hold", "lock_wait", "revert_mailhost", "disable_domain", "drift_verbose")
+# Run flags, usually given with --data: maintenance, run lock, rollback, drift, the --dry plan documents.
+RUN_KEYS = ("hold", "lock_wait", "revert_mailhost", "disable_domain", "drift_verbose",
+            "plan_markdown", "plan_json", "full_docs_diff")
 TOP_LEVEL_KEYS = SETTINGS_KEYS + ("providers",) + HOST_KEYS + RUN_KEYS
 DOMAIN_KEYS = ("name", "zone", "primary_mx")
 PRIMARY_MX_KEYS = ("host", "priority")

@@ -57,6 +57,13 @@ class SecretStore:
         self.sources[key] = f"vault {self.vault.secret_path}"
         return HiddenValue(values[key])
 
+    def values_read(self) -> tuple[str, ...]:
+        """Every secret value this store has handed out or read (to mask them in documents), never printed."""
+        values = list((self._values or {}).values())
+        values += [self.environ[emergency_env_name(key)] for key, source in self.sources.items()
+                   if source.startswith("$") and self.environ.get(emergency_env_name(key))]
+        return tuple(sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True))
+
     def _token(self) -> str:
         token = self.environ.get(self.vault.token_env)
         if token:

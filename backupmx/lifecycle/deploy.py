@@ -8,16 +8,16 @@ same ``Run``. The report's rows are worded in ``backupmx.lifecycle.gate_report``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 import gevent.event
 from pyinfra import host as current_host
 from pyinfra.api import DeployError
 
-from collections.abc import Callable
-
 from backupmx.core import audit, lock
 from backupmx.core.audit import deploy_name
-from backupmx.core.context import once_per_run
+from backupmx.core.context import RunEnd, at_exit, once_per_run
 from backupmx.core.errors import BackupMXError
 from backupmx.core.report import CHANGE, FAIL, Report
 from backupmx.core.secrets import SecretStore
@@ -26,6 +26,7 @@ from backupmx.dns.stage import Assessment, DNSStage
 from backupmx.gates.checks import for_each_domain, g1_title, run_gates
 from backupmx.gates.message_size import message_size_rows
 from backupmx.lifecycle import gate_report
+from backupmx.lifecycle.plan_output import PlanOutputs, plan_data, plan_outputs, write_plan
 from backupmx.providers.registry import open_provider
 
 CLOUDFLARE_TOKEN_KEY = "cloudflare_api_token"
@@ -59,6 +60,8 @@ class Run:
         self.dns: dict[str, Assessment] = {}
         # G1: domains this tool's rollback disabled, enabled again before stage 5 (change-log entries).
         self.reenable: dict[str, dict] = {}
+        # --data plan_markdown / plan_json: the --dry plan as documents (docs/ci.md).
+        self.plan_outputs = PlanOutputs()
 
     def check_inventory(self) -> None:
         self.report.checks.append(gate_report.inventory_row(self.settings))
@@ -218,14 +221,30 @@ class Run:
             raise DeployError(gate_report.stop_line(self.report))
 
 
+    def write_plan_documents(self, end: RunEnd) -> None:
+        """At the end of a --dry review, once: the plan as Markdown and JSON where the user asked."""
+        if end.executed:
+            return
+        data = plan_data(self.report, self.dns, [domain.name for domain in self.settings.domains],
+                         self.secrets.values_read())
+        write_plan(self.plan_outputs, data)
+
+
 def current_run() -> Run:
     """The run of the pyinfra state being prepared, made (stages 0 and 1) on first use."""
     return once_per_run("deploy", current_host.data, _start_run)
 
 
 def _start_run(settings: Settings) -> Run:
+    try:
+        outputs = plan_outputs(current_host.data)
+    except BackupMXError as error:
+        raise DeployError(str(error)) from None
     take_run_lock(settings, current_host.data)
     run = Run(settings)
+    if outputs and lock.dry_run():
+        run.plan_outputs = outputs
+        at_exit(run.write_plan_documents)
     run.check_inventory()
     run.check_secrets()
     return run
