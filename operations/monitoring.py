@@ -16,7 +16,6 @@ when the files already hold what was rendered.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from pyinfra.api import (
 
 from backupmx.core.context import executing, executing_after_preparing
 from backupmx.core.errors import BackupMXError
+from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import DOCUMENT, note_file_change
 from backupmx.core.settings import Settings
 from backupmx.lifecycle.plan_output import FULL_DOCS_KEY, MARKDOWN_KEY
@@ -140,24 +140,6 @@ def monitoring_files(monitoring: Monitoring, files: dict[str, str]):
     yield from transaction_commands(transaction, transaction.label)
 
 
-def _write_local(path: str, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".backupmx-new")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        if target.exists():
-            shutil.copymode(target, temporary)
-        else:
-            os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def _local_path(path: str) -> Path:
     candidate = Path(path)
     return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
@@ -184,7 +166,7 @@ def local_file(path: str, text: str):
     else:
         # A generated page: its rendering is long and not configuration; one line unless asked.
         _show(f"{title}: {doc_diff_summary(diff, host.data.get(MARKDOWN_KEY))}", [])
-    yield FunctionCommand(_write_local, (str(target), text), {})
+    yield FunctionCommand(write_atomically, (str(target), text), {})
 
 
 def doc_diff_summary(diff: list[str], plan_markdown: str | None = None) -> str:

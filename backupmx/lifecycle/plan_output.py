@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from backupmx.core.errors import ConfigError
+from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import file_changes
 from backupmx.core.report import Report
 from backupmx.dns.stage import Assessment
@@ -66,20 +66,7 @@ def write_plan(outputs: PlanOutputs, data: PlanData) -> None:
         if path is None:
             continue
         try:
-            _write(path, render(data))
+            write_atomically(path, render(data))
         except OSError as error:
             print(f"backupmx: cannot write the plan to {path}: {error.strerror or error}; "
                   f"name a writable path", file=sys.stderr)
-
-
-def _write(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
