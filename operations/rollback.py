@@ -18,7 +18,7 @@ import click
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from backupmx.core.context import RunEnd, at_exit, executing_after_preparing, once_per_run
+from backupmx.core.context import EXIT_INTERRUPTED, RunEnd, at_exit, executing_after_preparing, once_per_run
 from backupmx.core.errors import BackupMXError
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, WARN
 from backupmx.dns import check as dnscheck
@@ -57,16 +57,23 @@ def _print_summary(rollback: Rollback, end: RunEnd) -> None:
     failed = set(end.failed_hosts)
     rollback.mailhost_reverts(failed, executed)
     rollback.report.checks.sort(key=lambda check: check.key)
-    if not executed:
+    if end.interrupted:
+        rollback.report.title += (" (INTERRUPTED: stopped by Ctrl-C" + ("" if executed else " before any change")
+                                  + "; run the rollback again to finish it)")
+        click.echo(rollback.report.render().rsplit("\n", 1)[0])
+        click.echo(f"  => ROLLBACK INTERRUPTED: a step shown as done may not have run; run the rollback again "
+                   f"(exit {EXIT_INTERRUPTED})")
+    elif not executed:
         rollback.report.title += " (review: nothing was changed)"
-    click.echo(rollback.render() if executed else rollback.report.render().rsplit("\n", 1)[0])
+    if not end.interrupted:
+        click.echo(rollback.render() if executed else rollback.report.render().rsplit("\n", 1)[0])
     controllers = end.group("controller")
     others = sorted(name for name in failed if name not in rollback.revert_mailhosts and name not in controllers)
     if others:
         click.echo(f"  note: not reached or failed: {', '.join(others)}; steps 1-3 do not need them, but pyinfra "
                    f"exits 1 because of them (`--limit controller` leaves the other hosts out)")
     rollback.close()
-    if executed and not failed and rollback.manual_steps_left():
+    if executed and not failed and not end.interrupted and rollback.manual_steps_left():
         _exit_now(EXIT_MANUAL_STEP_LEFT)
 
 

@@ -8,7 +8,8 @@ So an operator can see, during an incident, what backupmx did and when:
      "content": "mail.rollernet.us", "id": "..."}}
 
 ``what`` is one of ``dns.create``, ``dns.delete``, ``provider.domain_enabled``,
-``provider.hold``. The file is ``audit_log`` from the inventory, default
+``provider.hold``, and ``provider.disable_requested`` (the rollback's, written just
+before its disable request, so a run killed with the request in flight is on record). The file is ``audit_log`` from the inventory, default
 ``<state_dir>/audit.jsonl``; a line is appended (O_APPEND, one write) right after the
 change was applied. Values are records and flags only, never secrets. A failure to
 write the log is reported on stderr but never undoes or stops the change.
@@ -81,7 +82,8 @@ def read(settings) -> list[dict]:
 # Entries that say something about whether a domain is enabled at the provider:
 # its MX records and its enabled state. ``provider.hold`` is left out: turning the
 # hold off after a rollback (to drain the queue) does not enable or disable anything.
-_STATE_CHANGES = ("dns.create", "dns.delete", "provider.domain_enabled")
+DISABLE_REQUESTED = "provider.disable_requested"
+_STATE_CHANGES = ("dns.create", "dns.delete", "provider.domain_enabled", DISABLE_REQUESTED)
 ROLLBACK_DEPLOY = "deploys/rollback.py"
 
 
@@ -89,7 +91,8 @@ def disabled_by_rollback(settings, domain: str) -> dict | None:
     """The rollback's entry if this tool's own rollback is the last to have disabled ``domain``.
 
     "Disabled by us" means: the last logged change of the domain's MX records or
-    enabled state is the rollback's ``provider.domain_enabled`` setting it to false.
+    enabled state is the rollback's ``provider.domain_enabled`` setting it to false, or
+    its ``provider.disable_requested`` (a rollback killed with the request in flight).
     Any later logged change (a deploy's record, an enable) or none at all (a fresh
     log, a domain disabled by hand or on another machine) answers None. The caller
     also checks that the provider still shows the domain disabled, i.e. the state
@@ -104,7 +107,8 @@ def disabled_by_rollback(settings, domain: str) -> dict | None:
     for entry in entries:
         if entry.get("target") == domain and entry.get("what") in _STATE_CHANGES:
             last = entry
-    if last is None or last.get("what") != "provider.domain_enabled" or last.get("deploy") != ROLLBACK_DEPLOY:
+    if (last is None or last.get("what") not in ("provider.domain_enabled", DISABLE_REQUESTED)
+            or last.get("deploy") != ROLLBACK_DEPLOY):
         return None
     after = last.get("after")
     if not isinstance(after, dict) or after.get("enabled") is not False:

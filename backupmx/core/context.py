@@ -12,10 +12,13 @@ tests/unit/test_context_boundary.py can keep every other module off pyinfra's co
 from __future__ import annotations
 
 import atexit
+import signal
+import sys
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, TypeVar
 
+import click
 import gevent.lock
 from pyinfra import host
 from pyinfra.api import DeployError
@@ -164,6 +167,7 @@ class RunEnd:
     """How the pyinfra run ended, as an at-exit report sees it."""
 
     executed: bool  # execution started: not a --dry review, not stopped while preparing
+    interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what ran may be partial
     failed_hosts: frozenset[str] = frozenset()
     groups: dict[str, frozenset[str]] = field(default_factory=dict)
 
@@ -178,15 +182,47 @@ def at_exit(report: Callable[[RunEnd], None]) -> None:
     last operation could be missing; at exit every outcome is known.
     """
     state_ref = weakref.ref(ctx_state.get())
+    _exit_non_zero_on_interrupt()
     atexit.register(lambda: report(_run_end(state_ref())))
+
+
+# Exit status of a run stopped by Ctrl-C (SIGINT), as a shell reports one: 128 + 2.
+EXIT_INTERRUPTED = 130
+_interrupt = {"seen": False, "installed": False}
+
+
+def _exit_non_zero_on_interrupt() -> None:
+    """pyinfra's CLI answers Ctrl-C with "Exiting upon user request!" and exit 0, so a cancelled
+    CI job or an interrupted rollback would read as success: the same message, exit 130."""
+    if _interrupt["installed"]:
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if getattr(previous, "__module__", "") != "pyinfra_cli.main":
+        return  # not the pyinfra CLI (pyinfra's API in a test): leave SIGINT alone
+
+    def interrupted(signum, frame):
+        _interrupt["seen"] = True
+        click.echo("Exiting upon user request!")
+        sys.exit(EXIT_INTERRUPTED)
+
+    try:
+        signal.signal(signal.SIGINT, interrupted)
+    except ValueError:  # not the main thread
+        return
+    _interrupt["installed"] = True
 
 
 def _run_end(state) -> RunEnd:
     if state is None:
-        return RunEnd(executed=False)
+        return RunEnd(executed=False, interrupted=_interrupt["seen"])
     return RunEnd(
         executed=state.current_stage >= StateStage.Execute,
+        interrupted=_interrupt["seen"],
         failed_hosts=frozenset(target.name for target in state.failed_hosts),
         groups={name: frozenset(target.name for target in targets)
                 for name, targets in state.inventory.groups.items()},
     )
+
+
+# From the moment a deploy file imports this module (pyinfra loads it while preparing).
+_exit_non_zero_on_interrupt()

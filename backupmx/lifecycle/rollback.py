@@ -225,6 +225,11 @@ class Rollback:
             queued = self._queue_note(provider, domain, facts.hold.value is True)
             if facts.enabled.known and facts.enabled.value is False:
                 return self.add("3", title, PASS, f"already disabled ({facts.enabled.evidence}){queued}")
+            # On record before the request: a run killed while it is in flight (Ctrl-C, a closed
+            # laptop) leaves the domain disabled with no answer read; the next deploy must still
+            # know this tool disabled it (audit.disabled_by_rollback).
+            audit.append(self.settings, audit.DISABLE_REQUESTED, domain.name, {"enabled": facts.enabled.value},
+                         {"enabled": False})
             after = provider.set_enabled(domain.name, False)
             audit.append(self.settings, "provider.domain_enabled", domain.name,
                          {"enabled": facts.enabled.value}, {"enabled": after.value, "evidence": after.evidence})

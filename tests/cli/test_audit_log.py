@@ -61,7 +61,8 @@ def test_deploy_rollback_and_hold_each_leave_one_line_per_change(fresh):
     result = pyinfra("deploys/rollback.py", "--limit", "controller")
     assert result.returncode == 0, output(result)
     rolled = new_lines(fresh, mark)
-    assert [e["what"] for e in rolled] == ["dns.delete", "dns.delete", "provider.domain_enabled"]
+    assert [e["what"] for e in rolled] == ["dns.delete", "dns.delete", "provider.disable_requested",
+                                           "provider.domain_enabled"]
     assert {e["before"]["id"] for e in rolled[:2]} == {e["after"]["id"] for e in created}
     assert all(e["after"] is None for e in rolled[:2])
     assert rolled[2]["before"] == {"enabled": True} and rolled[2]["after"]["enabled"] is False
