@@ -39,15 +39,24 @@ import hvac
 import pytest
 from seedkit import BACKUPS, PRIMARY
 
-from backupmx.dns import check as dnscheck
-from backupmx.dns.cloudflare import CloudflareClient
-from backupmx.dns.plan import MANAGED_MARKER
 from backupmx.mailhost.model import RSPAMD_BLOCK
 from backupmx.postfix.blocks import with_block
 from backupmx_sandbox import cli
 from backupmx_sandbox.seed import DOMAIN
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
+from invariantkit import (
+    BACKUPMX,
+    ROLLBACK,
+    acc_enabled,
+    backups_in_zone,
+    clear_fakes,
+    dns_answer,
+    owned,
+    publish_backups,
+    relay_permitted,
+    zone,
+)
 from mailhostkit import leftovers, managed_paths, services_answer, snapshot
 from providerkit import (
     admin,
@@ -60,7 +69,6 @@ from providerkit import (
 )
 
 RECIPIENT = f"faults-{os.getpid()}@{DOMAIN}"
-BACKUPMX, ROLLBACK = "deploys/backupmx.py", "deploys/rollback.py"
 # Fault-run-only --data (filled in from the world when the cell runs; the re-run goes without):
 SHORT_CF_TIMEOUT = "cloudflare=<read_timeout 1>"  # a 1 s read timeout, so a timeout costs 1 s
 ACC_ONE_RETRY = "provider=<retries 1>"  # one retry, so a dead ACC costs seconds, not its full backoff
@@ -84,45 +92,6 @@ def rerun_args(cell) -> tuple:
     return tuple(kept)
 
 
-# --- world state ---------------------------------------------------------------------------
-
-
-def zone(world) -> list[dict]:
-    return cloudflare_admin(world, "GET", "records")["zones"][DOMAIN]
-
-
-def owned(record: dict) -> bool:
-    return record["type"] == "MX" and MANAGED_MARKER in (record.get("comment") or "")
-
-
-def backups_in_zone(world) -> set:
-    return {(r["priority"], r["content"]) for r in zone(world) if r["type"] == "MX" and r["name"] == DOMAIN
-            and (r["priority"], r["content"]) in BACKUPS}
-
-
-def dns_answer(world) -> set:
-    return set(dnscheck.live_mx(DOMAIN, [world["dns"]]))
-
-
-def publish_backups(world) -> None:
-    client = CloudflareClient(world["cloudflare_api_base"], world["cloudflare_token"])
-    zone_id = client.zone_id(DOMAIN)
-    for _priority, host in sorted(BACKUPS):
-        client.create_mx(zone_id, DOMAIN, host, 20, comment=MANAGED_MARKER)
-
-
-def relay_permitted(world) -> bool:
-    cidr = managed_paths(world)["cidr"]
-    probe = world["relay_cidrs"][0].split("/")[0]
-    result = subprocess.run(["postmap", "-c", world["postfix_config_dir"], "-q", probe, f"cidr:{cidr}"], capture_output=True, text=True, timeout=30,
-                            check=False)
-    return result.stdout.strip() == "permit"
-
-
-def acc_enabled(world) -> bool:
-    return admin(world, "state")["domains"][DOMAIN]["enabled"]
-
-
 # --- faults ----------------------------------------------------------------------------------
 
 
@@ -138,11 +107,6 @@ def acc_fault(**spec) -> Callable:
         admin(world, "faults", spec)
 
     return setup
-
-
-def clear_fakes(world) -> None:
-    cloudflare_admin(world, "DELETE", "faults")
-    admin(world, "faults", {kind: None for kind in ("down", "slow", "server_error", "rate_limit", "malformed")})
 
 
 def vault_client(world) -> hvac.Client:
