@@ -21,6 +21,7 @@ from typing import Any
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
 from backupmx.core import errors
+from backupmx.mailhost.layers import MAIN_PARAMETERS, SERVICE_NAME_OPTION
 from backupmx.mailhost.model import ACCESS_LIST, CACHE_MAP, DMS_POLICIES, RSPAMD_BLOCK, MailHost
 from backupmx.mailhost.render import parse_postscreen_access
 from backupmx.postfix.blocks import find_block
@@ -162,7 +163,8 @@ class PostscreenListeners(FactBase):
             ("has", has_program(container, docker, "postconf")),
             ("master", postconf + ["-M"]),
             ("overrides", postconf + ["-P"]),
-            ("main", postconf + [ACCESS_LIST, CACHE_MAP, "message_size_limit"]),
+            ("main", postconf + [ACCESS_LIST, CACHE_MAP, "message_size_limit", SERVICE_NAME_OPTION,
+                                 *MAIN_PARAMETERS]),
         ], None, None
 
     @staticmethod

@@ -115,30 +115,31 @@ class RspamdSymbols(FactBase):
 
 class PostscreenPregreet(FactBase):
     """
-    An SMTP session through the PROXY-v2 listener claiming each of ``sources``,
-    talking before the greeting, up to RCPT (no mail is sent): a whitelisted
-    source gets RCPT 250 at once, any other fails postscreen's pregreet test.
+    An SMTP session through the PROXY-v2 listener claiming each of ``sources`` with a
+    relayed envelope (``helo``, MAIL FROM ``sender``), talking before the greeting, up
+    to RCPT (no mail is sent): a whitelisted source that every smtpd restriction lets
+    through gets RCPT 250 at once; any other fails postscreen's pregreet test.
     Runs ``python3`` on the mail host. ``{"python": bool, "results": {source:
     {"code", "text", "error"}}}``.
 
     .. code:: python
 
         host.get_fact(PostscreenPregreet, listener="127.0.0.1:2525", sources=("192.0.2.1",),
-                      rcpt="postmaster@example.org")
+                      rcpt="postmaster@example.org", helo="mail.rollernet.us", sender="postmaster@microsoft.com")
     """
 
-    def command(self, listener, sources, rcpt, container=None, docker="docker"):
-        return capture_command(*self.captures(listener, sources, rcpt, container, docker))
+    def command(self, listener, sources, rcpt, helo, sender, container=None, docker="docker"):
+        return capture_command(*self.captures(listener, sources, rcpt, helo, sender, container, docker))
 
     @staticmethod
-    def captures(listener, sources, rcpt, container=None, docker="docker"):
+    def captures(listener, sources, rcpt, helo, sender, container=None, docker="docker"):
         address, _, port = listener.rpartition(":")
         commands = [("has", has_program(container, docker, "python3"))]
         labels = {}
         for index, source in enumerate(sources):
             name = f"p{index}"
             commands.append((name, in_target(container, docker, ["python3", "-c", PREGREET_PROBE, address, port,
-                                                               source, rcpt])))
+                                                               source, rcpt, helo, sender])))
             labels[name] = source
         return commands, None, labels
 
@@ -178,7 +179,8 @@ class MailhostProof(FactBase):
         host.get_fact(MailhostProof, cidr_host_path=..., config_dir="/etc/postfix", cidr_path=...,
                       addresses=(...), settings_path=..., rspamadm_args=(), live_path=None, dump=True,
                       controller="127.0.0.1:11334", ips=(...), mail_from="postmaster@example.org",
-                      message="From: ...", listener="127.0.0.1:2525", sources=(...), rcpt="postmaster@example.org")
+                      message="From: ...", listener="127.0.0.1:2525", sources=(...), rcpt="postmaster@example.org",
+                      helo="mail.rollernet.us", sender="postmaster@microsoft.com")
     """
 
     PARTS = {
@@ -191,8 +193,8 @@ class MailhostProof(FactBase):
     }
 
     def command(self, cidr_host_path, config_dir, cidr_path, addresses, settings_path, rspamadm_args, live_path,
-                dump, controller, ips, mail_from, message, listener=None, sources=(), rcpt="", container=None,
-                docker="docker"):
+                dump, controller, ips, mail_from, message, listener=None, sources=(), rcpt="", helo="", sender="",
+                container=None, docker="docker"):
         target = {"container": container, "docker": docker}
         parts = {
             # A path on the host (docker-mailserver: its mounted config directory), not in the container.
@@ -203,7 +205,7 @@ class MailhostProof(FactBase):
             "scan": RspamdSymbols.captures(controller, ips, mail_from, message, **target),
         }
         if listener:
-            parts["pregreet"] = PostscreenPregreet.captures(listener, sources, rcpt, **target)
+            parts["pregreet"] = PostscreenPregreet.captures(listener, sources, rcpt, helo, sender, **target)
         return combined_script(parts)
 
     @staticmethod

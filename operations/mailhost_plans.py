@@ -10,11 +10,13 @@ from pyinfra import host
 from backupmx.core.context import executing, executing_after_preparing, recall, remember
 from backupmx.core.errors import BackupMXError
 from backupmx.core.validate import IPNetwork
-from backupmx.mailhost.listener import missing_listener_message, wanted_listener_options
+from backupmx.mailhost.layers import RELAY_SMTPD_SERVICE, RELAY_SMTPD_TYPE, SERVICE_NAME_OPTION
+from backupmx.mailhost.listener import missing_listener_message, wanted_listener_options, wanted_relay_service
 from backupmx.mailhost.model import (
     ACCESS_LIST,
     EXEMPT,
     POSTFIX_DEFAULT_ACCESS_LIST,
+    RELAY_SMTPD_BLOCK,
     RSPAMD_BLOCK,
     RSPAMD_CAP_RULE,
     RSPAMD_RULE,
@@ -23,7 +25,12 @@ from backupmx.mailhost.model import (
     dms_policy_conflicts,
 )
 from backupmx.mailhost.proof import probe_addresses
-from backupmx.mailhost.render import render_postscreen_access, render_user_patches_block, rspamd_files
+from backupmx.mailhost.render import (
+    render_postscreen_access,
+    render_relay_smtpd_block,
+    render_user_patches_block,
+    rspamd_files,
+)
 from backupmx.postfix.blocks import with_block
 from backupmx.postfix.maincf import postfix_list
 from backupmx.postfix.mastercf import Listener, remove_service_options, set_service_options
@@ -172,23 +179,32 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
     if plan.problems:
         return plan
     cidr_now, second_now = files[mailhost.cidr_host_path]["content"], files[second]["content"]
-    listener = listeners["services"][mailhost.service_key]
+    services, main = listeners["services"], listeners["main"]
+    listener = services[mailhost.service_key]
+    relay_service, layers = None, None
     if present:
-        options = wanted_listener_options(mailhost, listeners["services"], listeners["main"])
+        relay_service, layers = wanted_relay_service(mailhost, services, main)
+        if layers.problems:
+            plan.problems.extend(layers.problems)
+            return plan
+        options = wanted_listener_options(mailhost, services, main)
         cidr_new = render_postscreen_access(cidrs)
     else:
-        options = _options_without_whitelist(mailhost, listener, listeners["main"])
+        options = _options_without_whitelist(mailhost, listener, main)
+        if listener.params.get(SERVICE_NAME_OPTION) == RELAY_SMTPD_SERVICE:
+            options[SERVICE_NAME_OPTION] = None
         cidr_new = None
     try:
         if mailhost.is_docker:
-            block = render_user_patches_block(mailhost, options) if present else None
+            block = (render_user_patches_block(mailhost, options, relay_service, layers.layers if layers else ())
+                     if present else None)
             # A new user-patches.sh starts with a shebang; docker-mailserver runs it with bash.
             second_new = with_block(second_now, USER_PATCHES_BLOCK, block, header="#!/bin/bash\n")
-        elif present:
-            second_new = set_service_options(second_now or "", mailhost.proxy_service,
-                                                mailhost.proxy_service_type, options)
         else:
-            second_new = _master_cf_without_whitelist(mailhost, second_now or "", listener, options)
+            second_new = _master_cf(mailhost, second_now or "", listener, options, present)
+            relay_block = (render_relay_smtpd_block(mailhost, relay_service, _handoff(listener, main), layers.layers)
+                           if relay_service is not None else None)
+            second_new = with_block(second_new, RELAY_SMTPD_BLOCK, relay_block)
     except BackupMXError as error:
         plan.problems.append(str(error))
         return plan
@@ -207,6 +223,9 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
             elif value is not None and current != value:
                 live_commands.append((f"postconf -P {mailhost.service_key}/{option}={value}",
                                       tuple(mailhost.postconf("-P", f"{mailhost.service_key}/{option}={value}"))))
+        # The relay service exists before the listener hands over to it, and goes after.
+        relay_commands = _relay_service_commands(mailhost, services, relay_service)
+        live_commands = relay_commands + live_commands if relay_service else live_commands + relay_commands
         plan.live = [f"{what} (in container {mailhost.container})" for what, _ in live_commands]
     if not plan.changed:
         plan.already = (f"relay whitelist already on {mailhost.service_key} ({len(cidrs)} networks)" if present
@@ -224,6 +243,42 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
         reloads=(tuple(mailhost.postfix_reload_argv()),),
     )
     return plan
+
+
+def _master_cf(mailhost: MailHost, master_cf: str, listener: Listener, options: dict, present: bool) -> str:
+    """master.cf with the listener's overrides as wanted (None: an override of ours taken away)."""
+    service, service_type = mailhost.proxy_service, mailhost.proxy_service_type
+    if present:
+        master_cf = set_service_options(master_cf, service, service_type,
+                                        {name: value for name, value in options.items() if value is not None})
+    else:
+        master_cf = _master_cf_without_whitelist(mailhost, master_cf, listener, options)
+    if options.get(SERVICE_NAME_OPTION, "") is None:
+        master_cf = remove_service_options(master_cf, service, service_type,
+                                           {SERVICE_NAME_OPTION: RELAY_SMTPD_SERVICE})
+    return master_cf
+
+
+def _handoff(listener: Listener, main) -> str:
+    name = listener.params.get(SERVICE_NAME_OPTION, main.get(SERVICE_NAME_OPTION, "smtpd"))
+    return f"{main.get(SERVICE_NAME_OPTION, 'smtpd') if name == RELAY_SMTPD_SERVICE else name}/pass"
+
+
+def _relay_service_commands(mailhost: MailHost, services, relay_service: Listener | None) -> list[tuple[str, tuple]]:
+    """docker-mailserver: the container's relay smtpd service made as user-patches.sh makes it at start."""
+    current = services.get(f"{RELAY_SMTPD_SERVICE}/{RELAY_SMTPD_TYPE}")
+    if relay_service is None:
+        if current is None:
+            return []
+        key = current.key
+        return [(f"postconf -MX {key}", tuple(mailhost.postconf("-MX", key)))]
+    if current is not None and current.entry() == relay_service.entry() and dict(current.params) == dict(relay_service.params):
+        return []
+    key = relay_service.key
+    commands = [(f"postconf -M {key}", tuple(mailhost.postconf("-M", f"{key}={relay_service.entry()}")))]
+    for name, value in relay_service.params.items():
+        commands.append((f"postconf -P {key}/{name}", tuple(mailhost.postconf("-P", f"{key}/{name}={value}"))))
+    return commands
 
 
 def _options_without_whitelist(mailhost: MailHost, listener: Listener, main) -> dict:

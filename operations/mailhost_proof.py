@@ -57,8 +57,11 @@ def prove_live(mailhost: MailHost, relay_cidrs, domain: str, dump: bool = True, 
       has R_SPF_* (the running rspamd has the rule); with relay scoring
       ``external_relay``, ``judge_scans`` checks instead that the relay's Received
       header is taken and scored, and the action is not reject;
-    - an SMTP session through the listener claiming each relay address and talking
-      before the greeting reaches RCPT 250 (the running postscreen has the table).
+    - an SMTP session through the listener claiming each relay address, talking
+      before the greeting, with a relayed envelope (the relay's HELO name, a foreign
+      sender whose SPF does not list the relay, the domain's postmaster) reaches
+      RCPT 250: the running postscreen has the table and every smtpd restriction
+      lets relayed mail through (``backupmx.mailhost.layers``); no mail is sent.
     """
     on = host if target is None else target
     cidrs = cidr_strings(relay_cidrs)
@@ -75,7 +78,8 @@ def prove_live(mailhost: MailHost, relay_cidrs, domain: str, dump: bool = True, 
                        live_path=mailhost.rspamd_settings_live_path if mailhost.is_docker else None, dump=dump,
                        controller=mailhost.rspamd_controller, ips=(relay_ip, outside_ip),
                        mail_from=f"postmaster@{domain}", message=scan_message(mailhost, domain, outside_ip),
-                       listener=mailhost.smtp_probe or None, sources=sources, rcpt=f"postmaster@{domain}", **fargs)
+                       listener=mailhost.smtp_probe or None, sources=sources, rcpt=f"postmaster@{domain}",
+                       helo=mailhost.proof_helo, sender=mailhost.proof_sender, **fargs)
 
     table = read["table"]
     if table is None or table["error"]:
@@ -156,13 +160,14 @@ def prove_live(mailhost: MailHost, relay_cidrs, domain: str, dump: bool = True, 
                    for source, result in session["results"].items() if result.get("code") != 250]
             missing = [source for source in sources if source not in session["results"]]
             bad += [f"{source}: no answer" for source in missing]
-            proof.add("pregreet", not bad, "; ".join(bad) if bad else
-                      f"{len(sources)} relay addresses talking early via {mailhost.smtp_probe}: RCPT 250")
+            proof.add("relayed envelope", not bad, "; ".join(bad) if bad else
+                      f"{len(sources)} relay addresses talking early via {mailhost.smtp_probe} as "
+                      f"{mailhost.proof_helo}, MAIL FROM <{mailhost.proof_sender}>: RCPT 250")
     return proof
 
 
 # Checks whose failure may only mean a reload is still taking effect.
-_SETTLING = {"rspamc", "pregreet"}
+_SETTLING = {"rspamc", "relayed envelope"}
 
 
 def prove_live_settled(mailhost: MailHost, relay_cidrs, domain: str, timeout: float = SETTLE_SECONDS,

@@ -6,14 +6,25 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from backupmx.mailhost.layers import (
+    RELAY_SMTPD_SERVICE,
+    RELAY_SMTPD_TYPE,
+    SERVICE_NAME_OPTION,
+    RelayLayers,
+    relay_layers,
+)
 from backupmx.mailhost.model import ACCESS_LIST, CACHE_MAP, POSTFIX_DEFAULT_ACCESS_LIST, MailHost
 from backupmx.postfix.maincf import postfix_list
 from backupmx.postfix.mastercf import Listener
 
+RELAY_SMTPD_KEY = f"{RELAY_SMTPD_SERVICE}/{RELAY_SMTPD_TYPE}"
+
 
 def wanted_listener_options(mailhost: MailHost, services: Mapping[str, Listener],
-                            main: Mapping[str, str]) -> dict[str, str]:
-    """The listener's ``-o`` overrides we want: our CIDR table in its access list, its own cache.
+                            main: Mapping[str, str]) -> dict[str, str | None]:
+    """The listener's ``-o`` overrides we want: our CIDR table in its access list, its own cache,
+    and, when the primary has layers that refuse relayed mail, the hand-off to our relay
+    smtpd service (None: take a hand-off of ours away).
 
     The access list keeps whatever the listener (or main.cf) already lists and adds
     ``cidr:<file>``: a site's own entries (e.g. a blocklist) still come first. The
@@ -33,7 +44,38 @@ def wanted_listener_options(mailhost: MailHost, services: Mapping[str, Listener]
               if service.command == "postscreen" and key != mailhost.service_key}
     if own_cache is None or own_cache == mailhost.cache_map() or own_cache in others:
         options[CACHE_MAP] = mailhost.cache_map()
+    relay_service, _ = wanted_relay_service(mailhost, services, main)
+    if relay_service is not None:
+        options[SERVICE_NAME_OPTION] = RELAY_SMTPD_SERVICE
+    elif listener.params.get(SERVICE_NAME_OPTION) == RELAY_SMTPD_SERVICE:
+        options[SERVICE_NAME_OPTION] = None
     return options
+
+
+def wanted_relay_service(mailhost: MailHost, services: Mapping[str, Listener],
+                         main: Mapping[str, str]) -> tuple[Listener | None, RelayLayers]:
+    """The smtpd service the PROXY-v2 listener hands its clients to, with the relay exceptions.
+
+    A copy of the service the listener hands over to now (``smtpd/pass`` unless it
+    names another), with main.cf's restriction lists and anvil exceptions as
+    ``backupmx.mailhost.layers`` changes them. None when main.cf has none of those
+    layers (or they cannot be handled: ``RelayLayers.problems`` says why).
+    """
+    layers = relay_layers(main, mailhost.cidr_path)
+    if not layers.needed or layers.problems:
+        return None, layers
+    listener = services[mailhost.service_key]
+    handoff = listener.params.get(SERVICE_NAME_OPTION, main.get(SERVICE_NAME_OPTION, "smtpd"))
+    if handoff == RELAY_SMTPD_SERVICE:
+        handoff = main.get(SERVICE_NAME_OPTION, "smtpd")
+    smtpd = services.get(f"{handoff}/pass")
+    if smtpd is None:
+        layers.problems.append(f"master.cf has no {handoff}/pass service for postscreen to hand clients to; "
+                               "postscreen needs it (see Postfix's POSTSCREEN_README)")
+        return None, layers
+    params = dict(smtpd.params)
+    params.update(layers.options)
+    return Listener(RELAY_SMTPD_SERVICE, RELAY_SMTPD_TYPE, smtpd.command, params, smtpd.columns, smtpd.args), layers
 
 
 def postscreen_services(services: Mapping[str, Listener]) -> list[str]:

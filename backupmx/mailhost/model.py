@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.settings import MAILHOST_FLAVOURS
-from backupmx.core.validate import command, host_path, host_port, known_keys
+from backupmx.core.validate import command, host_path, host_port, hostname, known_keys
 
 NATIVE, DMS = MAILHOST_FLAVOURS  # "native", "docker-mailserver"
 
@@ -40,6 +40,8 @@ EXTERNAL_RELAY_COUNT = 3
 # relay's address, not the original one the module puts in its place.
 EXTERNAL_RELAY_PRIORITY = 9
 USER_PATCHES_BLOCK = "postscreen-relay-whitelist"
+# master.cf (native): the relay smtpd service (backupmx.mailhost.layers).
+RELAY_SMTPD_BLOCK = "relay-smtpd"
 # Postfix's default when main.cf does not set postscreen_access_list.
 POSTFIX_DEFAULT_ACCESS_LIST = "permit_mynetworks"
 
@@ -50,8 +52,15 @@ _CONTAINER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 MAILHOST_KEYS = ("config_dir", "container", "docker", "flavour", "host_config_dir", "postfix_config_dir",
-                 "postfix_reload", "proxy_service", "relay_scoring", "rspamadm_args", "rspamd_controller",
-                 "rspamd_local_dir", "rspamd_reload", "smtp_probe")
+                 "postfix_reload", "proof_helo", "proof_sender", "proxy_service", "relay_scoring", "rspamadm_args",
+                 "rspamd_controller", "rspamd_local_dir", "rspamd_reload", "smtp_probe")
+
+# Stage 4's relayed envelope (docs/mailhost.md, "Every layer of the primary"): a
+# foreign sender whose domain publishes SPF ending in -all that does not list the
+# relays (policyd-spf refuses exactly that), and the relay's HELO name. The probe
+# stops at RCPT: nothing is delivered.
+DEFAULT_PROOF_SENDER = "postmaster@microsoft.com"
+DEFAULT_PROOF_HELO = "mail.rollernet.us"
 
 
 # --- the settings model -------------------------------------------------------
@@ -83,6 +92,9 @@ class MailHost:
     smtp_probe: str = ""
     # How rspamd scores relayed mail: ``exempt`` or ``external_relay`` (RELAY_SCORING).
     relay_scoring: str = EXEMPT
+    # Stage 4's relayed envelope: MAIL FROM and HELO.
+    proof_sender: str = DEFAULT_PROOF_SENDER
+    proof_helo: str = DEFAULT_PROOF_HELO
 
     # -- where things are ----------------------------------------------------
 
@@ -225,7 +237,22 @@ def load_mailhost(data: Any) -> MailHost:
     values["rspamd_reload"] = command(data.get("rspamd_reload", default_rspamd_reload), "mailhost.rspamd_reload")
     values["smtp_probe"] = _smtp_probe(data.get("smtp_probe", True), service)
     values["relay_scoring"] = _relay_scoring(data.get("relay_scoring", EXEMPT), docker)
+    values["proof_sender"] = _address(data.get("proof_sender", DEFAULT_PROOF_SENDER), "mailhost.proof_sender")
+    values["proof_helo"] = _helo(data.get("proof_helo", DEFAULT_PROOF_HELO))
     return MailHost(**values)
+
+
+def _address(value: Any, field_name: str) -> str:
+    local, _, domain = value.rpartition("@") if isinstance(value, str) else ("", "", "")
+    fix = "an address whose domain publishes SPF ending in -all, e.g. postmaster@microsoft.com"
+    if not re.match(r"^[A-Za-z0-9._+-]+$", local):
+        raise ConfigError(field_name, f"{value!r} is not a mail address", fix)
+    hostname(domain, field_name, fix)
+    return value
+
+
+def _helo(value: Any) -> str:
+    return hostname(value, "mailhost.proof_helo", "the relay's HELO name, e.g. mail.rollernet.us")
 
 
 def _relay_scoring(value: Any, docker: bool) -> str:
@@ -268,9 +295,10 @@ def _smtp_probe(value: Any, service: str) -> str:
 
 
 
-# docker-mailserver policies that judge relayed mail at SMTP time, before rspamd.
+# docker-mailserver policies that judge relayed mail at SMTP time, before rspamd, and
+# that stage 3 cannot make an exception for. (policyd-spf, ENABLE_POLICYD_SPF, is one
+# it can: backupmx.mailhost.layers.)
 DMS_POLICIES = {
-    "ENABLE_POLICYD_SPF": "policyd-spf rejects relayed mail for failing SPF at RCPT time",
     "ENABLE_OPENDMARC": "OpenDMARC rejects or tags relayed mail for failing DMARC as a milter",
 }
 
@@ -285,7 +313,7 @@ def dms_policy_conflicts(env: Mapping[str, str | None], restrictions: str = "", 
     for variable, why in DMS_POLICIES.items():
         value = env.get(variable)
         enabled = value is None or value.strip() != "0"
-        wired = ("policyd-spf" in restrictions) if variable == "ENABLE_POLICYD_SPF" else ("dmarc" in milters)
+        wired = "dmarc" in milters
         if enabled or wired:
             shown = "unset, default 1" if value is None else value.strip()
             conflicts.append(f"{variable}={shown}: {why}; set {variable}=0 in mailserver.env and recreate the container")

@@ -66,13 +66,16 @@ def probe_addresses(relay_cidrs: Iterable[IPNetwork | str]) -> Probes:
 
 # --- stage 4 probes -------------------------------------------------------------
 
-# Runs on the mail host (python3): PROXY v2 header claiming SOURCE, then EHLO before
-# the greeting, MAIL, RCPT, QUIT. Prints the RCPT reply. Whitelisted: postscreen
-# hands over to smtpd at once and RCPT answers 250; otherwise the pregreet test
+# Runs on the mail host (python3): PROXY v2 header claiming SOURCE, then a relayed
+# envelope - EHLO with the relay's HELO name before the greeting, MAIL FROM a foreign
+# sender whose SPF does not list the relay, RCPT a local address - and QUIT: nothing
+# is delivered. Prints the RCPT reply (or MAIL's, when MAIL is refused). Whitelisted,
+# postscreen hands over to smtpd at once and every smtpd restriction judges the
+# envelope; RCPT 250 means all of them let it through. Otherwise the pregreet test
 # fails the session (RCPT 550 5.5.1).
 PREGREET_PROBE = r"""
 import ipaddress, socket, struct, sys
-host, port, source, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+host, port, source, rcpt, helo, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 src = ipaddress.ip_address(source)
 dst = ipaddress.ip_address("127.0.0.1" if src.version == 4 else "::1")
 body = src.packed + dst.packed + struct.pack("!HH", 40000, port)
@@ -88,14 +91,17 @@ def reply():
         lines.append(line)
         if line[3:4] != "-":
             return line[:3], " | ".join(lines)
-sock.sendall(header + b"EHLO backupmx-probe.invalid\r\n")
+sock.sendall(header + b"EHLO " + helo.encode() + b"\r\n")
 code, text = reply()
 while code == "220":
     code, text = reply()
-sock.sendall(b"MAIL FROM:<>\r\n")
-reply()
-sock.sendall(b"RCPT TO:<" + rcpt.encode() + b">\r\n")
+sock.sendall(b"MAIL FROM:<" + sender.encode() + b">\r\n")
 code, text = reply()
+if code == "250":
+    sock.sendall(b"RCPT TO:<" + rcpt.encode() + b">\r\n")
+    code, text = reply()
+else:
+    text = "at MAIL FROM: " + text
 sock.sendall(b"QUIT\r\n")
 print(code, text)
 """.strip()

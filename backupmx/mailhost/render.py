@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -22,11 +22,13 @@ from backupmx.mailhost.model import (
     RSPAMD_BLOCK,
     RSPAMD_CAP_RULE,
     RSPAMD_RELAY_SYMBOL,
+    RELAY_SMTPD_BLOCK,
     RSPAMD_RULE,
     USER_PATCHES_BLOCK,
     MailHost,
 )
 from backupmx.postfix.blocks import block_begin, block_end
+from backupmx.postfix.mastercf import Listener
 
 # --- rendering ----------------------------------------------------------------
 
@@ -96,11 +98,25 @@ def rspamd_files(mailhost: MailHost, relay_cidrs: Iterable[IPNetwork | str] | No
     return files
 
 
-def render_user_patches_block(mailhost: MailHost, options: Mapping[str, str]) -> str:
-    """docker-mailserver: the marked user-patches.sh block that sets the listener's options at start."""
-    settings = [f"{mailhost.service_key}/{name}={value}" for name, value in options.items()]
+def render_user_patches_block(mailhost: MailHost, options: Mapping[str, str | None],
+                              relay_service: Listener | None = None, layers: Sequence[str] = ()) -> str:
+    """docker-mailserver: the marked user-patches.sh block that sets the listener's options at start,
+    and defines the relay smtpd service first when there is one."""
+    settings = []
+    if relay_service is not None:
+        settings += [f"{relay_service.key}/{name}={value}" for name, value in relay_service.params.items()]
+    settings += [f"{mailhost.service_key}/{name}={value}" for name, value in options.items() if value is not None]
     return render("user-patches.block.j2", begin=block_begin(USER_PATCHES_BLOCK), end=block_end(USER_PATCHES_BLOCK),
-                  settings=settings, service=mailhost.service_key)
+                  settings=settings, service=mailhost.service_key, layers=layers,
+                  relay_key=relay_service.key if relay_service else "",
+                  relay_entry=f"{relay_service.key}={relay_service.entry()}" if relay_service else "")
+
+
+def render_relay_smtpd_block(mailhost: MailHost, relay_service: Listener, source: str, layers: Sequence[str]) -> str:
+    """Native: the marked master.cf block with the relay smtpd service (``backupmx.mailhost.layers``)."""
+    return render("relay_smtpd.master.cf.j2", begin=block_begin(RELAY_SMTPD_BLOCK), end=block_end(RELAY_SMTPD_BLOCK),
+                  listener=mailhost.service_key, source=source, cidr_path=mailhost.cidr_path, layers=layers,
+                  entry=relay_service.master_cf_lines())
 
 
 def parse_postscreen_access(text: str) -> tuple[list[str], list[str]]:

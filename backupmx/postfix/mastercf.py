@@ -92,10 +92,23 @@ class Listener:
     type: str
     command: str
     params: Mapping[str, str]  # the -o overrides, as `postconf -P` prints them
+    columns: tuple[str, ...] = ("-", "-", "-", "-", "-")  # private, unpriv, chroot, wakeup, maxproc
+    args: tuple[str, ...] = ()  # the command's arguments other than -o overrides
 
     @property
     def key(self) -> str:
         return f"{self.name}/{self.type}"
+
+    def entry(self) -> str:
+        """The service's first master.cf line (``postconf -M name/type=...`` takes it as is)."""
+        return " ".join((self.name, self.type, *self.columns, self.command, *self.args))
+
+    def master_cf_lines(self) -> str:
+        """The whole entry as master.cf text: the first line, then one ``-o`` line per override."""
+        lines = [self.entry()]
+        for name, value in self.params.items():
+            lines.append(f"  -o {{ {name} = {value} }}" if re.search(r"\s", value) else f"  -o {name}={value}")
+        return "\n".join(lines) + "\n"
 
 
 def parse_postconf_services(master_lines: Iterable[str], override_lines: Iterable[str]) -> dict[str, Listener]:
@@ -113,7 +126,21 @@ def parse_postconf_services(master_lines: Iterable[str], override_lines: Iterabl
         if len(fields) < 8 or line.startswith("#"):
             continue
         key = f"{fields[0]}/{fields[1]}"
-        services[key] = Listener(fields[0], fields[1], fields[7], dict(overrides.get(key, {})))
+        services[key] = Listener(fields[0], fields[1], fields[7], dict(overrides.get(key, {})),
+                                 tuple(fields[2:7]), _plain_args(fields[8:]))
     return services
+
+
+def _plain_args(args: list[str]) -> tuple[str, ...]:
+    """The arguments without ``-o name=value`` pairs (``postconf -P`` gives those)."""
+    plain, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "-o":
+            skip = True
+        elif not arg.startswith("-o"):
+            plain.append(arg)
+    return tuple(plain)
 
 

@@ -160,7 +160,7 @@ def test_deploy_applies_stage_3_and_proves_stage_4(before_and_after):
     assert result.returncode == 0, text
     assert "Traceback" not in text
     assert "stage 4: whitelist and exemption proven live" in text
-    for check in ("postmap:", "postconf -P:", "configdump:", "rspamc:", "pregreet:"):
+    for check in ("postmap:", "postconf -P:", "configdump:", "rspamc:", "relayed envelope:"):
         assert check in text
     print(f"first apply through the CLI: {before_and_after['seconds']:.1f}s")
 

@@ -114,7 +114,7 @@ def test_docker_mailserver_facts_run_through_docker_exec(tmp_path, bin_dir, fake
     assert f"docker exec mailserver postconf -c {m.postfix_config_dir} -P" in calls(tmp_path)
     env = {"ENABLE_OPENDMARC": "0"}
     policies = run_fact(facts.DockerMailserverPolicies, bin_dir, container="mailserver", docker=m.docker)
-    assert policies["ok"] and policies["env"]["ENABLE_POLICYD_SPF"] is None  # unset: docker-mailserver's default 1
+    assert policies["ok"] and policies["env"]["ENABLE_OPENDMARC"] is None  # unset: docker-mailserver's default 1
     os.environ.update(env)
     try:
         policies = run_fact(facts.DockerMailserverPolicies, bin_dir, container="mailserver", docker=m.docker)
@@ -231,16 +231,43 @@ def test_docker_mailserver_operations_apply_and_converge(tmp_path, bin_dir, fake
     assert "postscreen_access_list" in Path(m.master_cf_path).read_text()
 
 
-def test_docker_mailserver_with_policyd_spf_on_is_refused_before_anything_changes(tmp_path, bin_dir, fake_docker,
-                                                                                  monkeypatch):
+def test_docker_mailserver_with_policyd_spf_gets_the_relay_smtpd_service(tmp_path, bin_dir, fake_docker, monkeypatch):
+    """ENABLE_POLICYD_SPF on (its default): no global change asked for; the PROXY-v2 listener hands
+    its clients to a copy of smtpd/pass that lets the relay networks past policyd-spf only."""
     m = fake_docker
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.delenv("ENABLE_POLICYD_SPF", raising=False)  # unset: docker-mailserver's default, 1
     monkeypatch.setenv("ENABLE_OPENDMARC", "0")
+    dms_recipient = ("permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination, "
+                     "check_policy_service unix:private/policyd-spf, reject_unknown_recipient_domain")
+    subprocess.run(["postconf", "-c", m.postfix_config_dir, "-e", f"smtpd_recipient_restrictions = {dms_recipient}"],
+                   check=True)
+
+    changes, ok = add_and_run([postscreen_whitelist], mailhost=m, relay_cidrs=RELAYS)
+
+    assert changes == [True] and ok
+    overrides = subprocess.run(["postconf", "-c", m.postfix_config_dir, "-P"], capture_output=True, text=True).stdout
+    assert "2525/inet/smtpd_service_name = backupmx-relay" in overrides
+    assert ("backupmx-relay/pass/smtpd_recipient_restrictions = permit_sasl_authenticated,permit_mynetworks,"
+            f"reject_unauth_destination,check_client_access,cidr:{m.cidr_path},check_policy_service,"
+            "unix:private/policyd-spf,reject_unknown_recipient_domain") in overrides
+    patches = Path(m.user_patches_host_path).read_text()
+    assert "postconf -M 'backupmx-relay/pass=backupmx-relay pass - - y - - smtpd'" in patches
+    # The user-patches.sh block alone rebuilds the same master.cf in a recreated container.
+    changes, ok = add_and_run([postscreen_whitelist], mailhost=m, relay_cidrs=RELAYS)
+    assert changes == [False] and ok
+
+
+def test_docker_mailserver_with_opendmarc_on_is_refused_before_anything_changes(tmp_path, bin_dir, fake_docker,
+                                                                               monkeypatch):
+    m = fake_docker
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("ENABLE_POLICYD_SPF", "1")
+    monkeypatch.delenv("ENABLE_OPENDMARC", raising=False)  # unset: docker-mailserver's default, 1
     with pytest.raises(OperationError) as error:
         add_and_run([postscreen_whitelist], mailhost=m, relay_cidrs=RELAYS)
-    assert "ENABLE_POLICYD_SPF=unset, default 1" in str(error.value)
-    assert "set ENABLE_POLICYD_SPF=0 in mailserver.env and recreate the container" in str(error.value)
+    assert "ENABLE_OPENDMARC=unset, default 1" in str(error.value)
+    assert "ENABLE_POLICYD_SPF" not in str(error.value)
     assert Path(m.user_patches_host_path).read_text() == USER_PATCHES and not Path(m.cidr_host_path).exists()
 
 

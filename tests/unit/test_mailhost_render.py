@@ -283,14 +283,14 @@ def test_missing_listener_names_the_postscreen_services_that_exist():
 # --- docker-mailserver -------------------------------------------------------------------------
 
 
-def test_docker_mailserver_spf_and_dmarc_policies_are_detected():
+def test_docker_mailserver_opendmarc_is_detected_and_policyd_spf_is_not_a_conflict():
     both = dms_policy_conflicts({"ENABLE_POLICYD_SPF": None, "ENABLE_OPENDMARC": None})
-    assert len(both) == 2 and "ENABLE_POLICYD_SPF=unset, default 1" in both[0] and "set ENABLE_POLICYD_SPF=0" in both[0]
-    assert dms_policy_conflicts({"ENABLE_POLICYD_SPF": "0", "ENABLE_OPENDMARC": "0"}) == []
+    assert len(both) == 1 and "ENABLE_OPENDMARC=unset, default 1" in both[0] and "set ENABLE_OPENDMARC=0" in both[0]
+    assert dms_policy_conflicts({"ENABLE_POLICYD_SPF": "1", "ENABLE_OPENDMARC": "0"}) == []
     wired = dms_policy_conflicts({"ENABLE_POLICYD_SPF": "0", "ENABLE_OPENDMARC": "0"},
                                     "permit_mynetworks, check_policy_service unix:private/policyd-spf",
                                     "$dkim_milter $dmarc_milter $rspamd_milter")
-    assert [c.split("=")[0] for c in wired] == ["ENABLE_POLICYD_SPF", "ENABLE_OPENDMARC"]
+    assert [c.split("=")[0] for c in wired] == ["ENABLE_OPENDMARC"]
 
 
 def test_user_patches_block_is_appended_marked_and_idempotent():

@@ -1,0 +1,126 @@
+"""The primary's layers that refuse relayed mail, and the narrowest exception stage 3 adds for
+them (docs/mailhost.md, "Every layer of the primary").
+
+A backup relay delivers with the original sender's envelope, from its own address,
+often hours later and in bursts. Some smtpd restrictions refuse exactly that:
+policyd-spf (the relay is not in the sender's SPF), ``reject_unknown_client_hostname``
+(a relay without forward-confirmed reverse DNS), ``reject_rbl_client`` (backup relays
+are listed often), and anvil's rate limits (a queue drain). postscreen's DNSBL and
+pregreet tests are already skipped by the whitelist.
+
+The exception lives on the PROXY-v2 listener only: that listener hands its clients
+to an smtpd service of its own (``smtpd_service_name``), a copy of ``smtpd/pass``
+whose restriction lists are main.cf's with ``check_client_access cidr:<the relay
+table>`` placed right before the first layer of this module's list. The table
+answers ``permit`` for the relay networks only, so everyone else, on that listener
+too, still meets every layer. Any other layer (a policy server we do not know, a
+site's own access table) is left in front of the exception and judged by stage 4's
+proof.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from backupmx.postfix.maincf import postfix_list
+
+# The master.cf service the PROXY-v2 listener hands its clients to once stage 3 ran.
+RELAY_SMTPD_SERVICE = "backupmx-relay"
+RELAY_SMTPD_TYPE = "pass"
+SERVICE_NAME_OPTION = "smtpd_service_name"
+
+# smtpd's restriction lists, in the order smtpd applies them; smtpd_relay_restrictions
+# is never changed (it is what keeps the primary from relaying for others).
+RESTRICTION_LISTS = ("smtpd_client_restrictions", "smtpd_helo_restrictions", "smtpd_sender_restrictions",
+                     "smtpd_recipient_restrictions")
+RELAY_RESTRICTIONS = "smtpd_relay_restrictions"
+UNAUTH_DESTINATION = ("reject_unauth_destination", "defer_unauth_destination")
+
+# Restrictions that refuse relayed mail for what a store-and-forward relay is, not for
+# what the message is (PRIMARY-LAYERS.md). A policy service counts when its target
+# names policyd-spf (docker-mailserver's and Debian's `unix:private/policyd-spf`).
+HANDLED_RESTRICTIONS = {
+    "reject_unknown_client_hostname": "the relay has no forward-confirmed reverse DNS",
+    "reject_unknown_reverse_client_hostname": "the relay's address has no reverse DNS",
+    "reject_unknown_helo_hostname": "the relay's HELO name has no address record",
+    "reject_rbl_client": "backup relays are often on DNS blocklists",
+    "reject_rhsbl_client": "backup relays' names are often on DNS blocklists",
+    "reject_rhsbl_reverse_client": "backup relays' names are often on DNS blocklists",
+    "reject_rhsbl_helo": "backup relays' names are often on DNS blocklists",
+}
+SPF_POLICY = "check_policy_service"
+SPF_POLICY_WHY = "policyd-spf refuses mail whose sender's SPF does not list the relay"
+
+# anvil: a drain of hundreds of messages from one address trips its rate limits (all
+# off by Postfix's default). The concurrency limit (50 by default) alone does not
+# call for the exception, but the exception covers it too once it is there.
+EVENT_LIMIT_EXCEPTIONS = "smtpd_client_event_limit_exceptions"
+ANVIL_LIMITS = ("smtpd_client_connection_rate_limit", "smtpd_client_message_rate_limit",
+                "smtpd_client_recipient_rate_limit", "smtpd_client_new_tls_session_rate_limit")
+
+# What `postconf` must read for this module: the lists, anvil, and the event exceptions.
+MAIN_PARAMETERS = RESTRICTION_LISTS + (RELAY_RESTRICTIONS, EVENT_LIMIT_EXCEPTIONS) + ANVIL_LIMITS
+
+
+@dataclass
+class RelayLayers:
+    """What the relay smtpd service must override, and why (one line per layer found)."""
+
+    options: dict[str, str] = field(default_factory=dict)
+    layers: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.options)
+
+
+def handled_layer(entries: list[str], index: int) -> str | None:
+    """Why ``entries[index]`` refuses relayed mail, or None when it is not one of ours."""
+    entry = entries[index]
+    if entry in HANDLED_RESTRICTIONS:
+        return HANDLED_RESTRICTIONS[entry]
+    if entry == SPF_POLICY and index + 1 < len(entries) and "policyd-spf" in entries[index + 1]:
+        return SPF_POLICY_WHY
+    return None
+
+
+def relay_layers(main: Mapping[str, str], cidr_path: str) -> RelayLayers:
+    """The relay smtpd service's overrides for this main.cf (``postconf`` values of MAIN_PARAMETERS)."""
+    result = RelayLayers()
+    exception = ["check_client_access", f"cidr:{cidr_path}"]
+    for name in RESTRICTION_LISTS:
+        value = main.get(name, "")
+        if "{" in value:
+            result.problems.append(f"main.cf {name} uses {{ }} grouping, which stage 3 cannot copy safely; "
+                                   f"write it without braces or add `check_client_access cidr:{cidr_path}` "
+                                   "before the layer by hand")
+            continue
+        entries = postfix_list(value)
+        first = next((i for i in range(len(entries)) if handled_layer(entries, i)), None)
+        if first is None:
+            continue
+        if name == "smtpd_recipient_restrictions" and not _relay_protected(entries[:first], main):
+            result.problems.append(f"main.cf {name}: no reject_unauth_destination before {entries[first]} and "
+                                   f"none in {RELAY_RESTRICTIONS}; a permit there would make the primary an "
+                                   "open relay for the relay networks; add reject_unauth_destination first")
+            continue
+        result.layers.extend(f"{name}: {entries[i]} ({handled_layer(entries, i)})"
+                             for i in range(first, len(entries)) if handled_layer(entries, i))
+        result.options[name] = ",".join(entries[:first] + exception + entries[first:])
+    if any(_limit(main.get(limit)) for limit in ANVIL_LIMITS):
+        current = postfix_list(main.get(EVENT_LIMIT_EXCEPTIONS, "$mynetworks"))
+        result.options[EVENT_LIMIT_EXCEPTIONS] = ",".join(current + [f"cidr:{cidr_path}"])
+        limits = ", ".join(f"{limit} = {main[limit]}" for limit in ANVIL_LIMITS if _limit(main.get(limit)))
+        result.layers.append(f"anvil: {limits} (a queue drain from one relay address trips them)")
+    return result
+
+
+def _relay_protected(before: list[str], main: Mapping[str, str]) -> bool:
+    relay = postfix_list(main.get(RELAY_RESTRICTIONS, ""))
+    return any(entry in UNAUTH_DESTINATION for entry in before + relay)
+
+
+def _limit(value: str | None) -> bool:
+    return bool(value) and value.strip().isdigit() and int(value) > 0
