@@ -197,7 +197,8 @@ class RspamdExemption(FactBase):
     The rspamd side: our settings file (and the marked block in it), and what
     ``rspamadm configdump settings`` says is configured. ``{"file": text or None,
     "file_error", "block": our block or None, "live_file" (docker-mailserver: the
-    container's copy), "rspamadm": bool, "rules": {name: rule}, "error"}``.
+    container's copy), "rspamadm": bool, "rules": {name: rule}, "error",
+    "local_networks": rspamd's local networks, or None when not dumped}``.
     ``dump=False`` skips configdump (about a second).
 
     .. code:: python
@@ -217,13 +218,16 @@ class RspamdExemption(FactBase):
         commands.append(("has", has_program(container, docker, "rspamadm")))
         if dump:
             commands.append(("dump", in_target(container, docker, ["rspamadm", *rspamadm_args, "configdump", "-j", "settings"])))
+            commands.append(("options", in_target(container, docker, ["rspamadm", *rspamadm_args, "configdump", "-j",
+                                                                      "options"])))
         return commands, None, None
 
     def process(self, output):
         captured = parse_captures(output)
         readable, content, error = file_content(captured.get("file"))
         result: dict[str, Any] = {"file": content, "file_error": None if readable else error, "block": None,
-                                  "live_file": None, "live_error": None, "rspamadm": False, "rules": {}, "error": None}
+                                  "live_file": None, "live_error": None, "rspamadm": False, "rules": {}, "error": None,
+                                  "local_networks": None}
         if readable:
             try:
                 result["block"] = find_block(content, RSPAMD_BLOCK)
@@ -247,7 +251,24 @@ class RspamdExemption(FactBase):
                     result["rules"] = rules if isinstance(rules, dict) else {}
                 except ValueError:
                     result["error"] = f"rspamadm configdump printed no JSON: {one_line(dump.out)}"
+        result["local_networks"] = _local_networks(captured.get("options"))
         return result
+
+
+def _local_networks(options) -> list[str] | None:
+    """rspamd's ``local_addrs`` and ``local_networks`` (one option, two names) from ``configdump -j options``."""
+    if options is None or options.rc != 0 or "{" not in options.out:
+        return None
+    try:
+        dumped = json.loads(options.out[options.out.find("{"):])
+    except ValueError:
+        return None
+    networks = []
+    for key in ("local_addrs", "local_networks"):
+        value = dumped.get(key) if isinstance(dumped, dict) else None
+        items = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+        networks += [entry for item in items if isinstance(item, str) for entry in re.split(r"[\s,]+", item) if entry]
+    return networks
 
 
 class DockerMailserverPolicies(FactBase):

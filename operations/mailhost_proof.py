@@ -16,7 +16,14 @@ from backupmx.mailhost.model import (
     ACCESS_LIST,
     MailHost,
 )
-from backupmx.mailhost.proof import Proof, judge_scans, probe_addresses, scan_message, settings_rule_in_dump
+from backupmx.mailhost.proof import (
+    Proof,
+    judge_scans,
+    local_relay_networks,
+    probe_addresses,
+    scan_message,
+    settings_rule_in_dump,
+)
 from backupmx.mailhost.render import rspamd_files
 from backupmx.postfix.maincf import postfix_list
 from facts.mailhost import PostscreenListeners, facts_args
@@ -139,6 +146,14 @@ def prove_live(mailhost: MailHost, relay_cidrs, domain: str, dump: bool = True, 
         dump_ok, rule_name = settings_rule_in_dump(mailhost, rules, cidrs)
         proof.add("configdump", dump_ok, f"{rule_name} for {len(cidrs)} networks" if dump_ok
                   else f"configdump does not show {rule_name} as rendered ({exemption['error'] or 'rule missing'})")
+
+    local = exemption["local_networks"] if dump else None
+    if local is not None:
+        overlaps = local_relay_networks(cidrs, local)
+        if overlaps:
+            proof.warn("rspamd local_networks", f"relay networks {'; '.join(overlaps)} are local to rspamd: relayed "
+                       "mail from them skips SPF, DMARC and RBL checks (spam passes unscored, no mail is lost); "
+                       "take them out of local_networks in the rspamd options (docs/mailhost.md)")
 
     scan = read["scan"]
     if not scan["rspamc"]:

@@ -226,20 +226,44 @@ def _judge_external_relay(relay_ip: str, outside_ip: str, relay: Mapping[str, An
                   f"{', '.join(spf_relay)}, action {action}; outside {outside_ip} not rewritten")
 
 
+def local_relay_networks(relay_cidrs: Iterable[IPNetwork | str], local_networks: Iterable[str]) -> list[str]:
+    """Relay networks that overlap rspamd's local networks: mail from there is "local", and rspamd
+    skips SPF, DMARC, RBL and most other checks for it (spam passes unscored)."""
+    local = []
+    for entry in local_networks:
+        try:
+            local.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+        except ValueError:
+            continue
+    overlaps = []
+    for cidr in relay_cidrs:
+        relay = ipaddress.ip_network(str(cidr))
+        inside = [str(network) for network in local if network.version == relay.version and network.overlaps(relay)]
+        if inside:
+            overlaps.append(f"{relay} (in {', '.join(inside)})")
+    return overlaps
+
+
 @dataclass
 class Proof:
     live: bool
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append((name, ok, detail))
         if not ok:
             self.live = False
 
+    def warn(self, name: str, detail: str) -> None:
+        """A finding that loses no mail but makes relayed mail worse off than direct mail."""
+        self.warnings.append(f"{name}: {detail}")
+
     def evidence(self) -> str:
         failed = [f"{name}: {detail}" for name, ok, detail in self.checks if not ok]
+        warned = "".join(f"; WARNING {warning}" for warning in self.warnings)
         if failed:
-            return "NOT live: " + "; ".join(failed)
-        return "live: " + "; ".join(f"{name}: {detail}" for name, ok, detail in self.checks)
+            return "NOT live: " + "; ".join(failed) + warned
+        return "live: " + "; ".join(f"{name}: {detail}" for name, ok, detail in self.checks) + warned
 
 
