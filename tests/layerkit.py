@@ -13,7 +13,11 @@ stack's postscreen DNSBL refuses it first), ``198.51.100.25`` (mail2: a PTR that
 not point back, not listed: it reaches smtpd), ``127.0.0.66`` (the self-hosted relay:
 no PTR, not listed, inside rspamd's local_networks).
 
-``layer_probe(world, layer, source)`` is the probe per layer (``tight_anvil`` sends a
+``no_deploy(world)`` puts the primary back as the sandbox made it for a block (no
+relay whitelist); ``relays_past_postscreen(world)`` writes only postscreen's half of
+stage 3, so a DNSBL-listed relay reaches smtpd's layers.
+
+``layer_probe(world, layer, envelope)`` is the probe per layer (``tight_anvil`` sends a
 burst and returns the first refusal, or the last reply); the tests before a deploy
 assert a refusal by that layer (``LAYER_REFUSAL``), tests after a deploy can assert a
 250 with the same call.
@@ -25,7 +29,11 @@ import contextlib
 import re
 import subprocess
 from dataclasses import dataclass
+from typing import Iterator
 
+import mailhostkit
+from backupmx.mailhost.model import ACCESS_LIST
+from backupmx.postfix.mastercf import set_service_options
 from backupmx_sandbox import relayhost, seed
 from backupmx_sandbox.smtp_client import Reply, SMTPConnection
 from mailpath import endpoint
@@ -123,3 +131,35 @@ def postfix_log(world) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
     with open(path, encoding="utf-8", errors="replace") as handle:
         return handle.read()
+
+
+@contextlib.contextmanager
+def no_deploy(world) -> Iterator[None]:
+    """The primary as the sandbox made it (no relay whitelist, no rspamd rule) for the block;
+    what the deploy had written is put back after it."""
+    before = mailhostkit.snapshot(world)
+    mailhostkit.restore(world, mailhostkit.pristine_state(world))
+    try:
+        yield
+    finally:
+        mailhostkit.restore(world, before)
+
+
+@contextlib.contextmanager
+def relays_past_postscreen(world) -> Iterator[None]:
+    """Only postscreen's half of stage 3: the relay networks permitted in the PROXY-v2
+    listener's postscreen_access_list, as the deploy writes it, so a DNSBL-listed relay
+    reaches smtpd's layers; the three stage-3 files are put back after the block."""
+    before = mailhostkit.snapshot(world)
+    paths = mailhostkit.managed_paths(world)
+    networks = [*seed.RELAY_CIDRS, f"{relayhost.RELAY_ADDRESS}/32"]
+    paths["cidr"].write_text("".join(f"{network} permit\n" for network in networks))
+    listener = world["mailhost"]["proxy_service"].split("/")[0]
+    master_cf = set_service_options(paths["master.cf"].read_text(), listener, "inet",
+                                    {ACCESS_LIST: f"permit_mynetworks,cidr:{paths['cidr']}"})
+    paths["master.cf"].write_text(master_cf)
+    mailhostkit.reload_postfix(world)
+    try:
+        yield
+    finally:
+        mailhostkit.restore(world, before)

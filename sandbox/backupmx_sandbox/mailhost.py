@@ -40,6 +40,12 @@ RSPAMD_USER = "_rspamd"
 MAIL_UID = MAIL_GID = 5000
 MAILDIR_NAME = "catchall"
 GREET_WAIT = "1s"
+# The base stack's anvil limits (main.cf); the `tight_anvil` layer puts these back when off.
+BASE_ANVIL = {
+    "smtpd_client_connection_count_limit": "50",
+    "smtpd_client_connection_rate_limit": "300",
+    "smtpd_client_message_rate_limit": "300",
+}
 HOSTNAME = seed.PRIMARY_MX
 
 log = logging.getLogger(__name__)
@@ -421,6 +427,7 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
         milter_port=ports.rspamd_milter,
         greet_wait=GREET_WAIT,
         dnsbl_zone=seed.DNSBL_ZONE,
+        anvil=BASE_ANVIL,
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
