@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := postfix rspamd openssh-server haproxy prometheus prometheus-blackbox-exporter swaks ca-certificates
+APT_PACKAGES := postfix postfix-policyd-spf-python rspamd openssh-server haproxy prometheus prometheus-blackbox-exporter swaks ca-certificates
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt venv demo test test-unit sandbox-up sandbox-down bench clean

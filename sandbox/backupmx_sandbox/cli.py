@@ -1,12 +1,17 @@
-"""``backupmx-sandbox up|down|status``: the local world every deploy and test runs against."""
+"""``backupmx-sandbox up|down|status|restart``: the local world every deploy and test runs against.
+
+``backupmx-sandbox layer [NAME on|off|status]``: switch one layer of the primary
+(``backupmx_sandbox.layers``); ``layer`` alone lists them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 
-from backupmx_sandbox import components, seed
+from backupmx_sandbox import components, layers, seed
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox, write_private_json
 
@@ -38,9 +43,35 @@ def status(sandbox: Sandbox) -> dict[str, object]:
     return {name: supervisor.pid(name) for name in components.service_names(sandbox)}
 
 
+def layer_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="backupmx-sandbox layer",
+                                     description="Switch one layer of the sandbox primary (main.cf, then reload).")
+    parser.add_argument("name", nargs="?", choices=layers.NAMES)
+    parser.add_argument("action", nargs="?", choices=["on", "off", "status"], default="status")
+    args = parser.parse_args(argv)
+    switches = layers.Switches(Sandbox())
+    try:
+        if args.name is None or args.action == "status":
+            for name, on in switches.status().items():
+                if args.name in (None, name):
+                    print(f"{name:24} {'on' if on else 'off'}")
+            return 0
+        changed = switches.switch(args.name, args.action == "on")
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = (getattr(error, "stderr", "") or str(error)).strip().splitlines()
+        print(f"backupmx-sandbox layer {args.name}: {detail[-1] if detail else error}; "
+              "is the sandbox up (`backupmx-sandbox up`)?", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {args.action}{'' if changed else ' (already)'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["layer"]:
+        return layer_main(argv[1:])
     parser = argparse.ArgumentParser(prog="backupmx-sandbox", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "restart"])
+    parser.add_argument("command", choices=["up", "down", "status", "restart", "layer"])
     parser.add_argument("services", nargs="*", help="with restart: only these services")
     args = parser.parse_args(argv)
     sandbox = Sandbox()

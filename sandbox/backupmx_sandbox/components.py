@@ -8,10 +8,10 @@ part's port: ports are allocated by name, so order only matters for readiness.
 
 from __future__ import annotations
 
-from backupmx_sandbox import dnsapi, mailhost, provider, relayhost, vault
+from backupmx_sandbox import dnsapi, mailhost, provider, relayhost, unknown_policy, vault
 from backupmx_sandbox.world import Sandbox
 
-ORDER = [dnsapi, vault, mailhost, provider, relayhost]
+ORDER = [dnsapi, vault, mailhost, unknown_policy, provider, relayhost]
 
 
 def service_names(sandbox: Sandbox) -> list[str]:

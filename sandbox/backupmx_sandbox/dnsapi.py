@@ -7,21 +7,26 @@ to start it and when it is ready, and contributes the world keys:
 ``cloudflare_api_base`` (the official SDK's ``base_url``), ``cloudflare_token``,
 ``cloudflare_token_no_zone`` (valid, but without access to the zone),
 ``cloudflare_zone_id``, ``cloudflare_admin`` (the fake's ``/_sandbox`` endpoints),
-``zone``, ``record_quota``, ``dns`` (``127.0.0.1:PORT``), and the test sender's
-``sender_domain``, ``dkim_selector`` and ``dkim_key`` (its private key file).
+``zone``, ``record_quota``, ``dns`` (``127.0.0.1:PORT``), ``resolver`` (the
+primary's resolver, ``127.53.X.Y`` port 53: see ``resolver_address``), ``dnsbl_zone``,
+and the test sender's ``sender_domain``, ``dkim_selector`` and ``dkim_key`` (its
+private key file).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import os
+import socket
 import sys
 import urllib.request
 from pathlib import Path
 
 from backupmx_sandbox import seed
 from backupmx_sandbox.world import LOOPBACK, Sandbox, Service, write_private_json
+from backupmx_sandbox.zonedns import RESOLVER_PORT
 
 SERVICE_NAMES = ["cloudflare"]
 API_PORT = "cloudflare.api"
@@ -98,14 +103,51 @@ def dkim_public_key(sandbox: Sandbox) -> str:
     return base64.b64encode(der).decode()
 
 
+def _record(kind: str, name: str, content: str, **extra) -> dict:
+    return {"type": kind, "name": name, "content": content, "ttl": WORLD_TTL, **extra}
+
+
+def reverse_name(address: str) -> str:
+    return ipaddress.ip_address(address).reverse_pointer
+
+
+def _reverse_zones() -> dict[str, list[dict]]:
+    """PTR records of the relay addresses, each in its /24's in-addr.arpa zone."""
+    zones: dict[str, list[dict]] = {}
+    for address, name in seed.RELAY_PTR.items():
+        ptr = reverse_name(address)
+        zones.setdefault(ptr.split(".", 1)[1], []).append(_record("PTR", ptr, name))
+    return zones
+
+
+def _dnsbl_zone() -> list[dict]:
+    """The DNSBL's listings: 127.0.0.2 and a TXT saying why, per listed address (RFC 5782)."""
+    records = []
+    for address in seed.DNSBL_LISTED:
+        name = ".".join(reversed(address.split("."))) + "." + seed.DNSBL_ZONE
+        records += [_record("A", name, "127.0.0.2"),
+                    _record("TXT", name, f"Listed by {seed.DNSBL_ZONE}: {address} sent spam (sandbox)")]
+    # RFC 5782 §5: a DNSBL lists 127.0.0.2 as its test entry and never 127.0.0.1.
+    records += [_record("A", f"2.0.0.127.{seed.DNSBL_ZONE}", "127.0.0.2")]
+    return records
+
+
 def world_zones(sandbox: Sandbox) -> dict[str, list[dict]]:
-    """The DNS the world needs besides the Cloudflare zone: the relays' names and the test sender."""
+    """The DNS the world needs besides the Cloudflare zone: the relays' names and
+    reverse DNS, the test senders and the DNSBL."""
     sender = seed.SENDER_DOMAIN
+    neutral = seed.NEUTRAL_SENDER_DOMAIN
     return {
-        "rollernet.us": [
-            {"type": "A", "name": host, "content": LOOPBACK, "ttl": WORLD_TTL} for host in seed.BACKUP_MX
-        ],
+        "rollernet.us": [_record("A", host, LOOPBACK) for host in seed.BACKUP_MX]
+        + [_record("A", name, address) for name, address in seed.RELAY_PTR_A.items()],
+        **_reverse_zones(),
+        seed.DNSBL_ZONE: _dnsbl_zone(),
+        # A real sender domain has a mail server (reject_unknown_sender_domain asks).
+        neutral: [_record("MX", neutral, f"mx.{neutral}", priority=10),
+                  _record("A", f"mx.{neutral}", seed.SENDER_ALLOWED_IP)],
         sender: [
+            _record("MX", sender, seed.SENDER_MX, priority=10),
+            _record("A", seed.SENDER_MX, seed.SENDER_ALLOWED_IP),
             {"type": "TXT", "name": sender, "content": f"v=spf1 ip4:{seed.SENDER_ALLOWED_IP} -all",
              "ttl": WORLD_TTL},
             {"type": "TXT", "name": f"_dmarc.{sender}", "content": "v=DMARC1; p=reject", "ttl": WORLD_TTL},
@@ -122,10 +164,41 @@ def _tokens(sandbox: Sandbox) -> dict[str, list[str]]:
     }
 
 
+def resolver_address(sandbox: Sandbox) -> str:
+    """This sandbox's own loopback address for the primary's resolver: ``127.53.X.Y``.
+
+    resolv.conf has no port, so the resolver must own port 53 of an address. Several
+    sandboxes run on one machine at once: X.Y comes from a digest of the sandbox
+    directory (stable across ``up``), moved on while port 53 there is taken (UDP or
+    TCP), and kept in ``addresses.json``.
+    """
+
+    def choose() -> str:
+        for attempt in range(256):
+            digest = hashlib.sha256(f"{sandbox.root}:{attempt}".encode()).digest()
+            candidate = f"127.53.{digest[0]}.{digest[1] % 254 + 1}"
+            if _port_53_free(candidate):
+                return candidate
+        raise RuntimeError("no free port 53 on any 127.53.x.y address for the sandbox resolver")
+
+    return sandbox.address("resolver", choose)
+
+
+def _port_53_free(address: str) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind((address, RESOLVER_PORT))
+            except OSError:
+                return False
+    return True
+
+
 def config(sandbox: Sandbox) -> dict:
     return {
         "api": {"host": LOOPBACK, "port": sandbox.port(API_PORT)},
         "dns": {"host": LOOPBACK, "port": sandbox.port(DNS_PORT, udp_too=True)},
+        "resolver": {"host": resolver_address(sandbox), "port": RESOLVER_PORT},
         "state_dir": str(sandbox.dir("cloudflare", "state", mode=0o700)),
         "zones": [{"id": zone_id(seed.DOMAIN), "name": seed.DOMAIN, "account": _account(),
                    "name_servers": NAME_SERVERS, "records": zone_seed()}],
@@ -152,11 +225,12 @@ def _dns_ready(sandbox: Sandbox) -> bool:
     import dns.query
 
     query = dns.message.make_query(seed.DOMAIN, "SOA")
-    port = sandbox.port(DNS_PORT, udp_too=True)
+    servers = [(LOOPBACK, sandbox.port(DNS_PORT, udp_too=True)), (resolver_address(sandbox), RESOLVER_PORT)]
     try:
-        for send in (dns.query.udp, dns.query.tcp):
-            if not send(query, LOOPBACK, port=port, timeout=1).answer:
-                return False
+        for host, port in servers:
+            for send in (dns.query.udp, dns.query.tcp):
+                if not send(query, host, port=port, timeout=1).answer:
+                    return False
     except (OSError, dns.exception.DNSException):
         return False
     return True
@@ -187,6 +261,8 @@ def world(sandbox: Sandbox) -> dict:
         "zone": seed.DOMAIN,
         "record_quota": seed.RECORD_QUOTA,
         "dns": f"{LOOPBACK}:{sandbox.port(DNS_PORT, udp_too=True)}",
+        "resolver": resolver_address(sandbox),
+        "dnsbl_zone": seed.DNSBL_ZONE,
         "sender_domain": seed.SENDER_DOMAIN,
         "dkim_selector": seed.SENDER_DKIM_SELECTOR,
         "dkim_key": str(dkim_key_path(sandbox)),

@@ -9,7 +9,9 @@ Run as ``python -m backupmx_sandbox.fake_cloudflare --config FILE`` (the sandbox
 * admin endpoints under ``/_sandbox/`` (no auth; not part of Cloudflare): reset to
   the seed, the request log, fault injection, direct record seeding;
 * DNS on UDP and TCP, answering for the Cloudflare zones from the live API state
-  (a change through the API shows at once) and for static "world" zones.
+  (a change through the API shows at once) and for static "world" zones, on its
+  own port and, as the sandbox primary's resolver, on port 53 of a loopback
+  address of its own (``backupmx_sandbox.zonedns``).
 
 Behaviour follows the project's provider notes (PROVIDER-NOTES.md: Cloudflare v4
 DNS records), which cite cloudflare/api-schemas, the official SDK 5.9 and public
@@ -42,8 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from dnslib import AAAA, CNAME, EDNS0, MX, NS, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSRecord
-from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
+from backupmx_sandbox.zonedns import AUTO_TTL, ZoneResolver, start_servers
 
 API_PREFIX = "/client/v4"
 ADMIN_PREFIX = "/_sandbox"
@@ -67,8 +68,6 @@ RECORD_TYPES = {
 # Only these can sit behind Cloudflare's proxy; the rest answer proxiable: false.
 PROXIABLE_TYPES = {"A", "AAAA", "CNAME"}
 PRIORITY_TYPES = {"MX", "SRV", "URI"}
-AUTO_TTL = 1
-AUTO_TTL_SECONDS = 300  # what Cloudflare serves for ttl 1 ("automatic")
 MAX_BATCH_CHANGES = 200  # Free plan, per the batch API announcement
 REQUEST_LOG_LIMIT = 10_000
 
@@ -965,167 +964,21 @@ def admin(world: World, method: str, path: str, body) -> Response:
     return Response(404, {"error": f"no sandbox endpoint {method} {path}"})
 
 
-# ---------------------------------------------------------------------------- dns
-
-
-@dataclass
-class Answer:
-    name: str
-    type: str
-    ttl: int
-    rdata: object
-
-
-def txt_strings(content: str) -> list[bytes]:
-    """TXT content as character-strings of at most 255 bytes (RFC 1035 §3.3.14)."""
-    if len(content) >= 2 and content.startswith('"') and content.endswith('"'):
-        # Already in presentation form: "part one" "part two".
-        parts = [re.sub(r"\\(.)", r"\1", p) for p in re.findall(r'"((?:[^"\\]|\\.)*)"', content)]
-        raw_parts = [p.encode() for p in parts]
-    else:
-        raw_parts = [content.encode()]
-    chunks = [part[i:i + 255] for part in raw_parts for i in range(0, max(len(part), 1), 255)]
-    return chunks or [b""]
-
-
-def rdata_for(kind: str, content: str, priority: int | None):
-    if kind == "A":
-        return A(content)
-    if kind == "AAAA":
-        return AAAA(content)
-    if kind == "CNAME":
-        return CNAME(content + ".")
-    if kind == "NS":
-        return NS(content + ".")
-    if kind == "MX":
-        return MX("." if content == "." else content + ".", priority or 0)
-    if kind == "TXT":
-        return TXT(txt_strings(content))
-    return None  # stored but not served (CAA, SRV, …)
-
-
-def answers_from_records(records: list[dict]) -> list[Answer]:
-    answers = []
-    for record in records:
-        try:
-            rdata = rdata_for(record["type"], record["content"], record.get("priority"))
-        except Exception:  # a record planted through /_sandbox/records that DNS cannot carry
-            continue
-        if rdata is not None:
-            ttl = AUTO_TTL_SECONDS if record.get("ttl", AUTO_TTL) == AUTO_TTL else int(record["ttl"])
-            answers.append(Answer(record["name"].lower(), record["type"], ttl, rdata))
-    return answers
-
-
-def zone_apex(zone: str, name_servers: list[str], serial: int, rname: str) -> list[Answer]:
-    # SOA and NS are the zone's own, not records in the API (as on Cloudflare). The
-    # negative-caching TTL is kept short so the sandbox never serves stale NXDOMAINs.
-    soa = SOA(name_servers[0] + ".", rname + ".", (serial, 10000, 2400, 604800, AUTO_TTL_SECONDS))
-    return [Answer(zone, "SOA", AUTO_TTL_SECONDS, soa)] + [
-        Answer(zone, "NS", 86400, NS(server + ".")) for server in name_servers
-    ]
-
-
-class ZoneResolver(BaseResolver):
-    """Authoritative answers for the Cloudflare zones (live) and the static world zones."""
-
-    def __init__(self, world: World):
-        self.world = world
-
-    def zone_data(self, qname: str) -> tuple[str, list[Answer]] | None:
-        store = self.world.store
-        candidates = [(z.name, z) for z in store.zones.values()] + [(n, None) for n in self.world.static_zones]
-        matches = [(name, zone) for name, zone in candidates if qname == name or qname.endswith("." + name)]
-        if not matches:
-            return None
-        name, zone = max(matches, key=lambda item: len(item[0]))
-        if zone is not None:
-            with store.lock:
-                records, serial = store.snapshot(zone.id), store.serial
-            return name, zone_apex(name, zone.name_servers, serial, "dns.cloudflare.com") + \
-                answers_from_records(records)
-        static = self.world.static_zones[name]
-        apex = zone_apex(name, [f"ns1.{name}", f"ns2.{name}"], 1, f"hostmaster.{name}")
-        return name, apex + answers_from_records(static)
-
-    def resolve(self, request, handler):
-        reply = request.reply(ra=0, aa=1)
-        question = request.q
-        qname = str(question.qname).rstrip(".").lower()
-        qtype = QTYPE[question.qtype]
-        found = self.zone_data(qname)
-        if found is None:
-            reply.header.aa = 0
-            reply.header.rcode = RCODE.REFUSED
-            return reply
-        zone, data = found
-        self.answer(reply, qname, qtype, zone, data, depth=0)
-        return reply
-
-    def answer(self, reply, qname: str, qtype: str, zone: str, data: list[Answer], depth: int) -> None:
-        at_name = [a for a in data if a.name == qname]
-        cname = [a for a in at_name if a.type == "CNAME"]
-        if cname and qtype not in ("CNAME", "ANY"):
-            self.add(reply, cname)
-            target = str(cname[0].rdata.label).rstrip(".").lower()
-            if depth < 8 and (target == zone or target.endswith("." + zone)):
-                self.answer(reply, target, qtype, zone, data, depth + 1)
-            return
-        matches = at_name if qtype == "ANY" else [a for a in at_name if a.type == qtype]
-        if matches:
-            self.add(reply, matches)
-            return
-        # Negative answer: NODATA if the name exists (or has names below it), else NXDOMAIN.
-        exists = bool(at_name) or any(a.name.endswith("." + qname) for a in data)
-        if not exists and depth == 0:
-            reply.header.rcode = RCODE.NXDOMAIN
-        soa = next(a for a in data if a.type == "SOA")
-        reply.add_auth(RR(zone, QTYPE.SOA, ttl=soa.ttl, rdata=soa.rdata))
-
-    @staticmethod
-    def add(reply, answers: list[Answer]) -> None:
-        for a in answers:
-            reply.add_answer(RR(a.name, getattr(QTYPE, a.type), ttl=a.ttl, rdata=a.rdata))
-
-
-class SizedHandler(DNSHandler):
-    """Truncates UDP answers to the client's size (512 bytes, or what EDNS0 offers)."""
-
-    def get_reply(self, data):
-        request = DNSRecord.parse(data)
-        reply = self.server.resolver.resolve(request, self)
-        offered = [rr.rclass for rr in request.ar if rr.rtype == QTYPE.OPT]
-        if offered:
-            reply.add_ar(EDNS0(udp_len=1232))
-        packed = reply.pack()
-        if self.protocol == "udp" and len(packed) > max([512] + offered):
-            # TC set, question kept (dnslib's truncate() drops it, which resolvers
-            # reject as an answer to another question); the client retries over TCP.
-            truncated = DNSRecord(DNSHeader(id=reply.header.id, bitmap=reply.header.bitmap, q=1), q=request.q)
-            truncated.header.tc = 1
-            packed = truncated.pack()
-        return packed
-
-
 # --------------------------------------------------------------------------- main
 
 
 def serve(config: dict) -> None:
     world = World(config)
-    logger = DNSLogger("-request,-reply,-truncated", prefix=False)
-    resolver = ZoneResolver(world)
-    dns_servers = [
-        DNSServer(resolver, address=config["dns"]["host"], port=config["dns"]["port"], tcp=tcp,
-                  logger=logger, handler=SizedHandler)
-        for tcp in (False, True)
-    ]
+    dns_servers = start_servers(ZoneResolver(world), config["dns"]["host"], config["dns"]["port"])
+    resolver = config.get("resolver")
+    if resolver:
+        dns_servers += start_servers(ZoneResolver(world, recursive=True), resolver["host"], resolver["port"])
     handler = type("BoundHandler", (Handler,), {"world": world})
     httpd = ThreadingHTTPServer((config["api"]["host"], config["api"]["port"]), handler)
     httpd.daemon_threads = True
-    for server in dns_servers:
-        server.start_thread()
+    resolving = f", resolver {resolver['host']}:{resolver['port']} (udp+tcp)" if resolver else ""
     print(f"fake cloudflare: api http://{config['api']['host']}:{config['api']['port']}{API_PREFIX}, "
-          f"dns {config['dns']['host']}:{config['dns']['port']} (udp+tcp)", flush=True)
+          f"dns {config['dns']['host']}:{config['dns']['port']} (udp+tcp){resolving}", flush=True)
     try:
         httpd.serve_forever()
     finally:

@@ -18,10 +18,8 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,8 @@ from typing import Callable
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from backupmx_sandbox import seed
-from backupmx_sandbox.supervisor import Supervisor, group_alive
+from backupmx_sandbox import dnsapi, postfix_runner, seed
+from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import LOOPBACK, Sandbox, Service
 
 SERVICE_NAMES = ["sshd", "rspamd", "postfix"]
@@ -42,6 +40,12 @@ RSPAMD_USER = "_rspamd"
 MAIL_UID = MAIL_GID = 5000
 MAILDIR_NAME = "catchall"
 GREET_WAIT = "1s"
+# The base stack's anvil limits (main.cf); the `tight_anvil` layer puts these back when off.
+BASE_ANVIL = {
+    "smtpd_client_connection_count_limit": "50",
+    "smtpd_client_connection_rate_limit": "300",
+    "smtpd_client_message_rate_limit": "300",
+}
 HOSTNAME = seed.PRIMARY_MX
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,15 @@ class Paths:
         return self.mail_base / MAILDIR_NAME
 
     @property
+    def resolv_conf(self) -> Path:
+        # Bind-mounted over /etc/resolv.conf in the sandbox Postfix's own mount namespace.
+        return self.root / "resolv.conf"
+
+    @property
+    def policyd_spf_conf(self) -> Path:
+        return self.root / "policyd-spf.conf"
+
+    @property
     def rspamd_local(self) -> Path:
         return self.root / "rspamd"
 
@@ -129,6 +142,8 @@ class Ports:
     rspamd_normal: int
     rspamd_controller: int
     dns: int
+    # The primary's resolver (port 53 of this address); Postfix asks it through resolv_conf.
+    resolver: str
 
 
 def mailhost_paths(sandbox: Sandbox) -> Paths:
@@ -147,6 +162,7 @@ def mailhost_ports(sandbox: Sandbox) -> Ports:
         # The DNS part's port (it serves UDP and TCP); allocated by name, so the
         # order in which the parts ask does not matter.
         dns=sandbox.port("dns", udp_too=True),
+        resolver=dnsapi.resolver_address(sandbox),
     )
 
 
@@ -345,6 +361,7 @@ def _write_rspamd_config(paths: Paths, ports: Ports) -> None:
     install_file(local_d / "options.inc", render_template("rspamd/options.inc.j2", **values))
     install_file(local_d / "milter_headers.conf", render_template("rspamd/milter_headers.conf"))
     install_file(local_d / "dkim.conf", render_template("rspamd/dkim.conf"))
+    install_file(local_d / "actions.conf", render_template("rspamd/actions.conf"))
     install_file(override_d / "fuzzy_check.conf", render_template("rspamd/fuzzy_check.conf"))
     for worker in ("worker-normal.inc", "worker-controller.inc", "worker-proxy.inc"):
         install_file(override_d / worker, render_template(f"rspamd/{worker}.j2", **values))
@@ -374,9 +391,10 @@ def postfix_daemon(paths: Paths, ports: Ports) -> Service:
         name="postfix",
         # Not `postfix start-fg` alone: its `master -s` calls setsid, so killpg of
         # the recorded pid would miss master and every Postfix daemon. The
-        # wrapper (run_postfix_foreground below) turns the stop signal into
-        # `postfix stop` and waits until master's whole process group is gone.
-        argv=[sys.executable, "-m", __name__, "postfix-foreground", str(paths.postfix_config)],
+        # wrapper (postfix_runner) turns the stop signal into `postfix stop` and
+        # waits until master's whole process group is gone; it also gives Postfix
+        # the sandbox resolver in a mount namespace of its own.
+        argv=[sys.executable, "-m", postfix_runner.__name__, str(paths.postfix_config), str(paths.resolv_conf)],
         ready=lambda: listening(ports.smtp_proxy) and listening(ports.smtp),
         ready_timeout=30,
     )
@@ -408,10 +426,15 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
         mail_gid=MAIL_GID,
         milter_port=ports.rspamd_milter,
         greet_wait=GREET_WAIT,
+        dnsbl_zone=seed.DNSBL_ZONE,
+        anvil=BASE_ANVIL,
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
-    master_cf = render_template("master.cf.j2", smtp_port=ports.smtp, proxy_port=ports.smtp_proxy)
+    install_file(paths.policyd_spf_conf, render_template("policyd-spf.conf"))
+    master_cf = render_template("master.cf.j2", smtp_port=ports.smtp, proxy_port=ports.smtp_proxy,
+                                policyd_spf_conf=paths.policyd_spf_conf)
+    install_file(paths.resolv_conf, render_template("resolv.conf.j2", resolver=ports.resolver))
     install_file(paths.postfix_config / "main.cf", main_cf)
     install_file(paths.postfix_config / "master.cf", master_cf)
 
@@ -447,36 +470,6 @@ def postfix_check(config_dir: str | Path) -> str:
         timeout=60,
     )
     return result.stdout.strip()
-
-
-# --- Postfix in the foreground, stoppable by its wrapper's pid ----------------------
-
-
-class _StopRequested(Exception):
-    pass
-
-
-def run_postfix_foreground(config_dir: str) -> int:
-    """Run ``postfix -c DIR start-fg``; on SIGTERM/SIGINT stop all of Postfix, then exit.
-
-    start-fg runs in its own process group, so the supervisor's killpg reaches
-    only this wrapper, which then stops Postfix the way Postfix wants to be
-    stopped and knows it is over when start-fg (master's parent) exits.
-    """
-
-    def request_stop(signum, frame):
-        raise _StopRequested
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    start_fg = subprocess.Popen(["/usr/sbin/postfix", "-c", config_dir, "start-fg"], process_group=0)
-    try:
-        return start_fg.wait()
-    except _StopRequested:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _stop_postfix(config_dir, start_fg)
-        return 0
 
 
 def _write_postfix_service(paths: Paths) -> None:
@@ -515,49 +508,3 @@ def control_service(action: str, name: str, make: Callable[[Sandbox], Service]) 
     else:
         raise SystemExit(f"postfix-service: {action!r}: use stop or start")
     return 0
-
-
-def _stop_postfix(config_dir: str, start_fg: subprocess.Popen, timeout: float = 8.0) -> None:
-    """`postfix stop` (master then kills its own process group); wait until all of it is gone."""
-    deadline = time.monotonic() + timeout
-    master = _master_pid(config_dir)
-    while master is None and start_fg.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # stopped while still starting: wait for master.pid
-        master = _master_pid(config_dir)
-    subprocess.run(["/usr/sbin/postfix", "-c", config_dir, "stop"], capture_output=True, timeout=30)
-
-    def running() -> bool:
-        return start_fg.poll() is None or (master is not None and group_alive(master))
-
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for group in (master, start_fg.pid):
-        if group is not None and group_alive(group):
-            os.killpg(group, signal.SIGKILL)
-    start_fg.wait()
-
-
-def _master_pid(config_dir: str) -> int | None:
-    """The pid of the master running from ``config_dir``, checked against /proc.
-
-    master.pid may be stale and its pid reused; only a live ``master`` process
-    whose environment names this config dir (postfix exports MAIL_CONFIG) counts.
-    """
-    queue = subprocess.run(
-        ["/usr/sbin/postconf", "-c", config_dir, "-h", "queue_directory"], capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        pid = int((Path(queue) / "pid" / "master.pid").read_text().split()[0])
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except (OSError, ValueError, IndexError):
-        return None
-    if comm != "master" or f"MAIL_CONFIG={config_dir}".encode() not in environ:
-        return None
-    return pid
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["postfix-foreground"] and len(sys.argv) == 3:
-        sys.exit(run_postfix_foreground(sys.argv[2]))
-    sys.exit(f"usage: python -m {__spec__.name if __spec__ else 'mailhost'} postfix-foreground CONFIG_DIR")

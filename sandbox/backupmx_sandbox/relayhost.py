@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from backupmx_sandbox import mailhost, seed
+from backupmx_sandbox import mailhost, postfix_runner, seed
 from backupmx_sandbox.mailhost import install_file, private_dir, root_dir, listening
 from backupmx_sandbox.world import LOOPBACK, Sandbox, Service
 
@@ -167,7 +167,7 @@ def relay_postfix_daemon(paths: Paths, ports: Ports) -> Service:
     return Service(
         name="relay-postfix",
         # The mail host's wrapper: stops all of this Postfix on the supervisor's signal.
-        argv=[sys.executable, "-m", mailhost.__name__, "postfix-foreground", str(paths.postfix_config)],
+        argv=[sys.executable, "-m", postfix_runner.__name__, str(paths.postfix_config)],
         ready=lambda: listening(ports.smtp),
         ready_timeout=30,
     )

@@ -107,6 +107,7 @@ class Sandbox:
         os.chmod(self.root, 0o755)
         self._ports_file = self.root / "ports.json"
         self._secrets_file = self.root / "secrets.json"
+        self._addresses_file = self.root / "addresses.json"
 
     def dir(self, *parts: str, mode: int = 0o755) -> Path:
         path = self.root.joinpath(*parts)
@@ -136,6 +137,14 @@ class Sandbox:
             ports[name] = candidate
             write_private_json(self._ports_file, ports)
         return ports[name]
+
+    def address(self, name: str, choose: Callable[[], str]) -> str:
+        """A loopback address reserved for ``name`` (``choose`` picks it once), the same on every ``up``."""
+        addresses = self._load(self._addresses_file)
+        if name not in addresses:
+            addresses[name] = choose()
+            write_private_json(self._addresses_file, addresses)
+        return addresses[name]
 
     def ports(self) -> dict[str, int]:
         return self._load(self._ports_file)
