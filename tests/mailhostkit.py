@@ -18,7 +18,8 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 
-from backupmx.mailhost.model import ACCESS_LIST, RSPAMD_BLOCK, load_mailhost
+from backupmx.mailhost.layers import RELAY_SMTPD_SERVICE, SERVICE_NAME_OPTION
+from backupmx.mailhost.model import ACCESS_LIST, RELAY_SMTPD_BLOCK, RSPAMD_BLOCK, load_mailhost
 from backupmx.postfix.blocks import with_block
 from backupmx.postfix.mastercf import remove_service_options
 from backupmx_sandbox import mailhost, seed
@@ -78,8 +79,9 @@ def pristine_state(world) -> dict[str, bytes | None]:
     settings = managed_paths(world)["settings.conf"]
     text = master_cf.read_text()
     listener = world["mailhost"]["proxy_service"].split("/")[0]
-    ours = {ACCESS_LIST: f"permit_mynetworks,cidr:{managed_paths(world)['cidr']}"}
-    original = remove_service_options(text, listener, "inet", ours)
+    ours = {ACCESS_LIST: f"permit_mynetworks,cidr:{managed_paths(world)['cidr']}",
+            SERVICE_NAME_OPTION: RELAY_SMTPD_SERVICE}
+    original = with_block(remove_service_options(text, listener, "inet", ours), RELAY_SMTPD_BLOCK, None)
     foreign = with_block(settings.read_text(), RSPAMD_BLOCK, None) if settings.exists() else None
     return {"cidr": None, "master.cf": original.encode(), "settings.conf": foreign.encode() if foreign else None}
 
