@@ -10,7 +10,15 @@ from pyinfra import host
 from backupmx.core.context import executing, executing_after_preparing, recall, remember
 from backupmx.core.errors import BackupMXError
 from backupmx.core.validate import IPNetwork
-from backupmx.mailhost.layers import RELAY_SMTPD_SERVICE, RELAY_SMTPD_TYPE, SERVICE_NAME_OPTION
+from backupmx.mailhost.layers import (
+    HOOK,
+    HOOK_ENTRY,
+    RELAY_SMTPD_SERVICE,
+    RELAY_SMTPD_TYPE,
+    RESTRICTION_LISTS,
+    SERVICE_NAME_OPTION,
+    hooked_value,
+)
 from backupmx.mailhost.listener import missing_listener_message, wanted_listener_options, wanted_relay_service
 from backupmx.mailhost.model import (
     ACCESS_LIST,
@@ -26,6 +34,7 @@ from backupmx.mailhost.model import (
 )
 from backupmx.mailhost.proof import probe_addresses
 from backupmx.mailhost.render import (
+    main_cf_with_hook,
     render_postscreen_access,
     render_relay_smtpd_block,
     render_user_patches_block,
@@ -84,8 +93,7 @@ def listeners_args(mailhost: MailHost) -> dict:
 
 
 def _files_args(mailhost: MailHost) -> dict:
-    second = mailhost.user_patches_host_path if mailhost.is_docker else mailhost.master_cf_path
-    return {"paths": (mailhost.cidr_host_path, second)}  # on the host, not in the container
+    return {"paths": mailhost.postfix_host_paths()}  # on the host, not in the container
 
 
 def _exemption_args(mailhost: MailHost) -> dict:
@@ -170,15 +178,14 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
         if conflicts and present:
             plan.problems.append("docker-mailserver judges relayed mail before rspamd: " + "; ".join(conflicts))
             return plan
-    second = mailhost.user_patches_host_path if mailhost.is_docker else mailhost.master_cf_path
     files = read_fact(MailhostFiles, _files_args(mailhost))
-    for path in (mailhost.cidr_host_path, second):
+    for path in mailhost.postfix_host_paths():
         entry = files.get(path)
         if entry is None or entry["error"]:
             plan.problems.append(f"cannot read {path}: {entry['error'] if entry else 'no answer'}")
     if plan.problems:
         return plan
-    cidr_now, second_now = files[mailhost.cidr_host_path]["content"], files[second]["content"]
+    now = {path: files[path]["content"] for path in mailhost.postfix_host_paths()}
     services, main = listeners["services"], listeners["main"]
     listener = services[mailhost.service_key]
     relay_service, layers = None, None
@@ -188,30 +195,31 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
             plan.problems.extend(layers.problems)
             return plan
         options = wanted_listener_options(mailhost, services, main)
-        cidr_new = render_postscreen_access(cidrs)
     else:
         options = _options_without_whitelist(mailhost, listener, main)
         if listener.params.get(SERVICE_NAME_OPTION) == RELAY_SMTPD_SERVICE:
             options[SERVICE_NAME_OPTION] = None
-        cidr_new = None
+    new = {mailhost.cidr_host_path: render_postscreen_access(cidrs) if present else None}
     try:
         if mailhost.is_docker:
-            block = (render_user_patches_block(mailhost, options, relay_service, layers.layers if layers else ())
-                     if present else None)
+            block = render_user_patches_block(mailhost, options, relay_service, layers) if present else None
             # A new user-patches.sh starts with a shebang; docker-mailserver runs it with bash.
-            second_new = with_block(second_now, USER_PATCHES_BLOCK, block, header="#!/bin/bash\n")
+            new[mailhost.user_patches_host_path] = with_block(now[mailhost.user_patches_host_path],
+                                                              USER_PATCHES_BLOCK, block, header="#!/bin/bash\n")
         else:
-            second_new = _master_cf(mailhost, second_now or "", listener, options, present)
-            relay_block = (render_relay_smtpd_block(mailhost, relay_service, _handoff(listener, main), layers.layers)
+            master_cf = _master_cf(mailhost, now[mailhost.master_cf_path] or "", listener, options, present)
+            relay_block = (render_relay_smtpd_block(mailhost, relay_service, _handoff(listener, main))
                            if relay_service is not None else None)
-            second_new = with_block(second_new, RELAY_SMTPD_BLOCK, relay_block)
+            new[mailhost.master_cf_path] = with_block(master_cf, RELAY_SMTPD_BLOCK, relay_block)
+            new[mailhost.main_cf_path] = main_cf_with_hook(now[mailhost.main_cf_path] or "", mailhost,
+                                                           layers if relay_service is not None else None)
     except BackupMXError as error:
         plan.problems.append(str(error))
         return plan
-    for path, old, new in ((mailhost.cidr_host_path, cidr_now, cidr_new), (second, second_now, second_new)):
-        if old != new:
-            plan.files.append(FileChange(path, old, new))
-    _redo_interrupted(plan, mailhost, {mailhost.cidr_host_path: cidr_now, second: second_now})
+    for path in mailhost.postfix_host_paths():
+        if now[path] != new[path]:
+            plan.files.append(FileChange(path, now[path], new[path]))
+    _redo_interrupted(plan, mailhost, now)
     live_commands = []
     if mailhost.is_docker:
         # The container's master.cf: what user-patches.sh sets at the next start, now.
@@ -224,7 +232,8 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
                 live_commands.append((f"postconf -P {mailhost.service_key}/{option}={value}",
                                       tuple(mailhost.postconf("-P", f"{mailhost.service_key}/{option}={value}"))))
         # The relay service exists before the listener hands over to it, and goes after.
-        relay_commands = _relay_service_commands(mailhost, services, relay_service)
+        relay_commands = (_hook_commands(mailhost, main, layers if relay_service else None)
+                          + _relay_service_commands(mailhost, services, relay_service))
         live_commands = relay_commands + live_commands if relay_service else live_commands + relay_commands
         plan.live = [f"{what} (in container {mailhost.container})" for what, _ in live_commands]
     if not plan.changed:
@@ -235,7 +244,8 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
     plan.transaction = Transaction(
         label=f"postscreen_whitelist {mailhost.service_key}",
         files=tuple(plan.files),
-        live_files=(tuple(mailhost.in_target([mailhost.master_cf_path])),) if live_commands else (),
+        live_files=(tuple(mailhost.in_target([mailhost.master_cf_path])),
+                    tuple(mailhost.in_target([mailhost.main_cf_path]))) if live_commands else (),
         live_commands=tuple(live_commands),
         postfix_check=tuple(mailhost.postfix_check()),
         probes=tuple((tuple(mailhost.postmap_query(address)), "permit") for _, address in probes.inside)
@@ -262,6 +272,27 @@ def _master_cf(mailhost: MailHost, master_cf: str, listener: Listener, options: 
 def _handoff(listener: Listener, main) -> str:
     name = listener.params.get(SERVICE_NAME_OPTION, main.get(SERVICE_NAME_OPTION, "smtpd"))
     return f"{main.get(SERVICE_NAME_OPTION, 'smtpd') if name == RELAY_SMTPD_SERVICE else name}/pass"
+
+
+def _hook_commands(mailhost: MailHost, main, layers) -> list[tuple[str, tuple]]:
+    """docker-mailserver: the container's main.cf lists with the hook where ``layers`` wants it
+    (none: taken out), as user-patches.sh makes them at start."""
+    commands = []
+    hooked = layers.lists if layers is not None else {}
+    for name in RESTRICTION_LISTS:
+        current = postfix_list(main.get(name, ""))
+        if name in hooked:
+            wanted = postfix_list(hooked_value(*hooked[name]))
+        else:
+            wanted = [entry for entry in current if entry != HOOK_ENTRY]
+        if wanted != current:
+            value = ", ".join(wanted)
+            commands.append((f"postconf -e {name}", tuple(mailhost.postconf("-e", f"{name}={value}"))))
+    if commands and hooked:
+        commands.insert(0, (f"postconf -e {HOOK}=", tuple(mailhost.postconf("-e", f"{HOOK}="))))
+    elif commands:
+        commands.append((f"postconf -X {HOOK}", tuple(mailhost.postconf("-X", HOOK))))
+    return commands
 
 
 def _relay_service_commands(mailhost: MailHost, services, relay_service: Listener | None) -> list[tuple[str, tuple]]:

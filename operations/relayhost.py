@@ -170,7 +170,7 @@ def prove_relay(relay: RelayHost, domains: Sequence[str], target=None) -> Proof:
     return proof
 
 
-_SETTLING = {"catch-all", "not an open relay", "pregreet defers", "smtp"}
+_SETTLING = dict.fromkeys(("catch-all", "not an open relay", "pregreet defers", "smtp"), SETTLE_SECONDS)
 
 
 def prove_relay_settled(relay: RelayHost, domains: Sequence[str], timeout: float = SETTLE_SECONDS,

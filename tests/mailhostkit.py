@@ -20,6 +20,7 @@ from pyinfra.api.operations import run_ops
 
 from backupmx.mailhost.layers import RELAY_SMTPD_SERVICE, SERVICE_NAME_OPTION
 from backupmx.mailhost.model import ACCESS_LIST, RELAY_SMTPD_BLOCK, RSPAMD_BLOCK, load_mailhost
+from backupmx.mailhost.render import main_cf_with_hook
 from backupmx.postfix.blocks import with_block
 from backupmx.postfix.mastercf import remove_service_options
 from backupmx_sandbox import mailhost, seed
@@ -33,7 +34,7 @@ SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=r
 
 def managed_paths(world) -> dict[str, Path]:
     m = load_mailhost(world["mailhost"])
-    return {"cidr": Path(m.cidr_host_path), "master.cf": Path(m.master_cf_path),
+    return {"cidr": Path(m.cidr_host_path), "master.cf": Path(m.master_cf_path), "main.cf": Path(m.main_cf_path),
             "settings.conf": Path(m.rspamd_settings_host_path)}
 
 
@@ -67,7 +68,7 @@ def restore(world, state: dict[str, bytes | None]) -> None:
             path.unlink()
         else:
             path.write_bytes(state[name])
-    if current["cidr"] != state["cidr"] or current["master.cf"] != state["master.cf"]:
+    if any(current[name] != state[name] for name in ("cidr", "master.cf", "main.cf")):
         reload_postfix(world)
     if current["settings.conf"] != state["settings.conf"]:
         reload_rspamd(world)
@@ -83,7 +84,9 @@ def pristine_state(world) -> dict[str, bytes | None]:
             SERVICE_NAME_OPTION: RELAY_SMTPD_SERVICE}
     original = with_block(remove_service_options(text, listener, "inet", ours), RELAY_SMTPD_BLOCK, None)
     foreign = with_block(settings.read_text(), RSPAMD_BLOCK, None) if settings.exists() else None
-    return {"cidr": None, "master.cf": original.encode(), "settings.conf": foreign.encode() if foreign else None}
+    main_cf = main_cf_with_hook(managed_paths(world)["main.cf"].read_text(), load_mailhost(world["mailhost"]), None)
+    return {"cidr": None, "master.cf": original.encode(), "main.cf": main_cf.encode(),
+            "settings.conf": foreign.encode() if foreign else None}
 
 
 def services_answer(world, recipient: str) -> None:

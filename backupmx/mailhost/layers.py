@@ -8,13 +8,15 @@ policyd-spf (the relay is not in the sender's SPF), ``reject_unknown_client_host
 are listed often), and anvil's rate limits (a queue drain). postscreen's DNSBL and
 pregreet tests are already skipped by the whitelist.
 
-The exception lives on the PROXY-v2 listener only: that listener hands its clients
-to an smtpd service of its own (``smtpd_service_name``), a copy of ``smtpd/pass``
-whose restriction lists are main.cf's with ``check_client_access cidr:<the relay
-table>`` placed right before the first layer of this module's list. The table
-answers ``permit`` for the relay networks only, so everyone else, on that listener
-too, still meets every layer. Any other layer (a policy server we do not know, a
-site's own access table) is left in front of the exception and judged by stage 4's
+The exception lives on the PROXY-v2 listener only. main.cf's lists get one entry,
+``$backupmx_relay_exception``, right before the first layer of this module's table;
+main.cf defines it empty, so it is nothing on every other service. The listener hands
+its clients to an smtpd service of its own (``smtpd_service_name``), a copy of
+``smtpd/pass`` that sets it to ``check_client_access cidr:<the relay table>``; the
+table answers ``permit`` for the relay networks only, so everyone else, on that
+listener too, still meets every layer. The lists stay main.cf's: a layer the site
+adds later applies at once. Any other layer (a policy server we do not know, a
+site's own access table) stays in front of the exception and is judged by stage 4's
 proof.
 """
 
@@ -27,6 +29,9 @@ from backupmx.postfix.maincf import postfix_list
 
 # The master.cf service the PROXY-v2 listener hands its clients to once stage 3 ran.
 RELAY_SMTPD_SERVICE = "backupmx-relay"
+# The main.cf parameter in the lists: empty in main.cf, the exception on RELAY_SMTPD_SERVICE.
+HOOK = "backupmx_relay_exception"
+HOOK_ENTRY = f"${HOOK}"
 RELAY_SMTPD_TYPE = "pass"
 SERVICE_NAME_OPTION = "smtpd_service_name"
 
@@ -65,15 +70,17 @@ MAIN_PARAMETERS = RESTRICTION_LISTS + (RELAY_RESTRICTIONS, EVENT_LIMIT_EXCEPTION
 
 @dataclass
 class RelayLayers:
-    """What the relay smtpd service must override, and why (one line per layer found)."""
+    """Where main.cf's lists get the hook, what the relay smtpd service sets, and why."""
 
-    options: dict[str, str] = field(default_factory=dict)
+    # list name -> (its entries as postconf reads them, without the hook; index of the first layer)
+    lists: dict[str, tuple[list[str], int]] = field(default_factory=dict)
+    service_options: dict[str, str] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
     def needed(self) -> bool:
-        return bool(self.options)
+        return bool(self.service_options)
 
 
 def handled_layer(entries: list[str], index: int) -> str | None:
@@ -87,17 +94,16 @@ def handled_layer(entries: list[str], index: int) -> str | None:
 
 
 def relay_layers(main: Mapping[str, str], cidr_path: str) -> RelayLayers:
-    """The relay smtpd service's overrides for this main.cf (``postconf`` values of MAIN_PARAMETERS)."""
+    """Where the hook goes in this main.cf (``postconf`` values of MAIN_PARAMETERS), and the
+    relay smtpd service's overrides."""
     result = RelayLayers()
-    exception = ["check_client_access", f"cidr:{cidr_path}"]
     for name in RESTRICTION_LISTS:
         value = main.get(name, "")
         if "{" in value:
-            result.problems.append(f"main.cf {name} uses {{ }} grouping, which stage 3 cannot copy safely; "
-                                   f"write it without braces or add `check_client_access cidr:{cidr_path}` "
-                                   "before the layer by hand")
+            result.problems.append(f"main.cf {name} uses {{ }} grouping, which stage 3 cannot edit safely; "
+                                   f"write it without braces, or put `{HOOK_ENTRY}` before the layer by hand")
             continue
-        entries = postfix_list(value)
+        entries = [entry for entry in postfix_list(value) if entry != HOOK_ENTRY]
         first = next((i for i in range(len(entries)) if handled_layer(entries, i)), None)
         if first is None:
             continue
@@ -106,15 +112,29 @@ def relay_layers(main: Mapping[str, str], cidr_path: str) -> RelayLayers:
                                    f"none in {RELAY_RESTRICTIONS}; a permit there would make the primary an "
                                    "open relay for the relay networks; add reject_unauth_destination first")
             continue
-        result.layers.extend(f"{name}: {entries[i]} ({handled_layer(entries, i)})"
+        result.layers.extend(f"{name}: {named_layer(entries, i)} ({handled_layer(entries, i)})"
                              for i in range(first, len(entries)) if handled_layer(entries, i))
-        result.options[name] = ",".join(entries[:first] + exception + entries[first:])
+        result.lists[name] = (entries, first)
+    if result.lists:
+        result.service_options[HOOK] = f"check_client_access,cidr:{cidr_path}"
     if any(_limit(main.get(limit)) for limit in ANVIL_LIMITS):
         current = postfix_list(main.get(EVENT_LIMIT_EXCEPTIONS, "$mynetworks"))
-        result.options[EVENT_LIMIT_EXCEPTIONS] = ",".join(current + [f"cidr:{cidr_path}"])
+        result.service_options[EVENT_LIMIT_EXCEPTIONS] = ",".join(current + [f"cidr:{cidr_path}"])
         limits = ", ".join(f"{limit} = {main[limit]}" for limit in ANVIL_LIMITS if _limit(main.get(limit)))
         result.layers.append(f"anvil: {limits} (a queue drain from one relay address trips them)")
     return result
+
+
+def hooked_value(entries: list[str], first: int) -> str:
+    """A list's value with the hook before entry ``first`` (as ``postconf -e`` sets it)."""
+    return ", ".join(entries[:first] + [HOOK_ENTRY] + entries[first:])
+
+
+def named_layer(entries: list[str], index: int) -> str:
+    """The restriction with its argument (a policy service's or a blocklist's name)."""
+    takes_argument = entries[index] == SPF_POLICY or entries[index].startswith("reject_rbl") \
+        or entries[index].startswith("reject_rhsbl")
+    return " ".join(entries[index:index + 2]) if takes_argument and index + 1 < len(entries) else entries[index]
 
 
 def _relay_protected(before: list[str], main: Mapping[str, str]) -> bool:

@@ -74,7 +74,7 @@ def wanted_relay_service(mailhost: MailHost, services: Mapping[str, Listener],
                                "postscreen needs it (see Postfix's POSTSCREEN_README)")
         return None, layers
     params = dict(smtpd.params)
-    params.update(layers.options)
+    params.update(layers.service_options)
     return Listener(RELAY_SMTPD_SERVICE, RELAY_SMTPD_TYPE, smtpd.command, params, smtpd.columns, smtpd.args), layers
 
 

@@ -42,6 +42,8 @@ EXTERNAL_RELAY_PRIORITY = 9
 USER_PATCHES_BLOCK = "postscreen-relay-whitelist"
 # master.cf (native): the relay smtpd service (backupmx.mailhost.layers).
 RELAY_SMTPD_BLOCK = "relay-smtpd"
+# main.cf (native): the definition of the hook the relay smtpd service sets.
+RELAY_HOOK_BLOCK = "relay-exception"
 # Postfix's default when main.cf does not set postscreen_access_list.
 POSTFIX_DEFAULT_ACCESS_LIST = "permit_mynetworks"
 
@@ -122,6 +124,17 @@ class MailHost:
         return f"{self.postfix_config_dir}/master.cf"
 
     @property
+    def main_cf_path(self) -> str:
+        return f"{self.postfix_config_dir}/main.cf"
+
+    def postfix_host_paths(self) -> tuple[str, ...]:
+        """The files stage 3's whitelist plan writes on the host (docker-mailserver: user-patches.sh
+        does the rest at each start)."""
+        if self.is_docker:
+            return (self.cidr_host_path, self.user_patches_host_path)
+        return (self.cidr_host_path, self.master_cf_path, self.main_cf_path)
+
+    @property
     def user_patches_host_path(self) -> str:
         return f"{self.host_config_dir}/user-patches.sh"
 
@@ -153,9 +166,7 @@ class MailHost:
         return f"{self.rspamd_local_dir}/override.d/settings.conf"
 
     def managed_host_paths(self) -> list[str]:
-        if self.is_docker:
-            return [self.cidr_host_path, self.user_patches_host_path, self.rspamd_settings_host_path]
-        return [self.cidr_host_path, self.master_cf_path, self.rspamd_settings_host_path]
+        return [*self.postfix_host_paths(), self.rspamd_settings_host_path]
 
     def cache_map(self) -> str:
         """The listener's own postscreen cache, so two postscreen services never share one file."""

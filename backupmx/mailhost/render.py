@@ -6,6 +6,7 @@ rspamd settings rules (exemption, or external_relay and its cap), the marked
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,12 +23,23 @@ from backupmx.mailhost.model import (
     RSPAMD_BLOCK,
     RSPAMD_CAP_RULE,
     RSPAMD_RELAY_SYMBOL,
+    RELAY_HOOK_BLOCK,
     RELAY_SMTPD_BLOCK,
     RSPAMD_RULE,
     USER_PATCHES_BLOCK,
     MailHost,
 )
-from backupmx.postfix.blocks import block_begin, block_end
+from backupmx.mailhost.layers import (
+    HOOK,
+    HOOK_ENTRY,
+    RELAY_SMTPD_SERVICE,
+    RELAY_SMTPD_TYPE,
+    RESTRICTION_LISTS,
+    RelayLayers,
+    named_layer,
+)
+from backupmx.postfix.blocks import block_begin, block_end, with_block
+from backupmx.postfix.maincf import with_list_entry, without_list_entry
 from backupmx.postfix.mastercf import Listener
 
 # --- rendering ----------------------------------------------------------------
@@ -99,24 +111,50 @@ def rspamd_files(mailhost: MailHost, relay_cidrs: Iterable[IPNetwork | str] | No
 
 
 def render_user_patches_block(mailhost: MailHost, options: Mapping[str, str | None],
-                              relay_service: Listener | None = None, layers: Sequence[str] = ()) -> str:
+                              relay_service: Listener | None = None, layers: RelayLayers | None = None) -> str:
     """docker-mailserver: the marked user-patches.sh block that sets the listener's options at start,
-    and defines the relay smtpd service first when there is one."""
+    and, when there are layers to make an exception for, puts the hook in main.cf's lists and
+    defines the relay smtpd service first."""
     settings = []
     if relay_service is not None:
         settings += [f"{relay_service.key}/{name}={value}" for name, value in relay_service.params.items()]
     settings += [f"{mailhost.service_key}/{name}={value}" for name, value in options.items() if value is not None]
+    hooks = [(name, _sed_pattern(entries, first)) for name, (entries, first) in (layers.lists if layers else {}).items()]
     return render("user-patches.block.j2", begin=block_begin(USER_PATCHES_BLOCK), end=block_end(USER_PATCHES_BLOCK),
-                  settings=settings, service=mailhost.service_key, layers=layers,
-                  relay_key=relay_service.key if relay_service else "",
+                  settings=settings, service=mailhost.service_key, layers=layers.layers if layers else (),
+                  hook=HOOK, hooks=hooks, relay_key=relay_service.key if relay_service else "",
                   relay_entry=f"{relay_service.key}={relay_service.entry()}" if relay_service else "")
 
 
-def render_relay_smtpd_block(mailhost: MailHost, relay_service: Listener, source: str, layers: Sequence[str]) -> str:
+def _sed_pattern(entries: list[str], first: int) -> str:
+    """A sed regular expression (BRE, ``|`` delimited) for the layer at ``first`` and its argument."""
+    named = named_layer(entries, first).split(" ")
+    return "[ ,][ ,]*".join(re.sub(r"([][.*^$\\|&])", r"\\\1", token) for token in named)
+
+
+def render_relay_smtpd_block(mailhost: MailHost, relay_service: Listener, source: str) -> str:
     """Native: the marked master.cf block with the relay smtpd service (``backupmx.mailhost.layers``)."""
     return render("relay_smtpd.master.cf.j2", begin=block_begin(RELAY_SMTPD_BLOCK), end=block_end(RELAY_SMTPD_BLOCK),
-                  listener=mailhost.service_key, source=source, cidr_path=mailhost.cidr_path, layers=layers,
-                  entry=relay_service.master_cf_lines())
+                  listener=mailhost.service_key, source=source, hook=HOOK, entry=relay_service.master_cf_lines())
+
+
+def render_relay_hook_block(mailhost: MailHost, layers: Sequence[str]) -> str:
+    """Native: the marked main.cf block that defines the hook, empty."""
+    return render("relay_hook.main.cf.j2", begin=block_begin(RELAY_HOOK_BLOCK), end=block_end(RELAY_HOOK_BLOCK),
+                  relay_service=f"{RELAY_SMTPD_SERVICE}/{RELAY_SMTPD_TYPE}", listener=mailhost.service_key,
+                  cidr_path=mailhost.cidr_path, layers=layers, hook=HOOK)
+
+
+def main_cf_with_hook(main_cf: str, mailhost: MailHost, layers: RelayLayers | None) -> str:
+    """Native: main.cf with the hook in the lists ``layers`` names and its definition (none: both out)."""
+    edited = main_cf
+    for name in RESTRICTION_LISTS:
+        edited = without_list_entry(edited, name, HOOK_ENTRY)
+    if layers is None or not layers.lists:
+        return with_block(edited, RELAY_HOOK_BLOCK, None) or ""
+    for name, (entries, first) in layers.lists.items():
+        edited = with_list_entry(edited, name, entries, first, HOOK_ENTRY)
+    return with_block(edited, RELAY_HOOK_BLOCK, render_relay_hook_block(mailhost, layers.layers))
 
 
 def parse_postscreen_access(text: str) -> tuple[list[str], list[str]]:

@@ -243,19 +243,41 @@ def test_docker_mailserver_with_policyd_spf_gets_the_relay_smtpd_service(tmp_pat
     subprocess.run(["postconf", "-c", m.postfix_config_dir, "-e", f"smtpd_recipient_restrictions = {dms_recipient}"],
                    check=True)
 
+    main_before, master_before = Path(m.main_cf_path).read_text(), Path(m.master_cf_path).read_text()
+
     changes, ok = add_and_run([postscreen_whitelist], mailhost=m, relay_cidrs=RELAYS)
 
     assert changes == [True] and ok
-    overrides = subprocess.run(["postconf", "-c", m.postfix_config_dir, "-P"], capture_output=True, text=True).stdout
-    assert "2525/inet/smtpd_service_name = backupmx-relay" in overrides
-    assert ("backupmx-relay/pass/smtpd_recipient_restrictions = permit_sasl_authenticated,permit_mynetworks,"
-            f"reject_unauth_destination,check_client_access,cidr:{m.cidr_path},check_policy_service,"
-            "unix:private/policyd-spf,reject_unknown_recipient_domain") in overrides
+    live = _relay_state(m)
+    assert live["overrides"] >= {"2525/inet/smtpd_service_name = backupmx-relay",
+                                 f"backupmx-relay/pass/backupmx_relay_exception = check_client_access,cidr:{m.cidr_path}"}
+    assert live["recipient"] == ("permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination, "
+                                 "$backupmx_relay_exception, check_policy_service, unix:private/policyd-spf, "
+                                 "reject_unknown_recipient_domain")
     patches = Path(m.user_patches_host_path).read_text()
     assert "postconf -M 'backupmx-relay/pass=backupmx-relay pass - - y - - smtpd'" in patches
-    # The user-patches.sh block alone rebuilds the same master.cf in a recreated container.
+    # A recreated container: docker-mailserver's main.cf and master.cf anew, then user-patches.sh
+    # (run here with bash, as docker-mailserver does) puts the same state back.
+    Path(m.main_cf_path).write_text(main_before)
+    Path(m.master_cf_path).write_text(master_before)
+    env = {**os.environ, "MAIL_CONFIG": m.postfix_config_dir}
+    ran = subprocess.run(["bash", m.user_patches_host_path], capture_output=True, text=True, env=env)
+    assert ran.returncode == 0, ran.stderr
+    restarted = _relay_state(m)
+    assert restarted["recipient"].replace(",", " ").split() == live["recipient"].replace(",", " ").split()
+    assert restarted["overrides"] == live["overrides"]
+    # ... and a second run of the deploy finds nothing to change.
     changes, ok = add_and_run([postscreen_whitelist], mailhost=m, relay_cidrs=RELAYS)
     assert changes == [False] and ok
+
+
+def _relay_state(m) -> dict:
+    def postconf(*args):
+        return subprocess.run(["postconf", "-c", m.postfix_config_dir, *args], capture_output=True, text=True,
+                              check=True).stdout
+    ours = ("backupmx-relay/", "2525/inet/smtpd_service_name", "2525/inet/postscreen_access_list")
+    return {"overrides": {line for line in postconf("-P").splitlines() if line.startswith(ours)},
+            "recipient": postconf("-h", "smtpd_recipient_restrictions").strip()}
 
 
 def test_docker_mailserver_with_opendmarc_on_is_refused_before_anything_changes(tmp_path, bin_dir, fake_docker,

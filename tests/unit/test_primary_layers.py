@@ -3,9 +3,13 @@ which layers it covers, and when stage 3 refuses instead."""
 
 from __future__ import annotations
 
-from backupmx.mailhost.layers import relay_layers
+import pytest
+
+from backupmx.core.errors import BackupMXError
+from backupmx.mailhost.layers import hooked_value, relay_layers
 from backupmx.mailhost.listener import wanted_listener_options, wanted_relay_service
 from backupmx.mailhost.proof import local_relay_networks
+from backupmx.mailhost.render import main_cf_with_hook
 from backupmx.postfix.mastercf import Listener, parse_postconf_services
 from scratchkit import native
 
@@ -26,13 +30,25 @@ DMS_MAIN = {
 }
 
 
-def test_the_exception_goes_right_before_policyd_spf_and_nothing_else_changes():
+def test_the_hook_goes_right_before_policyd_spf_and_the_relay_service_sets_it():
     layers = relay_layers(DMS_MAIN, CIDR)
-    assert layers.options == {"smtpd_recipient_restrictions": (
-        "permit_sasl_authenticated,permit_mynetworks,reject_unauth_destination," + EXCEPTION +
-        ",check_policy_service,unix:private/policyd-spf,reject_invalid_helo_hostname,reject_non_fqdn_helo_hostname,"
-        "reject_unknown_recipient_domain")}
-    assert len(layers.layers) == 1 and "policyd-spf" in layers.layers[0] and not layers.problems
+    entries, first = layers.lists["smtpd_recipient_restrictions"]
+    assert list(layers.lists) == ["smtpd_recipient_restrictions"] and entries[first] == "check_policy_service"
+    assert hooked_value(entries, first) == (
+        "permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination, $backupmx_relay_exception, "
+        "check_policy_service, unix:private/policyd-spf, reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, "
+        "reject_unknown_recipient_domain")
+    assert layers.service_options == {"backupmx_relay_exception": EXCEPTION}
+    assert layers.layers == ["smtpd_recipient_restrictions: check_policy_service unix:private/policyd-spf "
+                             "(policyd-spf refuses mail whose sender's SPF does not list the relay)"]
+    assert not layers.problems
+
+
+def test_a_hook_already_in_place_is_found_where_it_belongs():
+    main = dict(DMS_MAIN, smtpd_recipient_restrictions="reject_unauth_destination, $backupmx_relay_exception, "
+                                                       "check_policy_service unix:private/policyd-spf")
+    entries, first = relay_layers(main, CIDR).lists["smtpd_recipient_restrictions"]
+    assert "$backupmx_relay_exception" not in entries and first == 1
 
 
 def test_an_unknown_policy_service_is_not_ours_to_bypass():
@@ -41,19 +57,19 @@ def test_an_unknown_policy_service_is_not_ours_to_bypass():
     assert not relay_layers(main, CIDR).needed
 
 
-def test_each_list_gets_its_exception_before_its_first_layer():
+def test_each_list_gets_its_hook_before_its_first_layer():
     main = dict(DMS_MAIN, smtpd_client_restrictions="permit_mynetworks, reject_unknown_client_hostname",
                 smtpd_recipient_restrictions="reject_unauth_destination, reject_rbl_client bl.example.org, "
                                              "check_policy_service unix:private/policyd-spf")
     layers = relay_layers(main, CIDR)
-    assert layers.options["smtpd_client_restrictions"] == f"permit_mynetworks,{EXCEPTION},reject_unknown_client_hostname"
-    assert layers.options["smtpd_recipient_restrictions"].startswith(f"reject_unauth_destination,{EXCEPTION},reject_rbl_client")
+    assert {name: first for name, (_, first) in layers.lists.items()} == {
+        "smtpd_client_restrictions": 1, "smtpd_recipient_restrictions": 1}
     assert [line.split(":")[0] for line in layers.layers] == ["smtpd_client_restrictions"] + ["smtpd_recipient_restrictions"] * 2
 
 
 def test_anvil_rate_limits_get_the_relays_as_event_limit_exceptions():
     layers = relay_layers(dict(DMS_MAIN, smtpd_client_message_rate_limit="30"), CIDR)
-    assert layers.options["smtpd_client_event_limit_exceptions"] == (
+    assert layers.service_options["smtpd_client_event_limit_exceptions"] == (
         "${smtpd_client_connection_limit_exceptions:$mynetworks}," + f"cidr:{CIDR}")
     assert any(line.startswith("anvil: smtpd_client_message_rate_limit = 30") for line in layers.layers)
 
@@ -62,7 +78,7 @@ def test_a_permit_that_would_open_the_relay_is_refused():
     main = dict(DMS_MAIN, smtpd_relay_restrictions="",
                 smtpd_recipient_restrictions="check_policy_service unix:private/policyd-spf, reject_unauth_destination")
     layers = relay_layers(main, CIDR)
-    assert not layers.options and "open relay" in layers.problems[0]
+    assert not layers.lists and "open relay" in layers.problems[0]
 
 
 def test_braced_lists_are_refused_not_mangled():
@@ -70,6 +86,35 @@ def test_braced_lists_are_refused_not_mangled():
                                                        "check_policy_service { unix:private/policyd-spf, timeout=10s }")
     layers = relay_layers(main, CIDR)
     assert "{ } grouping" in layers.problems[0]
+
+
+MAIN_CF = """\
+# a site's main.cf
+smtpd_recipient_restrictions = permit_sasl_authenticated, permit_mynetworks,
+    reject_unauth_destination,
+    check_policy_service unix:private/policyd-spf,
+    reject_unknown_recipient_domain
+myhostname = mail.example.org
+"""
+
+
+def test_main_cf_gets_the_hook_in_place_and_its_empty_definition_and_gives_both_back():
+    main = dict(DMS_MAIN, smtpd_recipient_restrictions="permit_sasl_authenticated, permit_mynetworks, "
+                "reject_unauth_destination, check_policy_service unix:private/policyd-spf, reject_unknown_recipient_domain")
+    mailhost = native()
+    layers = relay_layers(main, mailhost.cidr_path)
+    hooked = main_cf_with_hook(MAIN_CF, mailhost, layers)
+    assert "    $backupmx_relay_exception, check_policy_service unix:private/policyd-spf,\n" in hooked
+    assert "\nbackupmx_relay_exception =\n" in hooked and hooked.startswith(MAIN_CF.split("    check")[0])
+    assert main_cf_with_hook(hooked, mailhost, layers) == hooked
+    assert main_cf_with_hook(hooked, mailhost, None) == MAIN_CF
+
+
+def test_a_list_written_through_another_parameter_is_refused():
+    main = dict(DMS_MAIN)
+    with pytest.raises(BackupMXError, match="add `\\$backupmx_relay_exception` before check_policy_service"):
+        main_cf_with_hook("smtpd_recipient_restrictions = $my_restrictions\n", native(),
+                          relay_layers(main, CIDR))
 
 
 def services() -> dict[str, Listener]:
@@ -84,7 +129,7 @@ def test_the_relay_service_is_a_copy_of_smtpd_pass_and_the_listener_hands_over_t
     relay, layers = wanted_relay_service(mailhost, services(), DMS_MAIN)
     assert relay.entry() == "backupmx-relay pass - - y - - smtpd"
     assert relay.params["smtpd_tls_security_level"] == "may"
-    assert EXCEPTION.replace(CIDR, mailhost.cidr_path) in relay.params["smtpd_recipient_restrictions"]
+    assert relay.params["backupmx_relay_exception"] == EXCEPTION.replace(CIDR, mailhost.cidr_path)
     assert wanted_listener_options(mailhost, services(), DMS_MAIN)["smtpd_service_name"] == "backupmx-relay"
 
 
