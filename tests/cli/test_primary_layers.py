@@ -85,6 +85,7 @@ def test_a_layer_added_later_bites_relayed_mail_until_the_deploy_makes_its_excep
         after = layer_probe(world, layer, relayed(relay))
         assert after.code == 250, f"{layer}: relay {relay} after the deploy: {after}"
         faced = layer_probe(world, layer, outside(outside_client))
+        print(f"{layer}: relay {relay} before: {before}; after: {after}; outside {outside_client}: {faced}")
         # The listed outside address meets postscreen's DNSBL first: the whitelist is not for it.
         assert refused_by("postscreen_dnsbl" if layer == "rbl_client" else layer, faced), \
             f"{layer}: outside {outside_client} after the deploy: {faced}"
@@ -156,4 +157,6 @@ def test_a_layer_the_tool_does_not_handle_fails_stage_4_and_nothing_reaches_dns(
     assert result.returncode != 0, text
     assert "refused by the sandbox's unknown policy service" in text, text
     assert "relayed envelope" in text and "Traceback" not in text
+    assert "stage 4: NOT live: relayed envelope: 192.0.2.1: 550 5.7.1" in text, text
+    assert "the DNS stage will not run" in text, text
     assert cloudflare_writes(world) == [] and backups_in_zone(world) == set(), text
