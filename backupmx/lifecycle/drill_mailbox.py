@@ -59,7 +59,7 @@ def drain(drill: Drill, remote: Remote, log: Log) -> bool:
         queued = [p for p in drill.probes if p.left_queue is None]
         delivered = [p for p in drill.probes if p.delivered_at is not None]
         if not queued and (len(delivered) == len(drill.probes) or now >= deadline or
-                           all(p.left_queue and now - p.left_queue > 10 for p in drill.probes
+                           all(p.left_queue and now - p.left_queue > 5 for p in drill.probes
                                if p.delivered_at is None)):
             break
         if now >= deadline:
