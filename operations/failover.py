@@ -30,11 +30,17 @@ from pyinfra.api import (
 
 from backupmx.core.context import RunEnd, at_exit, executing, run_value, settings_of
 from backupmx.core.errors import BackupMXError
+from backupmx.core.relayhost import postfix_size
 from backupmx.core.report import CHANGE, FAIL
 from backupmx.dns import check as dnscheck
-from backupmx.lifecycle.drill import Drill, SignalGuard
+from backupmx.lifecycle.drill import Drill
+from backupmx.lifecycle.drill_mailbox import drain
+from backupmx.lifecycle.drill_messages import large_size
 from backupmx.lifecycle.drill_settings import load_failover
+from backupmx.lifecycle.drill_signals import SignalGuard
+from facts.mailhost import PostscreenListeners
 from operations.mailhost import mailhost_settings
+from operations.mailhost_plans import listeners_args
 from operations.mailhost_proof import prove_live
 
 
@@ -99,6 +105,7 @@ def remote_runner(target):
 def _preflight(state, host, drill):  # (state, host): pyinfra passes them to a FunctionCommand
     log = lambda message: host.log(message, logger.info)
     dns_ok = drill.check_dns(log)
+    dns_ok = drill.check_size_limit() and dns_ok
     try:
         proof = prove_live(drill.mailhost, drill.settings.relay_cidrs, drill.domain, target=host)
         live, evidence = proof.live, proof.evidence()
@@ -128,7 +135,7 @@ def _verify(state, host, drill):
     log = lambda message: host.log(message, logger.info)
     with SignalGuard(drill, log):
         try:
-            drill.drain(remote_runner(host), log)
+            drain(drill, remote_runner(host), log)
         except BackupMXError as error:
             drill.add("6", "provider queue drained", FAIL, str(error))
     if drill.report.blocked:
@@ -137,10 +144,23 @@ def _verify(state, host, drill):
     return True
 
 
+def _read_size_limit(drill: Drill) -> None:
+    """The primary's message_size_limit (the large message stays under it), read with stage 3's fact."""
+    if not drill.failover.large_message_bytes:
+        return
+    listeners = host.get_fact(PostscreenListeners, **listeners_args(drill.mailhost))
+    if not listeners["postconf"]:
+        drill.primary_size_limit, drill.size_error = None, listeners["error"]
+        return
+    drill.primary_size_limit = postfix_size(listeners["main"].get("message_size_limit"))
+    drill.size_error = "not a number" if drill.primary_size_limit is None else ""
+
+
 @operation(is_idempotent=False)
 def drill_preflight(drill: Drill):
     """
-    Step 1: refuse unless the backup MX set is live in DNS and the whitelist is live.
+    Step 1: refuse unless the backup MX set is live in DNS and the whitelist is live; read the
+    primary's message_size_limit (the large message stays under it).
 
     + drill: the run's ``backupmx.lifecycle.drill.Drill``
     """
@@ -154,6 +174,7 @@ def drill_preflight(drill: Drill):
             answer = f"not readable now ({error})"
         _show(f"failover 1: the authoritative DNS answers now: {answer}")
     _plan(drill, "1", "backup MX live in DNS", "checked when the drill runs")
+    _read_size_limit(drill)
     _plan(drill, "1", "whitelist + exemption live", "proven when the drill runs")
     yield FunctionCommand(_preflight, (drill,), {})
 
@@ -171,10 +192,22 @@ def drill_down_window(drill: Drill):
           f"(at most {f.window_seconds:.0f} s)")
     _show(f"failover 3: would send {f.probes} DKIM-signed probe(s) from {f.sender_domain} to {f.recipient} via "
           f"{', '.join(hosts)}")
+    if f.large_message_bytes:
+        if drill.primary_size_limit is None:
+            size = f"the primary's message_size_limit is not readable ({drill.size_error}): the drill would refuse"
+        else:
+            decision = large_size(f.large_message_bytes, drill.primary_size_limit)
+            size = (f"{decision.size} bytes ({decision.note or 'the primary takes ' + str(drill.primary_size_limit)}"
+                    f"); smaller if a backup announces a smaller SIZE")
+        _show(f"failover 3: would send a large message: {size}")
+    if f.spam_message:
+        _show("failover 3: would send a spam message (content scoring over 11): it must arrive tagged, never "
+              "rejected")
     _show(f"failover 4: would wait up to {f.queue_seconds:.0f} s for each in the {drill.settings.provider.name} queue")
     _show(f"failover 5: would start it again (always): {shlex.join(f.start_command)}; then {f.up_check} must accept")
     _plan(drill, "2", "take the primary down", f"would run {shlex.join(f.stop_command)}")
-    _plan(drill, "3", "send probes", f"would send {f.probes} to {', '.join(hosts)}")
+    extras = " + a large message" * bool(f.large_message_bytes) + " + a spam message" * f.spam_message
+    _plan(drill, "3", "send probes", f"would send {f.probes}{extras} to {', '.join(hosts)}")
     _plan(drill, "4", "probes queued at the provider", "would check the provider's queue listing")
     _plan(drill, "5", "bring the primary back", f"would run {shlex.join(f.start_command)}")
     yield FunctionCommand(_down_window, (drill,), {})
@@ -189,8 +222,10 @@ def drill_verify(drill: Drill):
     """
     f = drill.failover
     _show(f"failover 6: would wait up to {f.drain_seconds:.0f} s for the queue to drain")
-    _show(f"failover 7: would read {f.maildir} on {drill.host_name}: each probe delivered once, no R_SPF_*/DMARC_*, "
-          f"R_DKIM_ALLOW, relay address in Received, first attempt after primary-up")
+    _show(f"failover 7: would read {f.maildir} on {drill.host_name}: each message delivered once, no "
+          f"R_SPF_*/DMARC_*, R_DKIM_ALLOW, relay address in Received, first attempt after primary-up; the large one "
+          f"whole, the spam one tagged")
+    _show(f"failover 8: would remove the drill's messages from {f.maildir} (kept if the drill fails)")
     _plan(drill, "6", "provider queue drained", f"would wait up to {f.drain_seconds:.0f} s")
     _plan(drill, "7", "mailbox verdicts", f"would read {f.maildir}")
     yield FunctionCommand(_verify, (drill,), {})

@@ -100,14 +100,15 @@ def postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = True):
 @operation()
 def rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True):
     """
-    Exempt mail from the relay networks from rspamd's SPF and DMARC scoring, nothing else.
+    Exempt mail from the relay networks from rspamd's SPF and DMARC scoring, and never reject it.
 
     + mailhost: the host's ``backupmx.mailhost.model.MailHost``
     + relay_cidrs: the provider's relay networks
     + present: ``False`` removes the rule (and the file, if it held nothing else)
 
     A settings rule ``backupmx_relay_exempt { priority = high; ip = [...]; apply {
-    groups_disabled = ["spf", "dmarc"]; } }`` in a marked block of
+    groups_disabled = ["spf", "dmarc"]; actions { reject = null; } } }`` (a reject would
+    make the relay bounce: the worst relayed mail gets is "add header") in a marked block of
     ``local.d/settings.conf`` (native) or the mounted ``rspamd/override.d/settings.conf``
     (docker-mailserver, also copied into the running container). Other rules in
     that file are kept byte for byte. Content, antivirus, Bayes and DKIM checks

@@ -5,7 +5,8 @@
 2. take the primary mail path down with the inventory's ``failover.stop_command``,
    for a bounded window;
 3. send N probes (DKIM-signed by a sender domain whose SPF does not list the
-   relays, unique Message-ID and envelope sender) to the backup MX hosts;
+   relays, unique Message-ID and envelope sender) to the backup MX hosts, and a
+   large and a spam message (backupmx.lifecycle.drill_messages);
 4. confirm each probe is queued at the provider (its queue listing);
 5. bring the primary back with ``failover.start_command``: always, in a
    ``finally``, also after a failure or SIGINT/SIGTERM during the window;
@@ -13,20 +14,20 @@
 7. read the mailbox on the mail host (over its connection, never from local
    files): every probe delivered once, no R_SPF_*/DMARC_* symbol, R_DKIM_ALLOW,
    the relay's announced address in the Received header and delivered on the
-   first attempt after the primary came back (postscreen did not delay it);
-8. one report row per step and per probe; any FAIL fails the run.
+   first attempt after the primary came back (postscreen did not delay it); the
+   large one whole, the spam one tagged; then they are removed (kept on a failure);
+8. one report row per step and per message; any FAIL fails the run.
 
-The mail host is reached through two callables, so the same code runs over SSH
+Steps 6-8 are in ``backupmx.lifecycle.drill_mailbox``, the messages in
+``backupmx.lifecycle.drill_messages``. The mail host is reached through two callables, so the same code runs over SSH
 (pyinfra's host) and in unit tests: ``remote(argv) -> (ok, stdout_lines,
 stderr_text)``. See docs/failover-drill.md.
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 import shlex
-import signal
 import smtplib
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +39,10 @@ from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, Check, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.dns import check as dnscheck
+from backupmx.lifecycle.drill_messages import build_message, kinds, large_size, title
 from backupmx.lifecycle.drill_settings import FailoverSettings
-from backupmx.lifecycle.probes import MAILDIR_SCRIPT, Probe, build_probe, parse_maildir_listing, verdicts
+from backupmx.lifecycle.drill_signals import Interrupted
+from backupmx.lifecycle.probes import Probe, build_probe
 from backupmx.mailhost.model import MailHost
 from backupmx.providers.registry import open_provider
 
@@ -47,11 +50,8 @@ Log = Callable[[str], None]
 Remote = Callable[[Sequence[str]], tuple[bool, list[str], str]]
 
 STEP_TITLES = {"2": "take the primary down", "3": "send probes", "4": "probes queued at the provider",
-               "5": "bring the primary back", "6": "provider queue drained", "7": "mailbox verdicts"}
-
-
-class Interrupted(BackupMXError):
-    """SIGINT/SIGTERM during the drill: the primary is brought back, then the run fails."""
+               "5": "bring the primary back", "6": "provider queue drained", "7": "mailbox verdicts",
+               "8": "drill messages removed"}
 
 
 # --- the drill ------------------------------------------------------------------
@@ -78,6 +78,8 @@ class Drill:
         self.step = "2"  # the step in progress in the down window
         self.interrupted: str | None = None
         self.finished: float | None = None
+        self.primary_size_limit: int | None = None  # Postfix's message_size_limit (0: none), read while preparing
+        self.size_error = "not read"
         self._provider = None
         self._secrets = None
 
@@ -137,6 +139,21 @@ class Drill:
                  None if live else "run deploys/backupmx.py (stage 3-4) first; the primary was not stopped")
         return live
 
+    def check_size_limit(self) -> bool:
+        """The large message needs the primary's message_size_limit: never a size it would refuse."""
+        if not self.failover.large_message_bytes:
+            return True
+        if self.primary_size_limit is None:
+            self.add("1", "primary's message size limit", FAIL, f"message_size_limit not read on {self.host_name}: "
+                     f"{self.size_error}", "check Postfix on the mail host (postconf), or set "
+                     "failover.large_message_bytes: 0")
+            return False
+        decision = large_size(self.failover.large_message_bytes, self.primary_size_limit)
+        limit = "no limit" if self.primary_size_limit == 0 else f"{self.primary_size_limit} bytes"
+        self.add("1", "primary's message size limit", PASS, f"message_size_limit {limit}: large message "
+                 f"{decision.size} bytes" + (f" ({decision.note})" if decision.note else ""))
+        return True
+
     # -- steps 2-5 ---------------------------------------------------------------
 
     def down_window(self, remote: Remote, log: Log) -> bool:
@@ -179,30 +196,49 @@ class Drill:
         f = self.failover
         key = Path(f.dkim_key).read_bytes()
         hosts = self.settings.backup_mx.hosts
-        for index in range(1, f.probes + 1):
+        for index, kind in enumerate(kinds(f.probes, f.large_message_bytes, f.spam_message), start=1):
             self.check_interrupt()
             relay = hosts[(index - 1) % len(hosts)]
             tag = f"failover-{self.run_id}-{index}"
-            probe = Probe(index, relay, f"{tag}@{f.sender_domain}", f"<{tag}@{f.sender_domain}>")
+            probe = Probe(index, relay, f"{tag}@{f.sender_domain}", f"<{tag}@{f.sender_domain}>", kind)
             self.probes.append(probe)
-            message = build_probe(probe, f.recipient, f.sender_domain, f.dkim_selector, key, self.run_id)
             address, port = self.settings.backup_mx.smtp_endpoint(relay)
             try:
-                with smtplib.SMTP(address, port, timeout=20, local_hostname="failover-drill.invalid") as client:
+                with smtplib.SMTP(address, port, timeout=60, local_hostname="failover-drill.invalid") as client:
+                    client.ehlo()
+                    message = self._compose(probe, key, client.esmtp_features.get("size"), log)
+                    probe.size, probe.lines = len(message), message.count(b"\r\n")
+                    # smtplib announces SIZE= itself: a backup that would not take it refuses at MAIL FROM.
                     client.sendmail(probe.sender, [f.recipient], message)
                 probe.sent_at = self.clock()
             except (OSError, smtplib.SMTPException) as error:
-                probe.send_error = f"{relay} ({address}:{port}): {error}"
+                probe.send_error = f"{relay} ({address}:{port}) refused it: {error}"
         failed = [p for p in self.probes if p.send_error]
         if failed:
-            self.add("3", "send probes", FAIL, "; ".join(f"probe {p.index}: {p.send_error}" for p in failed))
+            self.add("3", "send probes", FAIL, "; ".join(f"{title(p)}: {p.send_error}" for p in failed),
+                     "a backup must take all mail the primary takes: look at the backup's limits")
             return False
-        self.add("3", "send probes", PASS, f"{len(self.probes)} DKIM-signed ({f.sender_domain}, s={f.dkim_selector}) "
-                 f"to {', '.join(hosts)}, for {f.recipient}")
-        log(f"failover 3: {len(self.probes)} probes sent at {self.t()}")
+        extras = [f"{p.kind} message via {p.relay} ({p.size} bytes{'; ' + p.size_note if p.size_note else ''})"
+                  for p in self.probes if p.kind != "probe"]
+        self.add("3", "send probes", PASS, f"{f.probes} probes DKIM-signed ({f.sender_domain}, s={f.dkim_selector}) "
+                 f"to {', '.join(hosts)}, for {f.recipient}" + (f"; {'; '.join(extras)}" if extras else ""))
+        log(f"failover 3: {len(self.probes)} messages sent at {self.t()}")
         return True
 
-    def _queue(self) -> dict[str, Any]:
+    def _compose(self, probe: Probe, key: bytes, announced: str | None, log: Log) -> bytes:
+        f = self.failover
+        if probe.kind == "probe":
+            return build_probe(probe, f.recipient, f.sender_domain, f.dkim_selector, key, self.run_id)
+        size = 0
+        if probe.kind == "large":
+            relay_size = int(announced) if announced and announced.isdigit() else None
+            decision = large_size(f.large_message_bytes, self.primary_size_limit or 0, probe.relay, relay_size)
+            size, probe.size_note = decision.size, decision.note
+            if decision.note:
+                log(f"failover 3: large message: {decision.note}")
+        return build_message(probe, f.recipient, f.sender_domain, f.dkim_selector, key, self.run_id, size)
+
+    def queue_by_sender(self) -> dict[str, Any]:
         domain = self.failover.recipient.rsplit("@", 1)[1]  # the provider queues per recipient domain
         return {m.sender: m for m in self.provider().queue(domain)}
 
@@ -214,7 +250,7 @@ class Drill:
         shown = 0.0
         while True:
             self.check_interrupt()
-            queue = self._queue()
+            queue = self.queue_by_sender()
             now = self.clock()
             for probe in self.probes:
                 message = queue.get(probe.sender)
@@ -229,14 +265,14 @@ class Drill:
             if now >= deadline:
                 self.add("4", "probes queued at the provider", FAIL,
                          f"not queued (or never tried) after {f.queue_seconds:.0f} s: "
-                         + ", ".join(f"probe {p.index} via {p.relay}" for p in waiting))
+                         + ", ".join(title(p) for p in waiting))
                 return False
             if now - shown >= 1.0:
                 shown = now
                 log(f"failover 4: queued {len(self.probes) - len(waiting)}/{len(self.probes)}; primary down "
                     f"{now - self.down_at:.1f} s, window ends in {window_end - now:.1f} s")
             self.wait(f.poll_seconds)
-        evidence = "; ".join(f"probe {p.index} via {p.relay} queued {p.queued_at} ({p.attempts_at_up} attempt(s), "
+        evidence = "; ".join(f"{title(p)} queued {p.queued_at} ({p.attempts_at_up} attempt(s), "
                              f"last error: {p.last_error})" for p in self.probes)
         self.add("4", "probes queued at the provider", PASS, evidence)
         log(f"failover 4: all {len(self.probes)} probes queued at {self.provider().name} at {self.t()}")
@@ -279,103 +315,6 @@ class Drill:
                 return False
             time.sleep(1.0)  # never interrupted: the restore must finish
 
-    # -- steps 6-7 ---------------------------------------------------------------
-
-    def read_mailbox(self, remote: Remote) -> dict[str, list]:
-        argv = self.mailhost.in_target(["sh", "-c", MAILDIR_SCRIPT, "sh", self.failover.maildir,
-                                        *[p.message_id for p in self.probes]])
-        ok, lines, err = remote(argv)
-        if not ok:
-            raise BackupMXError(f"cannot read the mailbox {self.failover.maildir} on {self.host_name}: {err}")
-        return parse_maildir_listing(lines)
-
-    def drain(self, remote: Remote, log: Log) -> bool:
-        """Step 6: wait, bounded, until the queue holds no probe and the mailbox has each one."""
-        f = self.failover
-        deadline = self.clock() + f.drain_seconds
-        shown = 0.0
-        found: dict[str, list] = {}
-        first = True
-        while True:
-            self.check_interrupt()
-            queue = self._queue()
-            found = self.read_mailbox(remote)
-            now = self.clock()
-            for probe in self.probes:
-                message = queue.get(probe.sender)
-                if message is None:
-                    probe.left_queue = probe.left_queue or now
-                elif first:
-                    # The baseline: attempts made while the primary was still down
-                    # (the relay may have tried again while it was coming back).
-                    probe.attempts_at_up = message.attempts or 0
-                elif (message.attempts or 0) > probe.attempts_at_up and probe.retried_after_up is None:
-                    probe.retried_after_up = f"deferred after the primary was back: {message.last_error}"
-                if message is not None:
-                    probe.last_error = message.last_error
-                    if probe.retried_after_up is None and re.search(r"said: 4\d\d", message.last_error or ""):
-                        probe.retried_after_up = f"the primary answered 4xx: {message.last_error}"
-                if probe.message_id in found and probe.delivered_at is None:
-                    probe.delivered_at = now
-                    probe.delivered_wall = time.time()
-            first = False
-            queued = [p for p in self.probes if p.left_queue is None]
-            delivered = [p for p in self.probes if p.delivered_at is not None]
-            if not queued and (len(delivered) == len(self.probes) or now >= deadline or
-                               all(p.left_queue and now - p.left_queue > 3 for p in self.probes
-                                   if p.delivered_at is None)):
-                break
-            if now >= deadline:
-                break
-            if now - shown >= 1.0:
-                shown = now
-                log(f"failover 6: queued {len(queued)}, delivered {len(delivered)}/{len(self.probes)}; "
-                    f"waiting at most {deadline - now:.0f} s more")
-            self.wait(f.poll_seconds)
-        queued = [p for p in self.probes if p.left_queue is None]
-        if queued:
-            self.add("6", "provider queue drained", FAIL, f"{len(queued)} probe(s) still queued after "
-                     f"{f.drain_seconds:.0f} s: " + "; ".join(f"probe {p.index}: {p.last_error}" for p in queued),
-                     "look at the provider's queue (last error) and the mail host's postscreen log")
-        else:
-            last = max(p.left_queue for p in self.probes)
-            self.add("6", "provider queue drained", PASS, f"no probe left in the queue {last - self.up_at:.1f} s "
-                     "after the primary came back")
-        self.verify(found)
-        return not queued
-
-    def verify(self, found: dict[str, list]) -> None:
-        """Step 7: per probe, from the delivered copies."""
-        for probe in self.probes:
-            copies = found.get(probe.message_id, [])
-            probe.copies = len(copies)
-            if not copies:
-                probe.problems.append(f"not delivered (last relay error: {probe.last_error})")
-                continue
-            if len(copies) > 1:
-                probe.problems.append(f"delivered {len(copies)} times")
-            shown, problems = verdicts(copies[0], [str(c) for c in self.settings.relay_cidrs])
-            probe.verdicts = shown
-            probe.problems.extend(problems)
-            if probe.retried_after_up:
-                probe.problems.append(f"postscreen/primary delayed it: {probe.retried_after_up}")
-            else:
-                probe.verdicts.append("first attempt after primary-up")
-        for probe in self.probes:
-            queued = probe.queued_at or "-"
-            delivered = "-"
-            if probe.delivered_at and self.up_at:
-                delivered = (f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(probe.delivered_wall))} "
-                             f"({probe.delivered_at - self.up_at:+.1f} s after primary-up)")
-            status = FAIL if probe.problems else PASS
-            text = "; ".join(probe.problems + probe.verdicts) if probe.problems else "; ".join(probe.verdicts)
-            self.add("7", f"probe {probe.index} via {probe.relay}", status,
-                     f"queued at {queued}, delivered at {delivered}: {text}")
-        bad = [p for p in self.probes if p.problems]
-        self.add("7", "mailbox verdicts", FAIL if bad else PASS,
-                 f"{len(self.probes) - len(bad)}/{len(self.probes)} probes delivered once and clean"
-                 + (f"; failing: {', '.join(str(p.index) for p in bad)}" if bad else ""))
-
     # -- step 8 ------------------------------------------------------------------
 
     def skip_rest(self, reason: str) -> None:
@@ -397,7 +336,7 @@ class Drill:
         if self.up_at and self.down_at:
             timing += f"; primary down {self.up_at - self.down_at:.1f} s"
         if self.up_at and last and len(last) == len(self.probes):
-            timing += f"; primary-up to last probe delivered {max(last) - self.up_at:.1f} s"
+            timing += f"; primary-up to last message delivered {max(last) - self.up_at:.1f} s"
         lines.append(timing)
         if self.primary_down:
             lines.append(f"  => FAILED and THE PRIMARY MAY STILL BE DOWN: run "
@@ -406,35 +345,5 @@ class Drill:
             failed = next(c for c in self.report.checks if c.status == FAIL)
             lines.append(f"  => DRILL FAILED at step {failed.key} ({failed.title}); the primary is up")
         else:
-            lines.append("  => drill passed: the backups queued every probe and delivered it cleanly; primary up")
+            lines.append("  => drill passed: the backups queued every message and delivered it cleanly; primary up")
         return "\n".join(lines)
-
-
-class SignalGuard:
-    """During the down window: SIGINT/SIGTERM only flag the drill (which then restores), never kill it."""
-
-    def __init__(self, drill: Drill, log: Log):
-        self.drill = drill
-        self.log = log
-        self.previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if not self.drill.interrupted:
-            self.drill.interrupted = name
-        try:
-            self.log(f"failover: {name}: bringing the primary back before stopping")
-        except Exception:  # noqa: BLE001, S110 - a handler must never raise; the report says it anyway
-            pass
-
-    def __enter__(self) -> SignalGuard:  # noqa: PYI034
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: nothing to guard
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)

@@ -8,12 +8,14 @@ from typing import Any
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.validate import command, host_port, hostname, known_keys
+from backupmx.lifecycle.drill_messages import LARGE_BYTES
 from backupmx.mailhost.model import MailHost
 
 DEFAULTS = {"probes": 3, "window_seconds": 30, "queue_seconds": 15, "up_seconds": 30, "drain_seconds": 40,
             "poll_seconds": 0.5}
 KNOWN = ("stop_command", "start_command", "maildir", "sender_domain", "dkim_key", "dkim_selector", "recipient",
-         "probes", "window_seconds", "queue_seconds", "up_seconds", "drain_seconds", "poll_seconds", "up_check")
+         "probes", "window_seconds", "queue_seconds", "up_seconds", "drain_seconds", "poll_seconds", "up_check",
+         "large_message_bytes", "spam_message")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class FailoverSettings:
     up_seconds: float = 30
     drain_seconds: float = 40
     poll_seconds: float = 0.5
+    large_message_bytes: int = LARGE_BYTES  # 0: no large message
+    spam_message: bool = True
 
 
 def load_failover(data: Any, mailhost: MailHost, domain: str) -> FailoverSettings:
@@ -77,6 +81,15 @@ def load_failover(data: Any, mailhost: MailHost, domain: str) -> FailoverSetting
         values[key] = int(value) if key == "probes" else float(value)
     if values["probes"] > 50:
         raise ConfigError("failover.probes", "at most 50 probes")
+    large = data.get("large_message_bytes", LARGE_BYTES)
+    if isinstance(large, bool) or not isinstance(large, int) or not 0 <= large <= 200_000_000:
+        raise ConfigError("failover.large_message_bytes", f"{large!r} is not a size in bytes (0 to 200000000)",
+                          f"e.g. {LARGE_BYTES}; 0 sends no large message")
+    values["large_message_bytes"] = large
+    spam = data.get("spam_message", True)
+    if not isinstance(spam, bool):
+        raise ConfigError("failover.spam_message", f"{spam!r} is not true or false")
+    values["spam_message"] = spam
     return FailoverSettings(**values)
 
 

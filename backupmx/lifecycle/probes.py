@@ -24,6 +24,10 @@ class Probe:
     relay: str
     sender: str  # unique envelope sender: how the provider's queue listing names it
     message_id: str
+    kind: str = "probe"  # or "large", "spam" (backupmx.lifecycle.drill_messages)
+    size: int | None = None  # bytes sent
+    lines: int = 0  # CRLF line ends sent (a Maildir stores LF: that much smaller)
+    size_note: str = ""  # why it is smaller than wanted (a limit on the way)
     sent_at: float | None = None
     send_error: str | None = None
     queued_at: str | None = None  # as the provider reports it
@@ -59,23 +63,35 @@ def build_probe(probe: Probe, recipient: str, sender_domain: str, selector: str,
     return signature + message
 
 
+# Per copy: the Message-ID, its size, its path and its header (the body stays on the
+# host: the drill's large message is over 10 MB, and the mailbox is read every poll).
 MAILDIR_SCRIPT = r'''dir=$1; shift
 for id in "$@"; do
   for f in $(grep -rliF -e "message-id: $id" "$dir/new" "$dir/cur" 2>/dev/null); do
-    printf '==> %s %s\n' "$id" "$(base64 -w0 "$f")"
+    printf '==> %s %s %s %s\n' "$id" "$(wc -c < "$f")" "$(printf %s "$f" | base64 -w0)" \
+      "$(sed '/^\r*$/q' "$f" | base64 -w0)"
   done
 done
 exit 0'''
 
 
-def parse_maildir_listing(lines: Sequence[str]) -> dict[str, list[email.message.EmailMessage]]:
+@dataclass
+class Delivered:
+    """One copy in the Maildir: its header (parsed), its size in bytes and its path on the mail host."""
+
+    message: email.message.EmailMessage
+    size: int
+    path: str
+
+
+def parse_maildir_listing(lines: Sequence[str]) -> dict[str, list[Delivered]]:
     found: dict[str, list] = {}
     for line in lines:
         if not line.startswith("==> "):
             continue
-        _, message_id, data = line.split(" ", 2)
-        message = email.message_from_bytes(base64.b64decode(data), policy=email.policy.default)
-        found.setdefault(message_id, []).append(message)
+        _, message_id, size, path, header = line.split(" ", 4)
+        message = email.message_from_bytes(base64.b64decode(header), policy=email.policy.default)
+        found.setdefault(message_id, []).append(Delivered(message, int(size), base64.b64decode(path).decode()))
     return found
 
 

@@ -176,11 +176,10 @@ def settings_rule_in_dump(mailhost: MailHost, rules: Mapping[str, Any], cidrs: S
     rule = rules.get(name)
     ok = isinstance(rule, dict) and sorted(rule.get("ip", [])) == sorted(cidrs)
     apply = (rule.get("apply") or {}) if isinstance(rule, dict) else {}
-    if mailhost.relay_scoring == EXTERNAL_RELAY:
-        # configdump shows the disabled action as null.
-        actions = apply.get("actions") or {}
-        ok = ok and "reject" in actions and actions["reject"] is None
-    else:
+    # Both modes disable the reject action for the relays (configdump shows it as null).
+    actions = apply.get("actions") or {}
+    ok = ok and "reject" in actions and actions["reject"] is None
+    if mailhost.relay_scoring != EXTERNAL_RELAY:
         ok = ok and sorted(apply.get("groups_disabled", [])) == sorted(EXEMPT_GROUPS)
     return ok, name
 

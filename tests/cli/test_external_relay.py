@@ -207,7 +207,7 @@ def test_dry_run_shows_the_switch_as_a_diff_and_changes_nothing(exempt, inventor
     text = output(result)
     assert result.returncode == 0, text
     assert "Traceback" not in text
-    for line in (f"-{RSPAMD_RULE} {{", f"+{RSPAMD_CAP_RULE} {{", "+      reject = null;",
+    for line in (f"-{RSPAMD_RULE} {{", f"+{RSPAMD_CAP_RULE} {{", "-    groups_disabled = ",
                  f"+++ {rspamd_paths(exempt)['external_relay.conf']}", "+    strategy = \"count\";",
                  f"+++ {rspamd_paths(exempt)['rspamd.lua']}", f"+  rspamd_config:add_condition(\"{RSPAMD_RELAY_SYMBOL}\""):
         assert any(row.strip() == line.strip() or row.strip().startswith(line.strip()) for row in text.splitlines()), line

@@ -8,6 +8,7 @@ mail host's PROXY-v2 listener accepting connections again.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -21,6 +22,9 @@ from mailhostkit import listener_up, reload_postfix, start_postfix_if_down
 from providerkit import admin, output, pyinfra, start_pyinfra
 
 DRILL = "deploys/failover_test.py"
+# An operator who raised docker-mailserver's default (10240000) so the drill's large
+# message (12000000 bytes) fits; the size decision under a smaller limit: tests/unit/test_drill_data.py.
+PRIMARY_SIZE_LIMIT = 26214400
 
 
 def relay(world, **switches) -> None:
@@ -32,12 +36,22 @@ def default_relay(world) -> None:
           retry_schedule=world["relay_retry_schedule"])
 
 
+def postconf(world, *args: str) -> str:
+    return subprocess.run(["postconf", "-c", world["postfix_config_dir"], *args], check=True, capture_output=True,
+                          text=True, timeout=30).stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def published(world):
     """The live state G5 starts from: stages 3-5 applied (whitelist live, backup MX in DNS)."""
     result = pyinfra("deploys/backupmx.py")
     assert result.returncode == 0, output(result)
-    return world
+    before = postconf(world, "-n", "message_size_limit")  # "" when the default applies
+    postconf(world, "-e", f"message_size_limit={PRIMARY_SIZE_LIMIT}")
+    reload_postfix(world)
+    yield world
+    postconf(world, *(["-e", before] if before else ["-X", "message_size_limit"]))
+    reload_postfix(world)
 
 
 @pytest.fixture
@@ -58,11 +72,16 @@ def test_dry_run_says_what_it_would_do_and_does_nothing(drill_world, sandbox):
     assert result.returncode == 0, text
     assert "would stop the primary mail path" in text and "postfix-service stop" in text
     assert "would send 3 DKIM-signed probe(s)" in text
+    assert f"would send a large message: 12000000 bytes (the primary takes {PRIMARY_SIZE_LIMIT})" in text
+    assert "would send a spam message (content scoring over 11): it must arrive tagged, never rejected" in text
+    assert "would remove the drill's messages" in text
     assert "review: nothing was stopped or sent" in text
     assert Supervisor(sandbox).pid("postfix") == before
 
 
 def test_full_drill_passes_and_leaves_the_mail_host_up(drill_world):
+    maildir = Path(drill_world["failover"]["maildir"], "new")
+    before = sorted(maildir.iterdir())
     started = time.monotonic()
     result = pyinfra(DRILL, timeout=120)
     wall = time.monotonic() - started
@@ -73,11 +92,20 @@ def test_full_drill_passes_and_leaves_the_mail_host_up(drill_world):
         assert f"probe {index} via" in text
     assert "no SPF/DMARC symbol; DKIM R_DKIM_ALLOW" in text
     assert "first attempt after primary-up" in text
-    assert "failover 4: all 3 probes queued" in text
+    assert "failover 4: all 5 probes queued" in text
+    # The large message: over 10 MB, delivered whole; the spam one (scored over docker-mailserver's
+    # reject = 11 on content alone) delivered tagged, not rejected: the relay never bounced either.
+    large = re.search(r"large message via \S+ +pass .*?: (\d+) bytes sent, (\d+) in the mailbox", text)
+    assert large and int(large.group(1)) > 10_240_000, text
+    spam = re.search(r"spam message via \S+ +pass .*?tagged \(X-Spam: Yes\), score ([0-9.]+) / ", text)
+    assert spam and float(spam.group(1)) >= 11, text
+    assert "5/5 messages delivered once and clean" in text
+    assert re.search(r"drill messages removed +pass +5 from", text), text
+    assert sorted(maildir.iterdir()) == before  # nothing left behind: a re-run starts from the same mailbox
     assert listener_up(drill_world)
     assert wall <= 60, f"drill took {wall:.1f}s"
-    print(f"\nsandbox drill wall time {wall:.1f} s; " + next(line.strip() for line in text.splitlines()
-                                                          if "wall time" in line))
+    print(f"\nsandbox drill wall time {wall:.1f} s; large message {large.group(1)} bytes; spam score "
+          f"{spam.group(1)}; " + next(line.strip() for line in text.splitlines() if "wall time" in line))
 
 
 def test_whitelist_removed_by_hand_refuses_at_step_1_without_stopping(drill_world, sandbox):
@@ -108,7 +136,12 @@ def test_relay_outside_the_whitelist_shows_the_penalty_and_fails(drill_world):
     assert result.returncode != 0, text
     assert "SPF/DMARC penalty" in text and "R_SPF_FAIL" in text
     assert "postscreen saw 203.0.113.77, outside the relay CIDRs" in text
+    # Outside the relay networks the reject cap does not apply: the spam message is refused by the
+    # primary and bounced by the relay; the report names the message and the hop.
+    assert re.search(r"spam message via (\S+) +FAIL .*left \1's queue but never arrived: bounced by the primary "
+                     r"\(the hop \1 -> sandbox-mailhost\)", text), text
     assert "DRILL FAILED at step 7" in text
+    assert "kept for inspection (the drill failed)" in text
     assert listener_up(drill_world)
 
 

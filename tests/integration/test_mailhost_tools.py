@@ -94,6 +94,7 @@ def test_rspamd_rule_passes_configtest_and_configdump_shows_it(tmp_path):
                           timeout=60)
     rule = json.loads(dump.stdout)[RSPAMD_RULE]
     assert rule["ip"] == RELAYS and rule["apply"]["groups_disabled"] == ["spf", "dmarc"]
+    assert rule["apply"]["actions"] == {"reject": None}  # relayed mail is never rejected
 
 
 def test_master_cf_edits_check_out_with_postconf(tmp_path):

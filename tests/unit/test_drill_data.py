@@ -1,5 +1,5 @@
 """Gate G5's pure parts: the failover data, the verdicts read from a delivered message's
-headers, the Maildir listing. The drill in the sandbox: tests/cli/test_failover_drill.py."""
+headers, the Maildir listing, the large message's size and the spam message's verdict. The drill in the sandbox: tests/cli/test_failover_drill.py."""
 
 from __future__ import annotations
 
@@ -8,10 +8,21 @@ import email
 import email.policy
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from backupmx.core.errors import ConfigError
 from backupmx.lifecycle.drill_settings import load_failover
-from backupmx.lifecycle.probes import parse_maildir_listing, verdicts
+from backupmx.lifecycle.drill_messages import (
+    HEADROOM,
+    LARGE_BYTES,
+    SizeDecision,
+    build_message,
+    kinds,
+    large_size,
+    spam_verdict,
+)
+from backupmx.lifecycle.probes import Probe, parse_maildir_listing, verdicts
 from backupmx.mailhost.model import load_mailhost
 from backupmx_sandbox.seed import RELAY_CIDRS
 
@@ -61,6 +72,61 @@ def test_verdicts_from_the_delivered_headers():
 
 
 def test_maildir_listing_parses_every_copy():
-    data = base64.b64encode(b"Message-ID: <a@x>\r\n\r\nhi\r\n").decode()
-    found = parse_maildir_listing([f"==> <a@x> {data}", f"==> <a@x> {data}", "noise"])
-    assert len(found["<a@x>"]) == 2
+    data = base64.b64encode(b"Message-ID: <a@x>\r\n\r\n").decode()
+    path = base64.b64encode(b"/var/mail/new/1.host").decode()
+    found = parse_maildir_listing([f"==> <a@x> 12000900 {path} {data}", f"==> <a@x> 20 {path} {data}", "noise"])
+    assert [(c.size, c.path, c.message["Message-ID"]) for c in found["<a@x>"]] == [
+        (12000900, "/var/mail/new/1.host", "<a@x>"), (20, "/var/mail/new/1.host", "<a@x>")]
+
+
+# --- the large message's size: never one the primary (or the backup) would refuse ------------------
+
+
+def test_large_message_is_the_wanted_size_when_it_fits():
+    assert large_size(12_000_000, 26_214_400) == SizeDecision(12_000_000, 12_000_000, "")
+    assert large_size(12_000_000, 0, "mail.rollernet.us", 33_554_432).size == 12_000_000  # 0: no limit
+    assert large_size(12_000_000, 26_214_400, "mail.rollernet.us", None).note == ""  # no SIZE announced
+
+
+def test_large_message_shrinks_to_the_largest_that_fits_and_says_why():
+    primary = large_size(12_000_000, 10_240_000)  # Postfix's and docker-mailserver's default
+    assert primary.size == 10_240_000 - HEADROOM
+    assert "message_size_limit 10240000" in primary.note and f"the largest that fits is {primary.size} bytes" in primary.note
+    relay = large_size(12_000_000, 26_214_400, "mail2.rollernet.us", 10_000_000)
+    assert relay.size == 10_000_000 - HEADROOM and "mail2.rollernet.us's SIZE 10000000" in relay.note
+    both = large_size(12_000_000, 11_000_000, "mail2.rollernet.us", 10_500_000)
+    assert both.size == 10_500_000 - HEADROOM  # the smaller limit wins; both named
+    assert "message_size_limit 11000000 and mail2.rollernet.us's SIZE" in both.note
+
+
+def test_large_message_is_built_to_size_and_signed(tmp_path):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    probe = Probe(4, "mail.rollernet.us", "failover-r-4@probe.example", "<failover-r-4@probe.example>", "large")
+    message = build_message(probe, "drill@example.org", "probe.example", "s", key, "r", 12_000_000)
+    assert 12_000_000 - 200 <= len(message) <= 12_000_000
+    assert message.startswith(b"DKIM-Signature:")
+    spam = build_message(Probe(5, "mail2.rollernet.us", "f-5@probe.example", "<f-5@probe.example>", "spam"),
+                         "drill@example.org", "probe.example", "s", key, "r")
+    assert b"SPAM TEST" in spam and b"bitcoin" in spam and len(spam) < 4000
+
+
+def test_spam_verdict_tagged_or_not():
+    tagged = email.message_from_bytes(b"X-Spamd-Result: default: False [19.63 / 15.00]; PHISHING(2.00)[]\r\n"
+                                      b"X-Spam: Yes\r\n\r\n", policy=email.policy.default)
+    assert spam_verdict(tagged) == "tagged (X-Spam: Yes), score 19.63 / 15.00, not rejected"
+    plain = email.message_from_bytes(b"X-Spamd-Result: default: False [3.10 / 15.00]\r\n\r\n",
+                                     policy=email.policy.default)
+    assert spam_verdict(plain).startswith("NOT tagged") and "score 3.10 / 15.00" in spam_verdict(plain)
+
+
+def test_drill_messages_and_their_settings():
+    assert kinds(3, 12_000_000, True) == ["probe", "probe", "probe", "large", "spam"]
+    assert kinds(2, 0, False) == ["probe", "probe"]
+    settings = load_failover(SENDER, DMS, "example.org")
+    assert settings.large_message_bytes == LARGE_BYTES > 10_240_000 and settings.spam_message is True
+    with pytest.raises(ConfigError, match="failover.large_message_bytes"):
+        load_failover({**SENDER, "large_message_bytes": "12MB"}, DMS, "example.org")
+    with pytest.raises(ConfigError, match="failover.spam_message"):
+        load_failover({**SENDER, "spam_message": "yes"}, DMS, "example.org")
+    assert load_failover({**SENDER, "large_message_bytes": 0}, DMS, "example.org").large_message_bytes == 0

@@ -172,14 +172,15 @@ def test_postscreen_access_table_permits_every_relay_network():
     assert parse_postscreen_access("garbage here\n10.0.0.0/8 reject\n") == ([], ["garbage here"])
 
 
-def test_rspamd_rule_disables_only_spf_and_dmarc_for_the_relays():
+def test_rspamd_rule_disables_only_spf_dmarc_and_the_reject_action_for_the_relays():
     block = render_rspamd_block(RELAYS)
     assert block.startswith(block_begin(RSPAMD_BLOCK) + "\n") and block.endswith(block_end(RSPAMD_BLOCK) + "\n")
     assert "backupmx_relay_exempt {" in block and "priority = high;" in block
     assert 'groups_disabled = ["spf", "dmarc"];' in block
+    assert "reject = null;" in block  # relayed mail is never rejected: the relay would bounce it
     for network in RELAYS:
         assert f'"{network}",' in block
-    for kept in ("dkim", "bayes", "antivirus", "symbols_disabled", "actions"):
+    for kept in ("dkim", "bayes", "antivirus", "symbols_disabled", "add header", "greylist"):
         assert kept not in block.split("# END")[0].split("{", 1)[1]
 
 
