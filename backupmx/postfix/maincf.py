@@ -83,8 +83,11 @@ def without_list_entry(main_cf: str, name: str, token: str) -> str:
     span = _definition(lines, name)
     if span is None:
         return main_cf
-    pattern = re.compile(r"(?<![^\s,=])" + re.escape(token) + r"(?:[ \t]*,[ \t]*|[ \t]+|(?=\r?\n|$))")
+    token = re.escape(token)
+    # The entry and the separator after it; or, last on its line, the separator before it.
+    followed = re.compile(r"(?<![^\s,=])" + token + r"[ \t]*,?[ \t]*(?=[^\s,])")
+    last = re.compile(r"[ \t]*,?[ \t]*(?<![^\s,=])" + token + r"[ \t]*,?[ \t]*(?=\r?\n|$)")
     for index in range(*span):
         if not is_ignored(lines[index]):
-            lines[index] = pattern.sub("", lines[index])
+            lines[index] = last.sub("", followed.sub("", lines[index]))
     return "".join(lines)

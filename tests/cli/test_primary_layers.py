@@ -1,12 +1,14 @@
 """Never lose relayed mail at any layer of the primary (issue #15): the deploy against the
-sandbox primary shaped like docker-mailserver, with one more layer switched on at a time.
+sandbox primary shaped like docker-mailserver, with the layers that refuse relayed mail
+switched on (backupmx_sandbox.layers; each one's bite before any deploy is proven in
+tests/integration/sandbox/test_primary_layers.py).
 
-Per layer: with the relay whitelist already in place (a deploy ran before the layer
-was added, as when an operator adds one later), the realistic relayed envelope is
-refused by that layer; the deploy adds the relay smtpd service's exception; then the
-same envelope reaches RCPT 250, and an outside client still meets the layer. A layer
-the tool does not handle (a policy server it does not know) fails stage 4 with the
-layer's own reply; stage 5 does not run and DNS is not written.
+With the layers on, the deploy puts its exception in front of them; then the
+realistic relayed envelope from each relay reaches RCPT 250 past every one of them,
+an outside client still meets each layer, a drain of 200 messages from one relay
+address goes through, and a re-run changes nothing. A layer the tool does not handle
+(a policy server it does not know) fails stage 4 with the layer's own reply; the DNS
+stage does not run and DNS is not written.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from providerkit import clear_cloudflare_requests, cloudflare_writes, output, py
 LISTED_RELAY = seed.RELAY_SOURCE["mail.rollernet.us"]  # 192.0.2.25: FCrDNS, DNSBL-listed
 UNLISTED_RELAY = seed.RELAY_SOURCE["mail2.rollernet.us"]  # 198.51.100.25: PTR not confirmed
 
-# The relay address each layer refuses once postscreen lets the relays through.
+# Each layer the deploy makes an exception for, and the relay address it refuses.
 LAYER_RELAY = {
     "policyd_spf": UNLISTED_RELAY,
     "unknown_client_hostname": UNLISTED_RELAY,
@@ -51,78 +53,75 @@ def outside_address() -> str:
 
 @pytest.fixture(scope="module")
 def deployed(world, sandbox):
-    """The deploy run once on the base stack (whitelist, exemption, backup MX records live);
-    the mail host's files, the fakes and every layer put back after the module."""
+    """Every handled layer on, then the deploy (whitelist, exemption, the relay exception,
+    backup MX records); the mail host's files, the fakes and the layers put back after."""
     before = mailhostkit.snapshot(world)
     switches = layers.Switches(sandbox)
     assert not any(switches.status().values()), "a layer was left on"
     reset_fakes(world)
-    deploy()
-    yield world
+    switches.set(dict.fromkeys(LAYER_RELAY, True))
+    first = deploy()
+    yield world, first
     switches.set(dict.fromkeys(layers.NAMES, False))
     mailhostkit.restore(world, before)
     reset_fakes(world)
 
 
-@pytest.mark.parametrize("layer", list(LAYER_RELAY))
-def test_a_layer_added_later_bites_relayed_mail_until_the_deploy_makes_its_exception(deployed, sandbox, layer):
-    world = deployed
-    relay = LAYER_RELAY[layer]
-    outside_client = seed.DNSBL_LISTED_OUTSIDE if layer == "rbl_client" else outside_address()
-    if layer == "tight_anvil":
-        # The base stack's own anvil rates already gave the relays their exception:
-        # start from a mail host without it.
-        mailhostkit.restore(world, mailhostkit.pristine_state(world))
-    with layers.layer_on(sandbox, layer):
-        before = layer_probe(world, layer, relayed(relay))
-        assert refused_by(layer, before), f"{layer} does not bite relay {relay}: {before}"
+def test_relayed_mail_passes_every_layer_after_the_deploy_and_outsiders_still_meet_each(deployed, sandbox):
+    world, first = deployed
+    assert "relayed envelope: 3 relay addresses" in first, first
+    main_cf = Path(world["postfix_config_dir"], "main.cf").read_text()
+    assert "$backupmx_relay_exception, check_policy_service unix:private/policyd-spf" in main_cf
+    assert "$backupmx_relay_exception, reject_unknown_client_hostname" in main_cf
 
-        text = deploy()
-        assert "relayed envelope: 3 relay addresses" in text, text
-        master_cf = Path(world["postfix_config_dir"], "master.cf").read_text()
-        assert "backupmx-relay pass" in master_cf
+    for layer, relay in LAYER_RELAY.items():
+        reply = layer_probe(world, layer, relayed(relay))
+        assert reply.code == 250, f"{layer}: relay {relay} after the deploy: {reply}"
+        print(f"{layer}: relay {relay}: {reply}")
 
-        after = layer_probe(world, layer, relayed(relay))
-        assert after.code == 250, f"{layer}: relay {relay} after the deploy: {after}"
-        faced = layer_probe(world, layer, outside(outside_client))
-        print(f"{layer}: relay {relay} before: {before}; after: {after}; outside {outside_client}: {faced}")
-        # The listed outside address meets postscreen's DNSBL first: the whitelist is not for it.
-        assert refused_by("postscreen_dnsbl" if layer == "rbl_client" else layer, faced), \
-            f"{layer}: outside {outside_client} after the deploy: {faced}"
+    again = deploy()  # a re-run changes nothing on the mail host
+    assert report_row(again, "3").status == "pass", again
 
-        if layer == "policyd_spf":
-            again = deploy()  # a re-run changes nothing on the mail host
-            assert report_row(again, "3").status == "pass", again
+    switches, state = layers.Switches(sandbox), mailhostkit.snapshot(world)
+    try:
+        for layer in LAYER_RELAY:
+            # One layer at a time, so the refusal is that layer's own.
+            switches.set({name: name == layer for name in LAYER_RELAY})
+            client = seed.DNSBL_LISTED_OUTSIDE if layer == "rbl_client" else outside_address()
+            faced = layer_probe(world, layer, outside(client))
+            print(f"{layer}: outside {client}: {faced}")
+            # The listed outside address meets postscreen's DNSBL first: the whitelist is not for it.
+            assert refused_by("postscreen_dnsbl" if layer == "rbl_client" else layer, faced), \
+                f"{layer}: outside {client}: {faced}"
+    finally:
+        mailhostkit.restore(world, state)  # main.cf as the deploy left it, every layer on
 
 
 def test_a_drain_of_200_messages_from_one_relay_address_is_accepted_and_anvil_still_limits_outsiders(
-        deployed, sandbox, record_property):
-    world = deployed
+        deployed, record_property):
+    world, _ = deployed
     host, port = endpoint(world["proxy_listener"])
     maildir = Path(world["maildir"])
     tag = f"drain-{random.randrange(10**9)}"
     recipient = f"{tag}@{seed.DOMAIN}"
-    sender = f"someone@{seed.SENDER_DOMAIN}"
-    with layers.layer_on(sandbox, "tight_anvil"), layers.layer_on(sandbox, "policyd_spf"):
-        deploy()
-        started = time.monotonic()
-        results = []
-        for number in range(200):
-            message, _ = build_message(sender, recipient, subject=f"{tag} {number}")
-            results.append(send_mail(host, port, sender, recipient, message, proxy_source=UNLISTED_RELAY,
-                                     helo="mail2.rollernet.us"))
-        took = time.monotonic() - started
-        accepted = sum(1 for result in results if result.accepted)
-        record_property("drain_accepted", accepted)
-        record_property("drain_seconds", round(took, 1))
-        print(f"drain: {accepted}/200 accepted in {took:.1f}s")
-        refused = [str(result) for result in results if not result.accepted]
-        assert accepted == 200 and took < 60, (accepted, took, refused[:3])
+    sender = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all without the relays: policyd-spf is on
+    started = time.monotonic()
+    results = []
+    for number in range(200):
+        message, _ = build_message(sender, recipient, subject=f"{tag} {number}")
+        results.append(send_mail(host, port, sender, recipient, message, proxy_source=UNLISTED_RELAY,
+                                 helo="mail2.rollernet.us"))
+    took = time.monotonic() - started
+    accepted = sum(1 for result in results if result.accepted)
+    record_property("drain_accepted", accepted)
+    record_property("drain_seconds", round(took, 1))
+    print(f"drain: {accepted}/200 accepted in {took:.1f}s")
+    refused = [str(result) for result in results if not result.accepted]
+    assert accepted == 200 and took < 60, (accepted, took, refused[:3])
 
-        outsider = outside_address()
-        replies = [rcpt_reply(world, outside(outsider, mail_from=f"a@{seed.NEUTRAL_SENDER_DOMAIN}"))
-                   for _ in range(12)]
-        assert any(refused_by("tight_anvil", reply) for reply in replies), [str(reply) for reply in replies]
+    outsider = outside_address()
+    replies = [rcpt_reply(world, outside(outsider, mail_from=f"a@{seed.NEUTRAL_SENDER_DOMAIN}")) for _ in range(12)]
+    assert any(refused_by("tight_anvil", reply) for reply in replies), [str(reply) for reply in replies]
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(_tagged(maildir, tag)) < 200:
@@ -147,7 +146,7 @@ def _tagged(maildir: Path, tag: str) -> list[Path]:
 
 
 def test_a_layer_the_tool_does_not_handle_fails_stage_4_and_nothing_reaches_dns(deployed, sandbox):
-    world = deployed
+    world, _ = deployed
     reset_fakes(world)  # no backup MX records: the deploy would publish them
     clear_cloudflare_requests(world)
     with layers.layer_on(sandbox, "unknown_policy"):
@@ -155,8 +154,9 @@ def test_a_layer_the_tool_does_not_handle_fails_stage_4_and_nothing_reaches_dns(
         result = pyinfra("deploys/backupmx.py")
     text = output(result)
     assert result.returncode != 0, text
-    assert "refused by the sandbox's unknown policy service" in text, text
-    assert "relayed envelope" in text and "Traceback" not in text
-    assert "stage 4: NOT live: relayed envelope: 192.0.2.1: 550 5.7.1" in text, text
-    assert "the DNS stage will not run" in text, text
+    assert "Traceback" not in text
+    row = report_row(text, "4")
+    assert row.status == "FAIL" and "relayed envelope: 192.0.2.1: 550 5.7.1" in row.evidence, text
+    assert "refused by the sandbox's unknown policy service" in row.evidence, text
+    assert "=> BLOCKED: nothing will be changed" in text, text
     assert cloudflare_writes(world) == [] and backups_in_zone(world) == set(), text
