@@ -35,7 +35,7 @@ import mailhostkit
 from backupmx.mailhost.model import ACCESS_LIST
 from backupmx.postfix.mastercf import set_service_options
 from backupmx_sandbox import relayhost, seed
-from backupmx_sandbox.smtp_client import Reply, SMTPConnection
+from backupmx_sandbox.smtp_client import Reply, SMTPConnection, SMTPError
 from mailpath import endpoint
 
 STRICT_SENDER = f"someone@{seed.SENDER_DOMAIN}"
@@ -100,9 +100,9 @@ def rcpt_reply(world, envelope: Envelope, listener: str = "proxy_listener", time
                 reply = smtp.command(f"MAIL FROM:<{envelope.mail_from}>")
                 if reply.code == 250:
                     reply = smtp.command(f"RCPT TO:<{envelope.rcpt_to}>")
-                    with contextlib.suppress(OSError, Exception):
+                    with contextlib.suppress(OSError, SMTPError):
                         smtp.command("RSET")
-        with contextlib.suppress(OSError, Exception):
+        with contextlib.suppress(OSError, SMTPError):
             smtp.command("QUIT")
     return reply
 

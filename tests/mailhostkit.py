@@ -30,6 +30,9 @@ from backupmx_sandbox.world import Sandbox
 from mailpath import endpoint, fresh_ipv4
 
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
+# A sender with a mail server and no SPF/DMARC: what a healthy primary takes from an
+# outside client (SENDER spoofed from outside scores past docker-mailserver's reject = 11).
+NEUTRAL_SENDER = f"someone@{seed.NEUTRAL_SENDER_DOMAIN}"
 
 
 def managed_paths(world) -> dict[str, Path]:
@@ -92,7 +95,7 @@ def pristine_state(world) -> dict[str, bytes | None]:
 def services_answer(world, recipient: str) -> None:
     """Postfix (through postscreen on the PROXY-v2 listener) accepts mail and rspamd's controller answers."""
     host, port = endpoint(world["proxy_listener"])
-    result = send_mail(host, port, SENDER, recipient, build_message(SENDER, recipient)[0],
+    result = send_mail(host, port, NEUTRAL_SENDER, recipient, build_message(NEUTRAL_SENDER, recipient)[0],
                        proxy_source=fresh_ipv4())  # waits for the greeting, as a good client does
     assert result.accepted, str(result)
     ping = subprocess.run(["rspamc", "-h", world["rspamd_controller"], "stat"], capture_output=True, timeout=30,

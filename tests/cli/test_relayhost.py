@@ -25,7 +25,7 @@ from backupmx.providers import relayhost as relay_render
 from backupmx.providers.relayhost import OFF, main_settings, parse_postqueue_json, trusted_by_mynetworks, wanted_files
 from backupmx_sandbox import relayhost as sandbox_relay
 from backupmx_sandbox.relayhost import haproxy_service, relay_paths, relay_ports
-from backupmx_sandbox.seed import DOMAIN
+from backupmx_sandbox.seed import DOMAIN, NEUTRAL_SENDER_DOMAIN
 from backupmx_sandbox.smtp_client import build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
@@ -34,8 +34,9 @@ from mailpath import endpoint, wait_for_delivery
 from operations.relayhost import relay_config, verify_relay
 from providerkit import output, pyinfra
 
-# No SPF or DMARC record anywhere: the mail host's rspamd has nothing to reject for.
-SENDER = f"sender-{os.getpid()}@relay-test.invalid"
+# A domain with a mail server (the primary's reject_unknown_sender_domain asks) and no
+# SPF or DMARC record: the mail host's rspamd has nothing to reject for.
+SENDER = f"sender-{os.getpid()}@{NEUTRAL_SENDER_DOMAIN}"
 
 
 # --- helpers --------------------------------------------------------------------

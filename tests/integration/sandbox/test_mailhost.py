@@ -34,9 +34,10 @@ from mailpath import fresh_ipv6 as _fresh_ipv6
 from mailpath import wait_for_delivery as _wait_for_delivery
 
 # Not seed.SENDER_DOMAIN: its SPF -all and DMARC reject push the score of outside
-# mail to ~13 of rspamd's 15 reject threshold; these tests are about the path,
-# not the verdict, and must not depend on what the sandbox DNS serves.
-SENDER = "mailhost-test@example.test"
+# mail to ~13, past the primary's reject threshold (11, docker-mailserver's); these
+# tests are about the path, not the verdict. The neutral domain has only a mail
+# server (the primary's reject_unknown_sender_domain asks for one).
+SENDER = f"mailhost-test@{seed.NEUTRAL_SENDER_DOMAIN}"
 RECIPIENT = f"someone-{os.getpid()}@{seed.DOMAIN}"
 
 
