@@ -37,6 +37,7 @@ from backupmx.lifecycle.canary_verdict import (
     SendOutcome,
     Verdict,
     judge,
+    maildir_time,
     observe_queue,
     settled,
 )
@@ -173,6 +174,7 @@ class CanaryRun:
                 if copies:
                     canary.copies = copies
                     canary.delivered_at = now
+                    canary.delivered_wall = maildir_time(copies[0][0])
             pending = [k for k in pending if not k.copies]
             if pending:
                 try:

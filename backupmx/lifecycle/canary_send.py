@@ -19,16 +19,18 @@ from backupmx.lifecycle.canary_verdict import SendOutcome
 Remote = Callable[[Sequence[str]], tuple[bool, list[str], str]]
 
 SEND_SCRIPT = r'''
-import base64, json, smtplib, ssl, sys
+import base64, json, smtplib, ssl, sys, time
 host, port, helo, sender, rcpt, data = sys.argv[1:7]
 stage = "connect"
-def done(ok, code, reply):
+def done(ok, code, reply, at=None):
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-    print(json.dumps({"ok": ok, "stage": stage, "code": code, "reply": " ".join(f"{code or ''} {text}".split())}))
+    print(json.dumps({"ok": ok, "stage": stage, "code": code, "reply": " ".join(f"{code or ''} {text}".split()),
+                      "at": at}))
     sys.exit(0)
 client = smtplib.SMTP(timeout=60, local_hostname=helo)
 try:
     code, reply = client.connect(host, int(port))
+    client._host = host  # connect() does not keep it as SMTP(host) would; starttls() names the server by it
     if code != 220:
         done(False, code, reply)
     stage = "EHLO"
@@ -52,15 +54,16 @@ try:
         done(False, code, reply)
     stage = "DATA"
     code, reply = client.data(base64.b64decode(data))
+    at = time.time()
     ok = code == 250
     try:
         client.quit()
     except Exception:
         pass
-    done(ok, code, reply)
+    done(ok, code, reply, at if ok else None)
 except smtplib.SMTPResponseException as error:
     done(False, error.smtp_code, error.smtp_error)
-except (OSError, smtplib.SMTPException) as error:
+except Exception as error:
     done(False, None, f"{type(error).__name__}: {error}")
 '''.strip()
 
@@ -79,8 +82,10 @@ def parse_send(ok: bool, lines: Sequence[str], stderr: str) -> SendOutcome:
                 data = json.loads(line)
             except ValueError:
                 break
+            at = data.get("at")
             return SendOutcome(bool(data.get("ok")), str(data.get("reply") or "no reply"),
-                               None if data.get("ok") else str(data.get("stage")), data.get("code"))
+                               None if data.get("ok") else str(data.get("stage")), data.get("code"),
+                               at if isinstance(at, (int, float)) else None)
     why = (stderr or "").strip().splitlines()[-1:] or ["no output"]
     return SendOutcome(False, f"the send script failed ({'exit non-zero' if not ok else 'no result'}: {why[0]}); "
                        "is python3 installed there?", "send host")

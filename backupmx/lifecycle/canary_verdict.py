@@ -39,8 +39,9 @@ _PERMANENT = re.compile(r"\b5\d\d\b")
 class SendOutcome:
     ok: bool
     reply: str  # the last SMTP reply, or why nothing was sent
-    stage: str | None = None  # the command refused ("RCPT", "MAIL", "DATA", "connect") when not ok
+    stage: str | None = None  # the command refused ("RCPT TO", "DATA", "connect" ...) when not ok
     code: int | None = None
+    at: float | None = None  # the send host's wall clock at the relay's 250 to DATA
 
 
 @dataclass
@@ -61,7 +62,8 @@ class Canary:
     last_error: str | None = None
     deferred_seen: float | None = None  # first time the queue showed a failed attempt
     left_queue: float | None = None  # first poll that did not list it after it was listed
-    delivered_at: float | None = None
+    delivered_at: float | None = None  # run clock, at the poll that found it
+    delivered_wall: float | None = None  # the mail host's clock, from the Maildir file name
     copies: list[tuple[str | None, email.message.EmailMessage]] = field(default_factory=list)
     queue_error: str | None = None  # the queue could not be read
 
@@ -71,9 +73,27 @@ class Canary:
 
     @property
     def seconds(self) -> float | None:
+        """Hand-off to delivery: from the two hosts' clocks when both are known (the mail host sends
+        by default: one clock), else from the run's clock (rounded up to a poll)."""
+        at = self.send.at if self.send else None
+        if at is not None and self.delivered_wall is not None and 0 <= self.delivered_wall - at < 86400:
+            return self.delivered_wall - at
         if self.delivered_at is None or self.handed_off is None:
             return None
         return self.delivered_at - self.handed_off
+
+
+# Maildir file names start with the delivery time: Postfix local(8) "SECONDS.V<dev>I<inode>M<usec>.host",
+# Dovecot "SECONDS.M<usec>P<pid>.host".
+_MAILDIR_NAME = re.compile(r"^(\d{9,})\.(?:[^.]*?M(\d{1,6})(?![0-9]))?")
+
+
+def maildir_time(path: str | None) -> float | None:
+    """The delivery time a Maildir file's name records (None if it records none)."""
+    match = _MAILDIR_NAME.match((path or "").rsplit("/", 1)[-1])
+    if not match:
+        return None
+    return int(match.group(1)) + (int(match.group(2)) / 1e6 if match.group(2) else 0.0)
 
 
 def observe_queue(canary: Canary, listed, now: float) -> None:
@@ -150,7 +170,7 @@ def _judge_delivered(canary: Canary, relay_cidrs: Sequence[str], scoring: str) -
     shown, problems = verdicts(message, relay_cidrs, dkim_signed=canary.signed, scoring=scoring)
     if len(canary.copies) > 1:
         problems.append(f"delivered {len(canary.copies)} times")
-    took = f"delivered in {canary.seconds:.1f} s" if canary.seconds is not None else "delivered"
+    took = f"delivered in {canary.seconds:.2f} s" if canary.seconds is not None else "delivered"
     if problems:
         return Verdict(FAIL, JUDGED, f"{JUDGED[1]} {'; '.join(problems)} ({took}; {'; '.join(shown)})",
                        "run deploys/drift.py: the whitelist or the rspamd exemption on the mail host changed")

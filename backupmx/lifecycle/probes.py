@@ -128,7 +128,7 @@ def verdicts(message, relay_cidrs: Sequence[str], dkim_signed: bool = True,
         else:
             shown.append(f"original sender scored ({RSPAMD_RELAY_SYMBOL}, {', '.join(spf)})")
     elif penalties:
-        problems.append(f"SPF/DMARC penalty: {', '.join(penalties)}")
+        problems.append(f"SPF/DMARC penalty: {', '.join(penalties)} (relay_scoring exempt forbids any)")
     else:
         shown.append("no SPF/DMARC symbol")
     if "R_DKIM_ALLOW" in symbols:

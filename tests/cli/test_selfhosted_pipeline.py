@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.core.relayhost import load_relayhost
 from backupmx.dns import check as dnscheck
 from mailhostkit import managed_paths, restore, snapshot, start_postfix_if_down
 from providerkit import (
@@ -30,6 +29,7 @@ from providerkit import (
     report_row,
     report_rows,
 )
+from relaykit import relay_dir, relay_files, restore_relay
 
 # No test depends on another having run: a test that takes the deployed state away
 # (the zone reset, the rollback) deploys again after itself (``redeploy_after``), and
@@ -41,30 +41,6 @@ SELFHOSTED = ["--data", "provider=selfhosted"]
 
 def cli(deploy: str, *args: str, yes: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     return pyinfra(deploy, *args, yes=yes, timeout=timeout)
-
-
-def relay_dir(world) -> Path:
-    return Path(load_relayhost(world["selfhosted"]["relayhost"]).postfix_config_dir)
-
-
-def relay_files(world) -> dict[str, bytes]:
-    """The relay Postfix's configuration directory, file by file (what the relay stage may change)."""
-    root = relay_dir(world)
-    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*"))
-            if path.is_file() and not path.is_symlink()}
-
-
-def restore_relay(world, files: dict[str, bytes]) -> None:
-    root = relay_dir(world)
-    now = relay_files(world)
-    if now == files:
-        return
-    for name in set(now) - set(files):
-        (root / name).unlink()
-    for name, content in files.items():
-        if now.get(name) != content:
-            (root / name).write_bytes(content)
-    subprocess.run(["postfix", "-c", str(root), "reload"], capture_output=True, timeout=60, check=False)
 
 
 def postconf(world, name: str) -> list[str]:
