@@ -63,7 +63,7 @@ def by_message_id(found: Mapping[str, Sequence[tuple[str | None, object]]]) -> d
 class CanaryRun:
     def __init__(self, settings: Settings, mailhost: MailHost, canary: CanarySettings, host_name: str,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, provider=None):
         self.settings = settings
         self.mailhost = mailhost
         self.config = canary
@@ -80,7 +80,7 @@ class CanaryRun:
         self.started = clock()
         self.removed_late: list[str] = []
         self.cleanup_error: str | None = None
-        self._provider = None
+        self._provider = provider  # opened on first use (the ACC key from Vault) unless given
 
     # -- the plan ------------------------------------------------------------------
 

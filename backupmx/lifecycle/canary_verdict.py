@@ -139,6 +139,9 @@ def judge(canary: Canary, relay_cidrs: Sequence[str], scoring: str, waited: floa
         if send.stage in (None, "send host"):
             return Verdict(FAIL, NOT_SENT, f"not sent: {send.reply}",
                            "check the host the canary is sent from (canary.send_from)")
+        if send.stage == "connect" and send.code is None:
+            return Verdict(FAIL, REFUSED_BY_RELAY, f"{REFUSED_BY_RELAY[1]}: cannot connect to {canary.endpoint}: "
+                           f"{send.reply}", f"is {canary.relay} up, and port 25 open from the send host?")
         return Verdict(FAIL, REFUSED_BY_RELAY, f"{REFUSED_BY_RELAY[1]}: {send.stage} answered {send.reply}",
                        f"is {canary.domain} enabled at the provider, and {canary.recipient} allowed? "
                        "(pyinfra INVENTORY deploys/backupmx.py --dry shows gate G1)")
