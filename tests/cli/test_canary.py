@@ -2,7 +2,8 @@
 
 One deploy, then several canary runs against the real daemons: the fake Roller
 Network relays really store and forward to the mail host's PROXY-v2 listener
-(postscreen, smtpd, rspamd, Maildir). Each test puts back what it broke (the ACC
+(postscreen, smtpd, rspamd, Maildir). Through the self-hosted relay host: in
+tests/cli/test_selfhosted_pipeline.py, on that module's deploy. Each test puts back what it broke (the ACC
 state, the primary's Postfix, the rspamd exemption) in a ``finally``; the module
 puts the mail host's files back as it found them.
 """
@@ -21,11 +22,9 @@ from backupmx.mailhost.model import RSPAMD_BLOCK
 from backupmx.monitoring.canary_metrics import LAST_SUCCESS, SUCCESS, last_successes
 from backupmx.postfix.blocks import with_block
 from mailhostkit import listener_up, managed_paths, reload_rspamd, restore, snapshot, start_postfix_if_down
-from providerkit import admin, cloudflare_admin, output, pyinfra, report_rows, secret_values
-from relaykit import relay_files, restore_relay
+from providerkit import admin, output, pyinfra, report_rows, secret_values
 
 CANARY = "deploys/canary.py"
-SELFHOSTED = ["--data", "provider=selfhosted"]
 
 
 def canary(*args: str, dry: bool = False):
@@ -229,29 +228,3 @@ def test_bad_canary_data_is_one_line_and_sends_nothing(canary_world, data, words
     assert words in text, text
     assert "Traceback" not in text
     assert admin(canary_world, "queue") == before
-
-
-# --- provider selfhosted: the relay host ------------------------------------------------------
-
-
-def test_selfhosted_relay_host_passes(canary_world):
-    if "selfhosted" not in canary_world:
-        pytest.skip("the sandbox world has no relay host")
-    relay = canary_world["selfhosted"]
-    mail, files = snapshot(canary_world), relay_files(canary_world)
-    deploy = pyinfra("deploys/backupmx.py", *SELFHOSTED)
-    try:
-        assert deploy.returncode == 0, output(deploy)
-        started = time.monotonic()
-        result = canary(*SELFHOSTED)
-        wall = time.monotonic() - started
-        text = output(result)
-        assert result.returncode == 0, text
-        seconds = assert_passed(text, [relay["host"]], canary_world["zone"])
-        assert canaries_in(canary_world["maildir"]) == []
-        print(f"\ncanary through the self-hosted relay: {wall:.1f} s wall; hand-off to mailbox "
-              f"{seconds[relay['host']]:.2f} s")
-    finally:
-        restore(canary_world, mail)  # the Roller Network whitelist again
-        restore_relay(canary_world, files)
-        cloudflare_admin(canary_world, "POST", "reset")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from backupmx.core.relayhost import load_relayhost
 from backupmx.dns import check as dnscheck
 from mailhostkit import managed_paths, restore, snapshot, start_postfix_if_down
 from providerkit import (
@@ -29,7 +30,6 @@ from providerkit import (
     report_row,
     report_rows,
 )
-from relaykit import relay_dir, relay_files, restore_relay
 
 # No test depends on another having run: a test that takes the deployed state away
 # (the zone reset, the rollback) deploys again after itself (``redeploy_after``), and
@@ -41,6 +41,30 @@ SELFHOSTED = ["--data", "provider=selfhosted"]
 
 def cli(deploy: str, *args: str, yes: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     return pyinfra(deploy, *args, yes=yes, timeout=timeout)
+
+
+def relay_dir(world) -> Path:
+    return Path(load_relayhost(world["selfhosted"]["relayhost"]).postfix_config_dir)
+
+
+def relay_files(world) -> dict[str, bytes]:
+    """The relay Postfix's configuration directory, file by file (what the relay stage may change)."""
+    root = relay_dir(world)
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*"))
+            if path.is_file() and not path.is_symlink()}
+
+
+def restore_relay(world, files: dict[str, bytes]) -> None:
+    root = relay_dir(world)
+    now = relay_files(world)
+    if now == files:
+        return
+    for name in set(now) - set(files):
+        (root / name).unlink()
+    for name, content in files.items():
+        if now.get(name) != content:
+            (root / name).write_bytes(content)
+    subprocess.run(["postfix", "-c", str(root), "reload"], capture_output=True, timeout=60, check=False)
 
 
 def postconf(world, name: str) -> list[str]:
@@ -185,6 +209,20 @@ def test_failover_drill_passes_against_the_relay(relay_world, deployed, sandbox)
         assert f"via {relay_world['selfhosted']['host']}" in text
     finally:
         start_postfix_if_down(relay_world, sandbox)
+
+
+def test_canary_passes_through_the_relay(relay_world, deployed):
+    """The weekly canary (docs/canary.md, tests/cli/test_canary.py) through the relay host."""
+    started = time.monotonic()
+    result = cli("deploys/canary.py", *SELFHOSTED, timeout=120)
+    wall = time.monotonic() - started
+    text = output(result)
+    assert result.returncode == 0, text
+    [row] = [row for row in report_rows(text) if row.stage == "canary"]
+    assert row.check == f"{relay_world['zone']} via {relay_world['selfhosted']['host']}", text
+    assert row.status == "pass" and row.evidence.startswith("delivered in "), row
+    assert "no SPF/DMARC symbol; DKIM R_DKIM_ALLOW" in row.evidence and "(whitelisted)" in row.evidence, row
+    print(f"\ncanary through the self-hosted relay: {wall:.1f} s wall; {row.evidence.split(':', 1)[0]}")
 
 
 def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, redeploy_after):
