@@ -8,6 +8,7 @@ import base64
 import email
 import email.policy
 import json
+import subprocess
 
 import pytest
 
@@ -34,6 +35,7 @@ from backupmx.lifecycle.probes import compose_message, verdicts
 from backupmx.mailhost.model import EXEMPT, EXTERNAL_RELAY, RSPAMD_RELAY_SYMBOL, load_mailhost
 from backupmx.monitoring.canary_metrics import CanaryResult, last_successes, render_metrics
 from backupmx.providers.base import QueuedMessage
+from facts.maildir import MaildirMessages
 from seedkit import seed_settings
 
 SETTINGS = seed_settings()
@@ -303,3 +305,29 @@ def test_a_whole_run_sends_judges_reports_and_deletes_only_canaries(tmp_path):
 def test_compose_signs_only_with_a_key():
     plain = compose_message("a <a@x.example>", "b@y.example", "<m@x>", "s", "body\r\n", extra_headers=["X-A: 1"])
     assert plain.startswith(b"From: a <a@x.example>\r\n") and b"X-A: 1\r\n" in plain and b"DKIM-Signature" not in plain
+
+
+# --- the Maildir fact ------------------------------------------------------------------------
+
+
+def test_the_maildir_fact_lists_canaries_with_their_files(tmp_path):
+    maildir = tmp_path / "Maildir"
+    fact = MaildirMessages()
+    missing = subprocess.run(["sh", "-c", fact.command(maildir=str(maildir), prefix="<backupmx-canary.")
+                              .get_raw_value()], capture_output=True, text=True, check=True)
+    assert fact.process(missing.stdout.splitlines()) == {"present": False, "messages": {}}
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    canary_file = maildir / "new" / "1796209465.M1P1.host"
+    canary_file.write_bytes(compose_message("c <c@s>", "r@d", "<backupmx-canary.r.d.1@s>", "s", "b\r\n"))
+    (maildir / "cur" / "1796209466.M2P2.host:2,S").write_bytes(compose_message("u <u@s>", "r@d", "<other@s>", "s",
+                                                                               "b\r\n"))
+    listed = subprocess.run(["sh", "-c", fact.command(maildir=str(maildir), prefix="<backupmx-canary.")
+                             .get_raw_value()], capture_output=True, text=True, check=True)
+    found = fact.process(listed.stdout.splitlines())
+    assert found["present"]
+    [(path, message)] = found["messages"]["<backupmx-canary."]
+    assert path == str(canary_file) and message["Message-ID"] == "<backupmx-canary.r.d.1@s>"
+    assert list(by_message_id(found["messages"])) == ["<backupmx-canary.r.d.1@s>"]
+    docker = fact.command(maildir="/var/mail/x", prefix="<p", container="mailserver").get_raw_value()
+    assert docker.startswith("docker exec mailserver sh -c ")
