@@ -65,6 +65,11 @@ def _finish(run: CanaryRun, end: RunEnd) -> None:
     if len(run.verdicts) < len(run.canaries):
         run.judge_all()
     click.echo(run.render())
+    if end.interrupted:
+        # A run cut short proves nothing either way: the metrics keep the last complete run.
+        click.echo("  metrics not written: the run was interrupted")
+        run.close()
+        return
     try:
         path = run.write_metrics()
         if path:
@@ -129,8 +134,8 @@ def _verify(state, host, run: CanaryRun):
     try:
         mailbox = run.wait(partial(_mailbox, host, run), log)
     except BackupMXError as error:
+        run.mailbox_error = str(error)
         run.judge_all()
-        run.report.put("canary", "mailbox", "FAIL", str(error), "check canary.maildir (docs/canary.md)")
         host.log(f"canary: {error}", logger.error)
         return False
     run.judge_all()

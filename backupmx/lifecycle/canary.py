@@ -80,6 +80,7 @@ class CanaryRun:
         self.started = clock()
         self.removed_late: list[str] = []
         self.cleanup_error: str | None = None
+        self.mailbox_error: str | None = None  # the Maildir could not be read: nothing can be verified
         self._provider = provider  # opened on first use (the ACC key from Vault) unless given
 
     # -- the plan ------------------------------------------------------------------
@@ -199,7 +200,8 @@ class CanaryRun:
     def judge_all(self) -> None:
         for canary in self.canaries:
             waited = self.clock() - (canary.handed_off or self.started)
-            verdict = judge(canary, [str(n) for n in self.settings.relay_cidrs], self.mailhost.relay_scoring, waited)
+            verdict = judge(canary, [str(n) for n in self.settings.relay_cidrs], self.mailhost.relay_scoring, waited,
+                            self.mailbox_error)
             self.verdicts[canary.key] = verdict
             self.report.put("canary", f"{canary.domain} via {canary.relay}", verdict.status, verdict.text,
                             verdict.next_step)
@@ -263,7 +265,8 @@ class CanaryRun:
         delivered = [c.seconds for c in self.canaries if c.copies and c.seconds is not None]
         timing = f"  wall time {self.clock() - self.started:.1f} s"
         if delivered:
-            timing += f"; hand-off to mailbox {min(delivered):.1f}-{max(delivered):.1f} s"
+            spread = f"{min(delivered):.2f}" + (f"-{max(delivered):.2f}" if len(delivered) > 1 else "")
+            timing += f"; hand-off to mailbox {spread} s"
         lines.append(timing)
         if self.removed_late:
             lines.append(f"  {len(self.removed_late)} canary(ies) of earlier runs arrived late and were deleted: "

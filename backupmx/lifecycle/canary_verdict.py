@@ -11,6 +11,7 @@ and the mailbox. What it saw decides the row:
 | gone from the queue, never in the mailbox | lost between the relay and the mailbox |
 | in the mailbox, but not as relayed mail must arrive | delivered, but judged wrongly |
 | in the mailbox, clean | pass |
+| the mailbox could not be read | not verified |
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ STUCK = ("stuck_in_relay_queue", "stuck in the relay's queue")
 REFUSED_BY_PRIMARY = ("refused_by_primary", "refused by the primary")
 LOST = ("lost_between", "lost between the relay and the mailbox")
 JUDGED = ("delivered_with_problems", "delivered, but")
+UNREAD = ("mailbox_unreadable", "the mailbox could not be read")
 MESSAGE_ID_PREFIX = "<backupmx-canary."
 MARKER_HEADER = "X-BackupMX-Canary"
 _PERMANENT = re.compile(r"\b5\d\d\b")
@@ -130,7 +132,8 @@ class Verdict:
     next_step: str | None = None
 
 
-def judge(canary: Canary, relay_cidrs: Sequence[str], scoring: str, waited: float) -> Verdict:
+def judge(canary: Canary, relay_cidrs: Sequence[str], scoring: str, waited: float,
+          mailbox_error: str | None = None) -> Verdict:
     """The row of one canary, once the run stopped waiting for it."""
     send = canary.send
     if send is None:
@@ -147,6 +150,9 @@ def judge(canary: Canary, relay_cidrs: Sequence[str], scoring: str, waited: floa
                        "(pyinfra INVENTORY deploys/backupmx.py --dry shows gate G1)")
     if canary.copies:
         return _judge_delivered(canary, relay_cidrs, scoring)
+    if mailbox_error:
+        return Verdict(FAIL, UNREAD, f"taken by the relay ({send.reply}), not verified: {mailbox_error}",
+                       "check canary.maildir and the mail host (docs/canary.md)")
     if canary.held:
         return Verdict(FAIL, STUCK, f"{STUCK[1]}: Accept-and-Hold is on (queued, held; not lost: it is delivered "
                        "when the hold is lifted)", "deploys/maintenance.py --data hold=off when the maintenance is over")

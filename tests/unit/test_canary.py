@@ -24,6 +24,7 @@ from backupmx.lifecycle.canary_verdict import (
     REFUSED_BY_PRIMARY,
     REFUSED_BY_RELAY,
     STUCK,
+    UNREAD,
     Canary,
     SendOutcome,
     judge,
@@ -331,3 +332,9 @@ def test_the_maildir_fact_lists_canaries_with_their_files(tmp_path):
     assert list(by_message_id(found["messages"])) == ["<backupmx-canary.r.d.1@s>"]
     docker = fact.command(maildir="/var/mail/x", prefix="<p", container="mailserver").get_raw_value()
     assert docker.startswith("docker exec mailserver sh -c ")
+
+
+def test_an_unreadable_mailbox_verifies_nothing():
+    verdict = judge(canary(), CIDRS, EXEMPT, 5, mailbox_error="canary.maildir /m is not a Maildir on mail")
+    assert verdict.hop == UNREAD and verdict.text == ("taken by the relay (250 2.0.0 Ok), not verified: "
+                                                      "canary.maildir /m is not a Maildir on mail")
