@@ -74,6 +74,16 @@ mailhosts = [
                 "host_config_dir": "/srv/mailserver/docker-data/dms/config",
                 "proxy_service": "2525/inet",
             },
+            # The weekly canary (docs/canary.md). ASSUMPTION: a mailbox
+            # backupmx-canary@viktorbarzin.me exists (`setup email add` in the
+            # container); its Maildir is read through `docker exec`. Sent from this
+            # host: give "send_from" an inventory host with outbound port 25 if its
+            # provider blocks that port. Unsigned until a DKIM key on the control
+            # machine is named ("dkim_key", "dkim_selector").
+            "canary": {
+                "maildir": "/var/mail/viktorbarzin.me/backupmx-canary",
+                "metrics_file": "/var/lib/prometheus/node-exporter/backupmx_canary.prom",
+            },
         },
     ),
 ]

@@ -98,6 +98,18 @@ mailhosts = [
                 "window_seconds": 20,
                 "drain_seconds": 30,
             },
+            # The weekly canary (deploys/canary.py, docs/canary.md): sent from the mail
+            # host to each relay's loopback endpoint, read back from the same Maildir.
+            "canary": {
+                "maildir": _world["maildir"],
+                "sender_domain": _world["sender_domain"],
+                "dkim_key": _world["dkim_key"],
+                "dkim_selector": _world["dkim_selector"],
+                "wait_seconds": 20,
+                "settle_seconds": 3,
+                "poll_seconds": 0.25,
+                "metrics_file": _world["root"] + "/monitoring/textfile/backupmx_canary.prom",
+            },
         },
     ),
 ]

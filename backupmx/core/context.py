@@ -149,6 +149,14 @@ def relay_group() -> list | None:
     return list(state.inventory.get_group(RELAY_GROUP, []))
 
 
+def inventory_host(name: str):
+    """The inventory's host ``name`` (whatever --limit says); None if it has none or outside a run."""
+    state = ctx_state.get()
+    if state is None:
+        return None
+    return state.inventory.get_host(name, None)
+
+
 def active_host_names() -> set[str]:
     """The hosts still taking part in the run (connected, not failed)."""
     return {target.name for target in ctx_state.get().inventory.get_active_hosts()}

@@ -16,8 +16,8 @@ from backupmx.core.validate import (
 # their own top-level key every unknown key is.
 SETTINGS_KEYS = ("domains", "backup_mx", "relay_cidrs", "vault", "cloudflare", "dns_servers", "provider",
                  "gate_ledger", "mta_sts", "dns_wait_seconds", "state_dir", "audit_log")
-# Per host: its mail host, relay host, monitoring host and failover drill data.
-HOST_KEYS = ("mailhost", "relayhost", "monitoring", "failover")
+# Per host: its mail host, relay host, monitoring host, failover drill and canary data.
+HOST_KEYS = ("mailhost", "relayhost", "monitoring", "failover", "canary")
 # Run flags, usually given with --data: maintenance, run lock, rollback, drift, the --dry plan documents.
 RUN_KEYS = ("hold", "lock_wait", "revert_mailhost", "disable_domain", "drift_verbose",
             "plan_markdown", "plan_json", "full_docs_diff")

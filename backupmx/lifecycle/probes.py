@@ -1,5 +1,7 @@
-"""The failover drill's probe messages: built (DKIM-signed, uniquely tagged), read back from the
-Maildir, and judged (which rspamd symbols, which relay address in the Received header).
+"""Test messages through the backup path, shared by the failover drill and the canary: built
+(DKIM-signed when a key is given, uniquely tagged), read back from the Maildir (with the file
+each copy is in, so a run can delete what it delivered), and judged (which rspamd symbols,
+which relay address in the Received header).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
-import dkim
+from dkim import sign as dkim_sign
+
+from backupmx.mailhost.model import EXEMPT, EXTERNAL_RELAY, RSPAMD_RELAY_SYMBOL
 
 # --- probes -------------------------------------------------------------------
 
@@ -45,20 +49,32 @@ class Probe:
 
 def build_probe(probe: Probe, recipient: str, sender_domain: str, selector: str, key: bytes, run_id: str) -> bytes:
     """An RFC 5322 message from ``sender_domain``, DKIM-signed with its key (dkimpy)."""
+    body = (f"Probe {probe.index} of the backupmx failover drill {run_id}, sent to {probe.relay} while the "
+            f"primary was down. Safe to delete.\r\n")
+    return compose_message(f"Failover drill <{probe.sender}>", recipient, probe.message_id,
+                           f"backupmx failover drill {run_id} probe {probe.index}", body,
+                           dkim=(selector, sender_domain, key))
 
+
+def compose_message(author: str, recipient: str, message_id: str, subject: str, body: str,
+                    extra_headers: Sequence[str] = (),
+                    dkim: tuple[str, str, bytes] | None = None) -> bytes:
+    """An RFC 5322 message (CRLF), DKIM-signed when ``dkim`` = (selector, domain, private key) is given."""
     headers = [
-        f"From: Failover drill <{probe.sender}>",
+        f"From: {author}",
         f"To: <{recipient}>",
-        f"Subject: backupmx failover drill {run_id} probe {probe.index}",
+        f"Subject: {subject}",
         f"Date: {formatdate(localtime=False)}",
-        f"Message-ID: {probe.message_id}",
+        f"Message-ID: {message_id}",
+        *extra_headers,
         "MIME-Version: 1.0",
         "Content-Type: text/plain; charset=utf-8",
     ]
-    body = (f"Probe {probe.index} of the backupmx failover drill {run_id}, sent to {probe.relay} while the "
-            f"primary was down. Safe to delete.\r\n")
     message = ("\r\n".join(headers) + "\r\n\r\n" + body).encode()
-    signature = dkim.sign(message, selector.encode(), sender_domain.encode(), key,
+    if dkim is None:
+        return message
+    selector, domain, key = dkim
+    signature = dkim_sign(message, selector.encode(), domain.encode(), key,
                           include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
     return signature + message
 
@@ -85,6 +101,7 @@ class Delivered:
 
 
 def parse_maildir_listing(lines: Sequence[str]) -> dict[str, list[Delivered]]:
+    """``MAILDIR_SCRIPT``'s output: per searched id, each copy found."""
     found: dict[str, list] = {}
     for line in lines:
         if not line.startswith("==> "):
@@ -99,21 +116,35 @@ SYMBOL = re.compile(r"([A-Z0-9_]+)\(")
 RECEIVED_IP = re.compile(r"\[([0-9a-fA-F.:]+)\]")
 
 
-def verdicts(message, relay_cidrs: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(what the delivered headers show, the problems among them)."""
+def verdicts(message, relay_cidrs: Sequence[str], dkim_signed: bool = True,
+             scoring: str = EXEMPT) -> tuple[list[str], list[str]]:
+    """(what the delivered headers show, the problems among them).
+
+    ``scoring`` is the mail host's ``relay_scoring``: ``exempt`` forbids any SPF/DMARC
+    symbol; ``external_relay`` requires the original sender scored (our rule's symbol
+    and an SPF verdict). DKIM must verify when the message was signed.
+    """
     shown, problems = [], []
     spamd = " ".join(str(v) for v in (message.get_all("X-Spamd-Result") or []))
     symbols = set(SYMBOL.findall(spamd))
     if not spamd:
         problems.append("no X-Spamd-Result header (was it scanned by rspamd?)")
     penalties = sorted(s for s in symbols if s.startswith(("R_SPF_", "DMARC_")))
-    if penalties:
-        problems.append(f"SPF/DMARC penalty: {', '.join(penalties)}")
+    if scoring == EXTERNAL_RELAY:
+        spf = sorted(s for s in penalties if s.startswith("R_SPF_"))
+        if RSPAMD_RELAY_SYMBOL not in symbols or not spf:
+            problems.append(f"external_relay did not score the original sender: {RSPAMD_RELAY_SYMBOL} "
+                            f"{'present' if RSPAMD_RELAY_SYMBOL in symbols else 'missing'}, SPF "
+                            f"{', '.join(spf) or 'not scored'}")
+        else:
+            shown.append(f"original sender scored ({RSPAMD_RELAY_SYMBOL}, {', '.join(spf)})")
+    elif penalties:
+        problems.append(f"SPF/DMARC penalty: {', '.join(penalties)} (relay_scoring exempt forbids any)")
     else:
         shown.append("no SPF/DMARC symbol")
     if "R_DKIM_ALLOW" in symbols:
         shown.append("DKIM R_DKIM_ALLOW")
-    else:
+    elif dkim_signed:
         dkim = sorted(s for s in symbols if "DKIM" in s) or ["no DKIM symbol"]
         problems.append(f"DKIM does not verify: {', '.join(dkim)}")
     # The mail host's own Received header (the first one) names the client address

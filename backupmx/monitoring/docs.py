@@ -27,7 +27,7 @@ from backupmx.core.settings import Settings, load_settings
 from backupmx.dns import mtasts
 from backupmx.mailhost.model import MailHost, load_mailhost
 from backupmx.mailhost.proof import probe_addresses
-from backupmx.monitoring import rules
+from backupmx.monitoring import canary_metrics, rules
 from backupmx.monitoring.rules import render_template, wanted_mx
 from backupmx.monitoring.settings import Monitoring, load_monitoring
 
@@ -52,6 +52,10 @@ class MailhostView:
     mailhost: MailHost
     inside: tuple[tuple[str, str], ...]  # (network, an address in it)
     outside: tuple[str, ...]
+    # The weekly canary's Maildir and metrics file, as the inventory's ``canary`` data names
+    # them (shown only; deploys/canary.py validates them): "" when not set.
+    canary_maildir: str = ""
+    canary_metrics_file: str = ""
 
     def command(self, argv: Sequence[str]) -> str:
         """``argv`` as typed on the control machine: over SSH (the remote shell parses it
@@ -94,8 +98,9 @@ def mailhost_view(name: str, data: Mapping[str, Any], settings: Settings) -> Mai
     ssh = f"{user}@{target}" if user else str(target)
     if data.get("ssh_port"):
         ssh = f"-p {data['ssh_port']} {ssh}"
+    canary = data.get("canary") if isinstance(data.get("canary"), Mapping) else {}
     return MailhostView(name, ssh, mailhost, tuple((str(net), address) for net, address in probes.inside),
-                        tuple(probes.outside))
+                        tuple(probes.outside), str(canary.get("maildir") or ""), str(canary.get("metrics_file") or ""))
 
 
 def inventory_name(path: str) -> str:
@@ -166,6 +171,9 @@ def _context(view: InventoryView) -> dict[str, Any]:
         "dns_servers": list(settings.dns_servers),
         "seed": SEED,
         "m": rules,
+        "canary": canary_metrics,
+        # One canary per domain and backup MX host and run; Roller Network counts each (PROVIDER-NOTES).
+        "canary_messages": len(settings.domains) * len(settings.backup_mx.hosts),
         "crlf": lambda text: text.replace("\r\n", "\n"),
     }
 

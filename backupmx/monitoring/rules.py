@@ -5,8 +5,10 @@ Three files, pushed to the inventory's ``monitoring`` hosts by ``operations.moni
 - ``blackbox-backupmx.yml`` — blackbox_exporter modules: the MX-set drift guard
   (DNS) and an informational SMTP banner probe (TCP:25) of the backup hosts;
 - ``backupmx-alerts.rules.yml`` — the Prometheus alert on MX-set drift (for 15m,
-  naming the runbook), an alert when the drift guard is not scraped at all, and a
-  recording rule of the backup hosts' weekly SMTP availability (no paging);
+  naming the runbook), an alert when the drift guard is not scraped at all, a
+  recording rule of the backup hosts' weekly SMTP availability (no paging), and the
+  weekly canary's two alerts (a failing canary, a canary that has not run: its
+  metrics come from node_exporter's textfile collector, ``canary_metrics``);
 - ``prometheus-backupmx.yml`` — the scrape jobs that run those probes, as a
   Prometheus configuration file of its own (``promtool check config`` checks it
   and, through ``rule_files``, the rules).
@@ -36,6 +38,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from backupmx.core.errors import BackupMXError
 from backupmx.core.paths import TEMPLATES
 from backupmx.core.settings import Domain, Settings
+from backupmx.monitoring import canary_metrics
 from backupmx.monitoring.checks import check_blackbox_shape, check_rules_shape
 from backupmx.monitoring.settings import BLACKBOX_FILE, RULES_FILE, SCRAPE_FILE, Monitoring
 
@@ -163,6 +166,8 @@ def _context(settings: Settings, monitoring: Monitoring) -> dict[str, Any]:
         "alert_for": ALERT_FOR,
         "rules_file": RULES_FILE,
         "blackbox_file": BLACKBOX_FILE,
+        "canary": canary_metrics,
+        "canary_not_run_hours": canary_metrics.NOT_RUN_AFTER_SECONDS // 3600,
     }
 
 

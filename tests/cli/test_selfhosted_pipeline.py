@@ -211,6 +211,20 @@ def test_failover_drill_passes_against_the_relay(relay_world, deployed, sandbox)
         start_postfix_if_down(relay_world, sandbox)
 
 
+def test_canary_passes_through_the_relay(relay_world, deployed):
+    """The weekly canary (docs/canary.md, tests/cli/test_canary.py) through the relay host."""
+    started = time.monotonic()
+    result = cli("deploys/canary.py", *SELFHOSTED, timeout=120)
+    wall = time.monotonic() - started
+    text = output(result)
+    assert result.returncode == 0, text
+    [row] = [row for row in report_rows(text) if row.stage == "canary"]
+    assert row.check == f"{relay_world['zone']} via {relay_world['selfhosted']['host']}", text
+    assert row.status == "pass" and row.evidence.startswith("delivered in "), row
+    assert "no SPF/DMARC symbol; DKIM R_DKIM_ALLOW" in row.evidence and "(whitelisted)" in row.evidence, row
+    print(f"\ncanary through the self-hosted relay: {wall:.1f} s wall; {row.evidence.split(':', 1)[0]}")
+
+
 def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, redeploy_after):
     cloudflare_admin(relay_world, "POST", "reset")  # the zone wants the relay's MX record again
     result = cli("deploys/backupmx.py", *SELFHOSTED, "--limit", "controller", "--limit", "mailhosts")

@@ -35,6 +35,7 @@ from backupmx.core.relayhost import RELAYHOST_KEYS, load_relayhost
 from backupmx.core.settings import load_settings
 from backupmx.core.validate import command, hostname
 from backupmx.lifecycle.drill_settings import KNOWN as FAILOVER_KEYS
+from backupmx.lifecycle.canary_settings import load_canary
 from backupmx.lifecycle.drill_settings import load_failover
 from backupmx.mailhost.model import MAILHOST_KEYS, load_mailhost
 from backupmx.monitoring.settings import MONITORING_KEYS, load_monitoring
@@ -237,6 +238,7 @@ def fake_world(root: Path, selfhosted: bool) -> dict:
                      "postfix_config_dir": str(root / "postfix"), "rspamd_local_dir": str(root / "rspamd"),
                      "rspamadm_args": [f"--var=LOCAL_CONFDIR={root}/rspamd"], "rspamd_controller": "127.0.0.1:11334",
                      "rspamd_reload": [str(root / "rspamd-reload")]},
+        "maildir": str(root / "Maildir"),
         "failover": {"stop_command": [str(root / "postfix-service"), "stop"],
                      "start_command": [str(root / "postfix-service"), "start"], "maildir": str(root / "Maildir")},
     }
@@ -273,6 +275,7 @@ def test_the_sandbox_inventory_still_loads(tmp_path, monkeypatch, override):
         assert settings.domains[0].name == seed.DOMAIN and settings.selfhosted == bool(override)
         if target.data.get("mailhost") is not None:
             load_failover(target.data.get("failover"), load_mailhost(target.data.get("mailhost")), seed.DOMAIN)
+            load_canary(target.data.get("canary"), settings)
         if target.data.get("monitoring") is not None:
             load_monitoring(target.data.get("monitoring"), settings)
         if target.data.get("relayhost") is not None:
