@@ -21,25 +21,21 @@ from pyinfra import host, logger
 from pyinfra.api import DeployError, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.exceptions import ConnectError
 
-from backupmx.core.context import RunEnd, at_exit, executing, inventory_host, run_value, settings_of
+from backupmx.core.context import RunEnd, at_exit, executing, inventory_host, settings_of
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.lifecycle.canary import CanaryRun, by_message_id
 from backupmx.lifecycle.canary_settings import load_canary
 from backupmx.lifecycle.canary_verdict import MESSAGE_ID_PREFIX
 from facts.mailhost import facts_args
 from facts.maildir import MaildirMessages
-from operations.mailhost import mailhost_settings
+from operations.mailhost import mailhost_settings, one_mailhost_run
 
 COMMAND_TIMEOUT = 90
 
 
 def current_canary(target) -> CanaryRun:
     """The canary of the pyinfra run in progress (one mail host); its report is printed at exit."""
-    run = run_value("canary", partial(_start, target))
-    if run.host_name != target.name:
-        raise DeployError(f"the canary reads one mail host's mailbox at a time ({run.host_name}, {target.name}): "
-                          f"use --limit")
-    return run
+    return one_mailhost_run("canary", "the canary reads one mail host's mailbox at a time", target, _start)
 
 
 def _start(target) -> CanaryRun:

@@ -28,7 +28,7 @@ from pyinfra.api import (
     operation,
 )
 
-from backupmx.core.context import RunEnd, at_exit, executing, run_value, settings_of
+from backupmx.core.context import RunEnd, at_exit, executing, settings_of
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import postfix_size
 from backupmx.core.report import CHANGE, FAIL
@@ -39,18 +39,14 @@ from backupmx.lifecycle.drill_messages import large_size
 from backupmx.lifecycle.drill_settings import load_failover
 from backupmx.lifecycle.drill_signals import SignalGuard
 from facts.mailhost import PostscreenListeners
-from operations.mailhost import mailhost_settings
+from operations.mailhost import mailhost_settings, one_mailhost_run
 from operations.mailhost_plans import listeners_args
 from operations.mailhost_proof import prove_live
 
 
 def current_drill(target) -> Drill:
     """The drill of the pyinfra run in progress (one mail host); its report is printed at exit."""
-    drill = run_value("drill", partial(_start_drill, target))
-    if drill.host_name != target.name:
-        raise DeployError(f"the failover drill takes one mail host at a time ({drill.host_name}, {target.name}): "
-                          f"use --limit")
-    return drill
+    return one_mailhost_run("drill", "the failover drill takes one mail host at a time", target, _start_drill)
 
 
 def _start_drill(target) -> Drill:

@@ -14,12 +14,13 @@ functions, so the deploy file can show it in the gate report before anything run
 
 from __future__ import annotations
 
-from typing import Callable
+from functools import partial
+from typing import Callable, TypeVar
 
 from pyinfra import host, logger
 from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
 
-from backupmx.core.context import executing, executing_after_preparing
+from backupmx.core.context import executing, executing_after_preparing, run_value
 from backupmx.core.errors import BackupMXError
 from backupmx.core.plan_log import note_file_change
 from backupmx.mailhost.model import (
@@ -29,6 +30,8 @@ from backupmx.mailhost.model import (
 from operations.mailhost_plans import Plan, cidr_strings, plan_postscreen_whitelist, plan_rspamd_exemption, recall_plan
 from operations.mailhost_proof import SETTLE_SECONDS, prove_live_settled, run_proof
 from operations.transaction import transaction_commands
+
+T = TypeVar("T")
 
 
 def _fail(state, host, message):  # (state, host): pyinfra passes them to a FunctionCommand
@@ -176,6 +179,15 @@ def verify_live(mailhost: MailHost, relay_cidrs, domain: str,
 def is_mailhost(target) -> bool:
     """A host of the inventory's ``mailhosts`` group, or any host with ``mailhost`` data."""
     return "mailhosts" in (target.groups or []) or target.data.get("mailhost") is not None
+
+
+def one_mailhost_run(name: str, what: str, target, start: Callable[[object], T]) -> T:
+    """The run's value ``name`` (a drill, a canary: ``start(target)`` makes it on first use), which
+    works on one mail host: another host in the same run is refused, naming both."""
+    value = run_value(name, partial(start, target))
+    if value.host_name != target.name:
+        raise DeployError(f"{what} ({value.host_name}, {target.name}): use --limit")
+    return value
 
 
 def mailhost_settings(target) -> MailHost:

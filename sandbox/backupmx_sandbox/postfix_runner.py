@@ -22,8 +22,16 @@ from pathlib import Path
 from backupmx_sandbox.supervisor import group_alive
 
 # unshare execs the shell in the new namespace (same pid, no fork), and the shell
-# execs Postfix: start-fg keeps the pid the wrapper waits for.
-_WITH_RESOLVER = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+# execs Postfix: start-fg keeps the pid the wrapper waits for. The namespace's mounts
+# are made private first, so the bind mount never shows outside it. In a chroot "/" is
+# no mount point and cannot be made private (unshare --propagation private fails
+# there): then the mount under /etc/resolv.conf must not be shared, or the shell stops.
+_WITH_RESOLVER = (
+    'mount --make-rprivate / 2>/dev/null'
+    ' || ! findmnt -n -o PROPAGATION -T /etc/resolv.conf | grep -q shared'
+    ' || { echo "sandbox: cannot keep the resolver mount private" >&2; exit 1; }\n'
+    'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+)
 
 
 class _StopRequested(Exception):
@@ -34,7 +42,7 @@ def postfix_argv(config_dir: str, resolv_conf: str | None = None) -> list[str]:
     start_fg = ["/usr/sbin/postfix", "-c", config_dir, "start-fg"]
     if resolv_conf is None:
         return start_fg
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", _WITH_RESOLVER, resolv_conf, *start_fg]
+    return ["unshare", "--mount", "--propagation", "unchanged", "sh", "-c", _WITH_RESOLVER, resolv_conf, *start_fg]
 
 
 def run_postfix_foreground(config_dir: str, resolv_conf: str | None = None) -> int:
