@@ -8,16 +8,12 @@ one: it edits ``postfix_config_dir`` (master.cf, postscreen_access.cidr) and
 
 ``up`` is idempotent, and it never undoes the product's work: a config file is
 rewritten only while it still holds exactly what this module last wrote there
-(see ``_install``). Delete the file to get the sandbox's version back.
+(see ``hostfiles.install_file``). Delete the file to get the sandbox's version back.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
 import shlex
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -25,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
 from backupmx_sandbox import dnsapi, postfix_runner, seed
+from backupmx_sandbox.hostfiles import install_file, listening, private_dir, render_template, root_dir
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import LOOPBACK, Sandbox, Service
 
@@ -48,7 +43,6 @@ BASE_ANVIL = {
 }
 HOSTNAME = seed.PRIMARY_MX
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -219,64 +213,6 @@ def proxy_service_name(port: int) -> str:
     return f"{LOOPBACK}:{port}"
 
 
-# --- writing files ------------------------------------------------------------
-
-
-def render_template(template: str, templates: Path = TEMPLATES, **values) -> str:
-    env = Environment(
-        loader=FileSystemLoader(templates),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    return env.get_template(template).render(**values)
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def install_file(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` unless someone else has edited the file since we wrote it.
-
-    The digest of what we last wrote sits in ``.<name>.sandbox-sha256`` next to it.
-    A file that no longer matches it was changed by the product (e.g. the relay
-    whitelist in master.cf) and is left alone, so ``up`` never reverts a deploy.
-    """
-    stamp = path.with_name(f".{path.name}.sandbox-sha256")
-    wanted = text.encode()
-    if path.exists():
-        current = path.read_bytes()
-        if current == wanted:
-            _ensure_mode(path, mode)
-            return
-        if not stamp.exists() or stamp.read_text().strip() != _digest(current):
-            log.info("mailhost: keeping %s (changed since the sandbox wrote it; delete it to reset)", path)
-            return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(wanted)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    stamp.write_text(_digest(wanted) + "\n")
-
-
-def _ensure_mode(path: Path, mode: int) -> None:
-    if path.stat().st_mode & 0o7777 != mode:
-        os.chmod(path, mode)
-
-
-def private_dir(path: Path, owner: str | int, group: str | int, mode: int = 0o750) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    shutil.chown(path, owner, group)
-    os.chmod(path, mode)
-    return path
-
-
-def root_dir(path: Path, mode: int = 0o755) -> Path:
-    """A root-owned directory that is not group/world-writable (sshd and Postfix check)."""
-    return private_dir(path, 0, 0, mode)
-
-
 # --- sshd -----------------------------------------------------------------------
 
 
@@ -294,7 +230,7 @@ def sshd_service(name: str, ssh_dir: Path, port: int, client_key: Path, comment:
     install_file(authorized_keys, _public_key(client_key), 0o600)
     host_public = " ".join(_public_key(host_key).split()[:2])
     install_file(ssh_dir / "known_hosts", f"[{LOOPBACK}]:{port} {host_public}\n", 0o644)
-    config = render_template("sshd_config.j2", port=port, host_key=host_key, pid_file=ssh_dir / "sshd.pid",
+    config = render_template("sshd_config.j2", TEMPLATES, port=port, host_key=host_key, pid_file=ssh_dir / "sshd.pid",
                      authorized_keys=authorized_keys)
     install_file(ssh_dir / "sshd_config", config, 0o600)
     # sshd's privilege separation directory; the system normally makes it at boot.
@@ -358,17 +294,17 @@ def _write_rspamd_config(paths: Paths, ports: Ports) -> None:
         "normal_port": ports.rspamd_normal,
         "controller_port": ports.rspamd_controller,
     }
-    install_file(local_d / "options.inc", render_template("rspamd/options.inc.j2", **values))
-    install_file(local_d / "milter_headers.conf", render_template("rspamd/milter_headers.conf"))
-    install_file(local_d / "dkim.conf", render_template("rspamd/dkim.conf"))
-    install_file(local_d / "actions.conf", render_template("rspamd/actions.conf"))
-    install_file(override_d / "fuzzy_check.conf", render_template("rspamd/fuzzy_check.conf"))
+    install_file(local_d / "options.inc", render_template("rspamd/options.inc.j2", TEMPLATES, **values))
+    install_file(local_d / "milter_headers.conf", render_template("rspamd/milter_headers.conf", TEMPLATES))
+    install_file(local_d / "dkim.conf", render_template("rspamd/dkim.conf", TEMPLATES))
+    install_file(local_d / "actions.conf", render_template("rspamd/actions.conf", TEMPLATES))
+    install_file(override_d / "fuzzy_check.conf", render_template("rspamd/fuzzy_check.conf", TEMPLATES))
     for worker in ("worker-normal.inc", "worker-controller.inc", "worker-proxy.inc"):
-        install_file(override_d / worker, render_template(f"rspamd/{worker}.j2", **values))
+        install_file(override_d / worker, render_template(f"rspamd/{worker}.j2", TEMPLATES, **values))
     # rspamd runs in the foreground without a pidfile: the product reloads it with
     # this script (the `rspamd_reload` command of the inventory's mailhost data).
     root_dir(paths.rspamd_reload.parent)
-    install_file(paths.rspamd_reload, render_template("rspamd-reload.sh.j2", pidfile=paths.rspamd_pidfile,
+    install_file(paths.rspamd_reload, render_template("rspamd-reload.sh.j2", TEMPLATES, pidfile=paths.rspamd_pidfile,
                                            controller=f"{LOOPBACK}:{ports.rspamd_controller}"), 0o755)
 
 
@@ -413,6 +349,7 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
     tls_cert, tls_key = Sandbox(paths.root.parent).ca.issue(HOSTNAME, [HOSTNAME])
     main_cf = render_template(
         "main.cf.j2",
+        TEMPLATES,
         config_dir=paths.postfix_config,
         queue_dir=paths.postfix_queue,
         data_dir=paths.postfix_data,
@@ -431,34 +368,12 @@ def _write_postfix_config(paths: Paths, ports: Ports) -> None:
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
-    install_file(paths.policyd_spf_conf, render_template("policyd-spf.conf"))
-    master_cf = render_template("master.cf.j2", smtp_port=ports.smtp, proxy_port=ports.smtp_proxy,
+    install_file(paths.policyd_spf_conf, render_template("policyd-spf.conf", TEMPLATES))
+    master_cf = render_template("master.cf.j2", TEMPLATES, smtp_port=ports.smtp, proxy_port=ports.smtp_proxy,
                                 policyd_spf_conf=paths.policyd_spf_conf)
-    install_file(paths.resolv_conf, render_template("resolv.conf.j2", resolver=ports.resolver))
+    install_file(paths.resolv_conf, render_template("resolv.conf.j2", TEMPLATES, resolver=ports.resolver))
     install_file(paths.postfix_config / "main.cf", main_cf)
     install_file(paths.postfix_config / "master.cf", master_cf)
-
-
-# --- readiness --------------------------------------------------------------------
-
-
-def listening(port: int, host: str = LOOPBACK) -> bool:
-    """Whether a TCP socket listens on host:port, read from /proc without connecting.
-
-    Connecting would cost a log line per poll (sshd "[preauth]", postscreen "lost
-    connection" while it waits for a PROXY header); /proc/net/tcp shows LISTEN
-    sockets (state 0A) directly.
-    """
-    wanted = f"{_proc_ipv4(host)}:{port:04X}"
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    return any(fields[1] == wanted and fields[3] == "0A" for fields in (line.split() for line in lines))
-
-
-def _proc_ipv4(host: str) -> str:
-    return "".join(f"{int(octet):02X}" for octet in reversed(host.split(".")))
 
 
 def postfix_check(config_dir: str | Path) -> str:

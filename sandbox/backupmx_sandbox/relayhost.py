@@ -5,7 +5,7 @@ Everything lives under ``<sandbox>/relayhost/``. The relay's Postfix starts as a
 freshly installed one (smtpd listening directly, Debian's loopback ``mynetworks``);
 making it a store-and-forward backup MX is the product's job
 (``operations/relayhost.py``), over SSH, exactly as on a real VM. ``up`` never
-undoes that work: files are written through ``mailhost.install_file``, which leaves a
+undoes that work: files are written through ``hostfiles.install_file``, which leaves a
 file alone once someone else has changed it.
 
 What stands in for the network:
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backupmx_sandbox import mailhost, postfix_runner, seed
-from backupmx_sandbox.mailhost import install_file, private_dir, root_dir, listening
+from backupmx_sandbox.hostfiles import install_file, listening, private_dir, render_template, root_dir
 from backupmx_sandbox.world import LOOPBACK, Sandbox, Service
 
 SERVICE_NAMES = ["relay-sshd", "relay-postfix", "haproxy"]
@@ -140,7 +140,7 @@ def world(sandbox: Sandbox) -> dict:
 
 
 def _render(template: str, **values) -> str:
-    return mailhost.render_template(template, TEMPLATES, **values)
+    return render_template(template, TEMPLATES, **values)
 
 
 def _sshd(sandbox: Sandbox, paths: Paths, ports: Ports) -> Service:

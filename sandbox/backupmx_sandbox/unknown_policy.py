@@ -18,7 +18,7 @@ import socketserver
 import sys
 
 from backupmx_sandbox import relayhost, seed
-from backupmx_sandbox.mailhost import listening
+from backupmx_sandbox.hostfiles import listening
 from backupmx_sandbox.world import LOOPBACK, Sandbox, Service
 
 SERVICE_NAMES = ["unknown-policy"]

@@ -6,25 +6,25 @@ from __future__ import annotations
 
 import socket
 
-from backupmx_sandbox import mailhost
+from backupmx_sandbox import hostfiles
 from backupmx_sandbox.smtp_client import SMTPConnection, proxy_v2_header
 
 
 def test_up_never_reverts_an_edit_made_after_it(tmp_path):
     """master.cf edited by a deploy (e.g. the relay whitelist) survives the next `up`."""
     config = tmp_path / "master.cf"
-    mailhost.install_file(config, "sandbox v1\n")
-    mailhost.install_file(config, "sandbox v1\n")
+    hostfiles.install_file(config, "sandbox v1\n")
+    hostfiles.install_file(config, "sandbox v1\n")
     assert config.read_text() == "sandbox v1\n"
-    mailhost.install_file(config, "sandbox v2\n")  # our own file: follows the template
+    hostfiles.install_file(config, "sandbox v2\n")  # our own file: follows the template
     assert config.read_text() == "sandbox v2\n"
 
     config.write_text("edited by the product\n")
-    mailhost.install_file(config, "sandbox v2\n")
+    hostfiles.install_file(config, "sandbox v2\n")
     assert config.read_text() == "edited by the product\n"
 
     config.unlink()
-    mailhost.install_file(config, "sandbox v2\n")
+    hostfiles.install_file(config, "sandbox v2\n")
     assert config.read_text() == "sandbox v2\n"
 
 

@@ -23,7 +23,7 @@ from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 
-from backupmx_sandbox import mailhost, seed
+from backupmx_sandbox import hostfiles, mailhost, seed
 from backupmx_sandbox.smtp_client import SMTPConnection, build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
@@ -210,8 +210,8 @@ def test_stopping_postfix_leaves_no_process_and_no_port(mh_world):
         assert supervisor.stop("postfix")
 
         assert _postfix_processes(config_dir) == []
-        assert not any(mailhost.listening(port) for port in ports)
+        assert not any(hostfiles.listening(port) for port in ports)
     finally:
         session.close()
         supervisor.start(postfix)
-    assert all(mailhost.listening(port) for port in ports)
+    assert all(hostfiles.listening(port) for port in ports)
