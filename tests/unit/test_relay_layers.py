@@ -147,3 +147,14 @@ def test_relay_networks_inside_rspamd_local_networks_are_found():
     local = ["127.0.0.1/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
     assert local_relay_networks(["127.0.0.66/32", "192.0.2.0/24"], local) == ["127.0.0.66/32 (in 127.0.0.0/8)"]
     assert local_relay_networks(["2001:db8:2::/48"], local) == []
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("proof_sender", "not-an-address", "mailhost.proof_sender: 'not-an-address' is not a mail address"),
+    ("proof_sender", "a b@example.org", "is not a mail address"),
+    ("proof_helo", "relay", "mailhost.proof_helo"),
+])
+def test_bad_proof_envelope_data_is_one_line_naming_the_field(key, value, words):
+    with pytest.raises(BackupMXError) as error:
+        native(**{key: value})
+    assert words in str(error.value) and "\n" not in str(error.value)
