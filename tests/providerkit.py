@@ -52,6 +52,16 @@ def admin(world, name: str, payload=None):
     return response.json()
 
 
+def relayed_ids(world) -> set[str]:
+    """Every message the fake relays ever took (queued, delivered or bounced), by id.
+
+    Compare two of these to see what one test sent: the whole queue is no snapshot,
+    since an earlier test's late messages move from queued to delivered meanwhile.
+    """
+    report = admin(world, "queue")
+    return {entry["id"] for kind in ("queued", "delivered", "bounced") for entry in report[kind]}
+
+
 def acc_requests(world) -> list[dict]:
     return admin(world, "requests")
 
