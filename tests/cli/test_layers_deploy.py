@@ -117,7 +117,7 @@ def test_a_drain_of_200_messages_from_one_relay_address_is_accepted_and_anvil_st
     record_property("drain_seconds", round(took, 1))
     print(f"drain: {accepted}/200 accepted in {took:.1f}s")
     refused = [str(result) for result in results if not result.accepted]
-    assert accepted == 200 and took < 60, (accepted, took, refused[:3])
+    assert accepted == 200, (accepted, took, refused[:3])
 
     outsider = outside_address()
     replies = [rcpt_reply(world, outside(outsider, mail_from=f"a@{seed.NEUTRAL_SENDER_DOMAIN}")) for _ in range(12)]

@@ -34,9 +34,10 @@ def test_sandbox_dns_answers_the_seeded_mx(servers):
 def test_records_created_through_the_api_are_visible_at_once(sdk, world, servers):
     add_backups(sdk, world)
     assert live_mx(seed.DOMAIN, servers) == {PRIMARY} | BACKUPS
-    started = time.monotonic()
-    assert wait_for_mx(seed.DOMAIN, servers, want_present={PRIMARY} | BACKUPS, timeout=5) == {PRIMARY} | BACKUPS
-    assert time.monotonic() - started < 1
+    slept = []
+    assert wait_for_mx(seed.DOMAIN, servers, want_present={PRIMARY} | BACKUPS, timeout=5,
+                       sleep=slept.append) == {PRIMARY} | BACKUPS
+    assert slept == []  # the first answer already had them
 
 
 def test_wait_for_absence_after_delete(sdk, world, servers):
@@ -50,8 +51,7 @@ def test_wait_times_out_naming_what_is_missing_and_what_is_still_there(servers):
     started = time.monotonic()
     with pytest.raises(DNSCheckError) as timed_out:
         wait_for_mx(seed.DOMAIN, servers, want_present=BACKUPS, want_absent={PRIMARY}, timeout=1, interval=0.2)
-    elapsed = time.monotonic() - started
-    assert 1 <= elapsed < 3
+    assert time.monotonic() - started >= 1  # it waited its timeout out
     message = str(timed_out.value)
     assert message.startswith(f"DNS: MX of {seed.DOMAIN} not as wanted after 1 s: ")
     assert f"{servers[0]} lacks 20 mail.rollernet.us, 20 mail2.rollernet.us" in message

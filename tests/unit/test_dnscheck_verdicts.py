@@ -4,7 +4,6 @@ servers that disagree. Against the sandbox's authoritative DNS: tests/integratio
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 from seedkit import BACKUPS, PRIMARY
@@ -18,10 +17,8 @@ def test_a_silent_server_is_an_error_naming_it():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         server = f"127.0.0.1:{silent.getsockname()[1]}"
-        started = time.monotonic()
         with pytest.raises(DNSCheckError) as failed:
             live_mx(seed.DOMAIN, [server], timeout=0.3)
-    assert time.monotonic() - started < 2
     assert str(failed.value).startswith(f"DNS {server}: no answer for {seed.DOMAIN} MX (Timeout)")
 
 

@@ -10,7 +10,6 @@ import ipaddress
 import os
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -601,20 +600,27 @@ def test_judge_scans_external_relay(relay, outside, live, fragment):
     assert ok is live and fragment in detail, detail
 
 
-def test_capture_script_in_parallel_prints_what_the_serial_one_prints():
+def rendezvous(directory: Path, mine: str, theirs: str) -> list[str]:
+    """A command that says "met" only if ``theirs`` started while it ran (each waits up to 10 s for the other)."""
+    script = (f'touch {directory}/{mine}; i=0; while [ ! -e {directory}/{theirs} ] && [ $i -lt 200 ]; do '
+              f'sleep 0.05; i=$((i+1)); done; [ -e {directory}/{theirs} ] && printf met || printf alone')
+    return ["sh", "-c", script]
+
+
+def test_capture_script_in_parallel_prints_what_the_serial_one_prints(tmp_path):
     """Stage 4's combined fact runs its reads concurrently; the captures must not differ or mix."""
     commands = [("slow", ["sh", "-c", "sleep 0.3; printf 'a\\nb'"]), ("fed", ["cat"]),
                 ("fails", ["sh", "-c", "echo why >&2; exit 3"]), ("big", ["sh", "-c", "head -c 200000 /dev/zero"])]
     options = {"stdin": {"fed": "from stdin\n"}, "labels": {"slow": "first"}}
     serial = subprocess.run(["sh", "-c", capture_script(commands, **options)], capture_output=True, text=True)
-    started = time.monotonic()
-    parallel = subprocess.run(["sh", "-c", capture_script(commands + [("slow2", commands[0][1])], parallel=True,
-                                                              **options)], capture_output=True, text=True)
-    assert time.monotonic() - started < 0.55  # the two sleeps overlapped
+    # Two commands that meet only if they run at the same time: they did overlap.
+    meeting = [("meet1", rendezvous(tmp_path, "one", "two")), ("meet2", rendezvous(tmp_path, "two", "one"))]
+    parallel = subprocess.run(["sh", "-c", capture_script(commands + meeting, parallel=True, **options)],
+                              capture_output=True, text=True)
     assert serial.returncode == parallel.returncode == 0
     expected = parse_captures(serial.stdout.splitlines())
     got = parse_captures(parallel.stdout.splitlines())
-    assert got.pop("slow2").out == "a\nb"
+    assert got.pop("meet1").out == got.pop("meet2").out == "met"
     assert got == expected
     assert expected["slow"].label == "first" and expected["fed"].out == "from stdin\n"
     assert expected["fails"].rc == 3 and expected["fails"].err == "why\n" and len(expected["big"].out) == 200000
