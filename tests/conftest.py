@@ -20,6 +20,10 @@ import trustme
 from backupmx_sandbox import cli
 from backupmx_sandbox.world import Sandbox, load_world, sandbox_root
 from providerkit import admin, cloudflare_admin
+from settlekit import settle
+
+# The session's world once a test asked for it (the settling after each module needs it).
+_live: dict[str, dict] = {}
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +40,19 @@ def world(sandbox: Sandbox):
         cli.down(sandbox)  # leave nothing half-started behind
         raise
     assert data == load_world()
+    _live["world"] = data
     yield data
+    _live.clear()
     if not already_up and not os.environ.get("BACKUPMX_KEEP_SANDBOX"):
         cli.down(sandbox)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def settled_world():
+    """After each module that used the world, no mail of its tests is still on its way (settlekit)."""
+    yield
+    if "world" in _live:
+        settle(_live["world"])
 
 
 def pytest_configure(config):
