@@ -25,9 +25,11 @@ SCRIPTS_DIR = "target/.backupmx-recipe"
 
 # (upstream, here, why) — one entry per way the built image or its build differs.
 DIFFERENCES: list[tuple[str, str, str]] = [
-    ("FROM docker.io/debian:12-slim",
-     "a Debian 12 image made with debootstrap --variant=minbase from the machine's Debian mirror, "
-     "imported with podman import (its apt keeps using that mirror)",
+    ("FROM docker.io/debian:12-slim (debuerreotype's minbase, whose dpkg skips docs, man pages and locales)",
+     "a Debian 12 image made with debootstrap --variant=minbase from the machine's Debian mirror and "
+     "imported with podman import; dpkg installs docs and locales (DMS deletes them late in its build); "
+     "apt in the image keeps that mirror and the machine's Check-Valid-Until/Check-Date/proxy settings "
+     "(/etc/apt/apt.conf.d/99backupmx-build-host)",
      "Docker Hub is unreachable"),
     ("built by BuildKit (docker buildx)",
      "built by podman 4.3 (buildah 1.28) with --format docker and --network host",
@@ -44,13 +46,13 @@ DIFFERENCES: list[tuple[str, str, str]] = [
      "rspamd.com is unreachable; DMS calls 3.4 too old and unsupported, its config still "
      "passes rspamadm configtest"),
     ("jaq v2.1.0 binary from GitHub in /usr/local/bin",
-     "Debian's jq, with /usr/local/bin/jaq a symlink to it",
+     "Debian 12's jq 1.6, with /usr/local/bin/jaq a symlink to it",
      "GitHub is unreachable; DMS calls jaq only in update-check.sh, with a filter jq also runs"),
     ("step-cli 0.28.2 from GitHub in /usr/local/bin",
      "no step",
      "GitHub is unreachable; no DMS script calls it"),
     ("swaks 20240103.0 from GitHub in /usr/local/bin",
-     "Debian's swaks package (/usr/bin/swaks)",
+     "Debian 12's swaks 20201014.0 (/usr/bin/swaks)",
      "GitHub is unreachable"),
     ("fail2ban 1.1.0 .deb from GitHub (GPG-verified)",
      "Debian 12's fail2ban 1.0.2 (upstream's nftables network-ban fix still applied)",
