@@ -165,6 +165,8 @@ class PostscreenListeners(FactBase):
             ("overrides", postconf + ["-P"]),
             ("main", postconf + [ACCESS_LIST, CACHE_MAP, "message_size_limit", SERVICE_NAME_OPTION,
                                  *MAIN_PARAMETERS]),
+            # main.cf's own parameters: a list may be written as another one ($name).
+            ("explicit", postconf + ["-n"]),
         ], None, None
 
     @staticmethod
@@ -188,7 +190,8 @@ class PostscreenListeners(FactBase):
             "error": None,
             "warnings": one_line(captured["master"].err + captured["overrides"].err),
             "services": services,
-            "main": parse_postconf_main(captured["main"].out.splitlines()),
+            "main": {**parse_postconf_main(captured["explicit"].out.splitlines() if "explicit" in captured else []),
+                     **parse_postconf_main(captured["main"].out.splitlines())},
         }
 
 

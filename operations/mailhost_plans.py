@@ -15,8 +15,8 @@ from backupmx.mailhost.layers import (
     HOOK_ENTRY,
     RELAY_SMTPD_SERVICE,
     RELAY_SMTPD_TYPE,
-    RESTRICTION_LISTS,
     SERVICE_NAME_OPTION,
+    hook_lists,
     hooked_value,
 )
 from backupmx.mailhost.listener import missing_listener_message, wanted_listener_options, wanted_relay_service
@@ -212,7 +212,8 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
                            if relay_service is not None else None)
             new[mailhost.master_cf_path] = with_block(master_cf, RELAY_SMTPD_BLOCK, relay_block)
             new[mailhost.main_cf_path] = main_cf_with_hook(now[mailhost.main_cf_path] or "", mailhost,
-                                                           layers if relay_service is not None else None)
+                                                           layers if relay_service is not None else None,
+                                                           hook_lists(main))
     except BackupMXError as error:
         plan.problems.append(str(error))
         return plan
@@ -279,7 +280,7 @@ def _hook_commands(mailhost: MailHost, main, layers) -> list[tuple[str, tuple]]:
     (none: taken out), as user-patches.sh makes them at start."""
     commands = []
     hooked = layers.lists if layers is not None else {}
-    for name in RESTRICTION_LISTS:
+    for name in hook_lists(main):
         current = postfix_list(main.get(name, ""))
         if name in hooked:
             wanted = postfix_list(hooked_value(*hooked[name]))

@@ -22,6 +22,7 @@ proof.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -64,8 +65,12 @@ EVENT_LIMIT_EXCEPTIONS = "smtpd_client_event_limit_exceptions"
 ANVIL_LIMITS = ("smtpd_client_connection_rate_limit", "smtpd_client_message_rate_limit",
                 "smtpd_client_recipient_rate_limit", "smtpd_client_new_tls_session_rate_limit")
 
-# What `postconf` must read for this module: the lists, anvil, and the event exceptions.
+# What `postconf` must read for this module: the lists, anvil, and the event exceptions
+# (and main.cf's own parameters, which the lists may refer to: ``list_source``).
 MAIN_PARAMETERS = RESTRICTION_LISTS + (RELAY_RESTRICTIONS, EVENT_LIMIT_EXCEPTIONS) + ANVIL_LIMITS
+
+# A list entry that is another parameter: $name, ${name} or $(name).
+_REFERENCE = re.compile(r"^\$(?:\{(\w+)\}|\((\w+)\)|(\w+))$")
 
 
 @dataclass
@@ -93,28 +98,61 @@ def handled_layer(entries: list[str], index: int) -> str | None:
     return None
 
 
+def referred(entry: str) -> str | None:
+    """The parameter a list entry refers to (``$name``), or None for a restriction."""
+    found = _REFERENCE.match(entry)
+    return next(group for group in found.groups() if group) if found and entry != HOOK_ENTRY else None
+
+
+def list_source(main: Mapping[str, str], name: str) -> str:
+    """The parameter that holds the list ``name``: itself, or the one it names alone.
+
+    docker-mailserver 15 writes ``smtpd_sender_restrictions = $dms_smtpd_sender_restrictions``
+    (its ``reject_unknown_client_hostname`` goes into the other one): the hook belongs there.
+    """
+    seen = [name]
+    while True:
+        entries = postfix_list(main.get(seen[-1], ""))
+        target = referred(entries[0]) if len(entries) == 1 else None
+        if target is None or target in seen or target not in main:
+            return seen[-1]
+        seen.append(target)
+
+
+def hook_lists(main: Mapping[str, str]) -> list[str]:
+    """The parameters the hook can sit in: smtpd's restriction lists, each at its ``list_source``."""
+    return list(dict.fromkeys(list_source(main, name) for name in RESTRICTION_LISTS))
+
+
 def relay_layers(main: Mapping[str, str], cidr_path: str) -> RelayLayers:
-    """Where the hook goes in this main.cf (``postconf`` values of MAIN_PARAMETERS), and the
-    relay smtpd service's overrides."""
+    """Where the hook goes in this main.cf (``postconf`` values of MAIN_PARAMETERS and of main.cf's
+    own parameters), and the relay smtpd service's overrides."""
     result = RelayLayers()
     for name in RESTRICTION_LISTS:
-        value = main.get(name, "")
+        source = list_source(main, name)
+        shown = name if source == name else f"{name} (= ${source})"
+        value = main.get(source, "")
         if "{" in value:
-            result.problems.append(f"main.cf {name} uses {{ }} grouping, which stage 3 cannot edit safely; "
+            result.problems.append(f"main.cf {source} uses {{ }} grouping, which stage 3 cannot edit safely; "
                                    f"write it without braces, or put `{HOOK_ENTRY}` before the layer by hand")
             continue
         entries = [entry for entry in postfix_list(value) if entry != HOOK_ENTRY]
+        hidden = _layer_behind_reference(main, entries)
+        if hidden:
+            result.problems.append(f"main.cf {shown}: {hidden}; stage 3 cannot put the exception before it "
+                                   f"safely; put `{HOOK_ENTRY}` before that layer by hand, or write the list out")
+            continue
         first = next((i for i in range(len(entries)) if handled_layer(entries, i)), None)
         if first is None:
             continue
         if name == "smtpd_recipient_restrictions" and not _relay_protected(entries[:first], main):
-            result.problems.append(f"main.cf {name}: no reject_unauth_destination before {entries[first]} and "
+            result.problems.append(f"main.cf {shown}: no reject_unauth_destination before {entries[first]} and "
                                    f"none in {RELAY_RESTRICTIONS}; a permit there would make the primary an "
                                    "open relay for the relay networks; add reject_unauth_destination first")
             continue
-        result.layers.extend(f"{name}: {named_layer(entries, i)} ({handled_layer(entries, i)})"
+        result.layers.extend(f"{shown}: {named_layer(entries, i)} ({handled_layer(entries, i)})"
                              for i in range(first, len(entries)) if handled_layer(entries, i))
-        result.lists[name] = (entries, first)
+        result.lists[source] = (entries, first)
     if result.lists:
         result.service_options[HOOK] = f"check_client_access,cidr:{cidr_path}"
     if any(_limit(main.get(limit)) for limit in ANVIL_LIMITS):
@@ -135,6 +173,17 @@ def named_layer(entries: list[str], index: int) -> str:
     takes_argument = entries[index] == SPF_POLICY or entries[index].startswith("reject_rbl") \
         or entries[index].startswith("reject_rhsbl")
     return " ".join(entries[index:index + 2]) if takes_argument and index + 1 < len(entries) else entries[index]
+
+
+def _layer_behind_reference(main: Mapping[str, str], entries: list[str]) -> str | None:
+    """A handled layer inside a parameter this list takes in among other entries (``..., $other``)."""
+    for entry in entries:
+        target = referred(entry)
+        inner = postfix_list(main.get(target, "")) if target else []
+        layer = next((named_layer(inner, i) for i in range(len(inner)) if handled_layer(inner, i)), None)
+        if layer:
+            return f"{layer} comes in through {entry}"
+    return None
 
 
 def _relay_protected(before: list[str], main: Mapping[str, str]) -> bool:

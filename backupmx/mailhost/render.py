@@ -145,10 +145,12 @@ def render_relay_hook_block(mailhost: MailHost, layers: Sequence[str]) -> str:
                   cidr_path=mailhost.cidr_path, layers=layers, hook=HOOK)
 
 
-def main_cf_with_hook(main_cf: str, mailhost: MailHost, layers: RelayLayers | None) -> str:
-    """Native: main.cf with the hook in the lists ``layers`` names and its definition (none: both out)."""
+def main_cf_with_hook(main_cf: str, mailhost: MailHost, layers: RelayLayers | None,
+                      lists: Sequence[str] = RESTRICTION_LISTS) -> str:
+    """Native: main.cf with the hook in the lists ``layers`` names and its definition (none: both
+    out); ``lists``: where a hook may sit now (``layers.hook_lists``)."""
     edited = main_cf
-    for name in RESTRICTION_LISTS:
+    for name in lists:
         edited = without_list_entry(edited, name, HOOK_ENTRY)
     if layers is None or not layers.lists:
         return with_block(edited, RELAY_HOOK_BLOCK, None) or ""

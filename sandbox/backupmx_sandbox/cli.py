@@ -13,17 +13,24 @@ import time
 
 from backupmx_sandbox import components, layers, seed
 from backupmx_sandbox.supervisor import Supervisor
-from backupmx_sandbox.world import Sandbox, write_private_json
+from backupmx_sandbox.world import PRIMARY_FLAVOURS, Sandbox, write_private_json
 
 
-def up(sandbox: Sandbox) -> dict:
+def up(sandbox: Sandbox, primary: str | None = None) -> dict:
+    """Start every part not running yet; ``primary`` switches the mail host's flavour (only while it is down)."""
     supervisor = Supervisor(sandbox)
+    if primary is not None and primary != sandbox.primary:
+        running = [name for name in components.service_names(sandbox) if supervisor.pid(name)]
+        if running:
+            raise RuntimeError(f"this sandbox runs the {sandbox.primary} primary ({', '.join(running)}); "
+                               f"`backupmx-sandbox down` first")
+        sandbox.choose_primary(primary)
     world: dict = {
         "root": str(sandbox.root),
         "primary_mx": {"host": seed.PRIMARY_MX, "priority": seed.PRIMARY_PRIORITY},
         "backup_priority": seed.BACKUP_PRIORITY,
     }
-    for component in components.ORDER:
+    for component in components.parts(sandbox):
         for service in component.services(sandbox):
             supervisor.start(service)
         world.update(component.world(sandbox))
@@ -73,12 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="backupmx-sandbox", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status", "restart", "layer"])
     parser.add_argument("services", nargs="*", help="with restart: only these services")
+    parser.add_argument("--primary", choices=PRIMARY_FLAVOURS,
+                        help="with up: the mail host as native Postfix + rspamd (the default) or the real "
+                             "docker-mailserver container (built once, then cached)")
     args = parser.parse_args(argv)
     sandbox = Sandbox()
     started = time.monotonic()
     try:
         if args.command == "up":
-            up(sandbox)
+            up(sandbox, args.primary)
             print(f"sandbox up in {time.monotonic() - started:.1f}s; world: {sandbox.root / 'world.json'}")
             return 0
         if args.command == "down":
@@ -95,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, pid in report.items():
             print(f"{name:16} {'running, pid ' + str(pid) if pid else 'stopped'}")
         return 0 if all(report.values()) else 3
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         hint = "; `backupmx-sandbox down` stops what did start" if args.command in ("up", "restart") else ""
         print(f"backupmx-sandbox {args.command}: {error}{hint}", file=sys.stderr)
         return 1

@@ -205,6 +205,11 @@ def world(sandbox: Sandbox) -> dict:
             "start_command": [str(paths.postfix_service), "start"],
             "maildir": str(paths.maildir),
         },
+        # Which primary runs (backupmx_sandbox.dmshost has the docker-mailserver one):
+        # here commands run on the host itself, and there is no container to recreate.
+        "primary": {"flavour": "native", "container": None, "image": None, "exec": [], "recreate": None,
+                    "config_dir": str(paths.postfix_config), "mail_log": str(paths.log / "postfix.log"),
+                    "differences": []},
     }
 
 

@@ -18,6 +18,8 @@ from typing import Callable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
+# The sandbox mail host: Postfix and rspamd run natively, or the real docker-mailserver.
+PRIMARY_FLAVOURS = ("native", "docker-mailserver")
 
 
 def sandbox_root() -> Path:
@@ -145,6 +147,17 @@ class Sandbox:
             addresses[name] = choose()
             write_private_json(self._addresses_file, addresses)
         return addresses[name]
+
+    @property
+    def primary(self) -> str:
+        """Which primary this sandbox runs (``PRIMARY_FLAVOURS``): the last ``up --primary``, else native."""
+        path = self.root / "primary"
+        return path.read_text().strip() if path.exists() else PRIMARY_FLAVOURS[0]
+
+    def choose_primary(self, flavour: str) -> None:
+        if flavour not in PRIMARY_FLAVOURS:
+            raise ValueError(f"{flavour!r} is not a primary: use one of {', '.join(PRIMARY_FLAVOURS)}")
+        (self.root / "primary").write_text(flavour + "\n")
 
     def ports(self) -> dict[str, int]:
         return self._load(self._ports_file)
