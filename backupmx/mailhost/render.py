@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import shlex
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-from backupmx.core.paths import TEMPLATES
+from backupmx.core.templates import render
 from backupmx.core.validate import IPNetwork
 from backupmx.mailhost.model import (
     EXEMPT_GROUPS,
@@ -41,20 +38,6 @@ from backupmx.mailhost.layers import (
 from backupmx.postfix.blocks import block_begin, block_end, with_block
 from backupmx.postfix.maincf import with_list_entry, without_list_entry
 from backupmx.postfix.mastercf import Listener
-
-# --- rendering ----------------------------------------------------------------
-
-
-def _environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
-                      keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True)
-    env.filters["shquote"] = shlex.quote
-    return env
-
-
-def render(template: str, **values: Any) -> str:
-    return _environment().get_template(template).render(**values)
-
 
 def render_postscreen_access(relay_cidrs: Iterable[IPNetwork | str]) -> str:
     """``postscreen_access.cidr``: ``permit`` for every relay network, IPv4 and IPv6."""

@@ -28,7 +28,8 @@ from backupmx.dns import mtasts
 from backupmx.mailhost.model import MailHost, load_mailhost
 from backupmx.mailhost.proof import probe_addresses
 from backupmx.monitoring import canary_metrics, rules
-from backupmx.monitoring.rules import render_template, wanted_mx
+from backupmx.core.templates import render
+from backupmx.monitoring.rules import wanted_mx
 from backupmx.monitoring.settings import Monitoring, load_monitoring
 
 QUOTED = "'\"()|*$;&<>"  # characters a remote shell would take for its own
@@ -179,11 +180,11 @@ def _context(view: InventoryView) -> dict[str, Any]:
 
 
 def render_runbook(view: InventoryView) -> str:
-    return render_template(RUNBOOK_TEMPLATE, **_context(view))
+    return render(RUNBOOK_TEMPLATE, **_context(view))
 
 
 def render_architecture(view: InventoryView) -> str:
-    return render_template(ARCHITECTURE_TEMPLATE, **_context(view))
+    return render(ARCHITECTURE_TEMPLATE, **_context(view))
 
 
 def _output(given: str | None, view: InventoryView, key: str) -> Path | None:

@@ -27,17 +27,15 @@ preference or an extra record the regexps would let by.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from backupmx.core.errors import BackupMXError
-from backupmx.core.paths import TEMPLATES
 from backupmx.core.settings import Domain, Settings
+from backupmx.core.templates import render
 from backupmx.monitoring import canary_metrics
 from backupmx.monitoring.checks import check_blackbox_shape, check_rules_shape
 from backupmx.monitoring.settings import BLACKBOX_FILE, RULES_FILE, SCRAPE_FILE, Monitoring
@@ -122,22 +120,6 @@ def smtp_targets(settings: Settings) -> list[tuple[str, str]]:
     return targets
 
 
-def yaml_string(value: Any) -> str:
-    # A JSON string is a YAML double-quoted scalar; no HTML escaping (Jinja's tojson does that).
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def _environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
-                      autoescape=False, trim_blocks=True, lstrip_blocks=True)
-    env.filters["q"] = yaml_string
-    return env
-
-
-def render_template(template: str, **values: Any) -> str:
-    return _environment().get_template(template).render(**values)
-
-
 def _context(settings: Settings, monitoring: Monitoring) -> dict[str, Any]:
     modules = dns_modules(settings)
     domains = []
@@ -172,7 +154,7 @@ def _context(settings: Settings, monitoring: Monitoring) -> dict[str, Any]:
 
 
 def render_blackbox(settings: Settings, monitoring: Monitoring) -> str:
-    text = render_template("blackbox.yml.j2", **_context(settings, monitoring))
+    text = render("blackbox.yml.j2", **_context(settings, monitoring))
     problems = check_blackbox_shape(text, expected_modules=[m.name for m in dns_modules(settings)] + [SMTP_MODULE])
     if problems:  # a template bug: never push what would not work
         raise BackupMXError(f"rendered {BLACKBOX_FILE} is not a valid blackbox configuration: {problems[0]}")
@@ -180,7 +162,7 @@ def render_blackbox(settings: Settings, monitoring: Monitoring) -> str:
 
 
 def render_rules(settings: Settings, monitoring: Monitoring) -> str:
-    text = render_template("backupmx-alerts.rules.yml.j2", **_context(settings, monitoring))
+    text = render("backupmx-alerts.rules.yml.j2", **_context(settings, monitoring))
     problems = check_rules_shape(text)
     if problems:
         raise BackupMXError(f"rendered {RULES_FILE} is not a valid rule file: {problems[0]}")
@@ -188,7 +170,7 @@ def render_rules(settings: Settings, monitoring: Monitoring) -> str:
 
 
 def render_scrape(settings: Settings, monitoring: Monitoring) -> str:
-    return render_template("prometheus-backupmx.yml.j2", **_context(settings, monitoring))
+    return render("prometheus-backupmx.yml.j2", **_context(settings, monitoring))
 
 
 def render_all(settings: Settings, monitoring: Monitoring) -> dict[str, str]:

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backupmx_sandbox import dms_image, dms_switches, dnsapi, seed, unknown_policy
-from backupmx_sandbox.hostfiles import install_file, listening, private_dir, render_template, root_dir
+from backupmx_sandbox.hostfiles import install_file, listening, render_template, root_dir
 from backupmx_sandbox.mailhost import HOSTNAME, control_service, mailhost_paths, mailhost_ports, sshd_service
-from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import LOOPBACK, Sandbox, Service
 
 SERVICE_NAMES = ["sshd", "dms-net", "dms"]

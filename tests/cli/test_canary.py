@@ -19,7 +19,7 @@ import pytest
 
 from backupmx.lifecycle.canary_verdict import MESSAGE_ID_PREFIX
 from backupmx.mailhost.model import RSPAMD_BLOCK
-from backupmx.monitoring.canary_metrics import LAST_SUCCESS, SUCCESS, last_successes
+from backupmx.monitoring.canary_metrics import SUCCESS, last_successes
 from backupmx.postfix.blocks import with_block
 from mailhostkit import listener_up, managed_paths, reload_rspamd, restore, snapshot, start_postfix_if_down
 from providerkit import admin, output, pyinfra, relayed_ids, report_rows, secret_values

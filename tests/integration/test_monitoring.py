@@ -27,8 +27,8 @@ from backupmx.monitoring.rules import (
     rr_regexp,
     smtp_targets,
     wanted_mx,
-    yaml_string,
 )
+from backupmx.core.templates import yaml_string
 from backupmx.monitoring.settings import RULES_FILE, load_monitoring
 from operations.monitoring import validate_locally
 from providerkit import PROJECT_ROOT, dead_port, sandbox_settings

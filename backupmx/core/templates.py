@@ -1,0 +1,36 @@
+"""The project's Jinja2 templates (the top-level ``templates/`` folder), rendered one way.
+
+Every file the deploys push, and the shell programs they run, is a template here.
+Undefined names fail (``StrictUndefined``), nothing is HTML-escaped, block tags take
+their own line, and two filters quote what the files need quoted: ``shquote`` for
+a shell word, ``q`` for a YAML scalar.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from backupmx.core.paths import TEMPLATES
+
+
+def yaml_string(value: Any) -> str:
+    # A JSON string is a YAML double-quoted scalar; no HTML escaping (Jinja's tojson does that).
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
+                      autoescape=False, trim_blocks=True, lstrip_blocks=True)
+    env.filters["shquote"] = shlex.quote
+    env.filters["q"] = yaml_string
+    return env
+
+
+def render(template: str, **values: Any) -> str:
+    return _environment().get_template(template).render(**values)
