@@ -143,6 +143,6 @@ def test_shipped_rule_file_is_rendered_from_the_seed_values():
 
 def test_rendered_error_for_a_broken_template_names_the_file(monkeypatch):
     settings = seed_settings()
-    monkeypatch.setattr(monitoring_rules, "render_template", lambda *a, **k: "modules:\n  x:\n    prober: nope\n")
+    monkeypatch.setattr(monitoring_rules, "render", lambda *a, **k: "modules:\n  x:\n    prober: nope\n")
     with pytest.raises(BackupMXError, match=f"rendered {BLACKBOX_FILE} is not a valid blackbox"):
         render_blackbox(settings, load_monitoring(SEED_MONITORING, settings))
