@@ -84,22 +84,25 @@ class MailhostFiles(FactBase):
 class InterruptedTransactions(FactBase):
     """
     The paths a transaction left a staged or set-aside copy of
-    (``<path>.backupmx-new``/``.backupmx-old``): one that ended always removes them,
-    so one was cut off (its SSH session lost), maybe after swapping the files in
-    and before the reload. ``[path, ...]``, paths on the host.
+    (``<path>.backupmx-new``/``.backupmx-old``, or the same names in ``stage_dir``
+    for a file of a watched tree): one that ended always removes them, so one was
+    cut off (its SSH session lost), maybe after swapping the files in and before
+    the reload. ``[path, ...]``, paths on the host.
 
     .. code:: python
 
         host.get_fact(InterruptedTransactions, paths=("/etc/postfix/master.cf",))
     """
 
-    def command(self, paths):
-        return capture_command(*self.captures(paths))
+    def command(self, paths, stage_dir=None):
+        return capture_command(*self.captures(paths, stage_dir))
 
     @staticmethod
-    def captures(paths):
-        test = 'test -e "$1.backupmx-old" || test -e "$1.backupmx-new"'
-        commands = [(f"i{index}", ["sh", "-c", test, "sh", path]) for index, path in enumerate(paths)]
+    def captures(paths, stage_dir=None):
+        test = ('for c in "$1" "$2/${1##*/}"; do test -e "$c.backupmx-old" || test -e "$c.backupmx-new" '
+                '&& exit 0; done; exit 1')
+        commands = [(f"i{index}", ["sh", "-c", test, "sh", path, stage_dir or "/nonexistent"])
+                    for index, path in enumerate(paths)]
         return commands, None, {f"i{index}": path for index, path in enumerate(paths)}
 
     @staticmethod

@@ -43,7 +43,7 @@ from backupmx.mailhost.render import (
 from backupmx.postfix.blocks import with_block
 from backupmx.postfix.maincf import postfix_list
 from backupmx.postfix.mastercf import Listener, remove_service_options, set_service_options
-from backupmx.postfix.transaction import FileChange, Transaction, unified_diff
+from backupmx.postfix.transaction import FileChange, LiveCommand, Transaction, unified_diff
 from facts.mailhost import (
     DockerMailserverPolicies,
     InterruptedTransactions,
@@ -109,7 +109,8 @@ def _external_relay_args(mailhost: MailHost) -> dict:
 
 
 def _interrupted_args(mailhost: MailHost) -> dict:
-    return {"paths": tuple(mailhost.managed_host_paths()) + _external_relay_args(mailhost)["paths"]}
+    return {"paths": tuple(mailhost.managed_host_paths()) + _external_relay_args(mailhost)["paths"],
+            "stage_dir": mailhost.stage_dir}
 
 
 def plan_reads(mailhost: MailHost) -> list[tuple[type, dict]]:
@@ -374,15 +375,22 @@ def plan_rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True)
     _redo_interrupted(plan, mailhost, contents)
     new = next((c.new for c in plan.files if c.path == mailhost.rspamd_settings_host_path), current)
     live_commands = []
+    if mailhost.is_docker:
+        # docker-mailserver's changedetector acts on rspamd/ by itself: the file goes there
+        # last, once the container's own copy is validated and rspamd reloaded.
+        plan.files = [FileChange(c.path, c.old, c.new, stage_dir=mailhost.stage_dir) for c in plan.files]
     if mailhost.is_docker and found["live_file"] != new:
         # docker-mailserver copies rspamd/override.d into /etc/rspamd/override.d at
         # start; do now what the next start would do.
         if new is None:
-            argv = mailhost.in_target(["rm", "-f", live_path])
+            command = LiveCommand(f"remove {live_path}", tuple(mailhost.in_target(["rm", "-f", live_path])))
         else:
-            argv = mailhost.in_target(["cp", mailhost.rspamd_settings_mounted_path, live_path])
-        live_commands.append((f"{'remove' if new is None else 'copy the settings into'} {live_path}", tuple(argv)))
-        plan.live = [f"{live_commands[0][0]} (in container {mailhost.container})"]
+            write = 'cat >"$1.backupmx-new" && mv -f "$1.backupmx-new" "$1"'
+            command = LiveCommand(f"copy the settings into {live_path}",
+                                  tuple(mailhost.in_target(["sh", "-c", write, "sh", live_path], stdin=True)),
+                                  stdin_from=mailhost.rspamd_settings_host_path)
+        live_commands.append(command)
+        plan.live = [f"{command.what} (in container {mailhost.container})"]
     if not plan.changed:
         mode = "" if mailhost.relay_scoring == EXEMPT else f", relay scoring {mailhost.relay_scoring}"
         plan.already = (f"rspamd exemption already in {mailhost.rspamd_settings_host_path} ({len(cidrs)} networks{mode})"
@@ -395,6 +403,7 @@ def plan_rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True)
         live_commands=tuple(live_commands),
         rspamd_configtest=tuple(mailhost.rspamadm("configtest")),
         reloads=(tuple(mailhost.rspamd_reload_argv()),),
+        settle=tuple(mailhost.changedetector_settled()) if mailhost.is_docker else (),
     )
     return plan
 

@@ -2,13 +2,14 @@
 
 Every file the deploys push, and the shell programs they run, is a template here.
 Undefined names fail (``StrictUndefined``), nothing is HTML-escaped, block tags take
-their own line, and two filters quote what the files need quoted: ``shquote`` for
-a shell word, ``q`` for a YAML scalar.
+their own line, and filters quote what the files need quoted: ``shquote`` for a
+shell word, ``e_dq`` inside a double-quoted shell string, ``q`` for a YAML scalar.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from functools import lru_cache
 from typing import Any
@@ -23,12 +24,18 @@ def yaml_string(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
+def double_quoted(text: Any) -> str:
+    """Text safe inside a double-quoted shell string."""
+    return re.sub(r'([\\"$`])', r"\\\1", str(text))
+
+
 @lru_cache(maxsize=1)
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True)
     env.filters["shquote"] = shlex.quote
     env.filters["q"] = yaml_string
+    env.filters["e_dq"] = double_quoted
     return env
 
 

@@ -40,6 +40,19 @@ EXTERNAL_RELAY_COUNT = 3
 # relay's address, not the original one the module puts in its place.
 EXTERNAL_RELAY_PRIORITY = 9
 USER_PATCHES_BLOCK = "postscreen-relay-whitelist"
+# docker-mailserver: the config dir's folder for files of the watched rspamd/ tree in transit.
+STAGE_DIR_NAME = ".backupmx-stage"
+# docker-mailserver's changedetector polls the config dir (every 2 s) and, on a change
+# under rspamd/, copies it into the container and restarts rspamd. It is idle when the
+# checksums it last applied (its CHKSUM_FILE) are those of the monitored files now, as
+# its own helpers compute them (the test suite of docker-mailserver waits the same way).
+# Exit 0: idle, or no changedetector runs, or this is no docker-mailserver we know.
+CHANGEDETECTOR_SETTLED = (
+    "supervisorctl status changedetector 2>/dev/null | grep -q RUNNING || exit 0; "
+    "source /usr/local/bin/helpers/index.sh >/dev/null 2>&1 && [ -f /etc/dms-settings ] || exit 0; "
+    "source /etc/dms-settings; _rspamd_get_envs; "
+    "_monitored_files_checksums 2>/dev/null | cmp -s - \"${CHKSUM_FILE:-/tmp/docker-mailserver-config-chksum}\""
+)
 # master.cf (native): the relay smtpd service (backupmx.mailhost.layers).
 RELAY_SMTPD_BLOCK = "relay-smtpd"
 # main.cf (native): the definition of the hook the relay smtpd service sets.
@@ -164,6 +177,16 @@ class MailHost:
     def rspamd_settings_live_path(self) -> str:
         """docker-mailserver: where its startup copies override.d, and rspamd reads it."""
         return f"{self.rspamd_local_dir}/override.d/settings.conf"
+
+    @property
+    def stage_dir(self) -> str | None:
+        """docker-mailserver: where a file of the watched ``rspamd/`` tree waits while a transaction
+        runs (outside that tree, on the same filesystem, so putting it in place is one rename)."""
+        return f"{self.host_config_dir}/{STAGE_DIR_NAME}" if self.is_docker else None
+
+    def changedetector_settled(self) -> list[str]:
+        """docker-mailserver: a command that succeeds once its changedetector has applied every change."""
+        return self.in_target(["bash", "-c", CHANGEDETECTOR_SETTLED])
 
     def managed_host_paths(self) -> list[str]:
         return [*self.postfix_host_paths(), self.rspamd_settings_host_path]
