@@ -99,9 +99,10 @@ mailhosts = [
                 "drain_seconds": 30,
             },
             # The weekly canary (deploys/canary.py, docs/canary.md): sent from the mail
-            # host to each relay's loopback endpoint, read back from the same Maildir.
+            # host to each relay's loopback endpoint, read back from the same Maildir
+            # (as the mail host's commands see it: in the container for docker-mailserver).
             "canary": {
-                "maildir": _world["maildir"],
+                "maildir": _world["failover"]["maildir"],
                 "sender_domain": _world["sender_domain"],
                 "dkim_key": _world["dkim_key"],
                 "dkim_selector": _world["dkim_selector"],

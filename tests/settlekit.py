@@ -24,29 +24,31 @@ def queued_at_relays(world) -> list[str]:
     return [entry["id"] for entry in admin(world, "queue")["queued"] if not entry["held"]]
 
 
-def postfix_queue(config_dir: str) -> list[str]:
-    listing = subprocess.run(["postqueue", "-c", config_dir, "-j"], capture_output=True, text=True, timeout=30)
-    return [line for line in listing.stdout.splitlines() if line.strip()]
-
-
-def postfix_dirs(world) -> list[str]:
-    dirs = [world["postfix_config_dir"]]
+def postfixes(world) -> dict[str, list[str]]:
+    """Each Postfix of the world: where it runs (a name) -> the argv prefix of its ``postqueue``."""
+    in_mailhost = world.get("primary", {}).get("exec") or []
+    found = {"mail host": [*in_mailhost, "postqueue", "-c", world["postfix_config_dir"]]}
     if world.get("selfhosted"):
-        dirs.append(world["selfhosted"]["postfix_config_dir"])
-    return dirs
+        found["relay host"] = ["postqueue", "-c", world["selfhosted"]["postfix_config_dir"]]
+    return found
+
+
+def postfix_queue(postqueue: list[str]) -> list[str]:
+    listing = subprocess.run([*postqueue, "-j"], capture_output=True, text=True, timeout=30)
+    return [line for line in listing.stdout.splitlines() if line.strip()]
 
 
 def leftovers(world) -> dict[str, int]:
     left = {"fake relays": len(queued_at_relays(world))}
-    for config_dir in postfix_dirs(world):
-        left[config_dir] = len(postfix_queue(config_dir))
+    for where, postqueue in postfixes(world).items():
+        left[where] = len(postfix_queue(postqueue))
     return {where: count for where, count in left.items() if count}
 
 
 def settle(world, timeout: float = SETTLE_SECONDS) -> None:
     admin(world, "flush", {})
-    for config_dir in postfix_dirs(world):
-        subprocess.run(["postqueue", "-c", config_dir, "-f"], capture_output=True, timeout=30)
+    for postqueue in postfixes(world).values():
+        subprocess.run([*postqueue, "-f"], capture_output=True, timeout=30)
     deadline = time.monotonic() + timeout
     while (left := leftovers(world)) and time.monotonic() < deadline:
         time.sleep(0.5)

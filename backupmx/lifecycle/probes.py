@@ -114,6 +114,8 @@ def parse_maildir_listing(lines: Sequence[str]) -> dict[str, list[Delivered]]:
 
 SYMBOL = re.compile(r"([A-Z0-9_]+)\(")
 RECEIVED_IP = re.compile(r"\[([0-9a-fA-F.:]+)\]")
+# A Received header of the last, local hop into the mailbox (LMTP or local delivery).
+DELIVERY_HOP = re.compile(r"\bwith\s+(?:LMTPS?A?|local)\b", re.IGNORECASE)
 
 
 def verdicts(message, relay_cidrs: Sequence[str], dkim_signed: bool = True,
@@ -147,11 +149,13 @@ def verdicts(message, relay_cidrs: Sequence[str], dkim_signed: bool = True,
     elif dkim_signed:
         dkim = sorted(s for s in symbols if "DKIM" in s) or ["no DKIM symbol"]
         problems.append(f"DKIM does not verify: {', '.join(dkim)}")
-    # The mail host's own Received header (the first one) names the client address
-    # postscreen and rspamd saw: the one the relay announced in its PROXY header.
-    received = message.get_all("Received") or []
+    # The mail host's own SMTP Received header names the client address postscreen and
+    # rspamd saw: the one the relay announced in its PROXY header. Hops that only hand
+    # the message to the mailbox come first and name none (docker-mailserver's Dovecot
+    # LMTP: "from mail.example.org by mail.example.org with LMTP").
+    received = [str(header) for header in message.get_all("Received") or []]
     networks = [ipaddress.ip_network(c, strict=False) for c in relay_cidrs]
-    first = str(received[0]) if received else ""
+    first = next((header for header in received if not DELIVERY_HOP.search(header)), "")
     addresses = RECEIVED_IP.findall(first)
     seen = next((a for a in addresses if _ip(a) is not None), None)
     if seen is None:

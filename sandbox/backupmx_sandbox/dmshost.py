@@ -144,7 +144,8 @@ def world(sandbox: Sandbox) -> dict:
         "failover": {
             "stop_command": [str(paths.service), "stop"],
             "start_command": [str(paths.service), "start"],
-            "maildir": str(paths.maildir),
+            # As the mail host's commands see it: in the container.
+            "maildir": f"/var/mail/{seed.DOMAIN}/{MAILBOX.split('@')[0]}",
         },
         "primary": {
             "flavour": "docker-mailserver",

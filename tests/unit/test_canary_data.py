@@ -174,6 +174,20 @@ def test_a_delivered_canary_is_judged_by_the_relay_scoring():
     assert judge(canary(copies=[Delivered(delivered("ARC_NA(0.00)[]"), 0, "f")]), CIDRS, EXEMPT, 1).status == FAIL
 
 
+def test_the_mailbox_hop_does_not_hide_the_client_address():
+    """docker-mailserver hands mail to Dovecot over LMTP, whose Received header comes first and names no
+    address: the client postscreen saw is in the next one, the mail host's own SMTP hop."""
+    lmtp = ("Received: from mail.example by mail.example with LMTP id QHTQ (envelope-from <s@x>)\r\n"
+            "\tfor <catchall@viktorbarzin.me>; Sun, 06 Dec 2026 18:12:29 +0000\r\n")
+    via_lmtp = email.message_from_bytes(lmtp.encode() + delivered().as_bytes(), policy=email.policy.default)
+    verdict = judge(canary(copies=[Delivered(via_lmtp, 0, "f")], delivered_wall=100.25), CIDRS, EXEMPT, 1)
+    assert verdict.status == PASS and "via 162.216.242.25 (whitelisted)" in verdict.text
+    outside = delivered(client="203.0.113.77")
+    via_lmtp = email.message_from_bytes(lmtp.encode() + outside.as_bytes(), policy=email.policy.default)
+    verdict = judge(canary(copies=[Delivered(via_lmtp, 0, "f")]), CIDRS, EXEMPT, 1)
+    assert "postscreen saw 203.0.113.77, outside the relay CIDRs" in verdict.text
+
+
 def test_external_relay_must_show_the_original_sender_scored():
     scored = delivered(f"{RSPAMD_RELAY_SYMBOL}(0.00)[198.18.0.9]; R_SPF_FAIL(1.00)[-all]; {CLEAN}")
     shown, problems = verdicts(scored, CIDRS, scoring=EXTERNAL_RELAY)
