@@ -81,9 +81,11 @@ def compose_message(author: str, recipient: str, message_id: str, subject: str, 
 
 # Per copy: the Message-ID, its size, its path and its header (the body stays on the
 # host: the drill's large message is over 10 MB, and the mailbox is read every poll).
+# Every folder of the Maildir is searched: Maildir++ subfolders too (docker-mailserver's
+# sieve files spam into .Junk by default; a site's rules may file mail anywhere).
 MAILDIR_SCRIPT = r'''dir=$1; shift
 for id in "$@"; do
-  for f in $(grep -rliF -e "message-id: $id" "$dir/new" "$dir/cur" 2>/dev/null); do
+  for f in $(grep -rliF -e "message-id: $id" "$dir/new" "$dir/cur" "$dir"/.[!.]*/new "$dir"/.[!.]*/cur 2>/dev/null); do
     printf '==> %s %s %s %s\n' "$id" "$(wc -c < "$f")" "$(printf %s "$f" | base64 -w0)" \
       "$(sed '/^\r*$/q' "$f" | base64 -w0)"
   done
