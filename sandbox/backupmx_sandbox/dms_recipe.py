@@ -88,8 +88,11 @@ def apply_recipe(tree: Path, base_ref: str) -> None:
     """Turn the unpacked upstream ``tree`` into a build context podman 4.3 builds here."""
     _apply_patch(tree)
     dockerfile = tree / "Dockerfile"
-    text, scripts = rewrite_dockerfile(dockerfile.read_text(), base_ref)
-    (tree / SCRIPTS_DIR).mkdir()
+    try:
+        text, scripts = rewrite_dockerfile(dockerfile.read_text(), base_ref)
+    except ValueError as error:
+        raise RuntimeError(f"the recipe cannot rewrite {dockerfile}: {error}") from error
+    (tree / SCRIPTS_DIR).mkdir(parents=True)
     for name, body in scripts.items():
         (tree / SCRIPTS_DIR / name).write_text(body)
     dockerfile.write_text(text)
