@@ -43,8 +43,8 @@ DIFFERENCES: list[tuple[str, str, str]] = [
      "Docker Hub is unreachable; clamd does not start without signatures"),
     ("rspamd from rspamd.com's apt-stable repository (its current release)",
      "Debian 12's rspamd 3.4 (redis-server from Debian, as upstream)",
-     "rspamd.com is unreachable; DMS calls 3.4 too old and unsupported, its config still "
-     "passes rspamadm configtest"),
+     "rspamd.com is unreachable; DMS's packages.sh calls 3.4 too old and rspamd's authors discourage "
+     "it, yet DMS's rspamd config passes rspamadm configtest with it"),
     ("jaq v2.1.0 binary from GitHub in /usr/local/bin",
      "Debian 12's jq 1.6, with /usr/local/bin/jaq a symlink to it",
      "GitHub is unreachable; DMS calls jaq only in update-check.sh, with a filter jq also runs"),
@@ -55,8 +55,10 @@ DIFFERENCES: list[tuple[str, str, str]] = [
      "Debian 12's swaks 20201014.0 (/usr/bin/swaks)",
      "GitHub is unreachable"),
     ("fail2ban 1.1.0 .deb from GitHub (GPG-verified)",
-     "Debian 12's fail2ban 1.0.2 (upstream's nftables network-ban fix still applied)",
-     "GitHub and the key server are unreachable"),
+     "Debian 12's fail2ban 1.0.2 without Debian's jail.d/defaults-debian.conf (upstream's nftables "
+     "network-ban fix still applied)",
+     "GitHub and the key server are unreachable; Debian's file enables an sshd jail, which finds no log "
+     "in DMS and stops fail2ban from starting"),
     ("fts-xapian 1.9 compiled from GitHub's tarball in a stage-compile build stage",
      "Debian 12's dovecot-fts-xapian 1.5.5 installed by packages.sh; no compile stage",
      "GitHub is unreachable"),
@@ -86,8 +88,11 @@ def apply_recipe(tree: Path, base_ref: str) -> None:
     """Turn the unpacked upstream ``tree`` into a build context podman 4.3 builds here."""
     _apply_patch(tree)
     dockerfile = tree / "Dockerfile"
-    text, scripts = rewrite_dockerfile(dockerfile.read_text(), base_ref)
-    (tree / SCRIPTS_DIR).mkdir()
+    try:
+        text, scripts = rewrite_dockerfile(dockerfile.read_text(), base_ref)
+    except ValueError as error:
+        raise RuntimeError(f"the recipe cannot rewrite {dockerfile}: {error}") from error
+    (tree / SCRIPTS_DIR).mkdir(parents=True)
     for name, body in scripts.items():
         (tree / SCRIPTS_DIR / name).write_text(body)
     dockerfile.write_text(text)
