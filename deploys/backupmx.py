@@ -153,4 +153,4 @@ if "controller" in host.groups:
 # Stage 6, after the records exist: a drift probe pushed earlier would alert on
 # the MX set it is about to see change.
 boundary(name="Stage 5 finished", stage="stage 5")
-monitoring_stage(run.settings, monitoring_prepared)
+monitoring_stage(run.settings, monitoring_prepared, after=run.all_published)

@@ -36,6 +36,7 @@ def backup_mx_records(run, domain, mailhost_names):
     """
     assessment = run.dns[domain.name]
     if not assessment.plan.changed:
+        run.record_published(domain.name)
         host.noop(f"backup MX records of {domain.name} are already published")
         return
     for line in mxrender.diff(assessment.plan):
@@ -63,4 +64,5 @@ def _publish_when_proven(state, host, run, domain, mailhost_names) -> bool:
     except BackupMXError as error:
         host.log(str(error), log_func=logger.error)
         return False
+    run.record_published(domain.name)
     return True

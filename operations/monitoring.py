@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,26 +233,31 @@ def prepare_monitoring(settings: Settings) -> PreparedMonitoring | None:
                               pages)
 
 
-def monitoring_stage(settings: Settings, prepared: PreparedMonitoring | None = None) -> str | None:
+def monitoring_stage(settings: Settings, prepared: PreparedMonitoring | None = None,
+                     after: Callable[[], bool] | None = None) -> str | None:
     """Stage 6 on the current host, if it is a monitoring host: validate, push, render the docs.
 
     For ``deploys/monitoring.py`` and stage 6 of ``deploys/backupmx.py``. Returns a
     one-line summary for a report row (``None`` on other hosts); bad data or files
     that do not validate raise ``DeployError`` (one line, nothing contacted).
-    ``prepared``: what ``prepare_monitoring`` already made for this host.
+    ``prepared``: what ``prepare_monitoring`` already made for this host. ``after``:
+    asked when the stage runs; False skips it (the deploy's stage 5 did not publish
+    the records its probes and alerts expect, so they would report drift).
     """
     if prepared is None:
         prepared = prepare_monitoring(settings)
     if prepared is None:
         return None
     monitoring, files = prepared.monitoring, prepared.files
+    condition = {"_if": after} if after is not None else {}
     monitoring_files(
         name=f"Stage 6: monitoring files (blackbox modules, alert rules, scrape jobs) in {monitoring.dir}",
         monitoring=monitoring,
         files=files,
+        **condition,
     )
     for title, path, text in prepared.pages:
-        local_file(name=title, path=path, text=text)
+        local_file(name=title, path=path, text=text, **condition)
     return (f"{host.name}: {len(files)} files for {monitoring.dir} (validated here: {prepared.checked_here}; on "
             f"the host: {', '.join(what for what, _ in monitoring.validations()) or 'off'})")
 

@@ -62,6 +62,7 @@ class Run:
         self.reenable: dict[str, dict] = {}
         # --data plan_markdown / plan_json: the --dry plan as documents (docs/ci.md).
         self.plan_outputs = PlanOutputs()
+        self.published: set[str] = set()
 
     def check_inventory(self) -> None:
         self.report.checks.append(gate_report.inventory_row(self.settings))
@@ -164,6 +165,14 @@ class Run:
             if not isinstance(assessment, BackupMXError):
                 self.dns[domain.name] = assessment
             self.report.checks.extend(gate_report.dns_rows(domain.name, assessment))
+
+    def record_published(self, domain: str) -> None:
+        """Stage 5 ended for ``domain`` with every wanted backup record in the zone."""
+        self.published.add(domain)
+
+    def all_published(self) -> bool:
+        """Whether stage 5 ended well for every domain: stage 6's monitoring expects the records."""
+        return all(domain.name in self.published for domain in self.settings.domains)
 
     def record_mailhost_proof(self, host_name: str, live: bool, evidence: str) -> None:
         self.mailhost_proofs[host_name] = (live, evidence)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from httpkit import PolicyServer, tls_from_files
@@ -133,6 +134,25 @@ def test_persistent_api_errors_name_the_endpoint_and_a_rerun_converges(world, cf
 
     assert deploy().returncode == 0
     assert len(apex_mx(cf, world)) == 3
+
+
+def test_stage_6_waits_for_the_records_it_watches(world, cf):
+    """Monitoring that expects the backup records is not written when stage 5 could not publish them:
+    its MX-set probe would alert on a deploy that changed nothing in DNS."""
+    monitoring = Path(world["root"], "monitoring")
+    rendered = [monitoring / name for name in ("blackbox-backupmx.yml", "backupmx-alerts.rules.yml",
+                                               "prometheus-backupmx.yml")]
+    for path in rendered:
+        path.unlink(missing_ok=True)
+    cloudflare_faults(world, server_error={"count": 50, "status": 502, "methods": ["POST"]})
+    result = deploy()
+    text = output(result)
+    assert result.returncode != 0 and "Traceback" not in text
+    assert len(apex_mx(cf, world)) == 1  # nothing published
+    assert not [path for path in rendered if path.exists()], text
+    cloudflare_admin(world, "POST", "reset")  # the fault cleared: the next run publishes, then monitors
+    assert deploy().returncode == 0
+    assert all(path.exists() for path in rendered)
 
 
 @pytest.fixture
