@@ -2,10 +2,11 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := postfix postfix-policyd-spf-python rspamd openssh-server haproxy prometheus prometheus-blackbox-exporter swaks ca-certificates
+APT_PACKAGES := postfix postfix-policyd-spf-python rspamd openssh-server haproxy prometheus prometheus-blackbox-exporter swaks ca-certificates \
+	podman runc debootstrap patch
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt venv demo test test-unit sandbox-up sandbox-down bench clean
+.PHONY: setup apt venv dms-image demo test test-unit sandbox-up sandbox-down bench clean
 
 setup: apt venv
 
@@ -39,6 +40,12 @@ $(VENV)/.installed: $(LOCKS) pyproject.toml sandbox/pyproject.toml
 	$(PIP_INSTALL) --no-deps --use-pep517 --no-build-isolation -e . -e ./sandbox
 	@touch $@
 
+# The real docker-mailserver 15.1.0 image for the sandbox's docker-mailserver primary
+# (`backupmx-sandbox up --primary docker-mailserver`): built with podman from the
+# vendored release (sandbox/vendor/), once, then cached (`podman images`); ~2 min cold.
+dms-image: setup
+	@$(BIN)/python -m backupmx_sandbox.dms_image >/dev/null
+
 demo: setup
 	$(BIN)/backupmx-sandbox up
 	$(BIN)/pyinfra inventory/sandbox.py deploys/backupmx.py --dry
@@ -47,8 +54,9 @@ demo: setup
 pytest = @$(BIN)/pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The whole suite: tests/unit, tests/integration and tests/cli (a sandbox world is brought up).
-test: setup
+# The whole suite: tests/unit, tests/integration and tests/cli (a sandbox world is brought up;
+# tests/cli/dms brings up a second one with the real docker-mailserver, whose image is built first).
+test: setup dms-image
 	$(call pytest)
 
 # The fast loop: tests/unit alone (pure: no apt, no sandbox world), in seconds.

@@ -22,6 +22,7 @@ from backupmx.mailhost.layers import (
 from backupmx.mailhost.listener import missing_listener_message, wanted_listener_options, wanted_relay_service
 from backupmx.mailhost.model import (
     ACCESS_LIST,
+    CACHE_MAP,
     EXEMPT,
     POSTFIX_DEFAULT_ACCESS_LIST,
     RELAY_SMTPD_BLOCK,
@@ -315,24 +316,27 @@ def _relay_service_commands(mailhost: MailHost, services, relay_service: Listene
 
 
 def _options_without_whitelist(mailhost: MailHost, listener: Listener, main) -> dict:
-    """present=False: the access list without our table; None drops the override."""
+    """present=False: the access list without our table, and no cache map of ours; None drops the override."""
     ours = f"cidr:{mailhost.cidr_path}"
+    options: dict[str, str | None] = {}
     current = listener.params.get(ACCESS_LIST)
-    if current is None:
-        return {}
-    entries = [entry for entry in postfix_list(current) if entry != ours]
-    base = postfix_list(main.get(ACCESS_LIST, POSTFIX_DEFAULT_ACCESS_LIST))
-    return {ACCESS_LIST: None if entries == base else ",".join(entries)}
+    if current is not None:
+        entries = [entry for entry in postfix_list(current) if entry != ours]
+        base = postfix_list(main.get(ACCESS_LIST, POSTFIX_DEFAULT_ACCESS_LIST))
+        options[ACCESS_LIST] = None if entries == base else ",".join(entries)
+    if listener.params.get(CACHE_MAP) == mailhost.cache_map():  # named after the listener: only we set it
+        options[CACHE_MAP] = None
+    return options
 
 
 def _master_cf_without_whitelist(mailhost: MailHost, master_cf: str, listener: Listener, options) -> str:
-    value = options.get(ACCESS_LIST, "")
-    if value is None:
-        return remove_service_options(master_cf, mailhost.proxy_service, mailhost.proxy_service_type,
-                                         {ACCESS_LIST: listener.params[ACCESS_LIST]})
-    if value:
-        return set_service_options(master_cf, mailhost.proxy_service, mailhost.proxy_service_type,
-                                      {ACCESS_LIST: value})
+    for name, value in options.items():
+        if value is None:
+            master_cf = remove_service_options(master_cf, mailhost.proxy_service, mailhost.proxy_service_type,
+                                               {name: listener.params[name]})
+        elif value:
+            master_cf = set_service_options(master_cf, mailhost.proxy_service, mailhost.proxy_service_type,
+                                            {name: value})
     return master_cf
 
 

@@ -19,6 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from backupmx_sandbox.dmshost import TEMPLATES
 from backupmx_sandbox.world import sandbox_root
 
 SANDBOX_CLI = str(Path(sys.executable).with_name("backupmx-sandbox"))
@@ -70,3 +71,25 @@ def mail_log(world: dict) -> str:
 
 def changedetector_log(world: dict) -> str:
     return in_container(world, "cat", "/var/log/supervisor/changedetector.log").stdout
+
+
+# The files a deploy writes into the config dir (docs/mailhost.md, "docker-mailserver").
+DEPLOYED_FILES = ("postscreen_access.cidr", "rspamd/override.d/settings.conf")
+
+
+def pristine(world: dict) -> bool:
+    """The config dir as the sandbox wrote it (no file of a deploy, user-patches.sh without our
+    block); the container recreated if anything had to change. True if it did."""
+    config = Path(world["primary"]["config_dir"])
+    changed = False
+    for name in DEPLOYED_FILES:
+        if (config / name).exists():
+            (config / name).unlink()
+            changed = True
+    sandbox_patches = (TEMPLATES / "user-patches.sh").read_text()
+    if (config / "user-patches.sh").read_text() != sandbox_patches:
+        (config / "user-patches.sh").write_text(sandbox_patches)
+        changed = True
+    if changed:
+        recreate(world)
+    return changed

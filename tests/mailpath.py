@@ -34,8 +34,9 @@ def fresh_address_in(network: str) -> str:
 
 
 def find_delivered(maildir: str, message_id: str) -> email.message.EmailMessage | None:
+    """The message in the Maildir's new/ or in a folder's (docker-mailserver files spam into .Junk)."""
     needle = f"Message-ID: {message_id}".encode()
-    for path in Path(maildir, "new").iterdir():
+    for path in [*Path(maildir).glob("new/*"), *Path(maildir).glob(".[!.]*/new/*")]:
         data = path.read_bytes()
         if needle in data:
             return email.message_from_bytes(data, policy=email.policy.default)

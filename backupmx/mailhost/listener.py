@@ -28,8 +28,9 @@ def wanted_listener_options(mailhost: MailHost, services: Mapping[str, Listener]
 
     The access list keeps whatever the listener (or main.cf) already lists and adds
     ``cidr:<file>``: a site's own entries (e.g. a blocklist) still come first. The
-    cache map is set only when the listener has none of its own or shares another
-    postscreen service's file; a distinct one of its own is left alone.
+    cache map is set only when the listener would share another postscreen service's
+    file; a distinct one of its own is left alone, and so is a cache the site turned
+    off (an empty ``postscreen_cache_map``: nothing to share).
     """
     listener = services[mailhost.service_key]
     ours = f"cidr:{mailhost.cidr_path}"
@@ -42,7 +43,8 @@ def wanted_listener_options(mailhost: MailHost, services: Mapping[str, Listener]
     main_cache = main.get(CACHE_MAP, "btree:$data_directory/postscreen_cache")
     others = {service.params.get(CACHE_MAP, main_cache) for key, service in services.items()
               if service.command == "postscreen" and key != mailhost.service_key}
-    if own_cache is None or own_cache == mailhost.cache_map() or own_cache in others:
+    cache = main_cache if own_cache is None else own_cache
+    if cache and (own_cache is None or own_cache == mailhost.cache_map() or own_cache in others):
         options[CACHE_MAP] = mailhost.cache_map()
     relay_service, _ = wanted_relay_service(mailhost, services, main)
     if relay_service is not None:

@@ -271,6 +271,9 @@ def test_wanted_options_keep_the_sites_entries_and_give_the_listener_its_own_cac
         f"cidr:/etc/postfix/block.cidr,permit_mynetworks,{ours}"
     done = {ACCESS_LIST: f"permit_mynetworks,{ours}", CACHE_MAP: m.cache_map()}
     assert wanted_listener_options(m, listeners(done), main) == done
+    # The cache turned off in main.cf (the seed's `postscreen_cache_map =`): nothing shared, nothing set.
+    assert wanted_listener_options(m, listeners({}), {**main, CACHE_MAP: ""}) == {
+        ACCESS_LIST: f"permit_mynetworks,{ours}"}
 
 
 def test_missing_listener_names_the_postscreen_services_that_exist():
