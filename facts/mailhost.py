@@ -281,42 +281,46 @@ class DockerMailserverPolicies(FactBase):
     """
     docker-mailserver's SMTP-time SPF and DMARC policies: the container's
     ``ENABLE_POLICYD_SPF``/``ENABLE_OPENDMARC`` (unset means the default, 1) and
-    the live ``smtpd_recipient_restrictions``/``smtpd_milters``. ``{"ok": bool,
-    "error", "env": {...}, "restrictions", "milters"}``.
+    the live ``smtpd_recipient_restrictions``/``smtpd_milters``; and whether its
+    config dir can be written (a Kubernetes ConfigMap is mounted read-only).
+    ``{"ok": bool, "error", "env": {...}, "restrictions", "milters", "writable"}``.
 
     .. code:: python
 
         host.get_fact(DockerMailserverPolicies, container="mailserver")
     """
 
-    def command(self, container, docker="docker"):
-        return capture_command(*self.captures(container, docker))
+    def command(self, container, docker="docker", config_dir="/tmp/docker-mailserver"):
+        return capture_command(*self.captures(container, docker, config_dir))
 
     @staticmethod
-    def captures(container, docker="docker"):
+    def captures(container, docker="docker", config_dir="/tmp/docker-mailserver"):
         printenv = 'for v in "$@"; do eval "x=\\${$v-__unset__}"; printf "%s=%s\\n" "$v" "$x"; done'
         return [
             ("env", [docker, "exec", container, "sh", "-c", printenv, "sh", *DMS_POLICIES]),
             ("postconf", [docker, "exec", container, "postconf", "-h", "smtpd_recipient_restrictions", "smtpd_milters"]),
+            ("writable", [docker, "exec", container, "sh", "-c", 'test -w "$1"', "sh", config_dir]),
         ], None, None
 
     @staticmethod
     def default():
-        return {"ok": False, "error": "no output", "env": {}, "restrictions": "", "milters": ""}
+        return {"ok": False, "error": "no output", "env": {}, "restrictions": "", "milters": "", "writable": None}
 
     def process(self, output):
         captured = parse_captures(output)
         env_part, postconf = captured.get("env"), captured.get("postconf")
         if env_part is None or env_part.rc != 0:
             return {"ok": False, "error": f"docker exec: {env_part.problem() if env_part else 'no output'}",
-                    "env": {}, "restrictions": "", "milters": ""}
+                    "env": {}, "restrictions": "", "milters": "", "writable": None}
         env = {}
         for line in env_part.out.splitlines():
             key, _, value = line.partition("=")
             env[key] = None if value == "__unset__" else value
         lines = postconf.out.splitlines() if postconf and postconf.rc == 0 else []
+        writable = captured.get("writable")
         return {"ok": True, "error": None, "env": env,
-                "restrictions": lines[0] if lines else "", "milters": lines[1] if len(lines) > 1 else ""}
+                "restrictions": lines[0] if lines else "", "milters": lines[1] if len(lines) > 1 else "",
+                "writable": None if writable is None else writable.rc == 0}
 
 
 def combined_script(parts: dict[str, tuple]) -> StringCommand:

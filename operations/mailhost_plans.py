@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -66,6 +67,7 @@ class Plan:
     live: list[str] = field(default_factory=list)  # docker-mailserver: what changes in the running container
     transaction: Transaction | None = None
     already: str = ""
+    refused: list[str] = field(default_factory=list)  # docker-mailserver: files its read-only config dir cannot take
 
     @property
     def changed(self) -> bool:
@@ -120,8 +122,22 @@ def plan_reads(mailhost: MailHost) -> list[tuple[type, dict]]:
     if _external_relay_args(mailhost)["paths"]:
         reads.append((MailhostFiles, _external_relay_args(mailhost)))
     if mailhost.is_docker:
-        reads.append((DockerMailserverPolicies, facts_args(mailhost)))
+        reads.append((DockerMailserverPolicies, _policies_args(mailhost)))
     return reads
+
+
+def _policies_args(mailhost: MailHost) -> dict:
+    return {**facts_args(mailhost), "config_dir": mailhost.config_dir}
+
+
+def _refuse_read_only(plan: Plan, mailhost: MailHost) -> None:
+    """docker-mailserver: a change its config dir cannot take (mounted read-only) becomes the plan's problem."""
+    if not (mailhost.is_docker and plan.changed):
+        return
+    policies = read_fact(DockerMailserverPolicies, _policies_args(mailhost), shared=True)  # both plans ask
+    if policies.get("writable") is False:
+        plan.refused = [change.path for change in plan.files]
+        plan.problems.append(mailhost.read_only_refusal(plan.refused))
 
 
 # Facts read ahead in one round trip while preparing (assess_mailhost) are kept for
@@ -161,7 +177,6 @@ def read_fact(fact: type, arguments: dict, shared: bool = False):
 def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = True) -> Plan:
     plan = Plan("postscreen_whitelist")
     cidrs = cidr_strings(relay_cidrs)
-    fargs = facts_args(mailhost)
     listeners = read_fact(PostscreenListeners, listeners_args(mailhost))
     if not listeners["postconf"]:
         plan.problems.append(f"Postfix: cannot read its configuration on {host.name} ({listeners['error']}); "
@@ -172,7 +187,7 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
         plan.problems.append(missing)
         return plan
     if mailhost.is_docker:
-        policies = read_fact(DockerMailserverPolicies, fargs)
+        policies = read_fact(DockerMailserverPolicies, _policies_args(mailhost), shared=True)
         if not policies["ok"]:
             plan.problems.append(f"docker-mailserver: {policies['error']}")
             return plan
@@ -230,15 +245,22 @@ def plan_postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = T
             current = listener.params.get(option)
             if value is None and current is not None:
                 live_commands.append((f"postconf -PX {mailhost.service_key}/{option}",
-                                      tuple(mailhost.postconf("-PX", f"{mailhost.service_key}/{option}"))))
+                                      postconf_argv(mailhost, "-PX", f"{mailhost.service_key}/{option}")))
             elif value is not None and current != value:
                 live_commands.append((f"postconf -P {mailhost.service_key}/{option}={value}",
-                                      tuple(mailhost.postconf("-P", f"{mailhost.service_key}/{option}={value}"))))
+                                      postconf_argv(mailhost, "-P", f"{mailhost.service_key}/{option}={value}")))
         # The relay service exists before the listener hands over to it, and goes after.
         relay_commands = (_hook_commands(mailhost, main, layers if relay_service else None)
                           + _relay_service_commands(mailhost, services, relay_service))
         live_commands = relay_commands + live_commands if relay_service else live_commands + relay_commands
         plan.live = [f"{what} (in container {mailhost.container})" for what, _ in live_commands]
+        # One docker exec for all of them, in order, stopping at the first that fails.
+        live_commands = [LiveCommand(f"postconf in container {mailhost.container}",
+                                     tuple(mailhost.in_target(["sh", "-ec", "\n".join(
+                                         shlex.join(argv) for _, argv in live_commands)])))] if live_commands else []
+    _refuse_read_only(plan, mailhost)
+    if plan.problems:
+        return plan
     if not plan.changed:
         plan.already = (f"relay whitelist already on {mailhost.service_key} ({len(cidrs)} networks)" if present
                         else f"no relay whitelist on {mailhost.service_key}")
@@ -277,6 +299,11 @@ def _handoff(listener: Listener, main) -> str:
     return f"{main.get(SERVICE_NAME_OPTION, 'smtpd') if name == RELAY_SMTPD_SERVICE else name}/pass"
 
 
+def postconf_argv(mailhost: MailHost, *args: str) -> tuple[str, ...]:
+    """``postconf`` as run inside docker-mailserver's container (the live commands go in one exec)."""
+    return ("postconf", "-c", mailhost.postfix_config_dir, *args)
+
+
 def _hook_commands(mailhost: MailHost, main, layers) -> list[tuple[str, tuple]]:
     """docker-mailserver: the container's main.cf lists with the hook where ``layers`` wants it
     (none: taken out), as user-patches.sh makes them at start."""
@@ -290,11 +317,11 @@ def _hook_commands(mailhost: MailHost, main, layers) -> list[tuple[str, tuple]]:
             wanted = [entry for entry in current if entry != HOOK_ENTRY]
         if wanted != current:
             value = ", ".join(wanted)
-            commands.append((f"postconf -e {name}", tuple(mailhost.postconf("-e", f"{name}={value}"))))
+            commands.append((f"postconf -e {name}", postconf_argv(mailhost, "-e", f"{name}={value}")))
     if commands and hooked:
-        commands.insert(0, (f"postconf -e {HOOK}=", tuple(mailhost.postconf("-e", f"{HOOK}="))))
+        commands.insert(0, (f"postconf -e {HOOK}=", postconf_argv(mailhost, "-e", f"{HOOK}=")))
     elif commands:
-        commands.append((f"postconf -X {HOOK}", tuple(mailhost.postconf("-X", HOOK))))
+        commands.append((f"postconf -X {HOOK}", postconf_argv(mailhost, "-X", HOOK)))
     return commands
 
 
@@ -305,13 +332,13 @@ def _relay_service_commands(mailhost: MailHost, services, relay_service: Listene
         if current is None:
             return []
         key = current.key
-        return [(f"postconf -MX {key}", tuple(mailhost.postconf("-MX", key)))]
+        return [(f"postconf -MX {key}", postconf_argv(mailhost, "-MX", key))]
     if current is not None and current.entry() == relay_service.entry() and dict(current.params) == dict(relay_service.params):
         return []
     key = relay_service.key
-    commands = [(f"postconf -M {key}", tuple(mailhost.postconf("-M", f"{key}={relay_service.entry()}")))]
+    commands = [(f"postconf -M {key}", postconf_argv(mailhost, "-M", f"{key}={relay_service.entry()}"))]
     for name, value in relay_service.params.items():
-        commands.append((f"postconf -P {key}/{name}", tuple(mailhost.postconf("-P", f"{key}/{name}={value}"))))
+        commands.append((f"postconf -P {key}/{name}", postconf_argv(mailhost, "-P", f"{key}/{name}={value}")))
     return commands
 
 
@@ -395,6 +422,9 @@ def plan_rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True)
                                   stdin_from=mailhost.rspamd_settings_host_path)
         live_commands.append(command)
         plan.live = [f"{command.what} (in container {mailhost.container})"]
+    _refuse_read_only(plan, mailhost)
+    if plan.problems:
+        return plan
     if not plan.changed:
         mode = "" if mailhost.relay_scoring == EXEMPT else f", relay scoring {mailhost.relay_scoring}"
         plan.already = (f"rspamd exemption already in {mailhost.rspamd_settings_host_path} ({len(cidrs)} networks{mode})"

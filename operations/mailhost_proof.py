@@ -238,10 +238,12 @@ class Assessment:
     plans: list[Plan]
     proof: Proof | None = None  # made while preparing when nothing is left to change
     message_size_limit: int | None = None  # Postfix's, as read with the plans' facts (None: not read)
+    read_only: str | None = None  # docker-mailserver's read-only config dir: every refused file, in one line
 
     @property
     def problems(self) -> list[str]:
-        return [problem for plan in self.plans for problem in plan.problems]
+        others = [problem for plan in self.plans if not plan.refused for problem in plan.problems]
+        return ([self.read_only] if self.read_only else []) + others
 
     @property
     def changed(self) -> bool:
@@ -261,6 +263,9 @@ def assess_mailhost(mailhost: MailHost, relay_cidrs, domain: str) -> Assessment:
     for plan in plans:
         remember(plan_key(plan.label, mailhost, relay_cidrs, True), plan)
     assessment = Assessment(plans)
+    refused = [path for plan in plans for path in plan.refused]
+    if refused:
+        assessment.read_only = mailhost.read_only_refusal(refused)
     if listeners["postconf"]:
         assessment.message_size_limit = postfix_size(listeners["main"].get("message_size_limit"))
     if not assessment.problems and not assessment.changed:

@@ -188,6 +188,13 @@ class MailHost:
         """docker-mailserver: a command that succeeds once its changedetector has applied every change."""
         return self.in_target(["bash", "-c", CHANGEDETECTOR_SETTLED])
 
+    def read_only_refusal(self, paths) -> str:
+        """Stage 3's one line when docker-mailserver's config dir is mounted read-only (a Kubernetes ConfigMap)."""
+        names = ", ".join(dict.fromkeys(str(path).removeprefix(f"{self.host_config_dir}/") for path in paths))
+        return (f"docker-mailserver's config dir {self.config_dir} is read-only in container {self.container} "
+                f"(a Kubernetes ConfigMap?): stage 3 would change {names} there; nothing was changed: put them into "
+                "its source and roll the pod out (docs/mailhost.md, \"Kubernetes\"), or mount it writable, then re-run")
+
     def managed_host_paths(self) -> list[str]:
         return [*self.postfix_host_paths(), self.rspamd_settings_host_path]
 

@@ -56,7 +56,7 @@ def layer_main(argv: list[str]) -> int:
     parser.add_argument("name", nargs="?", choices=layers.NAMES)
     parser.add_argument("action", nargs="?", choices=["on", "off", "status"], default="status")
     args = parser.parse_args(argv)
-    switches = layers.Switches(Sandbox())
+    switches = layers.switches_for(Sandbox())
     try:
         if args.name is None or args.action == "status":
             for name, on in switches.status().items():

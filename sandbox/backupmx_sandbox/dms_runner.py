@@ -10,9 +10,10 @@ Every start is therefore a new container from the image with the same config dir
 and volumes: what a Kubernetes rollout does, and the only way DMS applies
 ``postfix-main.cf``, ``postfix-master.cf`` and ``user-patches.sh`` again.
 
-The spec (JSON): ``{"name", "image", "netns_service", "ready_file", "args": [...]}``:
+The spec (JSON): ``{"name", "image", "netns_service", "ready_file", "applied", "args": [...]}``:
 ``args`` are ``podman run``'s options but the network, which joins the namespace
-held by the ``netns_service`` (``backupmx_sandbox.netfwd``) of this sandbox.
+held by the ``netns_service`` (``backupmx_sandbox.netfwd``) of this sandbox;
+``applied`` (what the container runs with) goes into the ready file.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def run(spec: dict) -> int:
             sys.stdout.write(line)
             sys.stdout.flush()
             if UP_LINE in line:
-                ready.write_text(spec["name"] + "\n")
+                ready.write_text(spec["applied"] + "\n")
         return container.wait()
     except _StopRequested:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

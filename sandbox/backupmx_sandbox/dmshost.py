@@ -32,6 +32,7 @@ from pathlib import Path
 from backupmx_sandbox import dms_image, dms_switches, dnsapi, seed, unknown_policy
 from backupmx_sandbox.hostfiles import install_file, listening, render_template, root_dir
 from backupmx_sandbox.mailhost import HOSTNAME, control_service, mailhost_paths, mailhost_ports, sshd_service
+from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import LOOPBACK, Sandbox, Service
 
 SERVICE_NAMES = ["sshd", "dms-net", "dms"]
@@ -215,9 +216,21 @@ def write_switches(sandbox: Sandbox, image: str | None = None) -> None:
         "-v", f"{paths.mail}:/var/mail", "-v", f"{paths.state}:/var/mail-state", "-v", f"{paths.log}:/var/log/mail",
         "-v", f"{cert}:/etc/dms-sandbox/cert.pem:ro", "-v", f"{key}:/etc/dms-sandbox/key.pem:ro",
     ]
+    # What a container started from this spec runs with: the runner puts it in the ready file, so a
+    # running container is known to follow the switches (``DmsSwitches``) or not.
+    applied = hashlib.sha256(json.dumps([image, args, environment(sandbox), dms_switches.layers_script(sandbox)],
+                                        sort_keys=True).encode()).hexdigest()[:16]
     spec = {"name": container_name(sandbox), "image": image, "netns_service": "dms-net",
-            "ready_file": str(paths.ready_file), "args": args}
+            "ready_file": str(paths.ready_file), "applied": applied, "args": args}
     install_file(paths.run_spec, json.dumps(spec, indent=2) + "\n", 0o600)
+
+
+def follows_switches(sandbox: Sandbox) -> bool:
+    """Whether the running container was started with what the switches say now."""
+    paths = dms_paths(sandbox)
+    if not paths.ready_file.exists():
+        return False
+    return paths.ready_file.read_text().strip() == json.loads(paths.run_spec.read_text())["applied"]
 
 
 def _write_netns_spec(sandbox: Sandbox, paths: DmsPaths) -> None:
@@ -244,9 +257,47 @@ def _write_scripts(paths: DmsPaths) -> None:
                  f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} \"$1\"\n", 0o755)
 
 
-def container_control(action: str) -> int:
+def container_control(action: str, sandbox: Sandbox | None = None) -> int:
     """``stop``, ``start`` or ``recreate`` (stop, then start: a new container from the image)."""
     if action == "recreate":
-        control_service("stop", "dms", container_service)
+        control_service("stop", "dms", container_service, sandbox)
         action = "start"
-    return control_service(action, "dms", container_service)
+    return control_service(action, "dms", container_service, sandbox)
+
+
+class DmsSwitches:
+    """The layers of the docker-mailserver primary (``dms_switches``), read and switched; a switch
+    rewrites the environment and ``sandbox-layers.sh`` and recreates a running container."""
+
+    names = dms_switches.NAMES
+
+    def __init__(self, sandbox: Sandbox):
+        self.sandbox = sandbox
+
+    def is_on(self, name: str) -> bool:
+        return self.status()[self._known(name)]
+
+    def status(self) -> dict[str, bool]:
+        return dict(dms_switches.state(self.sandbox)["layers"])
+
+    def switch(self, name: str, on: bool) -> bool:
+        return self.set({self._known(name): on})
+
+    def set(self, wanted: dict[str, bool]) -> bool:
+        """Switch several layers with one recreate; True if anything changed."""
+        return self._apply(dms_switches.save(self.sandbox, layers=wanted))
+
+    def read_only(self, on: bool) -> bool:
+        """Mount the config dir read-only (a Kubernetes ConfigMap), or writable again."""
+        return self._apply(dms_switches.save(self.sandbox, read_only=on))
+
+    def _apply(self, changed: bool) -> bool:
+        write_switches(self.sandbox)
+        if Supervisor(self.sandbox).pid("dms") and not follows_switches(self.sandbox):
+            container_control("recreate", self.sandbox)
+        return changed
+
+    def _known(self, name: str) -> str:
+        if name not in self.names:
+            raise ValueError(f"no layer {name!r}; layers: {', '.join(self.names)}")
+        return name

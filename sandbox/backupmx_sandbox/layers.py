@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterator
 
 from backupmx_sandbox import seed, unknown_policy
+from backupmx_sandbox.dmshost import DmsSwitches
 from backupmx_sandbox.mailhost import BASE_ANVIL, mailhost_paths
 from backupmx_sandbox.world import LOOPBACK, Sandbox
 
@@ -151,10 +152,15 @@ class Switches:
         return position
 
 
+def switches_for(sandbox: Sandbox) -> Switches | DmsSwitches:
+    """The layer switches of this sandbox's primary: main.cf (native) or docker-mailserver's knobs."""
+    return DmsSwitches(sandbox) if sandbox.primary == "docker-mailserver" else Switches(sandbox)
+
+
 @contextlib.contextmanager
 def layer_on(sandbox: Sandbox, name: str) -> Iterator[None]:
     """``name`` switched on for the ``with`` block; off again after it unless it was on before."""
-    switches = Switches(sandbox)
+    switches = switches_for(sandbox)
     was_on = switches.is_on(name)
     switches.switch(name, True)
     try:

@@ -417,9 +417,9 @@ def postfix_service(action: str) -> int:
     return control_service(action, "postfix", lambda sandbox: postfix_daemon(mailhost_paths(sandbox), mailhost_ports(sandbox)))
 
 
-def control_service(action: str, name: str, make: Callable[[Sandbox], Service]) -> int:
+def control_service(action: str, name: str, make: Callable[[Sandbox], Service], sandbox: Sandbox | None = None) -> int:
     """``stop`` or ``start`` the supervised service ``name`` (``make`` builds it for a start)."""
-    sandbox = Sandbox()
+    sandbox = sandbox or Sandbox()
     supervisor = Supervisor(sandbox)
     if action == "stop":
         supervisor.stop(name)
