@@ -32,7 +32,7 @@ from backupmx.mailhost.model import RSPAMD_BLOCK
 from backupmx.monitoring.rules import render_all
 from backupmx.postfix.blocks import find_block
 from backupmx.providers.registry import open_provider
-from facts.mailhost import MailhostFiles, PostscreenAccessFile, facts_args
+from facts.mailhost import MailhostFiles, PostscreenAccessFile
 from operations.mailhost import mailhost_settings
 from operations.mailhost_plans import plan_postscreen_whitelist, plan_rspamd_exemption
 from operations.monitoring import monitoring_settings
@@ -138,7 +138,7 @@ def mailhost_findings(settings: Settings) -> list[dr.Finding]:
     elif not whitelist.changed:
         findings.append(dr.Finding("whitelist", host.name, dr.OK, whitelist.already))
     else:
-        table = host.get_fact(PostscreenAccessFile, path=mailhost.cidr_host_path, **facts_args(mailhost))
+        table = host.get_fact(PostscreenAccessFile, path=mailhost.cidr_host_path)  # on the host, as stage 3 writes it
         if table is None:
             findings.append(dr.Finding("whitelist", host.name, dr.DRIFT, f"{mailhost.cidr_host_path} is missing"))
         elif table["error"] is None:

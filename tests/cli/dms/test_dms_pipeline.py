@@ -177,3 +177,17 @@ def test_rollback_reverting_the_mail_host_then_the_way_back(fresh):
     answer = dns_answer(fresh)
     assert answer == {PRIMARY} | BACKUPS
     assert_live_for_relays(fresh)
+
+
+def test_drift_of_the_whitelist_by_hand_is_found_and_the_deploy_puts_it_back(fresh):
+    table = Path(fresh["primary"]["config_dir"], "postscreen_access.cidr")
+    if not table.exists():  # run alone: go live first
+        assert pyinfra("deploys/backupmx.py").returncode == 0
+    table.write_text(table.read_text().replace("198.51.100.0/24\tpermit\n", ""))  # someone's hand edit
+    found = pyinfra("deploys/drift.py")
+    text = output(found)
+    assert found.returncode == 1 and "198.51.100.0/24" in text and "postscreen_access.cidr" in text, text
+    back = pyinfra("deploys/backupmx.py")
+    assert back.returncode == 0, output(back)
+    clean = pyinfra("deploys/drift.py")
+    assert clean.returncode == 0 and "no drift" in output(clean), output(clean)
