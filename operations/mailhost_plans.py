@@ -13,12 +13,12 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.validate import IPNetwork
 from backupmx.mailhost.layers import (
     HOOK,
-    HOOK_ENTRY,
     RELAY_SMTPD_SERVICE,
     RELAY_SMTPD_TYPE,
     SERVICE_NAME_OPTION,
     hook_lists,
     hooked_value,
+    unhooked_value,
 )
 from backupmx.mailhost.listener import missing_listener_message, wanted_listener_options, wanted_relay_service
 from backupmx.mailhost.model import (
@@ -310,13 +310,9 @@ def _hook_commands(mailhost: MailHost, main, layers) -> list[tuple[str, tuple]]:
     commands = []
     hooked = layers.lists if layers is not None else {}
     for name in hook_lists(main):
-        current = postfix_list(main.get(name, ""))
-        if name in hooked:
-            wanted = postfix_list(hooked_value(*hooked[name]))
-        else:
-            wanted = [entry for entry in current if entry != HOOK_ENTRY]
-        if wanted != current:
-            value = ", ".join(wanted)
+        current = main.get(name, "")
+        value = hooked_value(current, hooked[name][1]) if name in hooked else unhooked_value(current)
+        if postfix_list(value) != postfix_list(current):
             commands.append((f"postconf -e {name}", postconf_argv(mailhost, "-e", f"{name}={value}")))
     if commands and hooked:
         commands.insert(0, (f"postconf -e {HOOK}=", postconf_argv(mailhost, "-e", f"{HOOK}=")))

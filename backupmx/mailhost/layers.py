@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from backupmx.postfix.maincf import postfix_list
+from backupmx.postfix.maincf import postfix_list, with_list_entry, without_list_entry
 
 # The master.cf service the PROXY-v2 listener hands its clients to once stage 3 ran.
 RELAY_SMTPD_SERVICE = "backupmx-relay"
@@ -163,9 +163,24 @@ def relay_layers(main: Mapping[str, str], cidr_path: str) -> RelayLayers:
     return result
 
 
-def hooked_value(entries: list[str], first: int) -> str:
-    """A list's value with the hook before entry ``first`` (as ``postconf -e`` sets it)."""
-    return ", ".join(entries[:first] + [HOOK_ENTRY] + entries[first:])
+def hooked_value(value: str, first: int) -> str:
+    """A list's value (as ``postconf -h`` prints it) with the hook right before its entry ``first``
+    (counted without any hook already in it); the rest written as it was, as ``postconf -e`` sets it."""
+    plain = unhooked_value(value)
+    return _value_of(with_list_entry(_one_line(plain), "x", postfix_list(plain), first, HOOK_ENTRY))
+
+
+def unhooked_value(value: str) -> str:
+    """A list's value without the hook (the separator after it goes too)."""
+    return _value_of(without_list_entry(_one_line(value), "x", HOOK_ENTRY))
+
+
+def _one_line(value: str) -> str:
+    return f"x = {value}\n"
+
+
+def _value_of(line: str) -> str:
+    return line.removeprefix("x = ").rstrip("\n")
 
 
 def named_layer(entries: list[str], index: int) -> str:

@@ -252,8 +252,8 @@ def report(request):
     yield kills
     if kills:
         with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
-            print(f"\n\nkilled at any instant (where each kill landed; held: I1-I3 after the kill, "
-                  f"then the re-run converged)")
+            print("\n\nkilled at any instant (where each kill landed; held: I1-I3 after the kill, "
+                  "then the re-run converged)")
             print("\n".join(kill.line() for kill in kills))
             print("\n".join(table_lines(kills, time.monotonic() - started)))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from backupmx.core.errors import BackupMXError
-from backupmx.mailhost.layers import hooked_value, relay_layers
+from backupmx.mailhost.layers import hooked_value, relay_layers, unhooked_value
 from backupmx.mailhost.listener import wanted_listener_options, wanted_relay_service
 from backupmx.mailhost.proof import local_relay_networks
 from backupmx.mailhost.render import main_cf_with_hook
@@ -34,10 +34,13 @@ def test_the_hook_goes_right_before_policyd_spf_and_the_relay_service_sets_it():
     layers = relay_layers(DMS_MAIN, CIDR)
     entries, first = layers.lists["smtpd_recipient_restrictions"]
     assert list(layers.lists) == ["smtpd_recipient_restrictions"] and entries[first] == "check_policy_service"
-    assert hooked_value(entries, first) == (
+    hooked = hooked_value(DMS_MAIN["smtpd_recipient_restrictions"], first)
+    assert hooked == (  # written as it was: a restriction and its argument stay one "entry argument"
         "permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination, $backupmx_relay_exception, "
-        "check_policy_service, unix:private/policyd-spf, reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, "
+        "check_policy_service unix:private/policyd-spf, reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, "
         "reject_unknown_recipient_domain")
+    assert hooked_value(hooked, first) == hooked  # once
+    assert unhooked_value(hooked) == DMS_MAIN["smtpd_recipient_restrictions"]
     assert layers.service_options == {"backupmx_relay_exception": EXCEPTION}
     assert layers.layers == ["smtpd_recipient_restrictions: check_policy_service unix:private/policyd-spf "
                              "(policyd-spf refuses mail whose sender's SPF does not list the relay)"]
