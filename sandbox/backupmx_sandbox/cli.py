@@ -1,12 +1,16 @@
-"""``backupmx-sandbox up|down|status|restart``: the local world every deploy and test runs against.
+"""``backupmx-sandbox up [--primary native|docker-mailserver]|down|status|restart``: the local world
+every deploy and test runs against.
 
 ``backupmx-sandbox layer [NAME on|off|status]``: switch one layer of the primary
 (``backupmx_sandbox.layers``); ``layer`` alone lists them.
+
+``backupmx-sandbox primary``: which mail host runs, and how it differs from a production one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -73,12 +77,32 @@ def layer_main(argv: list[str]) -> int:
     return 0
 
 
+def describe_primary(sandbox: Sandbox) -> int:
+    """The primary of the last ``up`` (world.json): its flavour, container and image, and every
+    difference from a production one."""
+    path = sandbox.root / "world.json"
+    if not path.exists():
+        print(f"backupmx-sandbox primary: no world in {sandbox.root}; run `backupmx-sandbox up` first", file=sys.stderr)
+        return 1
+    primary = json.loads(path.read_text())["primary"]
+    print(f"primary: {primary['flavour']}")
+    for key in ("container", "image", "config_dir", "mail_log"):
+        if primary.get(key):
+            print(f"{key}: {primary[key]}")
+    if primary.get("exec"):
+        print(f"exec: {' '.join(primary['exec'])} COMMAND...")
+        print(f"recreate: {' '.join(primary['recreate'])}")
+    for what, here, why in primary.get("differences", []):
+        print(f"- {what}: {here} (why: {why})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["layer"]:
         return layer_main(argv[1:])
     parser = argparse.ArgumentParser(prog="backupmx-sandbox", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "restart", "layer"])
+    parser.add_argument("command", choices=["up", "down", "status", "restart", "layer", "primary"])
     parser.add_argument("services", nargs="*", help="with restart: only these services")
     parser.add_argument("--primary", choices=PRIMARY_FLAVOURS,
                         help="with up: the mail host as native Postfix + rspamd (the default) or the real "
@@ -101,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                 supervisor.stop(name)
             up(sandbox)
             return 0
+        if args.command == "primary":
+            return describe_primary(sandbox)
         report = status(sandbox)
+        print(f"primary: {sandbox.primary}")
         for name, pid in report.items():
             print(f"{name:16} {'running, pid ' + str(pid) if pid else 'stopped'}")
         return 0 if all(report.values()) else 3

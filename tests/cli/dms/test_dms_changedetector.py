@@ -27,7 +27,6 @@ from mailpath import endpoint, wait_for_delivery
 from operations.mailhost import rspamd_exemption
 from providerkit import output, pyinfra, sandbox_settings
 
-pytestmark = pytest.mark.xdist_group("docker-mailserver")
 SWITCH = "tests/deploys/mailhost_on.py"
 CYCLES = int(os.environ.get("DMS_CYCLES", "10"))
 # A complaint of Postfix about its configuration, in docker-mailserver's mail.log.

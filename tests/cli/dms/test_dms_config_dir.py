@@ -16,7 +16,6 @@ from backupmx_sandbox.world import Sandbox
 from dmskit import in_container, pristine
 from providerkit import admin, cloudflare_admin, cloudflare_writes, output, pyinfra, report_row
 
-pytestmark = pytest.mark.xdist_group("docker-mailserver")
 
 
 def config_dir_state(world) -> dict[str, str]:

@@ -23,7 +23,6 @@ from invariantkit import backups_in_zone, reset_fakes
 from layerkit import layer_probe, outside, refused_by, relayed
 from providerkit import clear_cloudflare_requests, cloudflare_writes, output, pyinfra
 
-pytestmark = pytest.mark.xdist_group("docker-mailserver")
 LISTED_RELAY = seed.RELAY_SOURCE["mail.rollernet.us"]  # 192.0.2.25: FCrDNS, DNSBL-listed
 UNLISTED_RELAY = seed.RELAY_SOURCE["mail2.rollernet.us"]  # 198.51.100.25: PTR not confirmed
 LAYER_RELAY = {

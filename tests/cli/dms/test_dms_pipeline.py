@@ -25,7 +25,6 @@ from dmskit import in_container, pristine, recreate
 from mailpath import endpoint, wait_for_delivery
 from providerkit import admin, cloudflare_admin, output, pyinfra, report_row
 
-pytestmark = pytest.mark.xdist_group("docker-mailserver")
 LISTENER_FILES = ("postscreen_access.cidr", "user-patches.sh", "rspamd/override.d/settings.conf")
 
 
