@@ -65,19 +65,20 @@ def pytest_collection_modifyitems(config, items):
 
 # --- secret hygiene, suite-wide (docs/reliability.md) ---------------------------------
 
-_secret_values: list[str] | None = None
+_secrets_by_root: dict[str, list[str]] = {}
 
 
 def _seeded_secrets() -> list[str]:
-    """The sandbox's generated secret values (``<sandbox root>/secrets.json``), read once."""
-    global _secret_values
-    if _secret_values is None:
+    """The generated secret values (``<sandbox root>/secrets.json``) of every world this session
+    has seen: the current one (``BACKUPMX_SANDBOX_DIR``) read once, and each earlier one kept."""
+    root = sandbox_root()
+    if str(root) not in _secrets_by_root:
         try:
-            values = json.loads((sandbox_root() / "secrets.json").read_text())
+            values = json.loads((root / "secrets.json").read_text())
         except (OSError, ValueError):
-            return []  # no world yet: nothing seeded that could leak
-        _secret_values = [value for value in values.values() if isinstance(value, str) and len(value) >= 8]
-    return _secret_values
+            return [value for found in _secrets_by_root.values() for value in found]  # no world there yet
+        _secrets_by_root[str(root)] = [value for value in values.values() if isinstance(value, str) and len(value) >= 8]
+    return [value for found in _secrets_by_root.values() for value in found]
 
 
 @pytest.hookimpl(hookwrapper=True)
