@@ -34,7 +34,8 @@ from backupmx.postfix.blocks import find_block
 from backupmx.providers.registry import open_provider
 from facts.mailhost import MailhostFiles, PostscreenAccessFile
 from operations.mailhost import mailhost_settings
-from operations.mailhost_plans import plan_postscreen_whitelist, plan_rspamd_exemption
+from backupmx.mailhost.plan import plan_exemption, plan_whitelist
+from operations.mailhost_state import read_state
 from operations.monitoring import monitoring_settings
 
 
@@ -132,7 +133,8 @@ def mailhost_findings(settings: Settings) -> list[dr.Finding]:
     """The whitelist and exemption on the current mail host, as stage 3's plans see them."""
     mailhost = mailhost_settings(host)
     findings = []
-    whitelist = plan_postscreen_whitelist(mailhost, settings.relay_cidrs)
+    state = read_state(mailhost)
+    whitelist = plan_whitelist(mailhost, settings.relay_cidrs, state, host_name=host.name)
     if whitelist.problems:
         findings.append(dr.Finding("whitelist", host.name, dr.UNKNOWN, whitelist.problems[0]))
     elif not whitelist.changed:
@@ -152,7 +154,7 @@ def mailhost_findings(settings: Settings) -> list[dr.Finding]:
                                        f"({'; '.join(listener + whitelist.live)})"))
         if not any(finding.status == dr.DRIFT for finding in findings):
             findings.append(dr.Finding("whitelist", host.name, dr.DRIFT, whitelist.summary()))
-    exemption = plan_rspamd_exemption(mailhost, settings.relay_cidrs)
+    exemption = plan_exemption(mailhost, settings.relay_cidrs, state, host_name=host.name)
     if exemption.problems:
         findings.append(dr.Finding("exemption", host.name, dr.UNKNOWN, exemption.problems[0]))
     elif not exemption.changed:

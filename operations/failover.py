@@ -40,7 +40,7 @@ from backupmx.lifecycle.drill_settings import load_failover
 from backupmx.lifecycle.drill_signals import SignalGuard
 from facts.mailhost import PostscreenListeners
 from operations.mailhost import mailhost_settings, one_mailhost_run
-from operations.mailhost_plans import listeners_args
+from operations.mailhost_state import listeners_args
 from operations.mailhost_proof import prove_live
 
 

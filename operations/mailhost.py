@@ -8,8 +8,9 @@
 
 Each change is one transaction on the mail host (``backupmx.postfix.transaction.transaction_script``):
 files swapped atomically, validated before any reload, the previous files put back
-byte for byte on any failure. The plan (``plan_*``) is made from facts and pure
-functions, so the deploy file can show it in the gate report before anything runs.
+byte for byte on any failure. The plan is data (``backupmx.mailhost.plan``), made from
+the state the facts read (``operations.mailhost_state``), so the deploy file can show
+it in the gate report before anything runs.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
 
 from backupmx.core.context import executing, executing_after_preparing, run_value
 from backupmx.core.errors import BackupMXError
+from backupmx.core.validate import cidr_strings
 from backupmx.core.plan_log import note_file_change
-from backupmx.mailhost.model import (
-    MailHost,
-    load_mailhost,
-)
-from operations.mailhost_plans import Plan, cidr_strings, plan_postscreen_whitelist, plan_rspamd_exemption, recall_plan
+from backupmx.mailhost.model import MailHost, load_mailhost
+from backupmx.postfix.hostplan import HostPlan
 from operations.mailhost_proof import SETTLE_SECONDS, prove_live_settled, run_proof
+from operations.mailhost_state import exemption_plan, whitelist_plan
 from operations.transaction import transaction_commands
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ def _fail(state, host, message):  # (state, host): pyinfra passes them to a Func
     return False
 
 
-def _show(plan: Plan) -> None:
+def _show(plan: HostPlan) -> None:
     # Shown while preparing (the --dry review) and, with -y (no preparing pass),
     # once when it runs; never twice.
     if executing_after_preparing():
@@ -51,7 +51,7 @@ def _show(plan: Plan) -> None:
         logger.info("    %s", line)
 
 
-def apply_plan(plan: Plan):
+def apply_host_plan(plan: HostPlan):
     if plan.problems:
         if not executing():
             raise OperationError(plan.problems[0])
@@ -96,8 +96,7 @@ def postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = True):
             relay_cidrs=settings.relay_cidrs,
         )
     """
-    plan = recall_plan("postscreen_whitelist", mailhost, relay_cidrs, present)
-    yield from apply_plan(plan or plan_postscreen_whitelist(mailhost, relay_cidrs, present))
+    yield from apply_host_plan(whitelist_plan(mailhost, relay_cidrs, present))
 
 
 @operation()
@@ -135,8 +134,7 @@ def rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True):
             relay_cidrs=settings.relay_cidrs,
         )
     """
-    plan = recall_plan("rspamd_exemption", mailhost, relay_cidrs, present)
-    yield from apply_plan(plan or plan_rspamd_exemption(mailhost, relay_cidrs, present))
+    yield from apply_host_plan(exemption_plan(mailhost, relay_cidrs, present))
 
 
 def _verify(state, host, mailhost, relay_cidrs, domain, record, timeout):  # (state, host): pyinfra passes them to a FunctionCommand

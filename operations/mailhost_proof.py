@@ -11,11 +11,11 @@ from pyinfra import host, logger
 from backupmx.core.context import remember
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import postfix_size
+from backupmx.core.validate import cidr_strings
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, TODO
-from backupmx.mailhost.model import (
-    ACCESS_LIST,
-    MailHost,
-)
+from backupmx.mailhost.model import ACCESS_LIST, MailHost
+from backupmx.mailhost.plan import plan_exemption, plan_whitelist
+from backupmx.postfix.hostplan import HostPlan
 from backupmx.mailhost.proof import (
     Proof,
     judge_scans,
@@ -26,19 +26,9 @@ from backupmx.mailhost.proof import (
 )
 from backupmx.mailhost.render import rspamd_files
 from backupmx.postfix.maincf import postfix_list
-from facts.mailhost import PostscreenListeners, facts_args
+from facts.mailhost import facts_args
 from facts.mailhost_proof import MailhostProof
-from operations.mailhost_plans import (
-    Plan,
-    cidr_strings,
-    listeners_args,
-    plan_key,
-    plan_postscreen_whitelist,
-    plan_reads,
-    plan_rspamd_exemption,
-    read_ahead,
-    read_fact,
-)
+from operations.mailhost_state import plan_key, read_state
 
 # How long stage 4 waits for a reload to take effect (rspamd restarts its
 # workers after the HUP; a cold start compiles its hyperscan cache first).
@@ -235,7 +225,7 @@ def run_proof(host, prove: Callable[[], Proof], record, check: str, proven: str,
 class Assessment:
     """Stage 3 and 4 of one mail host as seen while preparing."""
 
-    plans: list[Plan]
+    plans: list[HostPlan]
     proof: Proof | None = None  # made while preparing when nothing is left to change
     message_size_limit: int | None = None  # Postfix's, as read with the plans' facts (None: not read)
     read_only: str | None = None  # docker-mailserver's read-only config dir: every refused file, in one line
@@ -256,18 +246,17 @@ def assess_mailhost(mailhost: MailHost, relay_cidrs, domain: str) -> Assessment:
     The plans are kept for this host and preparing pass, so the operations called
     next reuse them instead of reading the same facts again.
     """
-    # The facts both plans read, in one SSH round trip instead of three (or four).
-    read_ahead(plan_reads(mailhost))
-    listeners = read_fact(PostscreenListeners, listeners_args(mailhost), shared=True)  # the whitelist plan's too
-    plans = [plan_rspamd_exemption(mailhost, relay_cidrs), plan_postscreen_whitelist(mailhost, relay_cidrs)]
+    state = read_state(mailhost)  # what both plans read, in one SSH round trip
+    plans = [plan_exemption(mailhost, relay_cidrs, state, host_name=host.name),
+             plan_whitelist(mailhost, relay_cidrs, state, host_name=host.name)]
     for plan in plans:
         remember(plan_key(plan.label, mailhost, relay_cidrs, True), plan)
     assessment = Assessment(plans)
     refused = [path for plan in plans for path in plan.refused]
     if refused:
         assessment.read_only = mailhost.read_only_refusal(refused)
-    if listeners["postconf"]:
-        assessment.message_size_limit = postfix_size(listeners["main"].get("message_size_limit"))
+    if state.listeners["postconf"]:
+        assessment.message_size_limit = postfix_size(state.listeners["main"].get("message_size_limit"))
     if not assessment.problems and not assessment.changed:
         assessment.proof = prove_live(mailhost, relay_cidrs, domain)
     return assessment

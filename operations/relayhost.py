@@ -38,8 +38,8 @@ from backupmx.providers.relayhost import (
     wanted_files,
 )
 from facts.relayhost import RelayFiles, RelayPostconf, RelayQueue, RelaySmtpProof
-from operations.mailhost import apply_plan
-from operations.mailhost_plans import Plan
+from operations.mailhost import apply_host_plan
+from backupmx.postfix.hostplan import HostPlan
 from operations.mailhost_proof import prove_settled, run_proof
 
 # How long verify_relay waits for a reload to take effect (postscreen restarts).
@@ -49,9 +49,9 @@ SETTLE_SECONDS = 30.0
 # --- the plan -------------------------------------------------------------------
 
 
-def plan_relay_config(relay: RelayHost, domains: Sequence[str], present: bool = True, postfix=None) -> Plan:
+def plan_relay_config(relay: RelayHost, domains: Sequence[str], present: bool = True, postfix=None) -> HostPlan:
     """What ``relay_config`` would change; ``postfix``: the ``RelayPostconf`` fact if already read."""
-    plan = Plan("relay_config")
+    plan = HostPlan("relay_config")
     try:
         domains = check_domains(domains)
     except BackupMXError as error:
@@ -123,7 +123,7 @@ def relay_config(relay: RelayHost, domains: Sequence[str], present: bool = True)
     # At execution always read the host as it is now; while preparing, the plan
     # assess_relayhost made moments ago.
     plan = None if executing() else recall(_plan_key(relay, domains, present))
-    yield from apply_plan(plan or plan_relay_config(relay, domains, present))
+    yield from apply_host_plan(plan or plan_relay_config(relay, domains, present))
 
 
 # --- the proof ------------------------------------------------------------------
@@ -221,7 +221,7 @@ def verify_relay(relay: RelayHost, domains: Sequence[str],
 class RelayAssessment:
     """One relay host as seen while preparing."""
 
-    plan: Plan
+    plan: HostPlan
     proof: Proof | None = None  # made while preparing when nothing is left to change
     rows: list[Check] = field(default_factory=list)
     message_size_limit: int | None = None  # what Postfix's will be once relay_config ran (None: not read)

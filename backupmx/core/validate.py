@@ -221,3 +221,8 @@ def command(value: Any, field_name: str, allow_empty: bool = False) -> tuple[str
         raise ConfigError(field_name, f"{list(value)!r} has an empty argument",
                           "one argument per string, e.g. [\"systemctl\", \"reload\", \"postfix\"]")
     return tuple(value)
+
+
+def cidr_strings(relay_cidrs) -> list[str]:
+    """Relay networks (validated ``IPNetwork`` values or their text) as text, in order."""
+    return [str(cidr) for cidr in relay_cidrs]

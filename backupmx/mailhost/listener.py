@@ -1,5 +1,5 @@
-"""The PROXY-v2 listener of a mail host: the ``-o`` overrides stage 3 wants on it, and the
-message when the inventory names a listener the host does not have.
+"""The PROXY-v2 listener of a mail host: the ``-o`` overrides stage 3 wants on it (and takes away),
+master.cf with them, and the message when the inventory names a listener the host does not have.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from backupmx.mailhost.layers import (
 )
 from backupmx.mailhost.model import ACCESS_LIST, CACHE_MAP, POSTFIX_DEFAULT_ACCESS_LIST, MailHost
 from backupmx.postfix.maincf import postfix_list
-from backupmx.postfix.mastercf import Listener
+from backupmx.postfix.mastercf import Listener, remove_service_options, set_service_options
 
 RELAY_SMTPD_KEY = f"{RELAY_SMTPD_SERVICE}/{RELAY_SMTPD_TYPE}"
 
@@ -99,3 +99,38 @@ def missing_listener_message(mailhost: MailHost, services: Mapping[str, Listener
     return None
 
 
+
+
+def listener_master_cf(mailhost: MailHost, master_cf: str, listener: Listener, options: Mapping[str, str | None],
+                       present: bool) -> str:
+    """Native: master.cf with the listener's overrides as wanted (None: an override of ours taken away)."""
+    service, service_type = mailhost.proxy_service, mailhost.proxy_service_type
+    for name, value in options.items():
+        if value is not None and (present or value):
+            master_cf = set_service_options(master_cf, service, service_type, {name: value})
+        elif value is None and name in listener.params:
+            master_cf = remove_service_options(master_cf, service, service_type, {name: listener.params[name]})
+    return master_cf
+
+
+def options_without_whitelist(mailhost: MailHost, listener: Listener, main: Mapping[str, str]) -> dict[str, str | None]:
+    """present=False: the access list without our table, no cache map of ours, no hand-off to our
+    relay service; None drops the override."""
+    ours = f"cidr:{mailhost.cidr_path}"
+    options: dict[str, str | None] = {}
+    current = listener.params.get(ACCESS_LIST)
+    if current is not None:
+        entries = [entry for entry in postfix_list(current) if entry != ours]
+        base = postfix_list(main.get(ACCESS_LIST, POSTFIX_DEFAULT_ACCESS_LIST))
+        options[ACCESS_LIST] = None if entries == base else ",".join(entries)
+    if listener.params.get(CACHE_MAP) == mailhost.cache_map():  # named after the listener: only we set it
+        options[CACHE_MAP] = None
+    if listener.params.get(SERVICE_NAME_OPTION) == RELAY_SMTPD_SERVICE:
+        options[SERVICE_NAME_OPTION] = None
+    return options
+
+
+def handoff(listener: Listener, main: Mapping[str, str]) -> str:
+    """The smtpd service the listener hands its clients to (the one our relay service copies)."""
+    name = listener.params.get(SERVICE_NAME_OPTION, main.get(SERVICE_NAME_OPTION, "smtpd"))
+    return f"{main.get(SERVICE_NAME_OPTION, 'smtpd') if name == RELAY_SMTPD_SERVICE else name}/pass"

@@ -208,14 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backupmx.monitoring.docs: {error}", file=sys.stderr)
         return 2
     stale = []
-    for key, given, render in (("runbook", args.runbook, render_runbook),
+    for key, given, page in (("runbook", args.runbook, render_runbook),
                                ("architecture", args.architecture, render_architecture)):
         target = _output(given, view, key)
         if target is None:
             print(f"backupmx.monitoring.docs: no {key} path: set monitoring.{key} in the inventory or pass --{key}",
                   file=sys.stderr)
             return 2
-        text = render(view)
+        text = page(view)
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current == text:
             print(f"{target}: current")

@@ -26,7 +26,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-import operations.mailhost_plans
+import backupmx.mailhost.plan
 from backupmx.mailhost import render as mailhost_render
 from backupmx.mailhost.listener import wanted_listener_options
 from backupmx.mailhost.model import load_mailhost
@@ -351,7 +351,7 @@ def test_broken_rspamd_include_is_rolled_back_byte_for_byte(world, pristine, mon
 def test_postfix_check_warning_is_rolled_back(world, pristine, monkeypatch, caplog):
     """A misspelled parameter only makes `postfix check` warn (exit 0): that warning must count."""
     wanted = wanted_listener_options
-    monkeypatch.setattr(operations.mailhost_plans, "wanted_listener_options",
+    monkeypatch.setattr(backupmx.mailhost.plan, "wanted_listener_options",
                         lambda *args: {**wanted(*args), "postscren_greet_action": "enforce"})
 
     ok, log = run_operation(world, postscreen_whitelist, caplog)
@@ -370,7 +370,7 @@ def test_postfix_check_warning_is_rolled_back(world, pristine, monkeypatch, capl
 def test_postmap_probe_failure_is_rolled_back(world, pristine, monkeypatch, caplog):
     """A table that leaves out a relay network fails its probe: nothing reloaded."""
     render = render_postscreen_access
-    monkeypatch.setattr(operations.mailhost_plans, "render_postscreen_access", lambda cidrs: render(list(cidrs)[:1]))
+    monkeypatch.setattr(backupmx.mailhost.plan, "render_postscreen_access", lambda cidrs: render(list(cidrs)[:1]))
 
     ok, log = run_operation(world, postscreen_whitelist, caplog)
 

@@ -253,7 +253,7 @@ def test_docker_mailserver_with_policyd_spf_gets_the_relay_smtpd_service(tmp_pat
     assert live["overrides"] >= {"2525/inet/smtpd_service_name = backupmx-relay",
                                  f"backupmx-relay/pass/backupmx_relay_exception = check_client_access,cidr:{m.cidr_path}"}
     assert live["recipient"] == ("permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination, "
-                                 "$backupmx_relay_exception, check_policy_service, unix:private/policyd-spf, "
+                                 "$backupmx_relay_exception, check_policy_service unix:private/policyd-spf, "
                                  "reject_unknown_recipient_domain")
     patches = Path(m.user_patches_host_path).read_text()
     assert "postconf -M 'backupmx-relay/pass=backupmx-relay pass - - y - - smtpd'" in patches
