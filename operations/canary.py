@@ -17,11 +17,11 @@ from __future__ import annotations
 from functools import partial
 
 import click
-from pyinfra import host, logger
+from pyinfra import logger
 from pyinfra.api import DeployError, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.exceptions import ConnectError
 
-from backupmx.core.context import RunEnd, at_exit, executing, inventory_host, settings_of
+from backupmx.core.context import RunEnd, at_exit, inventory_host, settings_of
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.lifecycle.canary import CanaryRun, by_message_id
 from backupmx.lifecycle.canary_settings import load_canary
@@ -29,6 +29,7 @@ from backupmx.lifecycle.canary_verdict import MESSAGE_ID_PREFIX
 from facts.mailhost import facts_args
 from facts.maildir import MaildirMessages
 from operations.mailhost import mailhost_settings, one_mailhost_run
+from operations.review import show
 
 COMMAND_TIMEOUT = 90
 
@@ -142,11 +143,6 @@ def _verify(state, host, run: CanaryRun):
     return True
 
 
-def _show(message: str) -> None:
-    if not executing():
-        host.log(message, logger.info)
-
-
 @operation(is_idempotent=False)
 def canary_send(run: CanaryRun):
     """
@@ -161,7 +157,7 @@ def canary_send(run: CanaryRun):
         canary_send(name="Canary 1: one message to each backup MX host", run=current_canary(host))
     """
     for line in run.plan_lines()[:-1]:
-        _show(line)
+        show(line, review_only=True)
     yield FunctionCommand(_send, (run,), {})
 
 
@@ -178,5 +174,5 @@ def canary_verify(run: CanaryRun):
 
         canary_verify(name="Canary 2: delivered, judged and deleted", run=current_canary(host))
     """
-    _show(run.plan_lines()[-1])
+    show(run.plan_lines()[-1], review_only=True)
     yield FunctionCommand(_verify, (run,), {})

@@ -42,6 +42,7 @@ from facts.mailhost import PostscreenListeners
 from operations.mailhost import mailhost_settings, one_mailhost_run
 from operations.mailhost_state import listeners_args
 from operations.mailhost_proof import prove_live
+from operations.review import show
 
 
 def current_drill(target) -> Drill:
@@ -73,13 +74,6 @@ def _print_report(drill: Drill, end: RunEnd) -> None:
 
 def _log(message: str, log_func=logger.info) -> None:
     host.log(message, log_func)
-
-
-def _show(message: str) -> None:
-    # The plan, shown while preparing (the --dry review); at execution the steps say what they do.
-    if executing():
-        return
-    host.log(message, logger.info)
 
 
 def _plan(drill: Drill, key: str, title: str, evidence: str) -> None:
@@ -161,14 +155,14 @@ def drill_preflight(drill: Drill):
     + drill: the run's ``backupmx.lifecycle.drill.Drill``
     """
     backup = drill.settings.backup_mx
-    _show(f"failover 1: would check the authoritative DNS of {drill.domain} lists "
-          f"{', '.join(f'{backup.priority} {h}' for h in backup.hosts)} and prove the whitelist + exemption live")
+    show(f"failover 1: would check the authoritative DNS of {drill.domain} lists "
+          f"{', '.join(f'{backup.priority} {h}' for h in backup.hosts)} and prove the whitelist + exemption live", review_only=True)
     if not executing():
         try:
             answer = dnscheck.render(dnscheck.live_mx(drill.domain, drill.settings.dns_servers))
         except BackupMXError as error:
             answer = f"not readable now ({error})"
-        _show(f"failover 1: the authoritative DNS answers now: {answer}")
+        show(f"failover 1: the authoritative DNS answers now: {answer}", review_only=True)
     _plan(drill, "1", "backup MX live in DNS", "checked when the drill runs")
     _read_size_limit(drill)
     _plan(drill, "1", "whitelist + exemption live", "proven when the drill runs")
@@ -184,10 +178,10 @@ def drill_down_window(drill: Drill):
     """
     f = drill.failover
     hosts = drill.settings.backup_mx.hosts
-    _show(f"failover 2: would stop the primary mail path: {shlex.join(f.stop_command)} "
-          f"(at most {f.window_seconds:.0f} s)")
-    _show(f"failover 3: would send {f.probes} DKIM-signed probe(s) from {f.sender_domain} to {f.recipient} via "
-          f"{', '.join(hosts)}")
+    show(f"failover 2: would stop the primary mail path: {shlex.join(f.stop_command)} "
+          f"(at most {f.window_seconds:.0f} s)", review_only=True)
+    show(f"failover 3: would send {f.probes} DKIM-signed probe(s) from {f.sender_domain} to {f.recipient} via "
+          f"{', '.join(hosts)}", review_only=True)
     if f.large_message_bytes:
         if drill.primary_size_limit is None:
             size = f"the primary's message_size_limit is not readable ({drill.size_error}): the drill would refuse"
@@ -195,12 +189,12 @@ def drill_down_window(drill: Drill):
             decision = large_size(f.large_message_bytes, drill.primary_size_limit)
             size = (f"{decision.size} bytes ({decision.note or 'the primary takes ' + str(drill.primary_size_limit)}"
                     f"); smaller if a backup announces a smaller SIZE")
-        _show(f"failover 3: would send a large message: {size}")
+        show(f"failover 3: would send a large message: {size}", review_only=True)
     if f.spam_message:
-        _show("failover 3: would send a spam message (content scoring over 11): it must arrive tagged, never "
-              "rejected")
-    _show(f"failover 4: would wait up to {f.queue_seconds:.0f} s for each in the {drill.settings.provider.name} queue")
-    _show(f"failover 5: would start it again (always): {shlex.join(f.start_command)}; then {f.up_check} must accept")
+        show("failover 3: would send a spam message (content scoring over 11): it must arrive tagged, never "
+              "rejected", review_only=True)
+    show(f"failover 4: would wait up to {f.queue_seconds:.0f} s for each in the {drill.settings.provider.name} queue", review_only=True)
+    show(f"failover 5: would start it again (always): {shlex.join(f.start_command)}; then {f.up_check} must accept", review_only=True)
     _plan(drill, "2", "take the primary down", f"would run {shlex.join(f.stop_command)}")
     extras = " + a large message" * bool(f.large_message_bytes) + " + a spam message" * f.spam_message
     _plan(drill, "3", "send probes", f"would send {f.probes}{extras} to {', '.join(hosts)}")
@@ -217,11 +211,11 @@ def drill_verify(drill: Drill):
     + drill: the run's ``backupmx.lifecycle.drill.Drill``
     """
     f = drill.failover
-    _show(f"failover 6: would wait up to {f.drain_seconds:.0f} s for the queue to drain")
-    _show(f"failover 7: would read {f.maildir} on {drill.host_name}: each message delivered once, no "
+    show(f"failover 6: would wait up to {f.drain_seconds:.0f} s for the queue to drain", review_only=True)
+    show(f"failover 7: would read {f.maildir} on {drill.host_name}: each message delivered once, no "
           f"R_SPF_*/DMARC_*, R_DKIM_ALLOW, relay address in Received, first attempt after primary-up; the large one "
-          f"whole, the spam one tagged")
-    _show(f"failover 8: would remove the drill's messages from {f.maildir} (kept if the drill fails)")
+          f"whole, the spam one tagged", review_only=True)
+    show(f"failover 8: would remove the drill's messages from {f.maildir} (kept if the drill fails)", review_only=True)
     _plan(drill, "6", "provider queue drained", f"would wait up to {f.drain_seconds:.0f} s")
     _plan(drill, "7", "mailbox verdicts", f"would read {f.maildir}")
     yield FunctionCommand(_verify, (drill,), {})

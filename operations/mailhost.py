@@ -18,50 +18,19 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, TypeVar
 
-from pyinfra import host, logger
-from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
+from pyinfra.api import DeployError, FunctionCommand, operation
 
-from backupmx.core.context import executing, executing_after_preparing, run_value
+from backupmx.core.context import run_value
 from backupmx.core.errors import BackupMXError
 from backupmx.core.validate import cidr_strings
-from backupmx.core.plan_log import note_file_change
 from backupmx.mailhost.model import MailHost, load_mailhost
-from backupmx.postfix.hostplan import HostPlan
 from operations.mailhost_proof import SETTLE_SECONDS, prove_live_settled, run_proof
 from operations.mailhost_state import exemption_plan, whitelist_plan
-from operations.transaction import transaction_commands
+from operations.transaction import apply_host_plan
 
 T = TypeVar("T")
 
 
-def _fail(state, host, message):  # (state, host): pyinfra passes them to a FunctionCommand
-    host.log(f"backupmx: {message}", log_func=logger.error)
-    return False
-
-
-def _show(plan: HostPlan) -> None:
-    # Shown while preparing (the --dry review) and, with -y (no preparing pass),
-    # once when it runs; never twice.
-    if executing_after_preparing():
-        return
-    for change in plan.files:  # for the --dry plan documents (docs/ci.md)
-        note_file_change(host.name, change.path, change.old, change.new, plan.label)
-    host.log(f"{plan.label}: {plan.summary()}", logger.info)
-    for line in plan.diff():
-        logger.info("    %s", line)
-
-
-def apply_host_plan(plan: HostPlan):
-    if plan.problems:
-        if not executing():
-            raise OperationError(plan.problems[0])
-        yield FunctionCommand(_fail, (plan.problems[0],), {})
-        return
-    if not plan.changed:
-        host.noop(plan.already)
-        return
-    _show(plan)
-    yield from transaction_commands(plan.transaction, plan.label)
 
 
 @operation()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import (
     DeployError,
     FunctionCommand,
@@ -31,7 +31,7 @@ from pyinfra.api import (
     operation,
 )
 
-from backupmx.core.context import executing, executing_after_preparing
+from backupmx.core.context import executing
 from backupmx.core.errors import BackupMXError
 from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import DOCUMENT, note_file_change
@@ -45,6 +45,7 @@ from backupmx.postfix.shell import one_line
 from backupmx.postfix.transaction import FileChange, Transaction, unified_diff
 from facts.mailhost import MailhostFiles
 from operations.transaction import transaction_commands
+from operations.review import fail, show
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,20 +61,6 @@ def monitoring_settings(target, settings: Settings) -> Monitoring:
         return load_monitoring(target.data.get("monitoring"), settings)
     except BackupMXError as error:
         raise DeployError(f"{target.name}: {error}") from None
-
-
-def _show(title: str, lines: list[str]) -> None:
-    # While preparing (the --dry review) and, with -y (no preparing pass), once when it runs.
-    if executing_after_preparing():
-        return
-    host.log(title, logger.info)
-    for line in lines:
-        logger.info("    %s", line)
-
-
-def _fail(state, host, message):  # pyinfra calls it with (state, host, ...)
-    host.log(f"backupmx: {message}", log_func=logger.error)
-    return False
 
 
 def plan_monitoring_files(monitoring: Monitoring, files: dict[str, str]) -> tuple[list[FileChange], str | None]:
@@ -118,7 +105,7 @@ def monitoring_files(monitoring: Monitoring, files: dict[str, str]):
     if problem:
         if not executing():
             raise OperationError(problem)
-        yield FunctionCommand(_fail, (problem,), {})
+        yield FunctionCommand(fail, (problem,), {})
         return
     if not changes:
         host.noop(f"monitoring files already as rendered in {monitoring.dir} ({len(files)} files)")
@@ -130,7 +117,7 @@ def monitoring_files(monitoring: Monitoring, files: dict[str, str]):
     for change in changes:  # for the --dry plan documents (docs/ci.md)
         note_file_change(host.name, change.path, change.old, change.new, "monitoring_files")
     checks = ", ".join(what for what, _ in monitoring.validations()) or "no validation (disabled in the inventory)"
-    _show(f"monitoring_files: {summary} (validated with {checks})", diff)
+    show(f"monitoring_files: {summary} (validated with {checks})", diff)
     transaction = Transaction(
         label="monitoring_files",
         files=tuple(changes),
@@ -163,10 +150,10 @@ def local_file(path: str, text: str):
     diff = unified_diff(path, old, text)
     title = f"local_file: {'create' if old is None else 'change'} {path} (on the control machine)"
     if bool(host.data.get(FULL_DOCS_KEY)):
-        _show(title, diff)
+        show(title, diff)
     else:
         # A generated page: its rendering is long and not configuration; one line unless asked.
-        _show(f"{title}: {doc_diff_summary(diff, host.data.get(MARKDOWN_KEY))}", [])
+        show(f"{title}: {doc_diff_summary(diff, host.data.get(MARKDOWN_KEY))}", [])
     yield FunctionCommand(write_atomically, (str(target), text), {})
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 from functools import partial
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, OperationError, operation
+from pyinfra.api import FunctionCommand, operation
 
-from backupmx.core.context import executing, executing_after_preparing, once_per_run
+from backupmx.core.context import once_per_run
 from backupmx.core.errors import BackupMXError
 from backupmx.lifecycle.deploy import take_run_lock
 from backupmx.lifecycle.maintenance import REMINDER, Maintenance, parse_action
 from backupmx.providers.base import ManualStepRequired
+from operations.review import show, stop
 
 
 def current_maintenance(data) -> Maintenance:
@@ -29,25 +30,6 @@ def _start_maintenance(settings, data) -> Maintenance:
     if parse_action(data.get("hold")) != "status":
         take_run_lock(settings, data)
     return Maintenance(settings)
-
-
-def _show(message: str, log_func=logger.info) -> None:
-    # Shown while preparing (the --dry review) and, with -y (no preparing pass), when it runs.
-    if executing_after_preparing():
-        return
-    host.log(message, log_func)
-
-
-def _fail(state, host, message):  # pyinfra calls it with (state, host, ...)
-    host.log(message, log_func=logger.error)
-    return False
-
-
-def _stop(message: str):
-    """Fail this operation with one line: while preparing, or when it runs."""
-    if not executing():
-        raise OperationError(message)
-    yield FunctionCommand(_fail, (message,), {})
 
 
 def _set_hold(state, host, maintenance, domain, on) -> bool:  # pyinfra calls it with (state, host, ...)
@@ -84,17 +66,17 @@ def accept_and_hold(maintenance, domain, on: bool):
         hold = maintenance.hold(domain.name)
     except BackupMXError as error:
         steps = maintenance.provider_steps(f"hold_{word}", domain.name)
-        yield from _stop(f"Accept-and-Hold {domain.name}: cannot read the provider: {error}; or by hand: "
+        yield from stop(f"Accept-and-Hold {domain.name}: cannot read the provider: {error}; or by hand: "
                          f"{'; '.join(steps)}")
         return
     if hold.known and hold.value is on:
         already = f"Accept-and-Hold is already {word} for {domain.name} ({hold.evidence})"
-        _show(already)
-        _show(REMINDER[word], logger.warning if on else logger.info)
+        show(already)
+        show(REMINDER[word], log_func=logger.warning if on else logger.info)
         host.noop(already)
         return
     now = ("ON" if hold.value else "off") if hold.known else f"unknown: {hold.evidence}"
-    _show(f"Accept-and-Hold {domain.name}: turn it {word} (now {now})")
+    show(f"Accept-and-Hold {domain.name}: turn it {word} (now {now})")
     yield FunctionCommand(_set_hold, (maintenance, domain.name, on), {})
 
 
@@ -109,10 +91,10 @@ def hold_status(maintenance, domain):
     try:
         lines = maintenance.status(domain.name)
     except BackupMXError as error:
-        yield from _stop(f"Accept-and-Hold {domain.name}: cannot read the provider: {error}")
+        yield from stop(f"Accept-and-Hold {domain.name}: cannot read the provider: {error}")
         return
     for line in lines:
-        _show(line)
+        show(line)
     host.noop(lines[0])
 
 
@@ -141,6 +123,6 @@ def provider_domain_reenabled(run, domain):
     if entry is None:
         host.noop(f"{domain.name}: nothing to enable again at the provider")
         return
-    _show(f"G1: enable {domain.name} again at {run.settings.provider.name} (disabled by the rollback of "
+    show(f"G1: enable {domain.name} again at {run.settings.provider.name} (disabled by the rollback of "
           f"{entry.get('when', '?')}), before stage 5")
     yield FunctionCommand(_reenable, (run, domain.name), {})

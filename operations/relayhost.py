@@ -38,7 +38,7 @@ from backupmx.providers.relayhost import (
     wanted_files,
 )
 from facts.relayhost import RelayFiles, RelayPostconf, RelayQueue, RelaySmtpProof
-from operations.mailhost import apply_host_plan
+from operations.transaction import apply_host_plan
 from backupmx.postfix.hostplan import HostPlan
 from operations.mailhost_proof import prove_settled, run_proof
 

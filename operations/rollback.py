@@ -18,12 +18,13 @@ import click
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from backupmx.core.context import EXIT_INTERRUPTED, RunEnd, at_exit, executing_after_preparing, once_per_run
+from backupmx.core.context import EXIT_INTERRUPTED, RunEnd, at_exit, once_per_run
 from backupmx.core.errors import BackupMXError
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, WARN
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.deploy import take_run_lock
 from backupmx.lifecycle.rollback import Rollback
+from operations.review import show
 
 STEPS = (("1", "remove backup MX {}"), ("2", "DNS without backups {}"), ("3", "disable {} at {}"))
 # Steps 1-2 done, DNS clear, but a provider step is left for the operator: not 0
@@ -86,13 +87,6 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def _show(message: str, log_func=logger.info) -> None:
-    # Shown while preparing (the --dry review) and, with -y (no preparing pass), when it runs.
-    if executing_after_preparing():
-        return
-    host.log(message, log_func)
-
-
 def _log_check(check) -> None:
     log_func = {FAIL: logger.error, WARN: logger.warning}.get(check.status, logger.info)
     host.log(f"rollback {check.key}: {check.title}: {check.status}: {check.evidence}", log_func)
@@ -129,19 +123,19 @@ def backup_mx_removed(rollback, domain):
     try:
         plan = rollback.plan(domain)
     except BackupMXError as error:
-        _show(f"rollback 1: {domain.name}: cannot read the zone now: {error}", logger.warning)
+        show(f"rollback 1: {domain.name}: cannot read the zone now: {error}", log_func=logger.warning)
         rollback.add("1", title, WARN, f"zone not readable while preparing: {error}")
         yield FunctionCommand(_run_step, (rollback.remove_records, domain), {})
         return
     for warning in plan.warnings:
-        _show(f"rollback 1: warning: {warning}", logger.warning)
+        show(f"rollback 1: warning: {warning}", log_func=logger.warning)
     if not plan.deletes:
         kept = dnscheck.render(rollback.kept.get(domain.name, ()))
         rollback.add("1", title, PASS, f"no backup MX record in the zone (kept: {kept})")
         host.noop(f"no backup MX record of {domain.name} in Cloudflare")
         return
     for record in plan.deletes:
-        _show(f"rollback 1: - {record.render()}")
+        show(f"rollback 1: - {record.render()}")
     rollback.add("1", title, CHANGE, "would delete " + ", ".join(r.render() for r in plan.deletes))
     yield FunctionCommand(_run_step, (rollback.remove_records, domain), {})
 
@@ -164,13 +158,13 @@ def dns_without_backups(rollback, domain):
         answer = dnscheck.live_mx(domain.name, rollback.settings.dns_servers)
     except BackupMXError as error:
         answer = None
-        _show(f"rollback 2: {domain.name}: cannot ask the authoritative servers now: {error}", logger.warning)
+        show(f"rollback 2: {domain.name}: cannot ask the authoritative servers now: {error}", log_func=logger.warning)
     if answer is not None and not any(mx[1] in backup.hosts for mx in answer):
         check = rollback.wait_dns(domain, lambda message: None)
         if check.status != FAIL:
             host.noop(f"the authoritative DNS of {domain.name} lists no backup MX: {dnscheck.render(answer)}")
             return
-    _show(f"rollback 2: wait until the authoritative DNS of {domain.name} lists no backup MX "
+    show(f"rollback 2: wait until the authoritative DNS of {domain.name} lists no backup MX "
           f"(up to {rollback.settings.dns_wait_seconds} s)")
     rollback.add("2", title, CHANGE, "would wait for the authoritative DNS to drop the backups")
     yield FunctionCommand(_run_step, (rollback.wait_dns, domain), {})
@@ -206,11 +200,11 @@ def provider_domain_disabled(rollback, domain):
         host.noop(f"{domain.name} is already disabled at {rollback.settings.provider.name}")
         return
     if reason:
-        _show(f"rollback 3: {domain.name}: the provider cannot be read now ({reason}); when this step runs it "
-              f"tries again, else warns with the steps to take by hand", logger.warning)
+        show(f"rollback 3: {domain.name}: the provider cannot be read now ({reason}); when this step runs it "
+              f"tries again, else warns with the steps to take by hand", log_func=logger.warning)
         rollback.add("3", title, WARN, f"provider not readable while preparing: {reason}")
     else:
-        _show(f"rollback 3: disable {domain.name} at {rollback.settings.provider.name} "
+        show(f"rollback 3: disable {domain.name} at {rollback.settings.provider.name} "
               f"(enabled now: {facts.enabled.evidence}) once DNS no longer lists the backups")
         rollback.add("3", title, CHANGE, f"would disable {domain.name} (enabled now: {facts.enabled.evidence})")
     yield FunctionCommand(_run_step, (rollback.disable_provider, domain), {})

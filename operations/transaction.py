@@ -16,15 +16,35 @@ import io
 from typing import Iterator
 
 from paramiko.ssh_exception import SSHException
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand
 from pyinfra.api.util import print_host_combined_output
 
+from backupmx.core.context import executing_after_preparing
+from backupmx.core.plan_log import note_file_change
+from backupmx.postfix.hostplan import HostPlan
 from backupmx.postfix.transaction import INLINE_SCRIPT_LIMIT, Transaction, transaction_script
+from operations.review import fail, show, stop
 
 
 def _script_command(script: str) -> StringCommand:
     return StringCommand("sh", "-c", QuoteString(script))
+
+
+def apply_host_plan(plan: HostPlan) -> Iterator[FileUploadCommand | FunctionCommand]:
+    """Yield from an operation: the plan's transaction, after its review lines; nothing when it has
+    nothing to change; its refusal when it is refused."""
+    if plan.refusal is not None:
+        yield from stop(plan.refusal)
+        return
+    if not plan.changed:
+        host.noop(plan.already)
+        return
+    if not executing_after_preparing():  # for the --dry plan documents (docs/ci.md), with the review
+        for change in plan.files:
+            note_file_change(host.name, change.path, change.old, change.new, plan.label)
+    show(f"{plan.label}: {plan.summary()}", plan.diff())
+    yield from transaction_commands(plan.transaction, plan.label)
 
 
 def transaction_commands(tx: Transaction, label: str) -> Iterator[FileUploadCommand | FunctionCommand]:
@@ -56,18 +76,13 @@ def _run_transaction(state, host, label: str, command: StringCommand) -> bool:  
         ok, output = host.run_shell_command(command, print_output=state.print_output,
                                             print_input=state.print_input)
     except (OSError, EOFError, SSHException) as error:
-        return _failed(host, _connection_lost(host, label, type(error).__name__))
+        return fail(None, host, _connection_lost(host, label, type(error).__name__))
     if ok:
         return True
     if not state.print_output:
         print_host_combined_output(host, output)
     if not _connected(host):
-        return _failed(host, _connection_lost(host, label, "the session closed without an exit status"))
-    return False
-
-
-def _failed(host, message: str) -> bool:
-    host.log(f"backupmx: {message}", log_func=logger.error)
+        return fail(None, host, _connection_lost(host, label, "the session closed without an exit status"))
     return False
 
 
