@@ -7,6 +7,7 @@ docs/architecture.md ("Code map") draws the layers; pyproject.toml's
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,26 @@ def test_the_import_contracts_hold():
     result = subprocess.run([str(lint), "--no-cache"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "4 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("module,planted", [
+    ("backupmx/mailhost/model.py", "import backupmx.dns.plan"),  # two independent floors
+    ("backupmx/core/errors.py", "import backupmx.postfix.shell"),  # a floor importing one above it
+    ("backupmx/postfix/shell.py", "import backupmx_sandbox.world"),  # the runtime importing the sandbox
+])
+def test_the_contracts_catch_a_planted_import(tmp_path, module, planted):
+    """Each contract breaks when its rule is broken: a copy of the tree with one import planted fails."""
+    for folder in ("backupmx", "operations", "facts"):
+        shutil.copytree(PROJECT_ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PROJECT_ROOT / "sandbox" / "backupmx_sandbox", tmp_path / "backupmx_sandbox",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path)
+    target = tmp_path / module
+    target.write_text(target.read_text() + f"\n{planted}  # planted\n")
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0 and "BROKEN" in result.stdout, result.stdout[-2000:] + result.stderr[-1000:]
 
 
 @pytest.mark.parametrize("folder", RUNTIME)
