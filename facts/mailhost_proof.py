@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import FactBase
 
-from backupmx.mailhost.proof import PREGREET_PROBE, parse_rspamc_action, parse_rspamc_symbols
+from backupmx.mailhost.probes import PREGREET_PROBE, parse_rspamc_action, parse_rspamc_symbols
 from backupmx.postfix.shell import one_line, parse_captures
 from facts.mailhost import (
     PostscreenAccessFile,

@@ -13,19 +13,10 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import postfix_size
 from backupmx.core.validate import cidr_strings
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, TODO
-from backupmx.mailhost.model import ACCESS_LIST, MailHost
+from backupmx.mailhost.model import MailHost
 from backupmx.mailhost.plan import plan_exemption, plan_whitelist
 from backupmx.postfix.hostplan import HostPlan
-from backupmx.mailhost.proof import (
-    Proof,
-    judge_scans,
-    local_relay_networks,
-    probe_addresses,
-    scan_message,
-    settings_rule_in_dump,
-)
-from backupmx.mailhost.render import rspamd_files
-from backupmx.postfix.maincf import postfix_list
+from backupmx.mailhost.proof import Proof, judge_proof, proof_request
 from facts.mailhost import facts_args
 from facts.mailhost_proof import MailhostProof
 from operations.mailhost_state import plan_key, read_state
@@ -41,7 +32,8 @@ TITLE_4 = "verify live on every mail host"
 
 
 def prove_live(mailhost: MailHost, relay_cidrs, domain: str, dump: bool = True, target=None) -> Proof:
-    """Read the mail host again and check the whitelist and the exemption are in force.
+    """Read the mail host again (one SSH round trip) and judge whether the whitelist and the
+    exemption are in force (``backupmx.mailhost.proof.judge_proof`` says check by check):
 
     - the CIDR file permits exactly the relay networks;
     - postmap: an address in each relay network answers ``permit``, one outside none;
@@ -49,126 +41,16 @@ def prove_live(mailhost: MailHost, relay_cidrs, domain: str, dump: bool = True, 
       on no other service, nor in main.cf;
     - the rspamd settings file holds the rendered rule and ``rspamadm configdump``
       shows it;
-    - rspamc through the controller: a message from ``postmaster@domain`` claimed
-      from a relay address has no R_SPF_*/DMARC_* symbol, from an outside address it
-      has R_SPF_* (the running rspamd has the rule); with relay scoring
-      ``external_relay``, ``judge_scans`` checks instead that the relay's Received
-      header is taken and scored, and the action is not reject;
+    - rspamc through the controller: the exemption's (or external_relay's) verdict on
+      a message claimed from a relay address and from an outside one;
     - an SMTP session through the listener claiming each relay address, talking
-      before the greeting, with a relayed envelope (the relay's HELO name, a foreign
-      sender whose SPF does not list the relay, the domain's postmaster) reaches
-      RCPT 250: the running postscreen has the table and every smtpd restriction
-      lets relayed mail through (``backupmx.mailhost.layers``); no mail is sent.
+      before the greeting, with a relayed envelope, reaches RCPT 250: every smtpd
+      restriction lets relayed mail through; no mail is sent.
     """
     on = host if target is None else target
     cidrs = cidr_strings(relay_cidrs)
-    probes = probe_addresses(cidrs)
-    fargs = facts_args(mailhost)
-    proof = Proof(True)
-    relay_ip, outside_ip = probes.inside[0][1], probes.outside[0]
-    sources = tuple(address for _, address in probes.inside)
-    # Every read of the proof in one SSH round trip, run concurrently on the host.
-    read = on.get_fact(MailhostProof, cidr_host_path=mailhost.cidr_host_path,
-                       config_dir=mailhost.postfix_config_dir, cidr_path=mailhost.cidr_path,
-                       addresses=probes.addresses, settings_path=mailhost.rspamd_settings_host_path,
-                       rspamadm_args=mailhost.rspamadm_args,
-                       live_path=mailhost.rspamd_settings_live_path if mailhost.is_docker else None, dump=dump,
-                       controller=mailhost.rspamd_controller, ips=(relay_ip, outside_ip),
-                       mail_from=f"postmaster@{domain}", message=scan_message(mailhost, domain, outside_ip),
-                       listener=mailhost.smtp_probe or None, sources=sources, rcpt=f"postmaster@{domain}",
-                       helo=mailhost.proof_helo, sender=mailhost.proof_sender, **fargs)
-
-    table = read["table"]
-    if table is None or table["error"]:
-        proof.add("cidr file", False, f"{mailhost.cidr_host_path}: {table['error'] if table else 'absent'}")
-    else:
-        same = sorted(table["networks"]) == sorted(cidrs) and not table["invalid"]
-        proof.add("cidr file", same, f"{len(cidrs)} networks permitted" if same else
-                  f"{mailhost.cidr_host_path} permits {', '.join(table['networks']) or 'nothing'}"
-                  f"{'; unreadable lines: ' + ', '.join(table['invalid']) if table['invalid'] else ''}")
-
-    found = read["probes"]
-    if not found["postmap"]:
-        proof.add("postmap", False, found["error"])
-    else:
-        bad = []
-        for _, address in probes.inside:
-            answer = found["answers"].get(address, {})
-            if answer.get("answer") != "permit" or answer.get("error"):
-                bad.append(f"{address} got {answer.get('answer')!r} {answer.get('error') or ''}".strip())
-        for address in probes.outside:
-            answer = found["answers"].get(address, {})
-            if answer.get("answer") or answer.get("error"):
-                bad.append(f"outside {address} got {answer.get('answer')!r} {answer.get('error') or ''}".strip())
-        proof.add("postmap", not bad, "; ".join(bad) if bad else
-                  f"{len(probes.inside)} relay addresses permit, outside {', '.join(probes.outside)} no answer")
-
-    listeners = read["listeners"]
-    ours = f"cidr:{mailhost.cidr_path}"
-    if not listeners["postconf"]:
-        proof.add("postconf", False, listeners["error"])
-    else:
-        services = listeners["services"]
-        listener = services.get(mailhost.service_key)
-        value = listener.params.get(ACCESS_LIST, "") if listener else ""
-        elsewhere = [key for key, service in services.items() if key != mailhost.service_key
-                     and ours in postfix_list(service.params.get(ACCESS_LIST, ""))]
-        if ours in postfix_list(listeners["main"].get(ACCESS_LIST, "")):
-            elsewhere.append("main.cf")
-        ok = listener is not None and ours in postfix_list(value) and not elsewhere
-        if ok:
-            detail = f"{ours} on {mailhost.service_key} only"
-        else:
-            detail = f"{mailhost.service_key}/{ACCESS_LIST} = {value or '(not set)'}"
-            if elsewhere:
-                detail += f"; also on {', '.join(elsewhere)} (must be the PROXY-v2 listener only)"
-        proof.add("postconf -P", ok, detail)
-
-    exemption = read["exemption"]
-    wanted_block = rspamd_files(mailhost, cidrs)[mailhost.rspamd_settings_host_path][2]
-    block_ok = exemption["block"] == wanted_block
-    if mailhost.is_docker:
-        block_ok = block_ok and exemption["live_file"] == exemption["file"]
-    proof.add("rspamd settings", block_ok, "rule in place" if block_ok else f"{mailhost.rspamd_settings_host_path} does not hold the rendered rule"
-              f"{' (or the container copy differs)' if mailhost.is_docker else ''}")
-    if dump:
-        rules = exemption["rules"] if exemption["rspamadm"] else {}
-        dump_ok, rule_name = settings_rule_in_dump(mailhost, rules, cidrs)
-        proof.add("configdump", dump_ok, f"{rule_name} for {len(cidrs)} networks" if dump_ok
-                  else f"configdump does not show {rule_name} as rendered ({exemption['error'] or 'rule missing'})")
-
-    local = exemption["local_networks"] if dump else None
-    if local is not None:
-        overlaps = local_relay_networks(cidrs, local)
-        if overlaps:
-            proof.warn("rspamd local_networks", f"relay networks {'; '.join(overlaps)} are local to rspamd: relayed "
-                       "mail from them skips SPF, DMARC and RBL checks (spam passes unscored, no mail is lost); "
-                       "take them out of local_networks in the rspamd options (docs/mailhost.md)")
-
-    scan = read["scan"]
-    if not scan["rspamc"]:
-        proof.add("rspamc", False, "rspamc not found on the mail host")
-    else:
-        relay, outside = scan["results"].get(relay_ip, {}), scan["results"].get(outside_ip, {})
-        if relay.get("symbols") is None or outside.get("symbols") is None:
-            proof.add("rspamc", False, relay.get("error") or outside.get("error") or "no scan result")
-        else:
-            # What the scans must show depends on the relay scoring mode.
-            proof.add("rspamc", *judge_scans(mailhost, relay_ip, outside_ip, relay, outside))
-
-    if mailhost.smtp_probe:
-        session = read["pregreet"]
-        if not session["python"]:
-            proof.add("pregreet", False, "python3 not found on the mail host (set mailhost.smtp_probe: false to skip)")
-        else:
-            bad = [f"{source}: {result.get('text') or result.get('error')}"
-                   for source, result in session["results"].items() if result.get("code") != 250]
-            missing = [source for source in sources if source not in session["results"]]
-            bad += [f"{source}: no answer" for source in missing]
-            proof.add("relayed envelope", not bad, "; ".join(bad) if bad else
-                      f"{len(sources)} relay addresses talking early via {mailhost.smtp_probe} as "
-                      f"{mailhost.proof_helo}, MAIL FROM <{mailhost.proof_sender}>: RCPT 250")
-    return proof
+    read = on.get_fact(MailhostProof, **proof_request(mailhost, cidrs, domain, dump), **facts_args(mailhost))
+    return judge_proof(mailhost, cidrs, read, dump)
 
 
 # Checks whose failure may only mean a reload is still taking effect, and for how long

@@ -36,7 +36,7 @@ from backupmx.mailhost.model import (
     MailHost,
     dms_policy_conflicts,
 )
-from backupmx.mailhost.proof import probe_addresses
+from backupmx.mailhost.probes import probe_addresses
 from backupmx.mailhost.render import (
     main_cf_with_hook,
     render_postscreen_access,

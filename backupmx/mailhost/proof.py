@@ -1,18 +1,18 @@
-"""Stage 4's proof that the whitelist and the exemption are live: probe addresses inside
-and outside the relay networks, the pregreet probe through the PROXY-v2 listener,
-rspamd scans, and what each relay scoring mode must show.
+"""Stage 4's proof that the whitelist and the exemption are live, judged from what the mail host
+answered (``facts.mailhost_proof.MailhostProof``): the CIDR table, postmap, the listener's
+overrides, rspamd's rule (file, configdump, two scans) and the relayed envelope. Nothing here
+reads a host: ``proof_request`` says what to read, ``judge_proof`` what it shows.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from backupmx.core.errors import BackupMXError
 from backupmx.core.validate import IPNetwork
 from backupmx.mailhost.model import (
+    ACCESS_LIST,
     EXEMPT_GROUPS,
     EXTERNAL_RELAY,
     RSPAMD_CAP_RULE,
@@ -20,154 +20,12 @@ from backupmx.mailhost.model import (
     RSPAMD_RULE,
     MailHost,
 )
-
-# Candidates for "an address no relay network contains": documentation and
-# benchmarking ranges first (RFC 5737, 2544, 3849), so a probe never names a
-# real network. Relay networks are at most /16 wide, so some candidate is free.
-OUTSIDE_CANDIDATES = {
-    4: ["203.0.113.1", "198.51.100.1", "192.0.2.1", "198.18.0.1", "100.64.0.1"],
-    6: ["2001:db8:ffff:ffff::1", "2001:db8::1", "2001:db8:1::1", "3fff::1"],
-}
-
-
-# --- probe addresses ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Probes:
-    inside: tuple[tuple[str, str], ...]  # (relay network, an address in it)
-    outside: tuple[str, ...]  # addresses in no relay network, one per IP version in use
-
-    @property
-    def addresses(self) -> tuple[str, ...]:
-        return tuple(address for _, address in self.inside) + self.outside
-
-
-def probe_addresses(relay_cidrs: Iterable[IPNetwork | str]) -> Probes:
-    """For each relay network an address inside it (network + 1), and outside addresses in none."""
-    networks = [ipaddress.ip_network(str(cidr)) for cidr in relay_cidrs]
-    if not networks:
-        raise BackupMXError("no relay networks to probe")
-    inside = []
-    for network in networks:
-        address = network.network_address + 1 if network.num_addresses > 1 else network.network_address
-        inside.append((str(network), str(address)))
-    outside = []
-    for version in sorted({network.version for network in networks}):
-        for candidate in OUTSIDE_CANDIDATES[version]:
-            address = ipaddress.ip_address(candidate)
-            if not any(address in network for network in networks):
-                outside.append(candidate)
-                break
-        else:  # unreachable with networks no wider than /16, kept for honesty
-            raise BackupMXError(f"no IPv{version} probe address outside the relay networks")
-    return Probes(tuple(inside), tuple(outside))
-
-
-# --- stage 4 probes -------------------------------------------------------------
-
-# Runs on the mail host (python3): PROXY v2 header claiming SOURCE, then a relayed
-# envelope - EHLO with the relay's HELO name before the greeting, MAIL FROM a foreign
-# sender whose SPF does not list the relay, RCPT a local address - and QUIT: nothing
-# is delivered. Prints the RCPT reply (or MAIL's, when MAIL is refused). Whitelisted,
-# postscreen hands over to smtpd at once and every smtpd restriction judges the
-# envelope; RCPT 250 means all of them let it through. Otherwise the pregreet test
-# fails the session (RCPT 550 5.5.1).
-PREGREET_PROBE = r"""
-import ipaddress, socket, struct, sys
-host, port, source, rcpt, helo, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-src = ipaddress.ip_address(source)
-dst = ipaddress.ip_address("127.0.0.1" if src.version == 4 else "::1")
-body = src.packed + dst.packed + struct.pack("!HH", 40000, port)
-header = b"\r\n\r\n\x00\r\nQUIT\n" + struct.pack("!BBH", 0x21, 0x11 if src.version == 4 else 0x21, len(body)) + body
-sock = socket.create_connection((host.strip("[]"), port), 15)
-stream = sock.makefile("rb")
-def reply():
-    lines = []
-    while True:
-        line = stream.readline().decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            raise SystemExit("connection closed after: " + " | ".join(lines))
-        lines.append(line)
-        if line[3:4] != "-":
-            return line[:3], " | ".join(lines)
-sock.sendall(header + b"EHLO " + helo.encode() + b"\r\n")
-code, text = reply()
-while code == "220":
-    code, text = reply()
-sock.sendall(b"MAIL FROM:<" + sender.encode() + b">\r\n")
-code, text = reply()
-if code == "250":
-    sock.sendall(b"RCPT TO:<" + rcpt.encode() + b">\r\n")
-    code, text = reply()
-else:
-    text = "at MAIL FROM: " + text
-sock.sendall(b"QUIT\r\n")
-print(code, text)
-""".strip()
-
-
-def probe_message(domain: str) -> str:
-    sender = f"postmaster@{domain}"
-    return (f"From: <{sender}>\r\nTo: <{sender}>\r\nSubject: backupmx stage 4 probe\r\n"
-            f"Message-ID: <backupmx-probe@{domain}>\r\nMIME-Version: 1.0\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n\r\nbackupmx checks the relay exemption.\r\n")
-
-
-def rspamc_argv(mailhost: MailHost, ip: str, mail_from: str) -> list[str]:
-    return mailhost.in_target(["rspamc", "-h", mailhost.rspamd_controller, "-t", "20", "-j", "-i", ip,
-                               "-F", mail_from, "--helo", "backupmx-probe.invalid", "symbols"], stdin=True)
-
-
-def parse_rspamc_symbols(text: str) -> list[str] | None:
-    """Symbol names from ``rspamc -j symbols`` (None when it is not a scan result)."""
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        data, _ = json.JSONDecoder().raw_decode(text[start:])
-    except ValueError:
-        return None
-    symbols = data.get("symbols")
-    if symbols is None and isinstance(data.get("default"), dict):  # older rspamc: per-metric
-        symbols = {key: value for key, value in data["default"].items() if isinstance(value, dict)}
-    if not isinstance(symbols, dict):
-        return None
-    return sorted(symbols)
-
-
-def exempted_symbols(symbols: Iterable[str]) -> list[str]:
-    """The SPF and DMARC verdicts the exemption removes."""
-    return sorted(s for s in symbols if s.startswith("R_SPF_") or s.startswith("DMARC_"))
-
-
-def parse_rspamc_action(text: str) -> str | None:
-    """The action from ``rspamc -j symbols`` (None when it is not a scan result)."""
-    start = text.find("{")
-    try:
-        data, _ = json.JSONDecoder().raw_decode(text[start:]) if start >= 0 else (None, 0)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    action = data.get("action")
-    if action is None and isinstance(data.get("default"), dict):  # older rspamc: per-metric
-        action = data["default"].get("action")
-    return action if isinstance(action, str) else None
+from backupmx.mailhost.probes import Probes, exempted_symbols, probe_addresses, scan_message
+from backupmx.mailhost.render import rspamd_files
+from backupmx.postfix.maincf import postfix_list
 
 
 # --- stage 4: what each relay scoring mode must show ------------------------------
-
-
-def scan_message(mailhost: MailHost, domain: str, outside_ip: str) -> str:
-    """The probe message stage 4 scans: external_relay puts it behind a relay's Received header."""
-    message = probe_message(domain)
-    if mailhost.relay_scoring != EXTERNAL_RELAY:
-        return message
-    # The layout Postfix writes (and the sandbox relay): "from HELO (rDNS [IP])".
-    return (f"Received: from backupmx-probe.invalid (unknown [{outside_ip}])\r\n"
-            f"\tby relay.backupmx-probe.invalid with ESMTP id BACKUPMXPROBE\r\n"
-            f"\tfor <postmaster@{domain}>; Thu, 01 Jan 2026 00:00:00 +0000\r\n") + message
 
 
 def settings_rule_in_dump(mailhost: MailHost, rules: Mapping[str, Any], cidrs: Sequence[str]) -> tuple[bool, str]:
@@ -266,3 +124,137 @@ class Proof:
         return "live: " + "; ".join(f"{name}: {detail}" for name, ok, detail in self.checks) + warned
 
 
+
+
+# --- the proof: what to read, and what it shows ------------------------------------------------
+
+
+def proof_request(mailhost: MailHost, cidrs: Sequence[str], domain: str, dump: bool = True) -> dict[str, Any]:
+    """``MailhostProof``'s arguments (but the container's, ``facts.mailhost.facts_args``): every read of
+    the proof, for one SSH round trip. ``dump``: read ``rspamadm configdump`` too (about a second)."""
+    probes = probe_addresses(cidrs)
+    relay_ip, outside_ip = probes.inside[0][1], probes.outside[0]
+    return {
+        "cidr_host_path": mailhost.cidr_host_path, "config_dir": mailhost.postfix_config_dir,
+        "cidr_path": mailhost.cidr_path, "addresses": probes.addresses,
+        "settings_path": mailhost.rspamd_settings_host_path, "rspamadm_args": mailhost.rspamadm_args,
+        "live_path": mailhost.rspamd_settings_live_path if mailhost.is_docker else None, "dump": dump,
+        "controller": mailhost.rspamd_controller, "ips": (relay_ip, outside_ip), "mail_from": f"postmaster@{domain}",
+        "message": scan_message(mailhost, domain, outside_ip), "listener": mailhost.smtp_probe or None,
+        "sources": tuple(address for _, address in probes.inside), "rcpt": f"postmaster@{domain}",
+        "helo": mailhost.proof_helo, "sender": mailhost.proof_sender,
+    }
+
+
+def judge_proof(mailhost: MailHost, cidrs: Sequence[str], read: Mapping[str, Any], dump: bool = True) -> Proof:
+    """What the mail host answered (``MailhostProof``'s value), judged check by check."""
+    probes = probe_addresses(cidrs)
+    proof = Proof(True)
+    _check_table(proof, mailhost, cidrs, read["table"])
+    _check_postmap(proof, probes, read["probes"])
+    _check_listener(proof, mailhost, read["listeners"])
+    _check_rspamd(proof, mailhost, cidrs, read["exemption"], dump)
+    _check_scans(proof, mailhost, probes, read["scan"])
+    if mailhost.smtp_probe:
+        _check_envelope(proof, mailhost, probes, read["pregreet"])
+    return proof
+
+
+def _check_table(proof: Proof, mailhost: MailHost, cidrs: Sequence[str], table) -> None:
+    if table is None or table["error"]:
+        proof.add("cidr file", False, f"{mailhost.cidr_host_path}: {table['error'] if table else 'absent'}")
+        return
+    same = sorted(table["networks"]) == sorted(cidrs) and not table["invalid"]
+    proof.add("cidr file", same, f"{len(cidrs)} networks permitted" if same else
+              f"{mailhost.cidr_host_path} permits {', '.join(table['networks']) or 'nothing'}"
+              f"{'; unreadable lines: ' + ', '.join(table['invalid']) if table['invalid'] else ''}")
+
+
+def _check_postmap(proof: Proof, probes: Probes, found) -> None:
+    """An address in each relay network answers ``permit``; one outside them all gets no answer."""
+    if not found["postmap"]:
+        proof.add("postmap", False, found["error"])
+        return
+    bad = []
+    for _, address in probes.inside:
+        answer = found["answers"].get(address, {})
+        if answer.get("answer") != "permit" or answer.get("error"):
+            bad.append(f"{address} got {answer.get('answer')!r} {answer.get('error') or ''}".strip())
+    for address in probes.outside:
+        answer = found["answers"].get(address, {})
+        if answer.get("answer") or answer.get("error"):
+            bad.append(f"outside {address} got {answer.get('answer')!r} {answer.get('error') or ''}".strip())
+    proof.add("postmap", not bad, "; ".join(bad) if bad else
+              f"{len(probes.inside)} relay addresses permit, outside {', '.join(probes.outside)} no answer")
+
+
+def _check_listener(proof: Proof, mailhost: MailHost, listeners) -> None:
+    """Our table in the PROXY-v2 listener's access list, on no other service, nor in main.cf."""
+    if not listeners["postconf"]:
+        proof.add("postconf", False, listeners["error"])
+        return
+    ours = f"cidr:{mailhost.cidr_path}"
+    services = listeners["services"]
+    listener = services.get(mailhost.service_key)
+    value = listener.params.get(ACCESS_LIST, "") if listener else ""
+    elsewhere = [key for key, service in services.items() if key != mailhost.service_key
+                 and ours in postfix_list(service.params.get(ACCESS_LIST, ""))]
+    if ours in postfix_list(listeners["main"].get(ACCESS_LIST, "")):
+        elsewhere.append("main.cf")
+    if listener is not None and ours in postfix_list(value) and not elsewhere:
+        proof.add("postconf -P", True, f"{ours} on {mailhost.service_key} only")
+        return
+    detail = f"{mailhost.service_key}/{ACCESS_LIST} = {value or '(not set)'}"
+    if elsewhere:
+        detail += f"; also on {', '.join(elsewhere)} (must be the PROXY-v2 listener only)"
+    proof.add("postconf -P", False, detail)
+
+
+def _check_rspamd(proof: Proof, mailhost: MailHost, cidrs: Sequence[str], exemption, dump: bool) -> None:
+    """The rendered rule in the settings file (and the container's copy), and in configdump."""
+    wanted_block = rspamd_files(mailhost, cidrs)[mailhost.rspamd_settings_host_path][2]
+    block_ok = exemption["block"] == wanted_block
+    if mailhost.is_docker:
+        block_ok = block_ok and exemption["live_file"] == exemption["file"]
+    proof.add("rspamd settings", block_ok, "rule in place" if block_ok else
+              f"{mailhost.rspamd_settings_host_path} does not hold the rendered rule"
+              f"{' (or the container copy differs)' if mailhost.is_docker else ''}")
+    if not dump:
+        return
+    rules = exemption["rules"] if exemption["rspamadm"] else {}
+    dump_ok, rule_name = settings_rule_in_dump(mailhost, rules, cidrs)
+    proof.add("configdump", dump_ok, f"{rule_name} for {len(cidrs)} networks" if dump_ok
+              else f"configdump does not show {rule_name} as rendered ({exemption['error'] or 'rule missing'})")
+    local = exemption["local_networks"]
+    overlaps = local_relay_networks(cidrs, local) if local is not None else []
+    if overlaps:
+        proof.warn("rspamd local_networks", f"relay networks {'; '.join(overlaps)} are local to rspamd: relayed "
+                   "mail from them skips SPF, DMARC and RBL checks (spam passes unscored, no mail is lost); "
+                   "take them out of local_networks in the rspamd options (docs/mailhost.md)")
+
+
+def _check_scans(proof: Proof, mailhost: MailHost, probes: Probes, scan) -> None:
+    """What the running rspamd makes of the probe message from a relay address and from outside."""
+    if not scan["rspamc"]:
+        proof.add("rspamc", False, "rspamc not found on the mail host")
+        return
+    relay_ip, outside_ip = probes.inside[0][1], probes.outside[0]
+    relay, outside = scan["results"].get(relay_ip, {}), scan["results"].get(outside_ip, {})
+    if relay.get("symbols") is None or outside.get("symbols") is None:
+        proof.add("rspamc", False, relay.get("error") or outside.get("error") or "no scan result")
+        return
+    proof.add("rspamc", *judge_scans(mailhost, relay_ip, outside_ip, relay, outside))
+
+
+def _check_envelope(proof: Proof, mailhost: MailHost, probes: Probes, session) -> None:
+    """The relayed envelope from each relay address, talking early, reached RCPT 250."""
+    if not session["python"]:
+        proof.add("pregreet", False, "python3 not found on the mail host (set mailhost.smtp_probe: false to skip)")
+        return
+    sources = [address for _, address in probes.inside]
+    bad = [f"{source}: {result.get('text') or result.get('error')}"
+           for source, result in session["results"].items() if result.get("code") != 250]
+    bad += [f"{source}: no answer" for source in sources if source not in session["results"]]
+    proof.add("relayed envelope", not bad, "; ".join(bad) if bad else
+              f"{len(sources)} relay addresses talking early via {mailhost.smtp_probe} as "
+              f"{mailhost.proof_helo}, MAIL FROM <{mailhost.proof_sender}>: RCPT 250")

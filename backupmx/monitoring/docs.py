@@ -26,7 +26,7 @@ from backupmx.core.paths import PROJECT_ROOT
 from backupmx.core.settings import Settings, load_settings
 from backupmx.dns import mtasts
 from backupmx.mailhost.model import MailHost, load_mailhost
-from backupmx.mailhost.proof import probe_addresses
+from backupmx.mailhost.probes import probe_addresses
 from backupmx.monitoring import canary_metrics, rules
 from backupmx.core.templates import render
 from backupmx.monitoring.rules import wanted_mx

@@ -45,7 +45,8 @@ from backupmx.mailhost.model import (
     USER_PATCHES_BLOCK,
     MailHost,
 )
-from backupmx.mailhost.proof import probe_addresses, settings_rule_in_dump
+from backupmx.mailhost.probes import probe_addresses
+from backupmx.mailhost.proof import settings_rule_in_dump
 from backupmx.mailhost.render import (
     render_postscreen_access,
     render_rspamd_block,

@@ -43,14 +43,8 @@ from backupmx.mailhost.model import (
     dms_policy_conflicts,
     load_mailhost,
 )
-from backupmx.mailhost.proof import (
-    judge_scans,
-    parse_rspamc_action,
-    probe_addresses,
-    probe_message,
-    rspamc_argv,
-    scan_message,
-)
+from backupmx.mailhost.probes import parse_rspamc_action, probe_addresses, probe_message, rspamc_argv, scan_message
+from backupmx.mailhost.proof import judge_scans
 from backupmx.mailhost.render import (
     parse_postscreen_access,
     render_external_relay_block,

@@ -9,7 +9,7 @@ import pytest
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size, refuses_what_the_primary_takes, seconds
 from backupmx.core.validate import relay_cidrs
-from backupmx.mailhost.proof import probe_addresses
+from backupmx.mailhost.probes import probe_addresses
 from backupmx.postfix.blocks import find_block
 from backupmx.providers.relayhost import (
     MASTER_BLOCK,
