@@ -12,6 +12,7 @@ from facts.mailhost import (
     RspamdExemption,
     capture_command,
     combined_script,
+    merged_captures,
     has_program,
     in_target,
     split_parts,
@@ -192,9 +193,13 @@ class MailhostProof(FactBase):
         "pregreet": PostscreenPregreet,
     }
 
-    def command(self, cidr_host_path, config_dir, cidr_path, addresses, settings_path, rspamadm_args, live_path,
-                dump, controller, ips, mail_from, message, listener=None, sources=(), rcpt="", helo="", sender="",
-                container=None, docker="docker"):
+    def command(self, **arguments):
+        return combined_script({"proof": self.captures(**arguments)})
+
+    @staticmethod
+    def captures(cidr_host_path, config_dir, cidr_path, addresses, settings_path, rspamadm_args, live_path, dump,
+                 controller, ips, mail_from, message, listener=None, sources=(), rcpt="", helo="", sender="",
+                 container=None, docker="docker"):
         target = {"container": container, "docker": docker}
         parts = {
             # A path on the host (docker-mailserver: its mounted config directory), not in the container.
@@ -206,11 +211,12 @@ class MailhostProof(FactBase):
         }
         if listener:
             parts["pregreet"] = PostscreenPregreet.captures(listener, sources, rcpt, helo, sender, **target)
-        return combined_script(parts)
+        return merged_captures(parts)
 
     @staticmethod
     def default():
         return MailhostProof().process([])
 
     def process(self, output):
-        return split_parts(output, self.PARTS)
+        lines = [line.strip().removeprefix("proof__") for line in output]
+        return split_parts(lines, self.PARTS)

@@ -133,7 +133,7 @@ def mailhost_findings(settings: Settings) -> list[dr.Finding]:
     """The whitelist and exemption on the current mail host, as stage 3's plans see them."""
     mailhost = mailhost_settings(host)
     findings = []
-    state = read_state(mailhost)
+    state, _ = read_state(mailhost)
     whitelist = plan_whitelist(mailhost, settings.relay_cidrs, state, host_name=host.name)
     if whitelist.problems:
         findings.append(dr.Finding("whitelist", host.name, dr.UNKNOWN, whitelist.problems[0]))

@@ -16,11 +16,12 @@ from facts.mailhost import (
     DockerMailserverPolicies,
     InterruptedTransactions,
     MailhostFiles,
-    MailhostReads,
     PostscreenListeners,
     RspamdExemption,
     facts_args,
 )
+from facts.mailhost_proof import MailhostProof
+from facts.mailhost_reads import MailhostReads
 
 
 def listeners_args(mailhost: MailHost) -> dict:
@@ -47,14 +48,20 @@ def state_reads(mailhost: MailHost) -> dict[str, tuple[type, dict]]:
     return reads
 
 
-def read_state(mailhost: MailHost) -> MailhostState:
-    """Every fact of the state in one SSH round trip, run concurrently on the host."""
+def read_state(mailhost: MailHost, proof: dict | None = None) -> tuple[MailhostState, dict | None]:
+    """Every fact of the state in one SSH round trip, run concurrently on the host; with ``proof``
+    (``backupmx.mailhost.proof.proof_request``), stage 4's reads too, in the same round trip:
+    (the state, what the proof read, or None)."""
     reads = state_reads(mailhost)
+    if proof is not None:
+        reads["proof"] = (MailhostProof, {**proof, **facts_args(mailhost)})
     found = host.get_fact(MailhostReads, reads=tuple((fact.__name__, tuple(sorted(arguments.items())))
                                                      for fact, arguments in reads.values()))
     if len(found) != len(reads):  # an incomplete answer: each fact on its own
         found = [host.get_fact(fact, **arguments) for fact, arguments in reads.values()]
-    return MailhostState(**dict(zip(reads, found)))
+    values = dict(zip(reads, found))
+    proof_read = values.pop("proof", None)
+    return MailhostState(**values), proof_read
 
 
 def plan_key(plan_label: str, mailhost: MailHost, relay_cidrs, present: bool) -> tuple:
@@ -75,10 +82,10 @@ def recall_plan(plan_label: str, mailhost: MailHost, relay_cidrs, present: bool)
 def whitelist_plan(mailhost: MailHost, relay_cidrs, present: bool = True) -> HostPlan:
     """The whitelist's plan for the current host: the one this pass made already, or one made now."""
     return (recall_plan("postscreen_whitelist", mailhost, relay_cidrs, present)
-            or plan_whitelist(mailhost, relay_cidrs, read_state(mailhost), present, host.name))
+            or plan_whitelist(mailhost, relay_cidrs, read_state(mailhost)[0], present, host.name))
 
 
 def exemption_plan(mailhost: MailHost, relay_cidrs, present: bool = True) -> HostPlan:
     """The exemption's plan for the current host: the one this pass made already, or one made now."""
     return (recall_plan("rspamd_exemption", mailhost, relay_cidrs, present)
-            or plan_exemption(mailhost, relay_cidrs, read_state(mailhost), present, host.name))
+            or plan_exemption(mailhost, relay_cidrs, read_state(mailhost)[0], present, host.name))
