@@ -187,6 +187,30 @@ def test_second_run_changes_nothing(relay_world, deployed):
     assert (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world)) == before
 
 
+def ssh_commands(debug_text: str, host_name: str, operation: str | None = None) -> int:
+    """SSH commands (round trips) pyinfra's ``--debug`` log shows on ``host_name``; ``operation``: only
+    while that operation executes (from its ``--> Starting operation`` line to the next one)."""
+    count, inside = 0, operation is None
+    for line in debug_text.splitlines():
+        if line.startswith("--> Starting operation: "):
+            inside = operation is None or line[len("--> Starting operation: "):].strip() == operation
+        elif inside and f"Running command on {host_name}:" in line:
+            count += 1
+    return count
+
+
+def test_relay_config_under_yes_reuses_the_plan_it_prepared(relay_world, deployed):
+    """With -y the operation bodies run only at execution: relay_config takes the plan
+    assess_relayhost made while preparing (as the mail host's stage 3 does) instead of
+    reading the relay's Postfix and files again: no SSH round trip of its own."""
+    result = cli("deploys/backupmx.py", *SELFHOSTED, "--debug")
+    text = output(result)
+    assert result.returncode == 0, "the -y no-op run failed (its --debug log is not shown)"
+    relay = "sandbox-relay"  # inventory/sandbox.py's relay host
+    assert ssh_commands(text, relay, "Relay stage: configure the store-and-forward relay") == 0
+    print(f"\nSSH round trips to the relay, -y no-op run: {ssh_commands(text, relay)}")
+
+
 def test_hold_on_status_off_on_the_relay(relay_world, deployed):
     try:
         result = cli("deploys/maintenance.py", "--data", "hold=on", *SELFHOSTED)
