@@ -15,7 +15,8 @@ REQUEST_LOG_LIMIT = 1000
 class RelaySettings:
     """Switches tests flip via ``POST /_sandbox/relay``; back to config defaults on reset."""
 
-    FIELDS = ("source_override", "retry_schedule", "deliver", "max_queue_age", "rcpt_reply", "deliver_to")
+    FIELDS = ("source_override", "retry_schedule", "deliver", "max_queue_age", "rcpt_reply", "deliver_to",
+              "client_address")
 
     def __init__(self, defaults: dict):
         self.defaults = defaults
@@ -33,15 +34,19 @@ class RelaySettings:
                 # "127.0.0.1:PORT" to deliver somewhere other than the mail host's
                 # PROXY listener (a test's stand-in that answers 4xx/5xx on demand).
                 "deliver_to": None,
+                # The address the relays' Received header records for their client instead
+                # of its loopback one: the sender's public address (every sandbox sender is on
+                # loopback, which rspamd's SPF module never checks).
+                "client_address": None,
             }
 
     def update(self, changes: dict) -> dict:
         unknown = set(changes) - set(self.FIELDS)
         if unknown:
             raise ValueError(f"unknown relay switch(es): {', '.join(sorted(unknown))}")
-        source = changes.get("source_override")
-        if source is not None:
-            ipaddress.ip_address(source)  # ValueError names the bad address
+        for name in ("source_override", "client_address"):
+            if changes.get(name) is not None:
+                ipaddress.ip_address(changes[name])  # ValueError names the bad address
         schedule = changes.get("retry_schedule")
         if schedule is not None and (not schedule or any(float(step) <= 0 for step in schedule)):
             raise ValueError("retry_schedule must be a non-empty list of positive seconds")

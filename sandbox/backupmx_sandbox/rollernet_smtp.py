@@ -55,7 +55,8 @@ class RelayHandler:
     async def handle_DATA(self, server, session, envelope):
         queued = []
         for domain, rcpts in group_by_domain(envelope.rcpt_tos).items():
-            content = received_header(self.host, session, rcpts) + envelope.original_content
+            content = received_header(self.host, session, rcpts, self.app.settings.get("client_address")) \
+                + envelope.original_content
             meta = self.app.queue.add(self.host, envelope.mail_from, rcpts, domain, content)
             queued.append(meta["id"])
             log.info("%s queued %s for %s (%d bytes)", self.host, meta["id"], domain, meta["size"])
@@ -83,9 +84,10 @@ def group_by_domain(rcpts: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def received_header(host: str, session, rcpts: list[str]) -> bytes:
-    """The trace header a real relay prepends on acceptance (Postfix's layout)."""
-    peer_ip = session.peer[0] if session.peer else "unknown"
+def received_header(host: str, session, rcpts: list[str], client_address: str | None = None) -> bytes:
+    """The trace header a real relay prepends on acceptance (Postfix's layout); ``client_address``:
+    the address to record for the client instead of the one it connected from."""
+    peer_ip = client_address or (session.peer[0] if session.peer else "unknown")
     helo = session.host_name or "unknown"
     protocol = "ESMTP" if session.extended_smtp else "SMTP"
     tls = ""
