@@ -103,6 +103,12 @@ class Rollernet:
     def queue_listing(self, domain: str | None) -> list[dict]:
         return [queue_view(meta, self.is_held(meta["domain"])) for meta in self.queue.messages(domain)]
 
+    def bounce_listing(self, domain: str) -> list[dict]:
+        """What the relays bounced for ``domain`` (kept until a reset), oldest first."""
+        fields = ("id", "from", "to", "relay", "queued_at", "at", "attempts", "reply")
+        return [{name: entry.get(name) for name in fields} for entry in self.queue.history("bounced")
+                if entry.get("domain") == domain]
+
     def queue_report(self) -> dict:
         return {
             "queued": self.queue_listing(None),

@@ -37,6 +37,7 @@ class AccApi:
             ("mail", "usertable_set_default"): (WRITE, self.usertable_set_default),
             ("mail", "relay_addresses"): (READ, self.relay_addresses),
             ("mail", "queue_list"): (READ, self.queue_list),
+            ("mail", "bounce_list"): (READ, self.bounce_list),
             ("mail", "queue_flush"): (WRITE, self.queue_flush),
         }
 
@@ -115,6 +116,10 @@ class AccApi:
             return self.app.queue_listing(None)
         name, _ = self._domain(data)
         return self.app.queue_listing(name)
+
+    def bounce_list(self, data: dict):
+        name, _ = self._domain(data)
+        return self.app.bounce_listing(name)
 
     def queue_flush(self, data: dict):
         name, _ = self._domain(data)

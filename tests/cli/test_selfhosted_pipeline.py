@@ -16,7 +16,7 @@ import pytest
 
 from backupmx.core.relayhost import load_relayhost
 from backupmx.dns import check as dnscheck
-from mailhostkit import managed_paths, restore, snapshot, start_postfix_if_down
+from mailhostkit import managed_paths, primary_refuses, restore, snapshot, start_postfix_if_down
 from providerkit import (
     PROJECT_ROOT,
     ReportRow,
@@ -247,6 +247,21 @@ def test_canary_passes_through_the_relay(relay_world, deployed):
     assert row.status == "pass" and row.evidence.startswith("delivered in "), row
     assert "no SPF/DMARC symbol; DKIM R_DKIM_ALLOW" in row.evidence and "(whitelisted)" in row.evidence, row
     print(f"\ncanary through the self-hosted relay: {wall:.1f} s wall; {row.evidence.split(':', 1)[0]}")
+
+
+def test_canary_refused_by_the_primary_is_named_from_the_relays_mail_log(relay_world, deployed):
+    """The primary answers 554 to the canary's RCPT: the relay bounces it at once, and its mail log
+    (the self-hosted provider's bounce listing) gives the canary the primary's reply."""
+    recipient = f"backupmx-canary@{relay_world['zone']}"
+    with primary_refuses(relay_world, recipient) as reply:
+        result = cli("deploys/canary.py", *SELFHOSTED, timeout=120)
+    text = output(result)
+    assert result.returncode != 0, text
+    [row] = [row for row in report_rows(text) if row.stage == "canary"]
+    assert row.status == "FAIL", text
+    assert row.evidence.startswith("refused by the primary: the relay bounced it on the primary's reply: host "), row
+    assert reply in row.evidence and "(in reply to RCPT TO command)" in row.evidence, row
+    print(f"\nrow: {row.evidence}")
 
 
 def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, redeploy_after):
