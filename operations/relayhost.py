@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 from pyinfra import host
 from pyinfra.api import DeployError, FunctionCommand, operation
 
-from backupmx.core.context import executing, recall, remember
+from backupmx.core.context import executing_after_preparing, recall, remember
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Check
@@ -120,10 +120,7 @@ def relay_config(relay: RelayHost, domains: Sequence[str], present: bool = True)
             domains=["example.org"],
         )
     """
-    # At execution always read the host as it is now; while preparing, the plan
-    # assess_relayhost made moments ago.
-    plan = None if executing() else recall(_plan_key(relay, domains, present))
-    yield from apply_host_plan(plan or plan_relay_config(relay, domains, present))
+    yield from apply_host_plan(recall_relay_plan(relay, domains, present) or plan_relay_config(relay, domains, present))
 
 
 # --- the proof ------------------------------------------------------------------
@@ -329,6 +326,20 @@ def relay_settings(target) -> RelayHost:
         return load_relayhost(target.data.get("relayhost"))
     except BackupMXError as error:
         raise DeployError(f"{target.name}: {error}") from None
+
+
+def recall_relay_plan(relay: RelayHost, domains, present: bool) -> HostPlan | None:
+    """The plan ``assess_relayhost`` made for this host in this run, when it may be applied as is.
+
+    As the mail host's plans (``operations.mailhost_plans.recall_plan``): executing after
+    a preparing pass (execution may come long after, a prompt), None: read the host as
+    it is now. While preparing, or executing under ``-y`` (the body runs only now), the
+    plan made moments ago, without reading the same facts again. Safe to apply: the
+    transaction refuses if a file no longer holds what the plan saw.
+    """
+    if executing_after_preparing():
+        return None
+    return recall(_plan_key(relay, domains, present))
 
 
 def _plan_key(relay: RelayHost, domains, present: bool) -> tuple:

@@ -2,15 +2,17 @@
 
 The three files stage 3 manages, their snapshot, putting a state back (and
 reloading what changed), the sandbox's pristine configuration, checks that both
-daemons still answer and that the listener is up, and one operation through
-pyinfra's API on a sandbox SSH host.
+daemons still answer and that the listener is up, one operation through
+pyinfra's API on a sandbox SSH host, and a primary that refuses one recipient.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
@@ -142,3 +144,24 @@ def listener_up(world) -> bool:
         return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def primary_refuses(world, recipient: str) -> Iterator[str]:
+    """The primary answers ``RCPT TO:<recipient>`` with 554 (an access rule planted first in main.cf's
+    smtpd_recipient_restrictions, as an operator's slip in an access map would); main.cf put back after.
+    Yields the reply's text as a relay records it."""
+    main_cf = Path(world["postfix_config_dir"], "main.cf")
+    before = main_cf.read_bytes()
+    postconf = ["postconf", "-c", world["postfix_config_dir"]]
+    current = subprocess.run([*postconf, "-h", "smtpd_recipient_restrictions"], check=True, capture_output=True,
+                             text=True, timeout=30).stdout.strip()
+    planted = f"check_recipient_access inline:{{{recipient}=REJECT}}"
+    subprocess.run([*postconf, "-e", f"smtpd_recipient_restrictions={planted}, {current}"], check=True,
+                   capture_output=True, timeout=30)
+    reload_postfix(world)
+    try:
+        yield f"said: 554 5.7.1 <{recipient}>: Recipient address rejected: Access denied"
+    finally:
+        main_cf.write_bytes(before)
+        reload_postfix(world)

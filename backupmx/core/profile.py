@@ -29,7 +29,7 @@ OVERAGE_REPLIES = ("4xx", "5xx")
 
 # What the api backend may ask, by logical name; the profile maps each to the
 # provider's action name (null: the API cannot do it, the ledger answers instead).
-ACC_READ_ACTIONS = ("domain_get", "usertable_get", "relay_addresses", "queue_list")
+ACC_READ_ACTIONS = ("domain_get", "usertable_get", "relay_addresses", "queue_list", "bounce_list")
 ACC_WRITE_ACTIONS = ("domain_set", "hold_set")
 # The facts the api backend can read: "<logical action>:<path in the answer's data>".
 ACC_FACTS = ("mode", "enabled", "hold", "user_table_default", "relay_cidrs")

@@ -78,8 +78,13 @@ class Plan:
 
     @property
     def desired(self) -> tuple[MXRecord, ...]:
-        """The apex MX records the zone is to hold once the plan is applied."""
-        raise NotImplementedError
+        """The apex MX records the zone holds once the plan is applied: those read and kept, then those created.
+
+        Nothing else: a check after the change waits only for records the plan saw
+        or made, never for one it merely expected (a declared primary at another
+        preference than the zone's would never appear).
+        """
+        return tuple(record for record in self.existing if record not in self.deletes) + self.creates
 
     def verdict(self) -> Verdict:
         raise NotImplementedError
@@ -118,17 +123,14 @@ class PublishPlan(Plan):
 
     record_count: int
     quota: int
-
-    @property
-    def desired(self) -> tuple[MXRecord, ...]:
-        primaries = tuple(MXRecord(self.domain.name, mx.host, mx.priority) for mx in self.domain.primary_mx)
-        return primaries + wanted_backups(self.domain, self.backup, self.marker)
+    # The domain's inventory key (``domains[0]``), named in a refusal that asks for an inventory fix.
+    domain_key: str | None = None
 
     def verdict(self) -> Verdict:
         """The rules in order; the first broken one ends the review, and the notes are those made until then."""
         primaries = self.primaries
         warnings = _primary_warnings(self.domain, primaries)
-        reason = _unsafe_primaries(self.domain, self.backup, list(self.existing), primaries)
+        reason = _unsafe_primaries(self.domain, self.backup, list(self.existing), primaries, self.domain_key)
         if reason:
             return Verdict(reason, tuple(warnings))
         best_primary = min(r.priority for r in primaries)
@@ -173,8 +175,12 @@ def wanted_backups(domain: Domain, backup: BackupMX, marker: str = MANAGED_MARKE
 
 
 def plan(domain: Domain, backup: BackupMX, existing_records: Iterable[MXRecord], record_count: int,
-         quota: int, ownership_marker: str = MANAGED_MARKER) -> PublishPlan:
-    """The changes that make the apex MX set ``primaries + backups``; ``verdict()`` says if they may be made."""
+         quota: int, ownership_marker: str = MANAGED_MARKER, domain_key: str | None = None) -> PublishPlan:
+    """The changes that make the apex MX set ``primaries + backups``; ``verdict()`` says if they may be made.
+
+    ``domain_key`` is the domain's inventory key (``domains[0]``): a refusal that asks
+    for an inventory fix names the whole key.
+    """
     existing = apex_mx(domain, existing_records)
     primary_hosts = {mx.host for mx in domain.primary_mx}
     others = [r for r in existing if r.host not in primary_hosts]
@@ -192,7 +198,7 @@ def plan(domain: Domain, backup: BackupMX, existing_records: Iterable[MXRecord],
     creates = [record for record in wanted if record.key not in present]
     return PublishPlan(domain=domain, backup=backup, existing=tuple(existing), creates=tuple(creates),
                        deletes=tuple(deletes), untouched=tuple(untouched), marker=ownership_marker,
-                       record_count=record_count, quota=quota)
+                       record_count=record_count, quota=quota, domain_key=domain_key)
 
 
 def plan_removal(domain: Domain, backup: BackupMX, existing: Iterable[MXRecord],
@@ -214,7 +220,7 @@ def plan_removal(domain: Domain, backup: BackupMX, existing: Iterable[MXRecord],
 
 
 def _unsafe_primaries(domain: Domain, backup: BackupMX, existing: list[MXRecord],
-                      primaries: list[MXRecord]) -> str | None:
+                      primaries: list[MXRecord], domain_key: str | None = None) -> str | None:
     """Why adding backups would be unsafe given the primaries, or None."""
     if any(r.host == NULL_MX for r in existing):
         return (f"{domain.name} publishes a null MX (RFC 7505: it accepts no mail); remove it before "
@@ -225,6 +231,9 @@ def _unsafe_primaries(domain: Domain, backup: BackupMX, existing: list[MXRecord]
         names = ", ".join(f"{mx.priority} {mx.host}" for mx in missing)
         return (f"declared primary MX {names} is not in the zone: the backups would become the most "
                 f"preferred MX, which the provider forbids; publish the primary first")
+    moved = _moved_primaries(domain, primaries, domain_key)
+    if moved:
+        return moved
     worst = max([r.priority for r in primaries] + [mx.priority for mx in domain.primary_mx])
     if backup.priority <= worst:
         return (f"backup preference {backup.priority} is not worse than primary preference {worst}; use a "
@@ -243,11 +252,35 @@ def _split_duplicates(records: list[MXRecord], wanted_keys: set[tuple[int, str]]
     return kept, extra
 
 
+def _moved_primaries(domain: Domain, primaries: list[MXRecord], domain_key: str | None) -> str | None:
+    """A declared primary the zone publishes only at another preference than the inventory's, or None.
+
+    The plan would publish the backups next to an MX set that is not the one declared,
+    and the check after it (and the drift probe) would look for a primary record that
+    never appears: refused here, before anything changes.
+    """
+    parts = []
+    for position, declared in enumerate(domain.primary_mx):
+        published = sorted({r.priority for r in primaries if r.host == declared.host})
+        if not published or declared.priority in published:
+            continue
+        key = f"{domain_key}.primary_mx[{position}].priority" if domain_key else \
+            f"primary_mx[{position}].priority of domain {domain.name}"
+        zone = " and ".join(str(priority) for priority in published)
+        parts.append(f"primary MX {declared.host} has preference {zone} in the zone, {declared.priority} in the "
+                     f"inventory; set {key} = {published[0]}")
+    if not parts:
+        return None
+    return "; ".join(parts) + " (this tool never changes a primary record) or fix the zone by hand, and run again"
+
+
 def _primary_warnings(domain: Domain, primaries: list[MXRecord]) -> list[str]:
+    """A declared primary the zone also publishes at another preference (the declared one is there too)."""
     declared = {mx.host: mx.priority for mx in domain.primary_mx}
+    present = {r.key for r in primaries}
     return [f"primary {r.render()} differs from the declared preference {declared[r.host]}; this tool never "
             f"changes a primary: fix the inventory or the zone by hand"
-            for r in primaries if r.priority != declared[r.host]]
+            for r in primaries if r.priority != declared[r.host] and (declared[r.host], r.host) in present]
 
 
 def _foreign_warning(record: MXRecord, best_primary: int) -> str:

@@ -53,7 +53,8 @@ class DNSStage:
         existing = self.client.mx_records(zone_id, domain.name)
         settings = self.settings
         # Counting costs a request; it matters only when records may be added.
-        draft = mxplan.plan(domain, settings.backup_mx, existing, 0, settings.cloudflare.record_quota)
+        draft = mxplan.plan(domain, settings.backup_mx, existing, 0, settings.cloudflare.record_quota,
+                            domain_key=f"domains[{settings.domains.index(domain)}]")
         if draft.refused or not draft.creates:
             return draft
         return replace(draft, record_count=self.client.record_count(zone_id))
@@ -76,6 +77,7 @@ class DNSStage:
         apply_plan(self.client, assessment.zone_id, plan, self.settings)
         for line in mxrender.diff(plan):
             log(f"applied {line}")
+        # Only what the plan read and kept, or created: never a record it merely expected.
         wanted = {record.key for record in plan.desired}
         removed = {record.key for record in plan.deletes} - wanted
         dnscheck.wait_for_mx(domain.name, self.settings.dns_servers, want_present=wanted, want_absent=removed,

@@ -159,6 +159,20 @@ class CanaryRun:
             listings[domain] = {m.sender: m for m in self.provider().queue(domain)}
         return listings
 
+    def _look_for_bounces(self, canaries: list[Canary]) -> None:
+        """The provider's bounce listing, for canaries neither in the mailbox nor in the queue now: a relay
+        that the primary refused at once bounces before a poll ever sees the canary queued."""
+        for domain in sorted({canary.domain for canary in canaries}):
+            mine = [canary for canary in canaries if canary.domain == domain]
+            try:
+                listed = {bounce.sender: bounce for bounce in self.provider().bounces(domain)}
+            except (BackupMXError, NotImplementedError) as error:
+                for canary in mine:
+                    canary.bounce_error = str(error) or f"provider {self.settings.provider.name} lists no bounces"
+                continue
+            for canary in mine:
+                canary.bounce = listed.get(canary.sender)
+
     def wait(self, read_mailbox: Callable[[], Mailbox], log: Log) -> Mailbox:
         """Poll the queue and the mailbox until every canary settled or the wait is over; the last mailbox."""
         c = self.config
@@ -186,6 +200,12 @@ class CanaryRun:
                 except BackupMXError as error:
                     for canary in pending:
                         canary.queue_error = str(error)
+                # No trace of it for `grace` (never queued, or gone from the queue): bounced?
+                unlisted = [k for k in pending if k.bounce is None and k.bounce_error is None
+                            and (k.seen_queued is None or k.left_queue is not None)
+                            and now - _last_trace(k, now) >= grace]
+                if unlisted:
+                    self._look_for_bounces(unlisted)
             waiting = [k for k in pending if not settled(k, now, c.settle_seconds, grace)]
             if not waiting or now >= deadline:
                 return mailbox
@@ -282,3 +302,10 @@ class CanaryRun:
             lines.append(f"  => canary passed: every backup MX host delivered to the mailbox "
                          f"({len(self.canaries)} message(s), deleted)")
         return "\n".join(lines)
+
+
+def _last_trace(canary: Canary, now: float) -> float:
+    """When the canary was last known to be on its way: it left the queue, or was handed off."""
+    if canary.left_queue is not None:
+        return canary.left_queue
+    return canary.handed_off if canary.handed_off is not None else now

@@ -7,8 +7,8 @@ and the mailbox. What it saw decides the row:
 |---|---|
 | the backup host refused it (or could not be reached) | refused by the relay |
 | in the relay's queue, held (Accept-and-Hold) or deferred by the primary | stuck in the relay's queue (not lost) |
-| the relay's last error is a 5xx from the primary | refused by the primary |
-| gone from the queue, never in the mailbox | lost between the relay and the mailbox |
+| the relay's last error is a 5xx from the primary, or its bounce listing has it with the primary's 5xx | refused by the primary |
+| gone from the queue, never in the mailbox (and no bounce listed) | lost between the relay and the mailbox |
 | in the mailbox, but not as relayed mail must arrive | delivered, but judged wrongly |
 | in the mailbox, clean | pass |
 | the mailbox could not be read | not verified |
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from backupmx.core.report import FAIL, PASS
 from backupmx.lifecycle.probes import Delivered, verdicts
+from backupmx.providers.base import BouncedMessage
 
 # (slug for the metric's ``hop`` label, what the row says)
 NOT_SENT = ("not_sent", "not sent")
@@ -34,6 +35,8 @@ UNREAD = ("mailbox_unreadable", "the mailbox could not be read")
 MESSAGE_ID_PREFIX = "<backupmx-canary."
 MARKER_HEADER = "X-BackupMX-Canary"
 _PERMANENT = re.compile(r"\b5\d\d\b")
+# A relay's record of the remote server's permanent refusal (Postfix's and the fake's wording).
+_PRIMARY_SAID = re.compile(r"\bsaid: 5\d\d\b")
 
 
 @dataclass
@@ -67,6 +70,8 @@ class Canary:
     delivered_wall: float | None = None  # the mail host's clock, from the Maildir file name
     copies: list[Delivered] = field(default_factory=list)
     queue_error: str | None = None  # the queue could not be read
+    bounce: BouncedMessage | None = None  # its entry in the provider's bounce listing
+    bounce_error: str | None = None  # the bounce listing could not be read
 
     @property
     def key(self) -> tuple[str, str]:
@@ -116,7 +121,7 @@ def settled(canary: Canary, now: float, settle_seconds: float, grace_seconds: fl
     from the queue ``grace_seconds`` ago without reaching the mailbox."""
     if canary.copies or (canary.send is not None and not canary.send.ok):
         return True
-    if canary.held:
+    if canary.held or canary.bounce is not None:
         return True
     if canary.deferred_seen is not None and now - canary.deferred_seen >= settle_seconds:
         return True
@@ -155,6 +160,8 @@ def judge(canary: Canary, relay_cidrs: Sequence[str], scoring: str, waited: floa
     if canary.held:
         return Verdict(FAIL, STUCK, f"{STUCK[1]}: Accept-and-Hold is on (queued, held; not lost: it is delivered "
                        "when the hold is lifted)", "deploys/maintenance.py --data hold=off when the maintenance is over")
+    if canary.bounce is not None:
+        return _judge_bounce(canary)
     last = canary.last_error
     if last and _PERMANENT.search(last):
         return Verdict(FAIL, REFUSED_BY_PRIMARY, f"{REFUSED_BY_PRIMARY[1]}: the relay's last attempt: {last}",
@@ -163,14 +170,27 @@ def judge(canary: Canary, relay_cidrs: Sequence[str], scoring: str, waited: floa
         because = f"the relay's last attempt: {last}" if last else "not tried yet"
         return Verdict(FAIL, STUCK, f"{STUCK[1]}, not lost: {because}; it is retried until the primary "
                        f"takes it", "is the primary's Postfix up and its PROXY listener reachable from the relay?")
+    unlisted = f"; no bounce listed ({canary.bounce_error})" if canary.bounce_error else ""
     if canary.left_queue is not None:
         return Verdict(FAIL, LOST, f"{LOST[1]}: gone from the relay's queue, not in the mailbox "
-                       f"{waited:.0f} s after the hand-off" + (f" (last error: {last})" if last else ""),
+                       f"{waited:.0f} s after the hand-off" + (f" (last error: {last})" if last else "") + unlisted,
                        f"look for {canary.message_id} in the primary's mail log (a bounce or a reject)")
     why = f"the relay's queue could not be read: {canary.queue_error}" if canary.queue_error else \
         "never seen in the relay's queue"
-    return Verdict(FAIL, LOST, f"{LOST[1]}: not in the mailbox {waited:.0f} s after the hand-off; {why}",
+    return Verdict(FAIL, LOST, f"{LOST[1]}: not in the mailbox {waited:.0f} s after the hand-off; {why}{unlisted}",
                    f"look for {canary.message_id} in the relay's and the primary's mail logs")
+
+
+def _judge_bounce(canary: Canary) -> Verdict:
+    """The relay bounced it: refused by the primary when the reply it bounced on is the primary's 5xx."""
+    reply = " ".join(canary.bounce.reply.split()) or "no reply recorded"
+    if _PRIMARY_SAID.search(reply):
+        return Verdict(FAIL, REFUSED_BY_PRIMARY, f"{REFUSED_BY_PRIMARY[1]}: the relay bounced it on the primary's "
+                       f"reply: {reply}",
+                       "the primary refuses relayed mail for this address: check its restrictions and access "
+                       "maps for the recipient (deploys/drift.py checks the whitelist and the exemption)")
+    return Verdict(FAIL, LOST, f"{LOST[1]}: bounced by the relay itself: {reply}",
+                   f"look for {canary.message_id} in the relay's mail log")
 
 
 def _judge_delivered(canary: Canary, relay_cidrs: Sequence[str], scoring: str) -> Verdict:

@@ -1,4 +1,4 @@
-"""The backup provider behind one interface: domain state, relay CIDRs, hold, queue.
+"""The backup provider behind one interface: domain state, relay CIDRs, hold, queue, bounces.
 
 Two backends, chosen by ``provider.backend`` in the inventory (and provider
 ``selfhosted``, whose relay hosts answer for themselves: ``backupmx.providers.selfhosted``):
@@ -88,6 +88,22 @@ class QueuedMessage:
     last_error: str | None
 
 
+@dataclass(frozen=True)
+class BouncedMessage:
+    """A message the relay gave up on: bounced to its sender, out of the queue.
+
+    ``reply`` is the last answer the relay got for it, e.g. the primary's ``host ...
+    said: 550 ...`` when the primary refused it, or the relay's own reason (expired).
+    """
+
+    id: str
+    sender: str
+    recipients: tuple[str, ...]
+    reply: str
+    at: str | None = None
+    relay: str | None = None
+
+
 class Provider:
     """The provider interface. Reads never change anything; writes say what they did."""
 
@@ -113,6 +129,10 @@ class Provider:
         raise NotImplementedError
 
     def queue(self, domain: str) -> list[QueuedMessage]:
+        raise NotImplementedError
+
+    def bounces(self, domain: str) -> list[BouncedMessage]:
+        """Messages for ``domain`` the relays bounced (gave up on), as far back as the provider keeps them."""
         raise NotImplementedError
 
     def manual_steps(self, change: str, domain: str) -> list[str]:

@@ -72,5 +72,10 @@ class LedgerProvider(Provider):
         raise ManualStepRequired(f"provider {self.name} (ledger backend): the queue is not readable from here; "
                                  f"by hand: {steps[0]}", steps)
 
+    def bounces(self, domain: str) -> list:
+        steps = [f"log in to {self.settings.provider.manual_url} and look for bounces of {domain}"]
+        raise ManualStepRequired(f"provider {self.name} (ledger backend): bounces are not readable from here; "
+                                 f"by hand: {steps[0]}", steps)
+
     def manual_steps(self, change: str, domain: str) -> list[str]:
         return console_steps(self.settings, change, domain)

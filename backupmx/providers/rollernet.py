@@ -9,6 +9,7 @@ from typing import Any
 from backupmx.core.settings import Settings
 from backupmx.providers.base import (
     API,
+    BouncedMessage,
     Fact,
     ManualStepRequired,
     Provider,
@@ -166,6 +167,16 @@ class AccProvider(Provider):
                 size=entry.get("size"), queued_at=entry.get("queued_at"), attempts=entry.get("attempts"),
                 held=bool(entry.get("held")), last_error=entry.get("last_error")))
         return messages
+
+    def bounces(self, domain: str) -> list[BouncedMessage]:
+        entries = self.client.call("bounce_list", {"domain": domain})
+        if not isinstance(entries, list):
+            raise AccRefused(self.client.endpoint("bounce_list"), "the answer is not a list",
+                             "check provider.api in the inventory (docs/provider-api.md)")
+        return [BouncedMessage(id=str(entry.get("id")), sender=str(entry.get("from")),
+                               recipients=tuple(entry.get("to") or ()), reply=str(entry.get("reply") or ""),
+                               at=entry.get("at"), relay=entry.get("relay"))
+                for entry in entries if isinstance(entry, dict)]
 
     def manual_steps(self, change: str, domain: str) -> list[str]:
         return console_steps(self.settings, change, domain)

@@ -12,7 +12,8 @@ line. What each provider operation means on a relay:
   (deliver nothing, keep accepting); off removes it and flushes the queue. It is
   per relay, not per domain: a relay this tool configures serves only the backup
   MX, so holding it holds every domain it relays;
-* the queue: ``postqueue -j`` on every relay host.
+* the queue: ``postqueue -j`` on every relay host;
+* bounces: the ``status=bounced`` lines of each relay host's mail log (``relaylog``).
 
 Configuring the relay (catch-all, 4xx-only, queue lifetime, TLS to the primary) is
 ``operations.relayhost``'s job; its read-only ``assess_relayhost`` rows are gates
@@ -35,7 +36,16 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import load_relayhost
 from backupmx.core.settings import Settings
 from backupmx.postfix.maincf import parse_postconf_main, postfix_list
-from backupmx.providers.base import Fact, ManualStepRequired, Provider, ProviderError, ProviderFacts, QueuedMessage
+from backupmx.providers import relaylog
+from backupmx.providers.base import (
+    BouncedMessage,
+    Fact,
+    ManualStepRequired,
+    Provider,
+    ProviderError,
+    ProviderFacts,
+    QueuedMessage,
+)
 from backupmx.providers.relayroute import with_route
 
 SOURCE = "relayhost"
@@ -190,6 +200,18 @@ class SelfHostedProvider(Provider):
                 if message is not None:
                     messages.append(message)
         return messages
+
+    def bounces(self, domain: str) -> list[BouncedMessage]:
+        """From each relay host's own mail log (``backupmx.providers.relaylog``): Postfix keeps no bounced message."""
+        found = []
+        for target in self.targets():
+            ok, lines, stderr = target.run(relaylog.read_argv(target.relay.postfix_config_dir))
+            if not ok:
+                why = (stderr.strip().splitlines() or ["no error output"])[-1]
+                raise ProviderError(f"relay host {target.name}: cannot read its mail log ({why}); give its Postfix "
+                                    f"a maillog_file, or log to /var/log/mail.log or the journal")
+            found += relaylog.bounces_in(lines, domain, target.name)
+        return found
 
     # --------------------------------------------------------------- writes
 

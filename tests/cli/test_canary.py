@@ -21,7 +21,15 @@ from backupmx.lifecycle.canary_verdict import MESSAGE_ID_PREFIX
 from backupmx.mailhost.model import RSPAMD_BLOCK
 from backupmx.monitoring.canary_metrics import SUCCESS, last_successes
 from backupmx.postfix.blocks import with_block
-from mailhostkit import listener_up, managed_paths, reload_rspamd, restore, snapshot, start_postfix_if_down
+from mailhostkit import (
+    listener_up,
+    managed_paths,
+    primary_refuses,
+    reload_rspamd,
+    restore,
+    snapshot,
+    start_postfix_if_down,
+)
 from providerkit import admin, output, pyinfra, relayed_ids, report_rows, secret_values
 from settlekit import settle
 
@@ -193,6 +201,25 @@ def test_primary_down_is_stuck_not_lost(canary_world, sandbox):
                                                         "attempt: connect to"), evidence
     print("\nrow: " + rows(text)[f"{canary_world['zone']} via {relays(canary_world)[0]}"][1])
     assert listener_up(canary_world)
+
+
+def test_primary_answering_5xx_is_refused_by_the_primary_with_its_reply(canary_world):
+    """The relays bounce the canary at once (the primary answers 554 to RCPT): the provider's bounce
+    listing names the primary's reply, where the canary used to say "lost between"."""
+    recipient = f"backupmx-canary@{canary_world['zone']}"
+    with primary_refuses(canary_world, recipient) as reply:
+        result = canary()
+    text = output(result)
+    assert result.returncode != 0, text
+    for host in relays(canary_world):
+        status, evidence = rows(text)[f"{canary_world['zone']} via {host}"]
+        assert status == "FAIL", text
+        assert evidence.startswith("refused by the primary: the relay bounced it on the primary's reply: host "), \
+            evidence
+        assert reply in evidence and "(in reply to RCPT TO command)" in evidence, evidence
+    assert "lost between" not in text
+    assert 'hop="refused_by_primary"' in metrics(canary_world)
+    print("\nrow: " + rows(text)[f"{canary_world['zone']} via {relays(canary_world)[0]}"][1])
 
 
 def test_exemption_removed_by_hand_is_delivered_with_a_penalty(canary_world):

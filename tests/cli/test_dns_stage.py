@@ -23,6 +23,7 @@ from providerkit import (
     cloudflare_writes,
     output,
     pyinfra,
+    report_rows,
 )
 
 
@@ -104,6 +105,32 @@ def test_missing_primary_is_refused(world, cf):
     assert result.returncode != 0
     assert "mail.viktorbarzin.me" in output(result) and "publish the primary first" in output(result)
     assert cloudflare_writes(world) == [] and apex_mx(cf, world) == []
+
+
+def test_primary_at_another_preference_than_declared_is_refused_at_planning(world, cf):
+    """Zone 10, inventory 1: refused in the report, before anything changes, with one line naming
+    both preferences and the key to fix; no record is published and nothing waits for DNS."""
+    [primary] = apex_mx(cf, world)
+    cf.dns.records.edit(dns_record_id=primary.id, zone_id=zone_id(cf, world), type="MX", name=world["zone"],
+                        content=primary.content, priority=10, ttl=primary.ttl)
+    clear_cloudflare_requests(world)
+    result = deploy()
+    text = output(result)
+    assert result.returncode != 0, text
+    refusal = ("primary MX mail.viktorbarzin.me has preference 10 in the zone, 1 in the inventory; "
+               "set domains[0].primary_mx[0].priority = 10")
+    [row] = [row for row in report_rows(text) if row.stage == "5" and row.status == "FAIL"]
+    assert row.evidence.startswith(refusal), text
+    assert "not as wanted after" not in text and "Traceback" not in text
+    assert "Starting operation: Stage 3" not in text  # the report stopped the run before any change
+    assert cloudflare_writes(world) == []
+    assert [(r.priority, r.content) for r in apex_mx(cf, world)] == [(10, "mail.viktorbarzin.me")]
+
+    # The fix the line names: the inventory says 10, and the deploy publishes next to it.
+    domains = [{"name": world["zone"], "primary_mx": [{"host": "mail.viktorbarzin.me", "priority": 10}]}]
+    result = deploy("--data", "domains=" + json.dumps(domains))
+    assert result.returncode == 0, output(result)
+    assert dns_answer(world) == {(10, "mail.viktorbarzin.me"), (20, "mail.rollernet.us"), (20, "mail2.rollernet.us")}
 
 
 def test_foreign_record_warns_and_is_left_alone(world, cf):

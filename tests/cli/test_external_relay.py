@@ -37,10 +37,11 @@ from backupmx.mailhost.model import (
 from backupmx.mailhost.render import render_external_relay_block
 from backupmx_sandbox import seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
-from mailhostkit import leftovers, pristine_state, reload_rspamd, restore, run_api_operation, snapshot, worker_pids
+from mailhostkit import leftovers, run_api_operation, worker_pids
 from mailpath import endpoint, fresh_address_in, fresh_ipv4, wait_for_delivery
 from operations.mailhost import rspamd_exemption
-from providerkit import PROJECT_ROOT, admin, cloudflare_admin, has_line, output, pyinfra
+from providerkit import has_line, output, pyinfra
+from scoringkit import back_to_seed, external_relay_inventory, files, rspamd_paths
 
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF: ip4:203.0.113.10 -all; DMARC p=reject
 RECIPIENT = f"xrelay@{seed.DOMAIN}"
@@ -48,14 +49,6 @@ SPOOFER = "203.0.113.77"  # not in the sender's SPF
 LEGIT = seed.SENDER_ALLOWED_IP
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 SPF_OR_DMARC = re.compile(r"^(R_SPF_|DMARC_POLICY_)")
-EXTERNAL_INVENTORY = '''
-import runpy
-_inventory = runpy.run_path({sandbox!r})
-mailhosts = [(name, {{**data, "mailhost": {{**data["mailhost"], "relay_scoring": "external_relay"}}}})
-             for name, data in _inventory["mailhosts"]]
-controller = _inventory["controller"]
-monitoring = _inventory["monitoring"]
-'''
 
 
 # --- helpers --------------------------------------------------------------------
@@ -63,18 +56,6 @@ monitoring = _inventory["monitoring"]
 
 def deploy(inventory: str, *args: str, dry: bool = False) -> subprocess.CompletedProcess:
     return pyinfra("deploys/backupmx.py", *args, dry=dry, inventory=inventory)
-
-
-def rspamd_paths(world) -> dict[str, Path]:
-    m = load_mailhost(world["mailhost"])
-    return {"external_relay.conf": Path(m.rspamd_external_relay_host_path), "rspamd.lua": Path(m.rspamd_lua_host_path)}
-
-
-def files(world) -> dict[str, bytes | None]:
-    """Every file stage 3 may write, in both modes."""
-    state = snapshot(world)
-    state.update({name: path.read_bytes() if path.exists() else None for name, path in rspamd_paths(world).items()})
-    return state
 
 
 def relayed(original_ip: str, subject: str, body: str = "Hello via the backup MX.\n",
@@ -140,28 +121,14 @@ _mode_files: dict[str, dict] = {}
 @pytest.fixture(scope="module")
 def inventories(world, tmp_path_factory):
     """The sandbox inventory as it is (exempt) and with the mail host switched to external_relay."""
-    path = tmp_path_factory.mktemp("inventory") / "sandbox_external_relay.py"
-    path.write_text(EXTERNAL_INVENTORY.format(sandbox=str(PROJECT_ROOT / "inventory" / "sandbox.py")))
-    return {EXEMPT: "inventory/sandbox.py", EXTERNAL_RELAY: str(path)}
+    return {EXEMPT: "inventory/sandbox.py", EXTERNAL_RELAY: external_relay_inventory(tmp_path_factory.mktemp("inventory"))}
 
 
 @pytest.fixture(scope="module")
 def seeded_after(world):
     """Back to the seeded world at the end: mail host as `backupmx-sandbox up` left it, both fakes reset."""
     yield
-    pristine = pristine_state(world)
-    restore(world, pristine)
-    changed = False
-    for path in rspamd_paths(world).values():
-        if path.exists():
-            path.unlink()
-            changed = True
-    if changed:
-        reload_rspamd(world)
-    admin(world, "reset", {})
-    cloudflare_admin(world, "POST", "reset")
-    assert files(world) == {**pristine, "external_relay.conf": None, "rspamd.lua": None}
-    assert leftovers(world) == []
+    back_to_seed(world)
 
 
 def ensure_mode(world, inventories, mode: str) -> subprocess.CompletedProcess | None:

@@ -16,7 +16,7 @@ import pytest
 
 from backupmx.core.relayhost import load_relayhost
 from backupmx.dns import check as dnscheck
-from mailhostkit import managed_paths, restore, snapshot, start_postfix_if_down
+from mailhostkit import managed_paths, primary_refuses, restore, snapshot, start_postfix_if_down
 from providerkit import (
     PROJECT_ROOT,
     ReportRow,
@@ -187,6 +187,30 @@ def test_second_run_changes_nothing(relay_world, deployed):
     assert (snapshot(relay_world), relay_files(relay_world), mx_set(relay_world)) == before
 
 
+def ssh_commands(debug_text: str, host_name: str, operation: str | None = None) -> int:
+    """SSH commands (round trips) pyinfra's ``--debug`` log shows on ``host_name``; ``operation``: only
+    while that operation executes (from its ``--> Starting operation`` line to the next one)."""
+    count, inside = 0, operation is None
+    for line in debug_text.splitlines():
+        if line.startswith("--> Starting operation: "):
+            inside = operation is None or line[len("--> Starting operation: "):].strip() == operation
+        elif inside and f"Running command on {host_name}:" in line:
+            count += 1
+    return count
+
+
+def test_relay_config_under_yes_reuses_the_plan_it_prepared(relay_world, deployed):
+    """With -y the operation bodies run only at execution: relay_config takes the plan
+    assess_relayhost made while preparing (as the mail host's stage 3 does) instead of
+    reading the relay's Postfix and files again: no SSH round trip of its own."""
+    result = cli("deploys/backupmx.py", *SELFHOSTED, "--debug")
+    text = output(result)
+    assert result.returncode == 0, "the -y no-op run failed (its --debug log is not shown)"
+    relay = "sandbox-relay"  # inventory/sandbox.py's relay host
+    assert ssh_commands(text, relay, "Relay stage: configure the store-and-forward relay") == 0
+    print(f"\nSSH round trips to the relay, -y no-op run: {ssh_commands(text, relay)}")
+
+
 def test_hold_on_status_off_on_the_relay(relay_world, deployed):
     try:
         result = cli("deploys/maintenance.py", "--data", "hold=on", *SELFHOSTED)
@@ -223,6 +247,21 @@ def test_canary_passes_through_the_relay(relay_world, deployed):
     assert row.status == "pass" and row.evidence.startswith("delivered in "), row
     assert "no SPF/DMARC symbol; DKIM R_DKIM_ALLOW" in row.evidence and "(whitelisted)" in row.evidence, row
     print(f"\ncanary through the self-hosted relay: {wall:.1f} s wall; {row.evidence.split(':', 1)[0]}")
+
+
+def test_canary_refused_by_the_primary_is_named_from_the_relays_mail_log(relay_world, deployed):
+    """The primary answers 554 to the canary's RCPT: the relay bounces it at once, and its mail log
+    (the self-hosted provider's bounce listing) gives the canary the primary's reply."""
+    recipient = f"backupmx-canary@{relay_world['zone']}"
+    with primary_refuses(relay_world, recipient) as reply:
+        result = cli("deploys/canary.py", *SELFHOSTED, timeout=120)
+    text = output(result)
+    assert result.returncode != 0, text
+    [row] = [row for row in report_rows(text) if row.stage == "canary"]
+    assert row.status == "FAIL", text
+    assert row.evidence.startswith("refused by the primary: the relay bounced it on the primary's reply: host "), row
+    assert reply in row.evidence and "(in reply to RCPT TO command)" in row.evidence, row
+    print(f"\nrow: {row.evidence}")
 
 
 def test_stage_5_refuses_when_the_relay_is_not_proven(relay_world, redeploy_after):

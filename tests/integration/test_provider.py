@@ -11,7 +11,7 @@ import time
 import pytest
 
 from backupmx.core.settings import load_settings
-from backupmx.providers.acc import AccAuthError, AccClient, AccNotFound, AccUnavailable
+from backupmx.providers.acc import AccAuthError, AccClient, AccNotFound, AccRefused, AccUnavailable
 from backupmx.providers.base import API, LEDGER, NONE, ManualStepRequired
 from backupmx.providers.ledger import LedgerProvider
 from backupmx.providers.registry import open_provider
@@ -114,6 +114,12 @@ def test_set_hold_and_enabled_are_read_back(acc):
 
 def test_queue_listing(acc):
     assert api_provider(acc).queue(DOMAIN) == []
+
+
+def test_bounce_listing_and_a_profile_without_it(acc):
+    assert api_provider(acc).bounces(DOMAIN) == []
+    with pytest.raises(AccRefused, match="provider.api.actions.bounce_list"):
+        api_provider(acc, api={"actions": {"bounce_list": None}}).bounces(DOMAIN)
 
 
 def test_malformed_answer_is_one_line_pointing_at_the_profile(acc):

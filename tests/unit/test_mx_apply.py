@@ -90,7 +90,7 @@ def test_a_second_apply_of_a_fresh_plan_changes_nothing(settings):
 
 
 @pytest.mark.parametrize("records, count, why", [
-    ((mx(PRIMARY, 20),), 10, "backup preference 20 is not worse than primary preference 20"),
+    ((mx(PRIMARY, 20),), 10, "has preference 20 in the zone, 1 in the inventory"),
     ((), 10, "declared primary MX 1 mail.viktorbarzin.me is not in the zone"),
     ((mx(PRIMARY, 1),), 199, "holds 199 of 200 records"),
     ((mx(PRIMARY, 1), mx(BACKUPS[0], 1)), 10, "was not created by backupmx"),

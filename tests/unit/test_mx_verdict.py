@@ -35,10 +35,43 @@ def refusal_raised(result) -> str:
 
 
 def test_backup_not_worse_than_the_primary_refuses():
-    result = publish([mx(PRIMARY, 20)])
+    # The config model refuses this pair too; the planner must not rely on that.
+    result = publish([mx(PRIMARY, 20)], domain=Domain(ZONE, ZONE, (MXHost(PRIMARY, 20),)))
     assert result.refusal == ("backup preference 20 is not worse than primary preference 20; use a number "
                               "greater than 20 in backup_mx.priority")
     assert refusal_raised(result) == f"MX {ZONE}: {result.refusal}"
+
+
+def test_primary_at_another_preference_than_declared_refuses_naming_both_and_the_key():
+    # Zone 10, inventory 1: the backups would go in next to an MX set nobody declared, and a
+    # check for the declared "1 mail.viktorbarzin.me" would wait for a record that never appears.
+    result = plan(DOMAIN, BACKUP, [mx(PRIMARY, 10)], record_count=10, quota=200, domain_key="domains[0]")
+    assert result.refusal == ("primary MX mail.viktorbarzin.me has preference 10 in the zone, 1 in the inventory; "
+                              "set domains[0].primary_mx[0].priority = 10 (this tool never changes a primary "
+                              "record) or fix the zone by hand, and run again")
+    assert "\n" not in refusal_raised(result)
+    assert result.creates  # worked out, but the verdict forbids applying them
+    assert not [w for w in result.warnings if "differs" in w]  # said once, in the refusal
+
+
+def test_primary_at_another_preference_names_the_key_without_the_domain_index():
+    domain = Domain(ZONE, ZONE, (MXHost("mx0.viktorbarzin.me", 1), MXHost(PRIMARY, 5)))
+    result = publish([mx("mx0.viktorbarzin.me", 1), mx(PRIMARY, 10)], domain=domain)
+    assert ("primary MX mail.viktorbarzin.me has preference 10 in the zone, 5 in the inventory; set "
+            "primary_mx[1].priority of domain viktorbarzin.me = 10") in result.refusal
+
+
+def test_primary_published_at_the_declared_preference_and_another_warns_only():
+    result = publish([mx(PRIMARY, 1), mx(PRIMARY, 10)])
+    assert not result.refused
+    assert result.warnings == (f"primary MX {ZONE} 10 {PRIMARY} differs from the declared preference 1; this tool "
+                               "never changes a primary: fix the inventory or the zone by hand",)
+
+
+def test_the_set_wanted_after_the_change_holds_only_records_read_or_created():
+    # What stage 5 waits for: the zone's own primary (as read) and the backups it creates.
+    result = publish([mx(PRIMARY, 1), mx(PRIMARY, 10), mx(BACKUPS[0], 30, ours=True)])
+    assert [r.key for r in result.desired] == [(1, PRIMARY), (10, PRIMARY), (20, BACKUPS[0]), (20, BACKUPS[1])]
 
 
 def test_backup_better_than_the_declared_primary_refuses():

@@ -410,12 +410,13 @@ def test_queue_drains_to_the_mail_host_with_the_relay_source(world, stand_in_por
     assert b"\r\n.\r\nA line that was a lone dot above." in arrived["content"]
 
 
-def test_source_override_is_announced(world, stand_in_port):
-    admin(world, "relay", {"source_override": "203.0.113.99"})
+def test_source_override_is_announced_and_client_address_recorded(world, stand_in_port):
+    admin(world, "relay", {"source_override": "203.0.113.99", "client_address": seed.SENDER_ALLOWED_IP})
     with StandInMailHost(stand_in_port) as mailhost:
         send_via_relay(world, message())
         wait_for(lambda: mailhost.received)
     assert mailhost.received[0]["source"] == "203.0.113.99"
+    assert f"(unknown [{seed.SENDER_ALLOWED_IP}])".encode() in mailhost.received[0]["content"].split(b"\r\n", 1)[0]
 
 
 def test_mail_host_4xx_is_retried(world, stand_in_port):
@@ -433,3 +434,6 @@ def test_mail_host_5xx_is_bounced_without_a_dsn(world, stand_in_port):
     assert report["queued"] == [] and report["delivered"] == []
     assert "550 5.1.1 no such user" in report["bounced"][0]["reply"]
     assert mailhost.received == []  # no bounce message goes anywhere
+    # The ACC lists the domain's bounces, with the mail host's reply.
+    [listed] = acc_data(world, "bounce_list", {"domain": seed.DOMAIN})
+    assert listed["to"] == [RECIPIENT] and "said: 550 5.1.1 no such user" in listed["reply"], listed
