@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from backupmx.core.budget import FREE_TIER, Budget, provider_budget
 from backupmx.core.errors import ConfigError
 from backupmx.core.validate import known_keys, mapping, timeout_seconds
 
@@ -134,6 +135,10 @@ class ProviderProfile:
     # Where an operator does by hand what the API cannot (printed in manual steps).
     manual_url: str = ACC_MANUAL_URL
     api: AccApiShape = field(default_factory=lambda: _acc_api_shape({}))
+    # What the provider lets a domain relay per rolling window (None: not metered) and
+    # this tool's share of it: Roller Network's free tier unless the profile says
+    # otherwise (backupmx.core.budget, docs/budget.md).
+    budget: Budget | None = FREE_TIER
 
 
 def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
@@ -150,7 +155,7 @@ def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
         raise ConfigError("provider", "is an empty profile",
                           "set provider.backend ('api' with provider.user, or 'ledger'), or leave `provider` out")
     known_keys(value, "provider", ("name", "backend", "api_base", "user", "key_secret", "ca_bundle",
-                                    "connect_timeout", "read_timeout", "retries", "manual_url", "api"))
+                                    "connect_timeout", "read_timeout", "retries", "manual_url", "api", "budget"))
     name = value.get("name", backup_provider)
     if name != backup_provider:
         raise ConfigError("provider.name", f"{name!r} differs from backup_mx.provider {backup_provider!r}",
@@ -184,16 +189,19 @@ def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
         read_timeout=timeout_seconds(value.get("read_timeout", 20.0), "provider.read_timeout"),
         retries=retries, manual_url=manual_url,
         api=_acc_api_shape(mapping(value.get("api") or {}, "provider.api")),
+        budget=provider_budget(value.get("budget"), "budget" in value, FREE_TIER),
     )
 
 
 def _selfhosted_profile(value: Mapping[str, Any]) -> ProviderProfile:
     """Provider ``selfhosted``: the relay hosts answer for themselves, so the ACC fields do not apply."""
     for key in value:
-        if key != "name":
+        if key not in ("name", "budget"):
             raise ConfigError(f"provider.{key}", "does not apply to provider selfhosted (its facts come from the "
-                              "relay hosts over SSH)", "leave only provider.name = 'selfhosted'")
-    return ProviderProfile(name=SELFHOSTED, backend=RELAYHOST_BACKEND, manual_url="", key_secret="")
+                              "relay hosts over SSH)", "leave only provider.name = 'selfhosted' (and a budget, if "
+                              "its network meters mail)")
+    return ProviderProfile(name=SELFHOSTED, backend=RELAYHOST_BACKEND, manual_url="", key_secret="",
+                           budget=provider_budget(value.get("budget"), "budget" in value, None))
 
 
 

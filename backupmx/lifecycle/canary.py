@@ -30,7 +30,9 @@ from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.lifecycle.canary_send import Remote, hand_off
 from backupmx.lifecycle.canary_settings import CanarySettings
+from backupmx.lifecycle.budget import Record
 from backupmx.lifecycle.canary_verdict import (
+    BUDGET,
     MARKER_HEADER,
     MESSAGE_ID_PREFIX,
     Canary,
@@ -49,6 +51,12 @@ from backupmx.providers.registry import open_provider
 Log = Callable[[str], None]
 # message-id -> every copy (its header, size and file): the Maildir fact's answer.
 Mailbox = Mapping[str, Sequence[Delivered]]
+
+
+def spent(send: SendOutcome) -> bool:
+    """Whether a hand-off counts against the provider's budget: taken, or its fate unknown (the
+    connection lost during DATA, the send host cut off): the spend ledger may count too much, never too little."""
+    return send.ok or (send.stage == "DATA" and send.code is None) or send.stage == "send host"
 
 
 def by_message_id(found: Mailbox) -> dict[str, list[Delivered]]:
@@ -82,6 +90,10 @@ class CanaryRun:
         self.cleanup_error: str | None = None
         self.mailbox_error: str | None = None  # the Maildir could not be read: nothing can be verified
         self._provider = provider  # opened on first use (the ACC key from Vault) unless given
+        # The budget (docs/budget.md): what the run would spend per domain, and the spend ledger's writer.
+        self.budget_lines: list[str] = []
+        self.budget_refusal = ""
+        self.record: Record | None = None
 
     # -- the plan ------------------------------------------------------------------
 
@@ -105,9 +117,23 @@ class CanaryRun:
                  f"(HELO {c.helo}, sender domain {c.sender_domain}"
                  f"{f', DKIM s={c.dkim_selector}' if c.signed else ', not DKIM-signed'}):"]
         lines += [f"canary:   {k.recipient} via {k.relay} ({k.endpoint})" for k in self.canaries]
+        lines += [f"canary: would spend {line}" for line in self.budget_lines]
         lines.append(f"canary: then wait up to {c.wait_seconds:.0f} s for each in {c.maildir} on {self.host_name}, "
                      f"judge it ({self.mailhost.relay_scoring} scoring) and delete it")
         return lines
+
+    def per_domain(self) -> dict[str, int]:
+        """How many canaries the run sends for each domain (what the provider's budget counts)."""
+        counts: dict[str, int] = {}
+        for canary in self.canaries:
+            counts[canary.domain] = counts.get(canary.domain, 0) + 1
+        return counts
+
+    def refuse(self, refusal: str) -> None:
+        """The budget refused the run at execution: nothing is sent, every row says why."""
+        self.budget_refusal = refusal
+        for canary in self.canaries:
+            canary.send = SendOutcome(False, refusal, BUDGET)
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -146,6 +172,8 @@ class CanaryRun:
             except BackupMXError as error:
                 canary.send = SendOutcome(False, str(error), "send host")
             canary.handed_off = self.clock()
+            if self.record is not None and spent(canary.send):
+                self.record(canary.domain, "canary", len(message), canary.relay)
             state = "taken" if canary.send.ok else "REFUSED"
             log(f"canary: {canary.relay} for {canary.domain}: {state}: {canary.send.reply}")
         return any(c.send.ok for c in self.canaries)

@@ -39,6 +39,7 @@ from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, Check, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.dns import check as dnscheck
+from backupmx.lifecycle.budget import Record
 from backupmx.lifecycle.drill_messages import build_message, kinds, large_size, title
 from backupmx.lifecycle.drill_settings import FailoverSettings
 from backupmx.lifecycle.drill_signals import Interrupted
@@ -48,6 +49,9 @@ from backupmx.providers.registry import open_provider
 
 Log = Callable[[str], None]
 Remote = Callable[[Sequence[str]], tuple[bool, list[str], str]]
+
+# A relay's clean refusal: the message was not taken, so it is not spent.
+REFUSED = (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)
 
 STEP_TITLES = {"2": "take the primary down", "3": "send probes", "4": "probes queued at the provider",
                "5": "bring the primary back", "6": "provider queue drained", "7": "mailbox verdicts",
@@ -82,6 +86,8 @@ class Drill:
         self.size_error = "not read"
         self._provider = None
         self._secrets = None
+        # Writes each message a relay took (or may have taken) to the spend ledger (docs/budget.md).
+        self.record: Record | None = None
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -211,8 +217,11 @@ class Drill:
                     # smtplib announces SIZE= itself: a backup that would not take it refuses at MAIL FROM.
                     client.sendmail(probe.sender, [f.recipient], message)
                 probe.sent_at = self.clock()
+                self._spent(probe)
             except (OSError, smtplib.SMTPException) as error:
                 probe.send_error = f"{relay} ({address}:{port}) refused it: {error}"
+                if probe.size is not None and not isinstance(error, REFUSED):
+                    self._spent(probe)  # lost after the message was on its way: the relay may have taken it
         failed = [p for p in self.probes if p.send_error]
         if failed:
             self.add("3", "send probes", FAIL, "; ".join(f"{title(p)}: {p.send_error}" for p in failed),
@@ -224,6 +233,10 @@ class Drill:
                  f"to {', '.join(hosts)}, for {f.recipient}" + (f"; {'; '.join(extras)}" if extras else ""))
         log(f"failover 3: {len(self.probes)} messages sent at {self.t()}")
         return True
+
+    def _spent(self, probe: Probe) -> None:
+        if self.record is not None:
+            self.record(self.failover.recipient.rsplit("@", 1)[1], f"drill {probe.kind}", probe.size or 0, probe.relay)
 
     def _compose(self, probe: Probe, key: bytes, announced: str | None, log: Log) -> bytes:
         f = self.failover
