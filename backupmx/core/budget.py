@@ -60,10 +60,10 @@ class Budget:
         return self.bytes - self.tool_bytes
 
     def describe(self) -> str:
-        return f"{self.messages} messages / {size(self.bytes)} per {self.days} days"
+        return f"{count(self.messages)} / {size(self.bytes)} per {self.days} days"
 
     def describe_share(self) -> str:
-        return (f"{self.tool_messages} messages / {size(self.tool_bytes)} ({percent(self.share)} of "
+        return (f"{count(self.tool_messages)} / {size(self.tool_bytes)} ({percent(self.share)} of "
                 f"{self.describe()})")
 
 
@@ -165,18 +165,22 @@ class Allowance:
         return None  # not reached: with every entry gone, the share alone fits
 
     def describe_left(self) -> str:
-        return (f"{self.messages_left} messages / {size(self.bytes_left)} left of this tool's "
+        return (f"{count(self.messages_left)} / {size(self.bytes_left)} left of this tool's "
                 f"{self.budget.describe_share()}")
 
     def describe_frees(self, messages: int, nbytes: int) -> str:
         at = self.frees_at(messages, nbytes)
         if at is None:
-            return (f"it never fits: {messages} messages / {size(nbytes)} is more than this tool's share "
-                    f"({self.budget.tool_messages} messages / {size(self.budget.tool_bytes)})")
+            return (f"it never fits: {count(messages)} / {size(nbytes)} is more than this tool's share "
+                    f"({count(self.budget.tool_messages)} / {size(self.budget.tool_bytes)})")
         return f"enough frees up at {at.strftime('%Y-%m-%d %H:%M')} UTC (in {duration(at - self.now)})"
 
 
 # ------------------------------------------------------------------ words
+
+
+def count(messages: int) -> str:
+    return f"{messages} message" + ("" if messages == 1 else "s")
 
 
 def size(nbytes: float) -> str:

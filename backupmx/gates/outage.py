@@ -11,7 +11,7 @@ fit, at the last 30 days' and the last 7 days' volume, and warns below
 
 from __future__ import annotations
 
-from backupmx.core.budget import Budget, percent, size
+from backupmx.core.budget import Budget, count, percent, size
 from backupmx.core.report import PASS, WARN, Check
 from backupmx.core.settings import Settings
 from backupmx.mailhost.maillog import DAYS, MailVolume, Window
@@ -53,7 +53,7 @@ def coverage_check(settings: Settings, host_name: str, volume: MailVolume) -> Ch
     if not long.messages:
         return Check("G2", TITLE, WARN, f"{host_name}: {volume.path} shows no mail received from another server in "
                      f"the last {long.covered} days: is it the right log?", fix_log)
-    left = (f"{budget.outage_messages} messages / {size(budget.outage_bytes)} of {settings.provider.name}'s "
+    left = (f"{count(budget.outage_messages)} / {size(budget.outage_bytes)} of {settings.provider.name}'s "
             f"{budget.describe()} are left for an outage ({percent(budget.share)} kept for this tool's drills "
             f"and canaries)")
     scope = (f"; all {len(settings.domains)} domains' mail is counted against one domain's quota"

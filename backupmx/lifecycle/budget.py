@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backupmx.core import spend
-from backupmx.core.budget import Allowance, size
+from backupmx.core.budget import Allowance, count, size
 from backupmx.core.settings import Settings
 from backupmx.providers.quota import quota
 
@@ -66,17 +66,17 @@ class SpendCheck:
 
     def plan(self, messages: int, nbytes: int) -> str:
         """What a run would spend and what is left, for the --dry review and the report."""
-        spending = f"{messages} message(s), about {size(nbytes)}"
+        spending = f"{count(messages)}, about {size(nbytes)}"
         if self.allowance is None:
             return f"{spending}; {self.provider} has no budget (provider.budget: null): nothing is metered"
         left = self.allowance
         return (f"{spending}, of {self.whose()}: {left.describe_left()}; after this run "
-                f"{max(left.messages_left - messages, 0)} messages / {size(max(left.bytes_left - nbytes, 0))}")
+                f"{count(max(left.messages_left - messages, 0))} / {size(max(left.bytes_left - nbytes, 0))}")
 
     def over(self, what: str, messages: int, nbytes: int) -> str:
         """Why ``what`` (``messages``/``nbytes``) does not fit: what is left and when enough frees up."""
         left = self.allowance
-        return (f"{what} ({messages} message(s), {size(nbytes)}) would go over this tool's share of {self.whose()}: "
+        return (f"{what} ({count(messages)}, {size(nbytes)}) would go over this tool's share of {self.whose()}: "
                 f"{left.describe_left()} (spent {left.spent_messages} / {size(left.spent_bytes)} in the last "
                 f"{left.budget.days} days); {left.describe_frees(messages, nbytes)}")
 
