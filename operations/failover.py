@@ -32,7 +32,7 @@ from pyinfra.api import (
 from backupmx.core.context import RunEnd, at_exit, executing, settings_of
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import postfix_size
-from backupmx.core.report import CHANGE, FAIL
+from backupmx.core.report import CHANGE, FAIL, PASS
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.budget import SpendCheck, drill_spend, recorder
 from backupmx.lifecycle.drill import Drill
