@@ -216,19 +216,9 @@ def drill_preflight(drill: Drill):
     yield FunctionCommand(_preflight, (drill,), {})
 
 
-@operation(is_idempotent=False)
-def drill_down_window(drill: Drill):
-    """
-    Steps 2-5: stop the primary, send the probes, confirm them queued, start the primary (always).
-
-    + drill: the run's ``backupmx.lifecycle.drill.Drill``
-    """
+def _show_messages(drill: Drill):
+    """Step 3 of the review: the large and the spam message, and what the drill would spend of the budget."""
     f = drill.failover
-    hosts = drill.settings.backup_mx.hosts
-    _show(f"failover 2: would stop the primary mail path: {shlex.join(f.stop_command)} "
-          f"(at most {f.window_seconds:.0f} s)")
-    _show(f"failover 3: would send {f.probes} DKIM-signed probe(s) from {f.sender_domain} to {f.recipient} via "
-          f"{', '.join(hosts)}")
     spend = None
     if not executing():
         try:
@@ -250,10 +240,28 @@ def drill_down_window(drill: Drill):
     if f.spam_message:
         _show("failover 3: would send a spam message (content scoring over 11): it must arrive tagged, never "
               "rejected")
+    if spend is not None:
+        _show(f"failover 3: would spend {spend.spending}")
+    return spend
+
+
+@operation(is_idempotent=False)
+def drill_down_window(drill: Drill):
+    """
+    Steps 2-5: stop the primary, send the probes, confirm them queued, start the primary (always).
+
+    + drill: the run's ``backupmx.lifecycle.drill.Drill``
+    """
+    f = drill.failover
+    hosts = drill.settings.backup_mx.hosts
+    _show(f"failover 2: would stop the primary mail path: {shlex.join(f.stop_command)} "
+          f"(at most {f.window_seconds:.0f} s)")
+    _show(f"failover 3: would send {f.probes} DKIM-signed probe(s) from {f.sender_domain} to {f.recipient} via "
+          f"{', '.join(hosts)}")
+    spend = _show_messages(drill)
     _show(f"failover 4: would wait up to {f.queue_seconds:.0f} s for each in the {drill.settings.provider.name} queue")
     _show(f"failover 5: would start it again (always): {shlex.join(f.start_command)}; then {f.up_check} must accept")
     if spend is not None:
-        _show(f"failover 3: would spend {spend.line}")
         _plan(drill, "1", "provider budget", f"would spend {spend.line}")
     _plan(drill, "2", "take the primary down", f"would run {shlex.join(f.stop_command)}")
     large = bool(f.large_message_bytes) and not (spend is not None and spend.left_out)

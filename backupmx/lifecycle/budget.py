@@ -93,7 +93,12 @@ class DrillSpend:
     large: int  # the large message's size once the budget is applied (0: none)
     left_out: str  # why the large message is left out ("" if it is not)
     refusal: str  # why the drill is refused ("" if it may run)
-    line: str  # what it spends and what is left
+    spending: str  # what it spends and what is left
+
+    @property
+    def line(self) -> str:
+        """What it spends, what is left, and why the large message is left out."""
+        return self.spending + (f"; {self.left_out}" if self.left_out else "")
 
 
 def drill_spend(check: SpendCheck, probes: int, spam: bool, large: int) -> DrillSpend:
@@ -109,8 +114,7 @@ def drill_spend(check: SpendCheck, probes: int, spam: bool, large: int) -> Drill
                                                           small_bytes + large)
         large = 0
     messages, nbytes = small + bool(large), small_bytes + large
-    line = check.plan(messages, nbytes) + (f"; {left_out}" if left_out else "")
-    return DrillSpend(messages, nbytes, large, left_out, "", line)
+    return DrillSpend(messages, nbytes, large, left_out, "", check.plan(messages, nbytes))
 
 
 # ------------------------------------------------------------------ the canary

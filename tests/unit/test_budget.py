@@ -17,8 +17,11 @@ from backupmx.core.report import PASS, WARN
 from backupmx.gates.outage import coverage_check
 from backupmx.lifecycle.budget import SMALL_MESSAGE_BYTES, SpendCheck, canary_spend, drill_spend
 from backupmx.lifecycle.drill_settings import load_failover
-from backupmx.mailhost.maillog import AWK, SCRIPT, parse_volume
+from backupmx.mailhost.maillog import AWK, SCRIPT, default_log, parse_volume
 from backupmx.mailhost.model import load_mailhost
+from facts.mailhost import facts_args
+from facts.maillog import MailLogVolume
+from scratchkit import calls, docker_mailserver, run_fact, stub
 from seedkit import seed_settings
 
 NOW = datetime.datetime(2026, 7, 10, 12, 0, tzinfo=datetime.UTC)
@@ -217,3 +220,22 @@ def test_the_gate_report_says_how_long_an_outage_the_quota_covers_and_warns_unde
     missing = coverage_check(settings(), "mail", parse_volume(["==today 2026-07-10", "==log missing /var/log/x"]))
     assert missing.status == WARN and "no mail log at /var/log/x" in missing.evidence
     assert "mailhost.mail_log" in missing.next_step
+
+
+def test_the_fact_reads_postfixs_maillog_file_or_the_flavours_log_through_docker_exec(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    dms = docker_mailserver(tmp_path, bin_dir)
+    args = dict(mail_log=dms.mail_log, config_dir=dms.postfix_config_dir, default=default_log(dms), **facts_args(dms))
+    # docker-mailserver leaves maillog_file unset: its rsyslog writes /var/log/mail/mail.log in the container.
+    stub(bin_dir, "postconf", "exit 0")
+    volume = run_fact(MailLogVolume, bin_dir, **args)
+    assert volume.path == "/var/log/mail/mail.log"  # missing here, unless this machine has one
+    assert calls(tmp_path)[0].startswith("docker exec mailserver sh -c ")
+    # Postfix's own maillog_file (postlogd), as the sandbox's primary sets it, wins over the default.
+    log = tmp_path / "postfix.log"
+    log.write_text("\n".join(log_lines(datetime.date.today() - datetime.timedelta(days=1), 2, 5000)) + "\n")
+    stub(bin_dir, "postconf", f'[ "$3" = -h ] && [ "$4" = maillog_file ] && echo {log}')
+    volume = run_fact(MailLogVolume, bin_dir, **args)
+    assert (volume.state, volume.path) == ("present", str(log))
+    assert volume.window(30).messages == 2 and volume.window(30).bytes == 10_000
