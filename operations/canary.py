@@ -23,7 +23,7 @@ from pyinfra.api.exceptions import ConnectError
 
 from backupmx.core.context import RunEnd, at_exit, executing, inventory_host, settings_of
 from backupmx.core.errors import BackupMXError, ConfigError
-from backupmx.lifecycle.budget import SpendCheck, canary_spend, recorder
+from backupmx.lifecycle.budget import SpendCheck, canary_spend, per_domain, recorder
 from backupmx.lifecycle.canary import CanaryRun, by_message_id
 from backupmx.lifecycle.canary_settings import load_canary
 from backupmx.lifecycle.canary_verdict import MESSAGE_ID_PREFIX
@@ -61,11 +61,12 @@ def _start(target) -> CanaryRun:
 
 def _budget(run: CanaryRun) -> str:
     """Fill the run's budget lines from the spend ledger read now; the refusal, or ""."""
+    counts = per_domain(run.canaries)
     try:
-        checks = {domain: SpendCheck.read(run.settings, domain) for domain in run.per_domain()}
+        checks = {domain: SpendCheck.read(run.settings, domain) for domain in counts}
     except BackupMXError as error:
         return f"refused, nothing sent: {error}"
-    run.budget_lines, refusal = canary_spend(checks, run.per_domain())
+    run.budget_lines, refusal = canary_spend(checks, counts)
     return refusal
 
 

@@ -38,6 +38,7 @@ from backupmx.lifecycle.budget import SpendCheck, drill_spend, recorder
 from backupmx.lifecycle.drill import Drill
 from backupmx.lifecycle.drill_mailbox import drain
 from backupmx.lifecycle.drill_messages import large_size
+from backupmx.lifecycle.drill_report import render, skip_rest
 from backupmx.lifecycle.drill_settings import load_failover
 from backupmx.lifecycle.drill_signals import SignalGuard
 from backupmx.providers.quota import quota
@@ -106,8 +107,8 @@ def _print_report(drill: Drill, end: RunEnd) -> None:
         drill.report.title += " (review: nothing was stopped or sent)"
         click.echo(drill.report.render().rsplit("\n", 1)[0])
     else:
-        drill.skip_rest("not run: an earlier step failed")
-        click.echo(drill.render())
+        skip_rest(drill, "not run: an earlier step failed")
+        click.echo(render(drill))
     drill.close()
 
 

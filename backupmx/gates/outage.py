@@ -42,10 +42,9 @@ def coverage_check(settings: Settings, host_name: str, volume: MailVolume) -> Ch
     fix_log = ("set mailhost.mail_log to the Postfix log on the mail host (in the container for docker-mailserver), "
                "or Postfix's maillog_file")
     if volume.state != "present":
-        why = {"missing": "no mail log at", "unreadable": "cannot read the mail log"}.get(volume.state,
-                                                                                          "could not read the mail log")
-        return Check("G2", TITLE, WARN, f"{host_name}: {why} {volume.path}: how long an outage the quota covers "
-                     "is unknown", fix_log)
+        why = {"missing": f"no mail log at {volume.path}", "unreadable": f"cannot read the mail log {volume.path}"}
+        return Check("G2", TITLE, WARN, f"{host_name}: {why.get(volume.state, 'the mail log summary failed there')}: "
+                     "how long an outage the quota covers is unknown", fix_log)
     long, short = volume.window(DAYS), volume.window(SHORT_WINDOW)
     if not long.covered:
         return Check("G2", TITLE, WARN, f"{host_name}: {volume.path} covers no complete day yet: how long an outage "

@@ -133,3 +133,17 @@ def canary_spend(checks: dict[str, SpendCheck], per_domain: dict[str, int]) -> t
             refusals.append(check.over(f"the canary for {domain}", count, nbytes))
     refusal = ("refused by the budget, nothing sent: " + "; ".join(refusals)) if refusals else ""
     return lines, refusal
+
+
+def per_domain(canaries) -> dict[str, int]:
+    """How many canaries a run sends for each domain (what the provider's budget counts)."""
+    counts: dict[str, int] = {}
+    for canary in canaries:
+        counts[canary.domain] = counts.get(canary.domain, 0) + 1
+    return counts
+
+
+def canary_spent(send) -> bool:
+    """Whether a canary's hand-off (a ``SendOutcome``) counts against the budget: taken, or its fate unknown
+    (the connection lost during DATA, the send host cut off): the ledger may count too much, never too little."""
+    return send.ok or (send.stage == "DATA" and send.code is None) or send.stage == "send host"

@@ -30,7 +30,7 @@ from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.lifecycle.canary_send import Remote, hand_off
 from backupmx.lifecycle.canary_settings import CanarySettings
-from backupmx.lifecycle.budget import Record
+from backupmx.lifecycle.budget import Record, canary_spent
 from backupmx.lifecycle.canary_verdict import (
     BUDGET,
     MARKER_HEADER,
@@ -51,12 +51,6 @@ from backupmx.providers.registry import open_provider
 Log = Callable[[str], None]
 # message-id -> every copy (its header, size and file): the Maildir fact's answer.
 Mailbox = Mapping[str, Sequence[Delivered]]
-
-
-def spent(send: SendOutcome) -> bool:
-    """Whether a hand-off counts against the provider's budget: taken, or its fate unknown (the
-    connection lost during DATA, the send host cut off): the spend ledger may count too much, never too little."""
-    return send.ok or (send.stage == "DATA" and send.code is None) or send.stage == "send host"
 
 
 def by_message_id(found: Mailbox) -> dict[str, list[Delivered]]:
@@ -122,13 +116,6 @@ class CanaryRun:
                      f"judge it ({self.mailhost.relay_scoring} scoring) and delete it")
         return lines
 
-    def per_domain(self) -> dict[str, int]:
-        """How many canaries the run sends for each domain (what the provider's budget counts)."""
-        counts: dict[str, int] = {}
-        for canary in self.canaries:
-            counts[canary.domain] = counts.get(canary.domain, 0) + 1
-        return counts
-
     def refuse(self, refusal: str) -> None:
         """The budget refused the run at execution: nothing is sent, every row says why."""
         self.budget_refusal = refusal
@@ -172,7 +159,7 @@ class CanaryRun:
             except BackupMXError as error:
                 canary.send = SendOutcome(False, str(error), "send host")
             canary.handed_off = self.clock()
-            if self.record is not None and spent(canary.send):
+            if self.record is not None and canary_spent(canary.send):
                 self.record(canary.domain, "canary", len(message), canary.relay)
             state = "taken" if canary.send.ok else "REFUSED"
             log(f"canary: {canary.relay} for {canary.domain}: {state}: {canary.send.reply}")

@@ -18,8 +18,9 @@
    large one whole, the spam one tagged; then they are removed (kept on a failure);
 8. one report row per step and per message; any FAIL fails the run.
 
-Steps 6-8 are in ``backupmx.lifecycle.drill_mailbox``, the messages in
-``backupmx.lifecycle.drill_messages``. The mail host is reached through two callables, so the same code runs over SSH
+Steps 6-8 are in ``backupmx.lifecycle.drill_mailbox``, step 8's report in
+``backupmx.lifecycle.drill_report``, the messages in ``backupmx.lifecycle.drill_messages``.
+The mail host is reached through two callables, so the same code runs over SSH
 (pyinfra's host) and in unit tests: ``remote(argv) -> (ok, stdout_lines,
 stderr_text)``. See docs/failover-drill.md.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from backupmx.core.errors import BackupMXError
-from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, Check, Report
+from backupmx.core.report import FAIL, PASS, Check, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.dns import check as dnscheck
@@ -327,36 +328,3 @@ class Drill:
                          f"(mail queues at the backups meanwhile)")
                 return False
             time.sleep(1.0)  # never interrupted: the restore must finish
-
-    # -- step 8 ------------------------------------------------------------------
-
-    def skip_rest(self, reason: str) -> None:
-        titles = STEP_TITLES
-        for index, check in enumerate(self.report.checks):
-            if check.status == CHANGE:  # the plan made while preparing: never reached
-                self.report.checks[index] = Check(check.key, check.title, SKIP, reason)
-        have = {c.key for c in self.report.checks}
-        for key, title in titles.items():
-            if key not in have:
-                self.add(key, title, SKIP, reason)
-
-    def render(self) -> str:
-        self.finished = self.finished or self.clock()
-        lines = [self.report.render().rsplit("\n", 1)[0]]
-        wall = self.finished - self.started
-        last = [p.delivered_at for p in self.probes if p.delivered_at]
-        timing = f"  wall time {wall:.1f} s"
-        if self.up_at and self.down_at:
-            timing += f"; primary down {self.up_at - self.down_at:.1f} s"
-        if self.up_at and last and len(last) == len(self.probes):
-            timing += f"; primary-up to last message delivered {max(last) - self.up_at:.1f} s"
-        lines.append(timing)
-        if self.primary_down:
-            lines.append(f"  => FAILED and THE PRIMARY MAY STILL BE DOWN: run "
-                         f"`{shlex.join(self.failover.start_command)}` on {self.host_name}")
-        elif self.report.blocked:
-            failed = next(c for c in self.report.checks if c.status == FAIL)
-            lines.append(f"  => DRILL FAILED at step {failed.key} ({failed.title}); the primary is up")
-        else:
-            lines.append("  => drill passed: the backups queued every message and delivered it cleanly; primary up")
-        return "\n".join(lines)

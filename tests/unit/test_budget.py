@@ -15,7 +15,8 @@ from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.profile import provider_profile
 from backupmx.core.report import PASS, WARN
 from backupmx.gates.outage import coverage_check
-from backupmx.lifecycle.budget import SMALL_MESSAGE_BYTES, SpendCheck, canary_spend, drill_spend
+from backupmx.lifecycle.budget import SMALL_MESSAGE_BYTES, SpendCheck, canary_spend, canary_spent, drill_spend
+from backupmx.lifecycle.canary_verdict import SendOutcome
 from backupmx.lifecycle.drill_settings import load_failover
 from backupmx.mailhost.maillog import AWK, SCRIPT, default_log, parse_volume
 from backupmx.mailhost.model import load_mailhost
@@ -150,6 +151,10 @@ def test_a_canary_over_the_budget_is_refused_whole(tmp_path):
     assert lines == [f"2 messages, about 4 KB, of rollernet's budget for {DOMAIN}: 1 message / 2.43 MB left of "
                      "this tool's 50 messages / 2.5 MB (a quarter of 200 messages / 10 MB per 7 days); after this "
                      "run 0 messages / 2.43 MB"]
+    # What counts: taken, or its fate unknown; a clean refusal does not.
+    assert [canary_spent(SendOutcome(*fields)) for fields in [
+        (True, "250 ok", None, 250), (False, "554 denied", "RCPT TO", 554), (False, "550 no", "DATA", 550),
+        (False, "timed out", "DATA", None), (False, "ssh cut off", "send host")]] == [True, False, False, True, True]
     unmetered = SpendCheck.read(settings(tmp_path, budget=None), DOMAIN, NOW)
     assert canary_spend({DOMAIN: unmetered}, {DOMAIN: 2})[1] == ""
 
@@ -211,7 +216,8 @@ def test_the_gate_report_says_how_long_an_outage_the_quota_covers_and_warns_unde
     assert check.key == "G2" and check.status == WARN
     assert check.evidence.startswith("mail: about 60 h at your last 30 days' volume (30 messages, 3 MB a day); "
                                      "about 60 h at the last 7 days' volume (30 messages, 3 MB a day); 150 messages "
-                                     "/ 7.5 MB of rollernet's 200 messages / 10 MB per 7 days are left for an outage (a quarter kept for this tool's drills and canaries)")
+                                     "/ 7.5 MB of rollernet's 200 messages / 10 MB per 7 days are left for an outage "
+                                     "(a quarter kept for this tool's drills and canaries)")
     assert check.next_step.startswith("an outage longer than 60 h goes over the quota, under the 72 h wanted "
                                       "(provider.budget.min_outage_hours): Roller Network is reported to suspend")
     relaxed = coverage_check(settings(budget={"min_outage_hours": 48}), "mail", volume)
@@ -220,6 +226,8 @@ def test_the_gate_report_says_how_long_an_outage_the_quota_covers_and_warns_unde
     missing = coverage_check(settings(), "mail", parse_volume(["==today 2026-07-10", "==log missing /var/log/x"]))
     assert missing.status == WARN and "no mail log at /var/log/x" in missing.evidence
     assert "mailhost.mail_log" in missing.next_step
+    failed = coverage_check(settings(), "mail", parse_volume([]))  # the fact's command failed (a stopped container)
+    assert failed.status == WARN and failed.evidence.startswith("mail: the mail log summary failed there")
 
 
 def test_the_fact_reads_postfixs_maillog_file_or_the_flavours_log_through_docker_exec(tmp_path):
