@@ -12,6 +12,7 @@ from pyinfra.api import DeployError
 
 from backupmx.core.report import FAIL
 from backupmx.lifecycle.deploy import current_run
+from operations.budget import report_outage_coverage
 from operations.dns import backup_mx_records
 from operations.mailhost import is_mailhost, mailhost_settings, postscreen_whitelist, rspamd_exemption, verify_live
 from operations.mailhost_proof import assess_mailhost, report_mailhost
@@ -52,6 +53,8 @@ if is_mailhost(host):
     mailhost = mailhost_data[host.name]
     mailhost_assessment = assess_mailhost(mailhost, relay_cidrs, probe_domain)
     report_mailhost(run, host.name, mailhost_assessment)
+    # Gate G2's figure: how long an outage the provider's quota covers at this host's volume.
+    report_outage_coverage(run, host.name, mailhost)
 
 # Relay stage, read-only part, on each relay host: gates G1, G2, G4 of this
 # provider are checks of the relay itself; a relay not configured yet is a

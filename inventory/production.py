@@ -35,6 +35,11 @@ _settings = {
         "backend": "api",
         "user": "viktor",
         "api": {"facts": {"relay_cidrs": None}},
+        # Roller Network's free tier as reported (the default, written out): 200 messages
+        # or 10 MB per rolling 7 days per domain. The drill and the canary spend at most a
+        # quarter of it; the gate report warns when the rest covers an outage shorter than
+        # 72 h at this domain's volume (docs/budget.md). A paid plan: its figures, or None.
+        "budget": {"messages": 200, "bytes": 10_000_000, "days": 7, "share": 0.25, "min_outage_hours": 72},
     },
     # Operator-confirmed facts (docs/gates.md): value, date, evidence each. Both
     # G2 and G4 are deliberately NOT recorded yet: the seed design calls the

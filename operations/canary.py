@@ -23,6 +23,7 @@ from pyinfra.api.exceptions import ConnectError
 
 from backupmx.core.context import RunEnd, at_exit, inventory_host, settings_of
 from backupmx.core.errors import BackupMXError, ConfigError
+from backupmx.lifecycle.budget import SpendCheck, canary_spend, per_domain, recorder
 from backupmx.lifecycle.canary import CanaryRun, by_message_id
 from backupmx.lifecycle.canary_settings import load_canary
 from backupmx.lifecycle.canary_verdict import MESSAGE_ID_PREFIX
@@ -50,8 +51,24 @@ def _start(target) -> CanaryRun:
     except BackupMXError as error:
         raise DeployError(f"{target.name}: {error}") from None
     run = CanaryRun(settings, mailhost, canary, target.name)
+    # The provider's budget, read now: a run that would go over this tool's share stops here, nothing sent.
+    refusal = _budget(run)
+    if refusal:
+        raise DeployError(f"{target.name}: canary {refusal}")
+    run.record = recorder(settings, run.run_id)
     at_exit(partial(_finish, run))
     return run
+
+
+def _budget(run: CanaryRun) -> str:
+    """Fill the run's budget lines from the spend ledger read now; the refusal, or ""."""
+    counts = per_domain(run.canaries)
+    try:
+        checks = {domain: SpendCheck.read(run.settings, domain) for domain in counts}
+    except BackupMXError as error:
+        return f"refused, nothing sent: {error}"
+    run.budget_lines, refusal = canary_spend(checks, counts)
+    return refusal
 
 
 def _finish(run: CanaryRun, end: RunEnd) -> None:
@@ -62,9 +79,9 @@ def _finish(run: CanaryRun, end: RunEnd) -> None:
     if len(run.verdicts) < len(run.canaries):
         run.judge_all()
     click.echo(run.render())
-    if end.interrupted:
-        # A run cut short proves nothing either way: the metrics keep the last complete run.
-        click.echo("  metrics not written: the run was interrupted")
+    if end.interrupted or run.budget_refusal:
+        # A run cut short (or refused) proves nothing either way: the metrics keep the last complete run.
+        click.echo(f"  metrics not written: {'the run was interrupted' if end.interrupted else 'nothing was sent'}")
         run.close()
         return
     try:
@@ -102,6 +119,11 @@ def runner(target):
 
 
 def _send(state, host, run: CanaryRun):  # (state, host): pyinfra passes them to a FunctionCommand
+    refusal = _budget(run)  # read again: another run may have spent since this one was prepared
+    if refusal:
+        run.refuse(refusal)
+        host.log(f"canary: {refusal}", logger.error)
+        return False
     sender = inventory_host(run.config.send_from) if run.config.send_from else host
     run.send_all(runner(sender), partial(_log, host))
     return True  # a refusal is a row of the report, judged after the wait

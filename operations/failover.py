@@ -16,6 +16,7 @@ printed once at exit whatever happened (like the rollback's).
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from functools import partial
 
 import click
@@ -31,13 +32,16 @@ from pyinfra.api import (
 from backupmx.core.context import RunEnd, at_exit, executing, settings_of
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import postfix_size
-from backupmx.core.report import CHANGE, FAIL
+from backupmx.core.report import CHANGE, FAIL, PASS
 from backupmx.dns import check as dnscheck
+from backupmx.lifecycle.budget import SpendCheck, drill_spend, recorder
 from backupmx.lifecycle.drill import Drill
 from backupmx.lifecycle.drill_mailbox import drain
 from backupmx.lifecycle.drill_messages import large_size
+from backupmx.lifecycle.drill_report import render, skip_rest
 from backupmx.lifecycle.drill_settings import load_failover
 from backupmx.lifecycle.drill_signals import SignalGuard
+from backupmx.providers.quota import quota
 from facts.mailhost import PostscreenListeners
 from operations.mailhost import mailhost_settings, one_mailhost_run
 from operations.mailhost_state import listeners_args
@@ -54,12 +58,49 @@ def _start_drill(target) -> Drill:
     try:
         settings = settings_of(target.data)
         mailhost = mailhost_settings(target)
-        failover = load_failover(target.data.get("failover"), mailhost, settings.domains[0].name)
+        failover = load_failover(target.data.get("failover"), mailhost, settings.domains[0].name,
+                                 metered=settings.provider.name if quota(settings) else "")
+        # The budget, read now: a drill whose small messages would not fit is refused before anything runs.
+        refusal = drill_spend(_spend_check(settings, failover), failover.probes, failover.spam_message, 0).refusal
     except BackupMXError as error:
         raise DeployError(f"{target.name}: {error}") from None
+    if refusal:
+        raise DeployError(f"{target.name}: failover drill {refusal}")
     drill = Drill(settings, mailhost, failover, target.name)
+    drill.record = recorder(settings, drill.run_id)
     at_exit(partial(_print_report, drill))
     return drill
+
+
+def _spend_check(settings, failover) -> SpendCheck:
+    """This tool's share of the provider's budget for the drill's recipient domain (the one the provider counts)."""
+    return SpendCheck.read(settings, failover.recipient.rsplit("@", 1)[1])
+
+
+def _large_bytes(drill: Drill) -> int:
+    """The large message's size as far as known now: shrunk to the primary's limit once that is read."""
+    wanted = drill.failover.large_message_bytes
+    if not wanted or drill.primary_size_limit is None:
+        return wanted
+    return large_size(wanted, drill.primary_size_limit).size
+
+
+def _check_budget(drill: Drill, log) -> None:
+    """Step 1: the drill's messages against this tool's share of the budget, read again now; the large
+    message is left out if it would go over, the drill refused if the rest would."""
+    f = drill.failover
+    try:
+        spend = drill_spend(_spend_check(drill.settings, f), f.probes, f.spam_message, _large_bytes(drill))
+    except BackupMXError as error:
+        drill.add("1", "provider budget", FAIL, str(error), "fix the spend ledger (docs/budget.md)")
+        return
+    if spend.refusal:
+        drill.add("1", "provider budget", FAIL, spend.refusal, "wait until it frees up, or lower failover.probes")
+        return
+    if spend.left_out:
+        drill.failover = replace(f, large_message_bytes=0, large_off=spend.left_out)
+        log(f"failover 1: {spend.left_out}")
+    drill.add("1", "provider budget", PASS, spend.line)
 
 
 def _print_report(drill: Drill, end: RunEnd) -> None:
@@ -67,8 +108,8 @@ def _print_report(drill: Drill, end: RunEnd) -> None:
         drill.report.title += " (review: nothing was stopped or sent)"
         click.echo(drill.report.render().rsplit("\n", 1)[0])
     else:
-        drill.skip_rest("not run: an earlier step failed")
-        click.echo(drill.render())
+        skip_rest(drill, "not run: an earlier step failed")
+        click.echo(render(drill))
     drill.close()
 
 
@@ -94,6 +135,7 @@ def remote_runner(target):
 
 def _preflight(state, host, drill):  # (state, host): pyinfra passes them to a FunctionCommand
     log = lambda message: host.log(message, logger.info)
+    _check_budget(drill, log)
     dns_ok = drill.check_dns(log)
     dns_ok = drill.check_size_limit() and dns_ok
     try:
@@ -169,6 +211,35 @@ def drill_preflight(drill: Drill):
     yield FunctionCommand(_preflight, (drill,), {})
 
 
+def _show_messages(drill: Drill):
+    """Step 3 of the review: the large and the spam message, and what the drill would spend of the budget."""
+    f = drill.failover
+    spend = None
+    if not executing():
+        try:
+            spend = drill_spend(_spend_check(drill.settings, f), f.probes, f.spam_message, _large_bytes(drill))
+        except BackupMXError as error:
+            show(f"failover 3: the budget cannot be read: {error}", review_only=True)
+    if f.large_message_bytes and spend is not None and spend.left_out:
+        show(f"failover 3: would send no large message: {spend.left_out}", review_only=True)
+    elif f.large_message_bytes:
+        if drill.primary_size_limit is None:
+            size = f"the primary's message_size_limit is not readable ({drill.size_error}): the drill would refuse"
+        else:
+            decision = large_size(f.large_message_bytes, drill.primary_size_limit)
+            size = (f"{decision.size} bytes ({decision.note or 'the primary takes ' + str(drill.primary_size_limit)}"
+                    f"); smaller if a backup announces a smaller SIZE")
+        show(f"failover 3: would send a large message: {size}", review_only=True)
+    elif f.large_off:
+        show(f"failover 3: would send no large message: {f.large_off}", review_only=True)
+    if f.spam_message:
+        show("failover 3: would send a spam message (content scoring over 11): it must arrive tagged, never "
+              "rejected", review_only=True)
+    if spend is not None:
+        show(f"failover 3: would spend {spend.spending}", review_only=True)
+    return spend
+
+
 @operation(is_idempotent=False)
 def drill_down_window(drill: Drill):
     """
@@ -182,21 +253,14 @@ def drill_down_window(drill: Drill):
           f"(at most {f.window_seconds:.0f} s)", review_only=True)
     show(f"failover 3: would send {f.probes} DKIM-signed probe(s) from {f.sender_domain} to {f.recipient} via "
           f"{', '.join(hosts)}", review_only=True)
-    if f.large_message_bytes:
-        if drill.primary_size_limit is None:
-            size = f"the primary's message_size_limit is not readable ({drill.size_error}): the drill would refuse"
-        else:
-            decision = large_size(f.large_message_bytes, drill.primary_size_limit)
-            size = (f"{decision.size} bytes ({decision.note or 'the primary takes ' + str(drill.primary_size_limit)}"
-                    f"); smaller if a backup announces a smaller SIZE")
-        show(f"failover 3: would send a large message: {size}", review_only=True)
-    if f.spam_message:
-        show("failover 3: would send a spam message (content scoring over 11): it must arrive tagged, never "
-              "rejected", review_only=True)
+    spend = _show_messages(drill)
     show(f"failover 4: would wait up to {f.queue_seconds:.0f} s for each in the {drill.settings.provider.name} queue", review_only=True)
     show(f"failover 5: would start it again (always): {shlex.join(f.start_command)}; then {f.up_check} must accept", review_only=True)
+    if spend is not None:
+        _plan(drill, "1", "provider budget", f"would spend {spend.line}")
     _plan(drill, "2", "take the primary down", f"would run {shlex.join(f.stop_command)}")
-    extras = " + a large message" * bool(f.large_message_bytes) + " + a spam message" * f.spam_message
+    large = bool(f.large_message_bytes) and not (spend is not None and spend.left_out)
+    extras = " + a large message" * large + " + a spam message" * f.spam_message
     _plan(drill, "3", "send probes", f"would send {f.probes}{extras} to {', '.join(hosts)}")
     _plan(drill, "4", "probes queued at the provider", "would check the provider's queue listing")
     _plan(drill, "5", "bring the primary back", f"would run {shlex.join(f.start_command)}")

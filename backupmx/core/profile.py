@@ -1,17 +1,17 @@
 """The backup provider's profile in the inventory (``provider``): which backend answers the
-gates, the assumed shape of Roller Network's account API, and the gate ledger of
-operator-confirmed facts (docs/provider-api.md, docs/gates.md).
+gates and the assumed shape of Roller Network's account API (docs/provider-api.md). The gate
+ledger of operator-confirmed facts: ``backupmx.core.gate_ledger`` (docs/gates.md).
 """
 
 from __future__ import annotations
 
-import datetime
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
+from backupmx.core.budget import FREE_TIER, Budget, provider_budget
 from backupmx.core.errors import ConfigError
-from backupmx.core.validate import known_keys, mapping, relay_cidrs, timeout_seconds
+from backupmx.core.validate import known_keys, mapping, timeout_seconds
 
 # ------------------------------------------------------------ provider profile
 
@@ -68,7 +68,7 @@ class FrozenMap(Mapping):
     """A read-only, hashable mapping, so the settings stay a frozen, comparable value."""
 
     def __init__(self, data: Mapping[str, Any] | None = None):
-        self._data = {key: _freeze(value) for key, value in (data or {}).items()}
+        self._data = {key: freeze(value) for key, value in (data or {}).items()}
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -86,11 +86,11 @@ class FrozenMap(Mapping):
         return f"FrozenMap({self._data!r})"
 
 
-def _freeze(value: Any) -> Any:
+def freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
         return FrozenMap(value)
     if isinstance(value, (list, tuple)):
-        return tuple(_freeze(item) for item in value)
+        return tuple(freeze(item) for item in value)
     return value
 
 
@@ -135,6 +135,10 @@ class ProviderProfile:
     # Where an operator does by hand what the API cannot (printed in manual steps).
     manual_url: str = ACC_MANUAL_URL
     api: AccApiShape = field(default_factory=lambda: _acc_api_shape({}))
+    # What the provider lets a domain relay per rolling window (None: not metered) and
+    # this tool's share of it: Roller Network's free tier unless the profile says
+    # otherwise (backupmx.core.budget, docs/budget.md).
+    budget: Budget | None = FREE_TIER
 
 
 def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
@@ -151,7 +155,7 @@ def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
         raise ConfigError("provider", "is an empty profile",
                           "set provider.backend ('api' with provider.user, or 'ledger'), or leave `provider` out")
     known_keys(value, "provider", ("name", "backend", "api_base", "user", "key_secret", "ca_bundle",
-                                    "connect_timeout", "read_timeout", "retries", "manual_url", "api"))
+                                    "connect_timeout", "read_timeout", "retries", "manual_url", "api", "budget"))
     name = value.get("name", backup_provider)
     if name != backup_provider:
         raise ConfigError("provider.name", f"{name!r} differs from backup_mx.provider {backup_provider!r}",
@@ -185,16 +189,19 @@ def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
         read_timeout=timeout_seconds(value.get("read_timeout", 20.0), "provider.read_timeout"),
         retries=retries, manual_url=manual_url,
         api=_acc_api_shape(mapping(value.get("api") or {}, "provider.api")),
+        budget=provider_budget(value.get("budget"), "budget" in value, FREE_TIER),
     )
 
 
 def _selfhosted_profile(value: Mapping[str, Any]) -> ProviderProfile:
     """Provider ``selfhosted``: the relay hosts answer for themselves, so the ACC fields do not apply."""
     for key in value:
-        if key != "name":
+        if key not in ("name", "budget"):
             raise ConfigError(f"provider.{key}", "does not apply to provider selfhosted (its facts come from the "
-                              "relay hosts over SSH)", "leave only provider.name = 'selfhosted'")
-    return ProviderProfile(name=SELFHOSTED, backend=RELAYHOST_BACKEND, manual_url="", key_secret="")
+                              "relay hosts over SSH)", "leave only provider.name = 'selfhosted' (and a budget, if "
+                              "its network meters mail)")
+    return ProviderProfile(name=SELFHOSTED, backend=RELAYHOST_BACKEND, manual_url="", key_secret="",
+                           budget=provider_budget(value.get("budget"), "budget" in value, None))
 
 
 
@@ -255,103 +262,3 @@ def _acc_api_shape(value: Mapping[str, Any]) -> AccApiShape:
         values[fact] = dict(words)
     return AccApiShape(module, FrozenMap(actions), FrozenMap(facts), FrozenMap(request), FrozenMap(envelope),
                        FrozenMap(errors), FrozenMap(values))
-
-
-# ------------------------------------------------------------------ gate ledger
-
-LEDGER_ACCOUNT_FACTS = ("overage", "relay_cidrs")
-LEDGER_DOMAIN_FACTS = ("present", "mode", "enabled", "user_table_default", "hold")
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One operator-confirmed fact: its value, when it was confirmed, and the proof."""
-
-    value: Any
-    date: datetime.date
-    evidence: str
-
-    def describe(self) -> str:
-        return f"ledger {self.date.isoformat()}: {self.evidence}"
-
-
-@dataclass(frozen=True)
-class GateLedger:
-    overage: LedgerEntry | None = None
-    relay_cidrs: LedgerEntry | None = None
-    domains: FrozenMap = field(default_factory=FrozenMap)  # domain -> {fact: LedgerEntry}
-
-    def domain_fact(self, domain: str, fact: str) -> LedgerEntry | None:
-        return (self.domains.get(domain) or {}).get(fact)
-
-
-def gate_ledger(value: Any, domain_names: Iterable[str]) -> GateLedger:
-    """The ``gate_ledger`` inventory key (docs/gates.md); absent means nothing is confirmed."""
-    if value is None:
-        return GateLedger()
-    value = mapping(value, "gate_ledger")
-    known_keys(value, "gate_ledger", LEDGER_ACCOUNT_FACTS + ("domains",))
-    overage = _ledger_entry(value.get("overage"), "gate_ledger.overage")
-    if overage is not None and overage.value not in OVERAGE_REPLIES:
-        raise ConfigError("gate_ledger.overage.value", f"{overage.value!r} is not one of "
-                          f"{', '.join(OVERAGE_REPLIES)}", "'4xx' if over-limit mail is deferred, '5xx' if bounced")
-    cidrs = _ledger_entry(value.get("relay_cidrs"), "gate_ledger.relay_cidrs")
-    if cidrs is not None:
-        cidrs = LedgerEntry(relay_cidrs(cidrs.value, "gate_ledger.relay_cidrs.value"), cidrs.date, cidrs.evidence)
-    names = set(domain_names)
-    per_domain = {}
-    for name, facts in mapping(value.get("domains") or {}, "gate_ledger.domains").items():
-        where = f"gate_ledger.domains[{name!r}]"
-        if name not in names:
-            raise ConfigError(where, "is not a domain of this inventory", f"domains: {', '.join(sorted(names))}")
-        facts = mapping(facts, where)
-        known_keys(facts, where, LEDGER_DOMAIN_FACTS)
-        entries = {}
-        for fact, raw in facts.items():
-            entry = _ledger_entry(raw, f"{where}.{fact}")
-            if entry is not None:
-                _check_domain_fact(fact, entry.value, f"{where}.{fact}.value")
-                entries[fact] = entry
-        per_domain[name] = entries
-    return GateLedger(overage, cidrs, FrozenMap(per_domain))
-
-
-def _check_domain_fact(fact: str, value: Any, where: str) -> None:
-    if fact in ("present", "enabled", "hold"):
-        if not isinstance(value, bool):
-            raise ConfigError(where, f"{value!r} is not true or false")
-    elif fact == "mode" and value not in DOMAIN_MODES:
-        raise ConfigError(where, f"{value!r} is not one of {', '.join(DOMAIN_MODES)}")
-    elif fact == "user_table_default" and value not in USER_TABLE_DEFAULTS:
-        raise ConfigError(where, f"{value!r} is not one of {', '.join(USER_TABLE_DEFAULTS)}")
-
-
-def _ledger_entry(value: Any, where: str) -> LedgerEntry | None:
-    if value is None:
-        return None
-    value = mapping(value, where)
-    known_keys(value, where, ("value", "date", "evidence"))
-    if value.get("value") is None:
-        raise ConfigError(f"{where}.value", "missing", "record what was confirmed")
-    evidence = value.get("evidence")
-    if not isinstance(evidence, str) or len(evidence.strip()) < 3:
-        raise ConfigError(f"{where}.evidence", f"{evidence!r} is not evidence",
-                          "say where it was confirmed, e.g. 'ACC screenshot 2026-07-04' or a support ticket id")
-    return LedgerEntry(_freeze(value["value"]), _iso_date(value.get("date"), f"{where}.date"), evidence.strip())
-
-
-def _iso_date(value: Any, where: str) -> datetime.date:
-    if isinstance(value, datetime.datetime):
-        return value.date()
-    if isinstance(value, datetime.date):
-        return value
-    if isinstance(value, str):
-        try:
-            if "T" in value:
-                return datetime.datetime.fromisoformat(value).date()
-            return datetime.date.fromisoformat(value)
-        except ValueError:
-            pass
-    raise ConfigError(where, f"{value!r} is not an ISO date", "write YYYY-MM-DD, e.g. 2026-07-04")
-
-

@@ -24,7 +24,8 @@ from backupmx.core.keys import (
     VAULT_KEYS,
     check_top_level_keys,
 )
-from backupmx.core.profile import SELFHOSTED, GateLedger, ProviderProfile, gate_ledger, provider_profile
+from backupmx.core.gate_ledger import GateLedger, gate_ledger
+from backupmx.core.profile import SELFHOSTED, ProviderProfile, provider_profile
 from backupmx.core.provider_choice import (
     load_relay_hosts,
     relay_addresses,

@@ -30,7 +30,9 @@ from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.lifecycle.canary_send import Remote, hand_off
 from backupmx.lifecycle.canary_settings import CanarySettings
+from backupmx.lifecycle.budget import Record, canary_spent
 from backupmx.lifecycle.canary_verdict import (
+    BUDGET,
     MARKER_HEADER,
     MESSAGE_ID_PREFIX,
     Canary,
@@ -82,6 +84,10 @@ class CanaryRun:
         self.cleanup_error: str | None = None
         self.mailbox_error: str | None = None  # the Maildir could not be read: nothing can be verified
         self._provider = provider  # opened on first use (the ACC key from Vault) unless given
+        # The budget (docs/budget.md): what the run would spend per domain, and the spend ledger's writer.
+        self.budget_lines: list[str] = []
+        self.budget_refusal = ""
+        self.record: Record | None = None
 
     # -- the plan ------------------------------------------------------------------
 
@@ -105,9 +111,16 @@ class CanaryRun:
                  f"(HELO {c.helo}, sender domain {c.sender_domain}"
                  f"{f', DKIM s={c.dkim_selector}' if c.signed else ', not DKIM-signed'}):"]
         lines += [f"canary:   {k.recipient} via {k.relay} ({k.endpoint})" for k in self.canaries]
+        lines += [f"canary: would spend {line}" for line in self.budget_lines]
         lines.append(f"canary: then wait up to {c.wait_seconds:.0f} s for each in {c.maildir} on {self.host_name}, "
                      f"judge it ({self.mailhost.relay_scoring} scoring) and delete it")
         return lines
+
+    def refuse(self, refusal: str) -> None:
+        """The budget refused the run at execution: nothing is sent, every row says why."""
+        self.budget_refusal = refusal
+        for canary in self.canaries:
+            canary.send = SendOutcome(False, refusal, BUDGET)
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -146,6 +159,8 @@ class CanaryRun:
             except BackupMXError as error:
                 canary.send = SendOutcome(False, str(error), "send host")
             canary.handed_off = self.clock()
+            if self.record is not None and canary_spent(canary.send):
+                self.record(canary.domain, "canary", len(message), canary.relay)
             state = "taken" if canary.send.ok else "REFUSED"
             log(f"canary: {canary.relay} for {canary.domain}: {state}: {canary.send.reply}")
         return any(c.send.ok for c in self.canaries)

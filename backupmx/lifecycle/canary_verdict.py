@@ -26,6 +26,8 @@ from backupmx.providers.base import BouncedMessage
 
 # (slug for the metric's ``hop`` label, what the row says)
 NOT_SENT = ("not_sent", "not sent")
+# SendOutcome.stage of a canary the provider's budget kept from being sent (docs/budget.md).
+BUDGET = "budget"
 REFUSED_BY_RELAY = ("refused_by_relay", "refused by the relay")
 STUCK = ("stuck_in_relay_queue", "stuck in the relay's queue")
 REFUSED_BY_PRIMARY = ("refused_by_primary", "refused by the primary")
@@ -143,6 +145,8 @@ def judge(canary: Canary, relay_cidrs: Sequence[str], scoring: str, waited: floa
     if send is None:
         return Verdict(FAIL, NOT_SENT, "not sent (an earlier step failed)")
     if not send.ok:
+        if send.stage == BUDGET:
+            return Verdict(FAIL, NOT_SENT, f"not sent: {send.reply}", "wait until it frees up (docs/budget.md)")
         if send.stage in (None, "send host"):
             return Verdict(FAIL, NOT_SENT, f"not sent: {send.reply}",
                            "check the host the canary is sent from (canary.send_from)")

@@ -18,8 +18,9 @@
    large one whole, the spam one tagged; then they are removed (kept on a failure);
 8. one report row per step and per message; any FAIL fails the run.
 
-Steps 6-8 are in ``backupmx.lifecycle.drill_mailbox``, the messages in
-``backupmx.lifecycle.drill_messages``. The mail host is reached through two callables, so the same code runs over SSH
+Steps 6-8 are in ``backupmx.lifecycle.drill_mailbox``, step 8's report in
+``backupmx.lifecycle.drill_report``, the messages in ``backupmx.lifecycle.drill_messages``.
+The mail host is reached through two callables, so the same code runs over SSH
 (pyinfra's host) and in unit tests: ``remote(argv) -> (ok, stdout_lines,
 stderr_text)``. See docs/failover-drill.md.
 """
@@ -35,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from backupmx.core.errors import BackupMXError
-from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, Check, Report
+from backupmx.core.report import FAIL, PASS, Check, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.dns import check as dnscheck
+from backupmx.lifecycle.budget import Record
 from backupmx.lifecycle.drill_messages import build_message, kinds, large_size, title
 from backupmx.lifecycle.drill_settings import FailoverSettings
 from backupmx.lifecycle.drill_signals import Interrupted
@@ -48,6 +50,9 @@ from backupmx.providers.registry import open_provider
 
 Log = Callable[[str], None]
 Remote = Callable[[Sequence[str]], tuple[bool, list[str], str]]
+
+# A relay's clean refusal: the message was not taken, so it is not spent.
+REFUSED = (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)
 
 STEP_TITLES = {"2": "take the primary down", "3": "send probes", "4": "probes queued at the provider",
                "5": "bring the primary back", "6": "provider queue drained", "7": "mailbox verdicts",
@@ -82,6 +87,8 @@ class Drill:
         self.size_error = "not read"
         self._provider = None
         self._secrets = None
+        # Writes each message a relay took (or may have taken) to the spend ledger (docs/budget.md).
+        self.record: Record | None = None
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -211,8 +218,11 @@ class Drill:
                     # smtplib announces SIZE= itself: a backup that would not take it refuses at MAIL FROM.
                     client.sendmail(probe.sender, [f.recipient], message)
                 probe.sent_at = self.clock()
+                self._spent(probe)
             except (OSError, smtplib.SMTPException) as error:
                 probe.send_error = f"{relay} ({address}:{port}) refused it: {error}"
+                if probe.size is not None and not isinstance(error, REFUSED):
+                    self._spent(probe)  # lost after the message was on its way: the relay may have taken it
         failed = [p for p in self.probes if p.send_error]
         if failed:
             self.add("3", "send probes", FAIL, "; ".join(f"{title(p)}: {p.send_error}" for p in failed),
@@ -224,6 +234,10 @@ class Drill:
                  f"to {', '.join(hosts)}, for {f.recipient}" + (f"; {'; '.join(extras)}" if extras else ""))
         log(f"failover 3: {len(self.probes)} messages sent at {self.t()}")
         return True
+
+    def _spent(self, probe: Probe) -> None:
+        if self.record is not None:
+            self.record(self.failover.recipient.rsplit("@", 1)[1], f"drill {probe.kind}", probe.size or 0, probe.relay)
 
     def _compose(self, probe: Probe, key: bytes, announced: str | None, log: Log) -> bytes:
         f = self.failover
@@ -314,36 +328,3 @@ class Drill:
                          f"(mail queues at the backups meanwhile)")
                 return False
             time.sleep(1.0)  # never interrupted: the restore must finish
-
-    # -- step 8 ------------------------------------------------------------------
-
-    def skip_rest(self, reason: str) -> None:
-        titles = STEP_TITLES
-        for index, check in enumerate(self.report.checks):
-            if check.status == CHANGE:  # the plan made while preparing: never reached
-                self.report.checks[index] = Check(check.key, check.title, SKIP, reason)
-        have = {c.key for c in self.report.checks}
-        for key, title in titles.items():
-            if key not in have:
-                self.add(key, title, SKIP, reason)
-
-    def render(self) -> str:
-        self.finished = self.finished or self.clock()
-        lines = [self.report.render().rsplit("\n", 1)[0]]
-        wall = self.finished - self.started
-        last = [p.delivered_at for p in self.probes if p.delivered_at]
-        timing = f"  wall time {wall:.1f} s"
-        if self.up_at and self.down_at:
-            timing += f"; primary down {self.up_at - self.down_at:.1f} s"
-        if self.up_at and last and len(last) == len(self.probes):
-            timing += f"; primary-up to last message delivered {max(last) - self.up_at:.1f} s"
-        lines.append(timing)
-        if self.primary_down:
-            lines.append(f"  => FAILED and THE PRIMARY MAY STILL BE DOWN: run "
-                         f"`{shlex.join(self.failover.start_command)}` on {self.host_name}")
-        elif self.report.blocked:
-            failed = next(c for c in self.report.checks if c.status == FAIL)
-            lines.append(f"  => DRILL FAILED at step {failed.key} ({failed.title}); the primary is up")
-        else:
-            lines.append("  => drill passed: the backups queued every message and delivered it cleanly; primary up")
-        return "\n".join(lines)

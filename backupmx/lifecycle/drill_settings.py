@@ -36,10 +36,15 @@ class FailoverSettings:
     poll_seconds: float = 0.5
     large_message_bytes: int = LARGE_BYTES  # 0: no large message
     spam_message: bool = True
+    large_off: str = ""  # why there is no large message when the data did not say 0
 
 
-def load_failover(data: Any, mailhost: MailHost, domain: str) -> FailoverSettings:
-    """Validate ``host.data.failover`` for one mail host; flavour defaults for docker-mailserver."""
+def load_failover(data: Any, mailhost: MailHost, domain: str, metered: str = "") -> FailoverSettings:
+    """Validate ``host.data.failover`` for one mail host; flavour defaults for docker-mailserver.
+
+    ``metered``: the provider's name when it has a budget (docs/budget.md): then the large
+    message is off unless ``large_message_bytes`` asks for one.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError("failover", "missing" if data is None else f"must be a mapping, got {type(data).__name__}",
                           "set `failover` on the mail host (docs/failover-drill.md)")
@@ -81,7 +86,10 @@ def load_failover(data: Any, mailhost: MailHost, domain: str) -> FailoverSetting
         values[key] = int(value) if key == "probes" else float(value)
     if values["probes"] > 50:
         raise ConfigError("failover.probes", "at most 50 probes")
-    large = data.get("large_message_bytes", LARGE_BYTES)
+    large = data.get("large_message_bytes", 0 if metered else LARGE_BYTES)
+    if metered and "large_message_bytes" not in data:
+        values["large_off"] = (f"off by default: {metered} is metered (provider.budget); set "
+                               "failover.large_message_bytes to send one within this tool's share")
     if isinstance(large, bool) or not isinstance(large, int) or not 0 <= large <= 200_000_000:
         raise ConfigError("failover.large_message_bytes", f"{large!r} is not a size in bytes (0 to 200000000)",
                           f"e.g. {LARGE_BYTES}; 0 sends no large message")

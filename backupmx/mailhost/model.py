@@ -68,7 +68,7 @@ _CONTAINER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 MAILHOST_KEYS = ("config_dir", "container", "docker", "flavour", "host_config_dir", "postfix_config_dir",
                  "postfix_reload", "proof_helo", "proof_sender", "proxy_service", "relay_scoring", "rspamadm_args",
-                 "rspamd_controller", "rspamd_local_dir", "rspamd_reload", "smtp_probe")
+                 "rspamd_controller", "rspamd_local_dir", "rspamd_reload", "smtp_probe", "mail_log")
 
 # Stage 4's relayed envelope (docs/mailhost.md, "Every layer of the primary"): a
 # foreign sender whose domain publishes SPF ending in -all that does not list the
@@ -110,6 +110,9 @@ class MailHost:
     # Stage 4's relayed envelope: MAIL FROM and HELO.
     proof_sender: str = DEFAULT_PROOF_SENDER
     proof_helo: str = DEFAULT_PROOF_HELO
+    # Postfix's log, where it runs (the gate report's outage coverage); "": maillog_file, else the
+    # flavour's default (backupmx.mailhost.maillog).
+    mail_log: str = ""
 
     # -- where things are ----------------------------------------------------
 
@@ -249,7 +252,7 @@ def load_mailhost(data: Any) -> MailHost:
     service, service_type = _proxy_service(data.get("proxy_service"))
     docker = flavour == DMS
     values: dict[str, Any] = {"flavour": flavour, "proxy_service": service, "proxy_service_type": service_type}
-    for key in ("postfix_config_dir", "rspamd_local_dir", "config_dir", "host_config_dir"):
+    for key in ("postfix_config_dir", "rspamd_local_dir", "config_dir", "host_config_dir", "mail_log"):
         if data.get(key) is not None:
             values[key] = host_path(data[key], f"mailhost.{key}")
     if docker:

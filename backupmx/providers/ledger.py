@@ -14,7 +14,7 @@ The ledger cannot change anything at the provider: every change raises
 
 from __future__ import annotations
 
-from backupmx.core.profile import LedgerEntry
+from backupmx.core.gate_ledger import LedgerEntry
 from backupmx.core.settings import Settings
 from backupmx.providers.base import LEDGER, Fact, ManualStepRequired, Provider, ProviderFacts, unknown
 from backupmx.providers.console import console_steps

@@ -32,6 +32,7 @@ from providerkit import (
 BACKUPMX = "deploys/backupmx.py"
 ROLLBACK = "deploys/rollback.py"
 MAINTENANCE = "deploys/maintenance.py"
+CANARY = "deploys/canary.py"
 
 
 def _cases(data: dict) -> list[tuple[str, str, list[str], str]]:
@@ -91,6 +92,9 @@ def _cases(data: dict) -> list[tuple[str, str, list[str], str]]:
         ("provider-api-without-user", BACKUPMX,
          [d("provider", {k: v for k, v in prov.items() if k != "user"})], "provider.user"),
         ("provider-other-name", BACKUPMX, [d("provider", {**prov, "name": "other"})], "provider.name"),
+        # The provider's budget (docs/budget.md), for the deploy and for the canary that spends it.
+        ("provider-budget-share", BACKUPMX, [d("provider", {**prov, "budget": {"share": 2}})], "provider.budget.share"),
+        ("canary-budget-days", CANARY, [d("provider", {**prov, "budget": {"days": 0}})], "provider.budget.days"),
         ("cloudflare-quota-negative", BACKUPMX, [d("cloudflare", {**data["cloudflare"], "record_quota": -5})],
          "cloudflare.record_quota"),
         ("dns-server-not-ip-port", BACKUPMX, ['dns_servers=["nohost"]'], "dns_servers[0]"),
