@@ -193,8 +193,13 @@ class MailhostProof(FactBase):
         "pregreet": PostscreenPregreet,
     }
 
-    def command(self, **arguments):
-        return combined_script({"proof": self.captures(**arguments)})
+    def command(self, cidr_host_path, config_dir, cidr_path, addresses, settings_path, rspamadm_args, live_path,
+                dump, controller, ips, mail_from, message, listener=None, sources=(), rcpt="", helo="", sender="",
+                container=None, docker="docker"):
+        # pyinfra reads a fact's arguments off this signature: each is named here.
+        return combined_script({"proof": self.captures(
+            cidr_host_path, config_dir, cidr_path, addresses, settings_path, rspamadm_args, live_path, dump, controller,
+            ips, mail_from, message, listener, sources, rcpt, helo, sender, container, docker)})
 
     @staticmethod
     def captures(cidr_host_path, config_dir, cidr_path, addresses, settings_path, rspamadm_args, live_path, dump,
