@@ -15,7 +15,7 @@ from backupmx.lifecycle.deploy import current_run
 from operations.budget import report_outage_coverage
 from operations.dns import backup_mx_records
 from operations.mailhost import is_mailhost, mailhost_settings, postscreen_whitelist, rspamd_exemption, verify_live
-from operations.mailhost_proof import assess_mailhost, report_mailhost
+from operations.mailhost_proof import assess_mailhost, report_mailhost, start_reads
 from operations.monitoring import is_monitoring_host, monitoring_stage, prepare_monitoring
 from operations.provider import provider_domain_reenabled
 from operations.relayhost import assess_relayhost, relay_config, relay_settings, verify_relay
@@ -43,8 +43,11 @@ if relay_names:
 
 if run.first_pass():
     # Stage 2: gates G1-G4, read-only; then stage 5, read-only: the record plan per
-    # domain, quota and MTA-STS checks. Both run while the hosts below are assessed.
+    # domain, quota and MTA-STS checks. Both run while the hosts below are assessed,
+    # and every mail host is read meanwhile (each on its own connection).
     run.start_run_checks([target.name for target in inventory if is_monitoring_host(target)])
+    start_reads(mailhost_data, [target for target in inventory.get_active_hosts() if is_mailhost(target)],
+                relay_cidrs, probe_domain)
 
 # Stages 3-4, read-only part, on each mail host: its `mailhost` data (bad data
 # stops here, nothing contacted), what stage 3 would change, and, when nothing,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+
+import gevent
 from typing import Callable, Mapping
 
 from pyinfra import host, logger
 
-from backupmx.core.context import remember
+from backupmx.core.context import remember, run_value
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import postfix_size
 from backupmx.core.validate import cidr_strings
@@ -122,16 +124,29 @@ class Assessment:
         return any(plan.changed for plan in self.plans)
 
 
+def start_reads(mailhosts: Mapping[str, MailHost], targets, relay_cidrs, domain: str) -> None:
+    """Start reading every mail host now (``targets``: the inventory's hosts), each on its own
+    connection, while the first host is prepared and the gates run: ``assess_mailhost`` takes
+    its host's answer when its turn comes, instead of reading only then, one host after another."""
+    cidrs = cidr_strings(relay_cidrs)
+    reads = run_value("mailhost reads", dict)
+    for target in targets:
+        mailhost = mailhosts[target.name]
+        reads[target.name] = gevent.spawn(read_state, mailhost, proof_request(mailhost, cidrs, domain), target)
+
+
 def assess_mailhost(mailhost: MailHost, relay_cidrs, domain: str) -> Assessment:
     """Plans of both operations; if neither would change anything, the proof too (read-only).
 
     The plans are kept for this host and preparing pass, so the operations called
     next reuse them instead of reading the same facts again.
     """
-    # What both plans read, and stage 4's proof beside it, in one SSH round trip: the proof
-    # counts only when nothing is left to change (the common case, a re-run).
+    # What both plans read, and stage 4's proof beside it, in one SSH round trip (started
+    # early by start_reads): the proof counts only when nothing is left to change (a re-run).
     cidrs = cidr_strings(relay_cidrs)
-    state, proof_read = read_state(mailhost, proof_request(mailhost, cidrs, domain))
+    started = run_value("mailhost reads", dict).pop(host.name, None)
+    state, proof_read = started.get() if started is not None else read_state(mailhost,
+                                                                               proof_request(mailhost, cidrs, domain))
     plans = [plan_exemption(mailhost, relay_cidrs, state, host_name=host.name),
              plan_whitelist(mailhost, relay_cidrs, state, host_name=host.name)]
     for plan in plans:

@@ -48,17 +48,18 @@ def state_reads(mailhost: MailHost) -> dict[str, tuple[type, dict]]:
     return reads
 
 
-def read_state(mailhost: MailHost, proof: dict | None = None) -> tuple[MailhostState, dict | None]:
+def read_state(mailhost: MailHost, proof: dict | None = None, target=None) -> tuple[MailhostState, dict | None]:
     """Every fact of the state in one SSH round trip, run concurrently on the host; with ``proof``
     (``backupmx.mailhost.proof.proof_request``), stage 4's reads too, in the same round trip:
-    (the state, what the proof read, or None)."""
+    (the state, what the proof read, or None). ``target``: another host than the current one."""
+    on = host if target is None else target
     reads = state_reads(mailhost)
     if proof is not None:
         reads["proof"] = (MailhostProof, {**proof, **facts_args(mailhost)})
-    found = host.get_fact(MailhostReads, reads=tuple((fact.__name__, tuple(sorted(arguments.items())))
-                                                     for fact, arguments in reads.values()))
+    found = on.get_fact(MailhostReads, reads=tuple((fact.__name__, tuple(sorted(arguments.items())))
+                                                   for fact, arguments in reads.values()))
     if len(found) != len(reads):  # an incomplete answer: each fact on its own
-        found = [host.get_fact(fact, **arguments) for fact, arguments in reads.values()]
+        found = [on.get_fact(fact, **arguments) for fact, arguments in reads.values()]
     values = dict(zip(reads, found))
     proof_read = values.pop("proof", None)
     return MailhostState(**values), proof_read
