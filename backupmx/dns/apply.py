@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from backupmx.core import audit
-from backupmx.dns.plan import MXRecord, Plan
+from backupmx.dns.plan import MXPlan, MXRecord
 
 CREATE = "dns.create"
 DELETE = "dns.delete"
@@ -32,7 +32,7 @@ class ZoneWriter(Protocol):
     def delete_record(self, zone_id: str, record_id: str) -> None: ...
 
 
-def apply_plan(client: ZoneWriter, zone_id: str, plan: Plan, settings,
+def apply_plan(client: ZoneWriter, zone_id: str, plan: MXPlan, settings,
                applied: Applied | None = None) -> list[MXRecord]:
     """Make the changes of ``plan`` in zone ``zone_id``; the records created, as the zone holds them.
 

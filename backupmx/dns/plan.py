@@ -14,8 +14,10 @@ Creates come before deletes, so the published MX set never shrinks mid-change.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from backupmx.core.errors import BackupMXError
 from backupmx.core.settings import BackupMX, Domain
@@ -60,7 +62,7 @@ class Verdict:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Plan:
+class MXPlan(ABC):
     """The apex MX records of one domain: as read, as wanted, and the changes between them.
 
     ``existing`` holds the apex MX records only; ``untouched`` those neither ours nor
@@ -86,8 +88,14 @@ class Plan:
         """
         return tuple(record for record in self.existing if record not in self.deletes) + self.creates
 
+    @cached_property
     def verdict(self) -> Verdict:
-        raise NotImplementedError
+        """The plan's review (``review``), made once: a plan does not change."""
+        return self.review()
+
+    @abstractmethod
+    def review(self) -> Verdict:
+        """The rules of this kind of change, in order."""
 
     @property
     def primaries(self) -> list[MXRecord]:
@@ -101,7 +109,7 @@ class Plan:
 
     @property
     def refusal(self) -> str | None:
-        return self.verdict().refusal
+        return self.verdict.refusal
 
     @property
     def refused(self) -> bool:
@@ -109,7 +117,7 @@ class Plan:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        return self.verdict().warnings
+        return self.verdict.warnings
 
     def raise_if_unsafe(self) -> None:
         refusal = self.refusal
@@ -118,7 +126,7 @@ class Plan:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PublishPlan(Plan):
+class PublishPlan(MXPlan):
     """Stage 5: the backup records in, next to the primaries; ``record_count`` of ``quota`` used."""
 
     record_count: int
@@ -126,7 +134,7 @@ class PublishPlan(Plan):
     # The domain's inventory key (``domains[0]``), named in a refusal that asks for an inventory fix.
     domain_key: str | None = None
 
-    def verdict(self) -> Verdict:
+    def review(self) -> Verdict:
         """The rules in order; the first broken one ends the review, and the notes are those made until then."""
         primaries = self.primaries
         warnings = _primary_warnings(self.domain, primaries)
@@ -149,14 +157,14 @@ class PublishPlan(Plan):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RemovalPlan(Plan):
+class RemovalPlan(MXPlan):
     """Rollback: the backup records out; never refused (removing a backup cannot route mail wrong)."""
 
     @property
     def desired(self) -> tuple[MXRecord, ...]:
         return tuple(record for record in self.existing if record not in self.deletes)
 
-    def verdict(self) -> Verdict:
+    def review(self) -> Verdict:
         warnings = [f"{record.render()} was not created by backupmx; it is left untouched"
                     for record in self.untouched]
         if self.deletes and not self.primaries:

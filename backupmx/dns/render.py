@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from backupmx.dns.plan import Plan
+from backupmx.dns.plan import MXPlan
 
 
-def diff(plan: Plan) -> list[str]:
+def diff(plan: MXPlan) -> list[str]:
     """``+``/``-`` lines, creates first (the order they are applied in)."""
     return [f"+ {r.render()}" for r in plan.creates] + [f"- {r.render()}" for r in plan.deletes]
 
 
-def summary(plan: Plan) -> str:
+def summary(plan: MXPlan) -> str:
     """The diff, or why the plan is refused, or that nothing changes; then one ``!`` line per warning."""
-    verdict = plan.verdict()
+    verdict = plan.verdict
     if verdict.refusal is not None:
         lines = [f"MX {plan.domain.name}: REFUSED: {verdict.refusal}"]
     elif plan.changed:

@@ -27,7 +27,7 @@ from backupmx.dns.cloudflare import CloudflareClient
 class Assessment:
     domain: Domain
     zone_id: str
-    plan: mxplan.Plan
+    plan: mxplan.MXPlan
     mta_sts: mtasts.Decision
 
     @property
@@ -65,7 +65,7 @@ class DNSStage:
                                      connect_to=options.connect_to, ca_bundle=options.ca_bundle)
         return mtasts.guard(observation, self.settings.backup_mx.hosts)
 
-    def apply(self, domain: Domain, log: Callable[[str], None]) -> mxplan.Plan:
+    def apply(self, domain: Domain, log: Callable[[str], None]) -> mxplan.MXPlan:
         """Re-plan against the zone as it is now, apply (creates first), wait for DNS."""
         assessment = self.assess(domain)
         if assessment.refused:

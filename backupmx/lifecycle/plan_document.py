@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from backupmx.core.plan_log import DOCUMENT, FileDiff
 from backupmx.core.report import CHANGE, FAIL, STAGE_ORDER, Check
-from backupmx.dns.plan import Plan
+from backupmx.dns.plan import MXPlan
 from backupmx.postfix.transaction import unified_diff
 
 SCHEMA_VERSION = 1
@@ -55,7 +55,7 @@ class PlanData:
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
-def domain_changes(domain: str, plan: Plan, refusal: str | None = None) -> DomainChanges:
+def domain_changes(domain: str, plan: MXPlan, refusal: str | None = None) -> DomainChanges:
     """A stage-5 MX plan as the documents show it: creates first (the order they are applied in).
 
     ``refusal``: why the domain's stage 5 refuses (the plan's own, or MTA-STS's).
