@@ -22,9 +22,8 @@ import requests
 from pyinfra.api.hiddenvalue import HiddenValue
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
-from urllib3.util.retry import Retry
 
-from backupmx.core.errors import BackupMXError
+from backupmx.core.api import ApiAuthError, ApiError, ApiNotFound, ApiRefused, ApiUnavailable, CountingRetry, RetryCounter
 from backupmx.dns.plan import MXRecord
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -39,22 +38,17 @@ TOKEN_HELP = "https://dash.cloudflare.com/profile/api-tokens"
 # ------------------------------------------------------------------------- errors
 
 
-class CloudflareError(BackupMXError):
+class CloudflareError(ApiError):
     """A failed Cloudflare call: names the endpoint (method + path), never the token."""
 
-    def __init__(self, endpoint: str, problem: str, next_step: str, status: int | None = None,
-                 codes: tuple[int, ...] = ()):
-        self.endpoint = endpoint
-        self.status = status
-        self.codes = codes
-        super().__init__(f"Cloudflare {endpoint}: {problem}; {next_step}")
+    service = "Cloudflare"
 
 
-class CloudflareAuthError(CloudflareError):
+class CloudflareAuthError(CloudflareError, ApiAuthError):
     """The token is invalid, malformed, or lacks the zone (9109, 10000, 6003, 9106)."""
 
 
-class CloudflareNotFoundError(CloudflareError):
+class CloudflareNotFoundError(CloudflareError, ApiNotFound):
     """The zone or record does not exist, or is not visible to the token (81044, 7003)."""
 
 
@@ -74,11 +68,11 @@ class CloudflareRateLimitError(CloudflareError):
         super().__init__(*args, **kwargs)
 
 
-class CloudflareUnavailableError(CloudflareError):
+class CloudflareUnavailableError(CloudflareError, ApiUnavailable):
     """5xx, timeout or dropped connection after the retries allowed."""
 
 
-class CloudflareRequestError(CloudflareError):
+class CloudflareRequestError(CloudflareError, ApiRefused):
     """Any other refusal (validation errors and the like)."""
 
 
@@ -91,14 +85,7 @@ QUOTA_CODES = {81045}
 # ------------------------------------------------------------------------ retries
 
 
-class _Counter:
-    """Retries across every urllib3 Retry copy of one client (Retry objects are immutable)."""
-
-    def __init__(self):
-        self.retries = 0
-
-
-class CloudflareRetry(Retry):
+class CloudflareRetry(CountingRetry):
     """urllib3 Retry with Cloudflare's rules.
 
     429 is retried for every method (Cloudflare refused it before doing anything)
@@ -107,14 +94,13 @@ class CloudflareRetry(Retry):
     for minutes. 5xx and lost answers are retried only for idempotent methods.
     """
 
-    def __init__(self, *args, counter: _Counter | None = None, max_wait: float = 60.0, **kwargs):
+    def __init__(self, *args, max_wait: float = 60.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.counter = counter or _Counter()
         self.max_wait = max_wait
 
     def new(self, **kw: Any) -> CloudflareRetry:
         retry = super().new(**kw)
-        retry.counter, retry.max_wait = self.counter, self.max_wait
+        retry.max_wait = self.max_wait
         return retry
 
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
@@ -128,9 +114,7 @@ class CloudflareRetry(Retry):
             if wait is not None and wait > self.max_wait:
                 # Raising here makes urllib3 hand the 429 back (raise_on_status is off).
                 raise MaxRetryError(_pool, url, ResponseError(f"Retry-After {wait:.0f}s is too long"))
-        retry = super().increment(method, url, response, error, _pool, _stacktrace)
-        self.counter.retries += 1
-        return retry
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -170,7 +154,7 @@ class CloudflareClient:
         self.timeout = timeout
         self.per_page = per_page
         self.calls = 0  # API calls made by this client (each may be several HTTP requests)
-        self._counter = _Counter()
+        self._counter = RetryCounter()
         self._zone_ids: dict[str, str] = {}
         self.session = requests.Session()
         retry = CloudflareRetry(total=retries, connect=retries, read=retries, status=retries, other=0,
@@ -327,28 +311,28 @@ class CloudflareClient:
             return CloudflareRateLimitError(
                 endpoint, f"rate limited ({said}) after {answer.retries} retries",
                 f"wait {wait} and run again (Cloudflare allows 1200 requests per 5 minutes per token)",
-                status, codes, retry_after=answer.retry_after)
+                status=status, codes=codes, retry_after=answer.retry_after)
         if answer.body is None and status < 300:
             return CloudflareUnavailableError(endpoint, f"{status} without a JSON envelope",
-                                              _unavailable_step(method), status, codes)
+                                              _unavailable_step(method), status=status, codes=codes)
         if status >= 500:
             tried = (f" after {answer.retries} retries" if method in IDEMPOTENT
                      else " (not retried: it may have been applied)")
-            return CloudflareUnavailableError(endpoint, f"{status}{tried}", _unavailable_step(method), status, codes)
+            return CloudflareUnavailableError(endpoint, f"{status}{tried}", _unavailable_step(method), status=status, codes=codes)
         if code_set & AUTH_CODES or status in (401, 403):
-            return CloudflareAuthError(endpoint, said, self._auth_step(code_set), status, codes)
+            return CloudflareAuthError(endpoint, said, self._auth_step(code_set), status=status, codes=codes)
         if code_set & QUOTA_CODES:
             return CloudflareQuotaError(endpoint, f"the zone's record quota is reached ({said})",
                                         "delete unused records (or raise the plan's quota) and run again",
-                                        status, codes)
+                                        status=status, codes=codes)
         if code_set & DUPLICATE_CODES:
-            return CloudflareDuplicateError(endpoint, said, "nothing to create", status, codes)
+            return CloudflareDuplicateError(endpoint, said, "nothing to create", status=status, codes=codes)
         if code_set & NOT_FOUND_CODES or status == 404:
             return CloudflareNotFoundError(endpoint, said, "check the zone name and the record; run again to "
-                                           "re-read the zone", status, codes)
+                                           "re-read the zone", status=status, codes=codes)
         if status < 300:
             said = f"{status} with success: false ({detail or 'no errors given'})"
-        return CloudflareRequestError(endpoint, said, "fix what the message names and run again", status, codes)
+        return CloudflareRequestError(endpoint, said, "fix what the message names and run again", status=status, codes=codes)
 
     def _auth_step(self, codes: set[int]) -> str:
         if 10000 in codes:

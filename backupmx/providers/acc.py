@@ -34,6 +34,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry
 
+from backupmx.core.api import ApiAuthError, ApiError, ApiNotFound, ApiRefused, ApiUnavailable, CountingRetry, RetryCounter
 from backupmx.core.profile import ProviderProfile
 from backupmx.providers.base import (
     ProviderError,
@@ -43,53 +44,26 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 30  # seconds; a longer Retry-After is cut to this
 
 
-class AccError(ProviderError):
-    def __init__(self, endpoint: str, problem: str, next_step: str, code: str | None = None,
-                 status: int | None = None):
-        self.endpoint = endpoint
-        self.problem = problem
-        self.code = code
-        self.status = status
-        super().__init__(f"Roller Network ACC {endpoint}: {problem}; {next_step}")
+class AccError(ProviderError, ApiError):
+    """A failed account API call: names the endpoint, never the key."""
+
+    service = "Roller Network ACC"
 
 
-class AccNotFound(AccError):
+class AccNotFound(AccError, ApiNotFound):
     """The domain is not in the account."""
 
 
-class AccAuthError(AccError):
+class AccAuthError(AccError, ApiAuthError):
     """Wrong user or key, or a key without the permission (403)."""
 
 
-class AccUnavailable(AccError):
+class AccUnavailable(AccError, ApiUnavailable):
     """No usable answer (connection, timeout, 5xx, 429, not JSON) after the retries allowed."""
 
 
-class AccRefused(AccError):
+class AccRefused(AccError, ApiRefused):
     """Any other application error (unknown action, bad request, invalid value)."""
-
-
-class _Counter:
-    def __init__(self):
-        self.retries = 0
-
-
-class _CountingRetry(Retry):
-    """urllib3's Retry that counts the retries of one client (Retry objects are copied on every step)."""
-
-    def __init__(self, *args, counter: _Counter | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.counter = counter or _Counter()
-
-    def new(self, **kw: Any) -> _CountingRetry:
-        retry = super().new(**kw)
-        retry.counter = self.counter
-        return retry
-
-    def increment(self, *args, **kwargs):
-        retry = super().increment(*args, **kwargs)
-        self.counter.retries += 1
-        return retry
 
 
 def dig(data: Any, path: str) -> Any:
@@ -129,18 +103,18 @@ class AccClient:
         # again (each try costs the retries): for a rollback in an outage.
         self.fail_fast = fail_fast
         self.outage: AccUnavailable | None = None
-        self._counter = _Counter()
+        self._counter = RetryCounter()
         common = {"backoff_factor": backoff_factor, "backoff_max": 10, "respect_retry_after_header": True,
                   "retry_after_max": MAX_RETRY_AFTER, "raise_on_status": False, "redirect": 0,
                   "counter": self._counter}
         n = profile.retries
         # Reads are idempotent although sent as POST (to keep the key out of URLs).
-        self._reads = self._session(_CountingRetry(total=n, connect=n, read=n, status=n, other=0,
+        self._reads = self._session(CountingRetry(total=n, connect=n, read=n, status=n, other=0,
                                                    allowed_methods=frozenset({"POST"}),
                                                    status_forcelist=RETRY_STATUSES, **common))
         # Writes: only a connection that was never made is tried again. (An empty
         # allowed_methods would mean "every method" to urllib3; GET is never sent.)
-        self._writes = self._session(_CountingRetry(total=n, connect=n, read=0, status=0, other=0,
+        self._writes = self._session(CountingRetry(total=n, connect=n, read=0, status=0, other=0,
                                                     allowed_methods=frozenset({"GET"}), **common))
 
     def __repr__(self) -> str:
@@ -234,19 +208,19 @@ class AccClient:
         message = self._text(body, envelope["error_message"])
         said = f"HTTP {status} {code or 'error'}" + (f" ({message})" if message else "")
         if status in (401, 403) or code in ("auth_failed", "permission_denied"):
-            raise AccAuthError(endpoint, said, self._auth_step(code), code, status)
+            raise AccAuthError(endpoint, said, self._auth_step(code), code=code, status=status)
         if code in self.shape.errors.get("domain_not_found", ()):
             raise AccNotFound(endpoint, said, "add the domain in the ACC (Secondary MX) and run again",
-                              code, status)
+                              code=code, status=status)
         if status >= 500 or status == 429:
-            raise AccUnavailable(endpoint, f"{said}{retried}", self._unavailable_step(write), code, status)
+            raise AccUnavailable(endpoint, f"{said}{retried}", self._unavailable_step(write), code=code, status=status)
         if code in ("unknown_action", "unknown_module"):
             step = (f"the ACC does not know this name: correct provider.api.actions.{logical} (or "
                     f"provider.api.module) in the inventory, or set it to null to use the gate ledger "
                     f"(docs/provider-api.md)")
         else:
             step = "check provider.api in the inventory against the ACC's API (docs/provider-api.md)"
-        raise AccRefused(endpoint, said, step, code, status)
+        raise AccRefused(endpoint, said, step, code=code, status=status)
 
     def _text(self, body: dict, path: str) -> str | None:
         try:
