@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from backupmx.core.files import append_json_line
 from backupmx.core.lock import who
 
 
@@ -58,15 +59,8 @@ def append(settings, what: str, target: str, before: Any, after: Any) -> dict:
         "after": after,
     }
     path = log_path(settings)
-    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-    except OSError as error:
+    error = append_json_line(path, entry)
+    if error is not None:
         print(f"backupmx: warning: change not written to the audit log {path} ({error.strerror}): "
               f"{what} {target}", file=sys.stderr)
     return entry

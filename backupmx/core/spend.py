@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import sys
 from pathlib import Path
 
 from backupmx.core.audit import deploy_name
 from backupmx.core.budget import Spent
 from backupmx.core.errors import BackupMXError
+from backupmx.core.files import append_json_line
 from backupmx.core.lock import who
 
 FILE_NAME = "spend.jsonl"
@@ -55,15 +55,8 @@ def record(settings, domain: str, nbytes: int, what: str, relay: str, run: str,
         "who": who(),
     }
     path = ledger_path(settings)
-    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-    except OSError as error:
+    error = append_json_line(path, entry)
+    if error is not None:
         print(f"backupmx: warning: a sent message was not written to the spend ledger {path} "
               f"({error.strerror}): {what} {domain} via {relay}, {nbytes} bytes", file=sys.stderr)
     return entry
