@@ -15,9 +15,8 @@ secrets. See docs/monitoring.md.
 """
 
 from pyinfra import host
-from pyinfra.api import DeployError
 
-from backupmx.core.context import settings_of
+from backupmx.core.context import settings_of, stop
 from backupmx.core.errors import BackupMXError
 from operations.monitoring import is_monitoring_host, monitoring_stage
 
@@ -25,6 +24,6 @@ if is_monitoring_host(host):
     try:
         settings = settings_of(host.data)
     except BackupMXError as error:
-        raise DeployError(str(error)) from None
+        raise stop(error) from None
     summary = monitoring_stage(settings)
     host.log(f"monitoring: {summary}")

@@ -18,10 +18,10 @@ from functools import partial
 
 import click
 from pyinfra import host, logger
-from pyinfra.api import DeployError, FunctionCommand, QuoteString, StringCommand, operation
+from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.exceptions import ConnectError
 
-from backupmx.core.context import RunEnd, at_exit, executing, inventory_host, settings_of
+from backupmx.core.context import RunEnd, at_exit, executing, inventory_host, settings_of, stop
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.lifecycle.canary import CanaryRun, by_message_id
 from backupmx.lifecycle.canary_settings import load_canary
@@ -47,7 +47,7 @@ def _start(target) -> CanaryRun:
             raise ConfigError("canary.send_from", f"{canary.send_from!r} is not a host of this inventory",
                               "name an inventory host with outbound port 25, or leave it out (the mail host)")
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise stop(error, target.name) from None
     run = CanaryRun(settings, mailhost, canary, target.name)
     at_exit(partial(_finish, run))
     return run

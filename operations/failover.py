@@ -21,14 +21,13 @@ from functools import partial
 import click
 from pyinfra import host, logger
 from pyinfra.api import (
-    DeployError,
     FunctionCommand,
     QuoteString,
     StringCommand,
     operation,
 )
 
-from backupmx.core.context import RunEnd, at_exit, executing, settings_of
+from backupmx.core.context import RunEnd, at_exit, executing, settings_of, stop
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import postfix_size
 from backupmx.core.report import CHANGE, FAIL
@@ -55,7 +54,7 @@ def _start_drill(target) -> Drill:
         mailhost = mailhost_settings(target)
         failover = load_failover(target.data.get("failover"), mailhost, settings.domains[0].name)
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise stop(error, target.name) from None
     drill = Drill(settings, mailhost, failover, target.name)
     at_exit(partial(_print_report, drill))
     return drill

@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 from pyinfra import host, logger
 from pyinfra.api import DeployError, FunctionCommand, OperationError, operation
 
-from backupmx.core.context import executing, executing_after_preparing, run_value
+from backupmx.core.context import executing, executing_after_preparing, run_value, stop
 from backupmx.core.errors import BackupMXError
 from backupmx.core.plan_log import note_file_change
 from backupmx.mailhost.model import (
@@ -195,4 +195,4 @@ def mailhost_settings(target) -> MailHost:
     try:
         return load_mailhost(target.data.get("mailhost"))
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise stop(error, target.name) from None

@@ -31,7 +31,7 @@ from pyinfra.api import (
     operation,
 )
 
-from backupmx.core.context import executing, executing_after_preparing
+from backupmx.core.context import executing, executing_after_preparing, stop
 from backupmx.core.errors import BackupMXError
 from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import DOCUMENT, note_file_change
@@ -59,7 +59,7 @@ def monitoring_settings(target, settings: Settings) -> Monitoring:
     try:
         return load_monitoring(target.data.get("monitoring"), settings)
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise stop(error, target.name) from None
 
 
 def _show(title: str, lines: list[str]) -> None:
@@ -205,7 +205,7 @@ def prepare_monitoring(settings: Settings) -> PreparedMonitoring | None:
     try:
         files = render_all(settings, monitoring)
     except BackupMXError as error:
-        raise DeployError(f"{host.name}: {error}") from None
+        raise stop(error, host.name) from None
     # Validate on the control machine too: the monitoring host may not have the
     # validators (a Kubernetes node), and a broken file must not get that far.
     passed, problems = validate_locally(files)

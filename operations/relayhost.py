@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from pyinfra import host
-from pyinfra.api import DeployError, FunctionCommand, operation
+from pyinfra.api import FunctionCommand, operation
 
-from backupmx.core.context import executing, recall, remember
+from backupmx.core.context import executing, recall, remember, stop
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Check
@@ -328,7 +328,7 @@ def relay_settings(target) -> RelayHost:
     try:
         return load_relayhost(target.data.get("relayhost"))
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise stop(error, target.name) from None
 
 
 def _plan_key(relay: RelayHost, domains, present: bool) -> tuple:

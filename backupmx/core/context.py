@@ -16,6 +16,7 @@ import signal
 import sys
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Hashable, TypeVar
 
 import click
@@ -26,6 +27,7 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
 from backupmx.core.errors import BackupMXError
+from backupmx.core.inventory_errors import stop_error, stop_message
 from backupmx.core.keys import check_inventory_keys
 from backupmx.core.provider_choice import RELAY_GROUP
 from backupmx.core.settings import Settings, load_settings
@@ -80,17 +82,77 @@ def once_per_run(name: str, data, make: Callable[[Settings], T]) -> T:
         try:
             settings = settings_of(data)
         except BackupMXError as error:
-            raise DeployError(str(error)) from None
+            raise stop(error) from None
         return make(settings)
 
     return run_value(name, made)
 
 
-def settings_of(data) -> Settings:
+def settings_of(data, inventory=None) -> Settings:
     """Stage 0: ``data`` validated (every host's keys too), with the inventory's relay hosts."""
-    inventory = ctx_state.get().inventory
+    inventory = inventory if inventory is not None else ctx_state.get().inventory
     check_inventory_keys(inventory)
     return load_settings(data, inventory_relays(inventory))
+
+
+def stage_zero(inventory, limit=None) -> None:
+    """Stage 0 before pyinfra connects (``check_before_connecting``): the run's settings, as the
+    deploys will load them (from the first host in ``limit``), and every host's top-level keys."""
+    hosts = [target for target in inventory if limit is None or target in limit] or list(inventory)
+    if not hosts:
+        return
+    try:
+        settings_of(hosts[0].data, inventory)
+    except BackupMXError as error:
+        raise stop(error, inventory=inventory) from None
+
+
+def stop(error: BackupMXError, host_name: str | None = None, inventory=None) -> DeployError:
+    """``error`` as the one line the run stops with; bad inventory data names the inventory
+    file and the line its key is on, or ``--data KEY`` (``backupmx.core.inventory_errors``)."""
+    if inventory is None:
+        state = ctx_state.get()
+        inventory = getattr(state, "inventory", None) if state is not None else None
+    overrides = inventory.get_override_data() if inventory is not None else {}
+    return stop_error(stop_message(error, inventory_file(inventory), overrides, host_name))
+
+
+def inventory_file(inventory) -> str | None:
+    """The inventory file of this pyinfra run, as given on its command line; None if none (API, a host list).
+
+    pyinfra keeps no path, but names a group after the file (``inventory/production.py``: ``production``).
+    """
+    groups = set(getattr(inventory, "groups", None) or ())
+    for arg in sys.argv[1:]:
+        if arg.endswith(".py") and Path(arg).stem in groups and Path(arg).is_file():
+            return arg
+    return None
+
+
+def check_before_connecting(check: Callable[[Any, Any], None], deploys_dir: Path) -> None:
+    """Run ``check(inventory, limit)`` as soon as pyinfra's CLI has loaded the inventory, before it connects.
+
+    Called from ``config.py``, which the CLI loads before the inventory; pyinfra has no
+    hook between loading the inventory and connecting, so the run's ``State.init`` (on
+    this run's state only) calls ``check`` first. Only a run of a deploy in
+    ``deploys_dir``: ``debug-inventory``, facts and ad hoc commands are left alone.
+    """
+    state = ctx_state.get()
+    if state is None or not _runs_a_deploy_of(deploys_dir):
+        return
+    init = state.init
+
+    def check_then_init(inventory, config=None, initial_limit=None):
+        check(inventory, initial_limit)
+        return init(inventory, config, initial_limit=initial_limit)
+
+    state.init = check_then_init
+
+
+def _runs_a_deploy_of(deploys_dir: Path) -> bool:
+    context = click.get_current_context(silent=True)
+    operations = context.params.get("operations", ()) if context is not None else ()
+    return any(str(op).endswith(".py") and Path(op).resolve().parent == deploys_dir.resolve() for op in operations)
 
 
 def inventory_relays(inventory) -> dict[str, object]:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 import click
 import gevent.event
 from pyinfra import host as current_host
-from pyinfra.api import DeployError
 
 from backupmx.core import audit, lock
 from backupmx.core.audit import deploy_name
-from backupmx.core.context import RunEnd, at_exit, once_per_run
+from backupmx.core.context import RunEnd, at_exit, once_per_run, stop
 from backupmx.core.errors import BackupMXError
+from backupmx.core.inventory_errors import stop_error
 from backupmx.core.report import CHANGE, FAIL, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
@@ -225,9 +225,9 @@ class Run:
             self._all_assessed.set()
         elif not self._all_assessed.wait(timeout=REPORT_WAIT_SECONDS):
             missing = ", ".join(sorted(host_names - self._assessed))
-            raise DeployError(f"gave up waiting {REPORT_WAIT_SECONDS}s for the assessment of {missing}")
+            raise stop_error(f"gave up waiting {REPORT_WAIT_SECONDS}s for the assessment of {missing}")
         if self.report.blocked:
-            raise DeployError(gate_report.stop_line(self.report))
+            raise stop_error(gate_report.stop_line(self.report))
 
 
     def write_plan_documents(self, end: RunEnd) -> None:
@@ -248,7 +248,7 @@ def _start_run(settings: Settings) -> Run:
     try:
         outputs = plan_outputs(current_host.data)
     except BackupMXError as error:
-        raise DeployError(str(error)) from None
+        raise stop(error) from None
     take_run_lock(settings, current_host.data)
     run = Run(settings)
     if outputs and lock.dry_run():
@@ -268,5 +268,5 @@ def take_run_lock(settings: Settings, data) -> None:
         lock.acquire(settings.state_dir, [domain.name for domain in settings.domains], deploy_name(), wait,
                      sleep=gevent.sleep)
     except BackupMXError as error:
-        raise DeployError(str(error)) from None
+        raise stop(error) from None
 
