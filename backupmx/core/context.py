@@ -233,6 +233,16 @@ def failed_host_names() -> set[str]:
 
 
 @dataclass(frozen=True)
+class OperationEnd:
+    """How one operation of the run ended, per host (as pyinfra's results table counts it)."""
+
+    name: str
+    changed: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    not_run: tuple[str, ...] = ()  # its host failed (or the run stopped) before it
+
+
+@dataclass(frozen=True)
 class RunEnd:
     """How the pyinfra run ended, as an at-exit report sees it."""
 
@@ -240,6 +250,7 @@ class RunEnd:
     interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what ran may be partial
     failed_hosts: frozenset[str] = frozenset()
     groups: dict[str, frozenset[str]] = field(default_factory=dict)
+    operations: tuple[OperationEnd, ...] = ()  # in the run's order; only when executed
 
     def group(self, name: str) -> frozenset[str]:
         return self.groups.get(name, frozenset())
@@ -285,13 +296,39 @@ def _exit_non_zero_on_interrupt() -> None:
 def _run_end(state) -> RunEnd:
     if state is None:
         return RunEnd(executed=False, interrupted=_interrupt["seen"])
+    executed = state.current_stage >= StateStage.Execute
     return RunEnd(
-        executed=state.current_stage >= StateStage.Execute,
+        executed=executed,
         interrupted=_interrupt["seen"],
         failed_hosts=frozenset(target.name for target in state.failed_hosts),
         groups={name: frozenset(target.name for target in targets)
                 for name, targets in state.inventory.groups.items()},
+        operations=_operation_ends(state) if executed else (),
     )
+
+
+def _operation_ends(state) -> tuple[OperationEnd, ...]:
+    """Each operation's hosts by outcome, read as pyinfra's own results table reads them."""
+    ends = []
+    try:
+        order = state.get_op_order()
+    except Exception:  # an order pyinfra cannot give (a run stopped early): no per-operation view
+        return ()
+    for op_hash in order:
+        changed, failed, not_run = [], [], []
+        for target in state.inventory.iter_activated_hosts():
+            if op_hash not in state.ops[target]:
+                continue
+            meta = state.ops[target][op_hash].operation_meta
+            if not meta.is_complete():
+                not_run.append(target.name)
+            elif not meta.did_succeed(_raise_if_not_complete=False):
+                failed.append(target.name)
+            elif meta.did_change():
+                changed.append(target.name)
+        names = ", ".join(sorted(state.op_meta[op_hash].names)) or op_hash
+        ends.append(OperationEnd(names, tuple(changed), tuple(failed), tuple(not_run)))
+    return tuple(ends)
 
 
 # From the moment a deploy file imports this module (pyinfra loads it while preparing).
