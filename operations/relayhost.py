@@ -176,7 +176,8 @@ _SETTLING = dict.fromkeys(("catch-all", "not an open relay", "pregreet defers", 
 def prove_relay_settled(relay: RelayHost, domains: Sequence[str], timeout: float = SETTLE_SECONDS,
                         target=None) -> Proof:
     """``prove_relay``, again while only the SMTP answers lag behind a reload."""
-    return prove_settled(lambda first: prove_relay(relay, domains, target=target), _SETTLING, timeout)
+    return prove_settled(lambda first: prove_relay(relay, domains, target=target), _SETTLING, timeout,
+                         getattr(target, "log", None))
 
 
 def _verify(state, host, relay, domains, record, timeout):  # (state, host): pyinfra passes them

@@ -275,7 +275,7 @@ def take_run_lock(settings: Settings, data) -> None:
     try:
         wait = lock.parse_wait(data.get("lock_wait"))
         lock.acquire(settings.state_dir, [domain.name for domain in settings.domains], deploy_name(), wait,
-                     sleep=gevent.sleep)
+                     sleep=gevent.sleep, log=current_host.log)
     except BackupMXError as error:
         raise stop(error) from None
 
