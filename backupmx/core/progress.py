@@ -16,6 +16,7 @@ The waiting loop calls ``update`` each time it looks again; ``end`` (or leaving 
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -93,7 +94,9 @@ class _StatusLine:
         return line
 
     def show(self, text: str) -> None:
-        self.text = text
+        # One line: a longer one wraps, and a carriage return goes back only to its last part.
+        width = shutil.get_terminal_size().columns - 1
+        self.text = text if len(text) <= width else text[:max(width - 3, 0)] + "..."
         self.stream.write(_CLEAR + text)
         self.stream.flush()
 
