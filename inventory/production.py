@@ -111,7 +111,10 @@ monitoring = [
                 # What senders see; the zone's Cloudflare name servers (dig NS) watch the source itself.
                 "dns_targets": ["1.1.1.1:53", "8.8.8.8:53"],
                 "blackbox_address": "prometheus-blackbox-exporter.monitoring.svc.cluster.local:9115",
-                "runbook_url": "docs/runbook.md#mx-set-drift",
+                # Where the alerts link to (each to its section): give the address your team
+                # opens the rendered runbook at, e.g. your forge's URL of docs/runbook.md, as
+                # "runbook_url". Left out, they link to file://<this checkout>/docs/runbook.md,
+                # which opens only on this machine.
                 "runbook": "docs/runbook.md",
                 "architecture": "docs/architecture.md",
             },
