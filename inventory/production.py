@@ -55,7 +55,11 @@ _settings = {
 }
 
 # The mail host: docker-mailserver behind pfSense HAProxy (PROXY v2 on :2525).
-# Pin its host key: trust-on-first-use is not good enough for production.
+# Pin its host key: trust-on-first-use is not good enough for production. The hosts'
+# keys go in inventory/known_hosts, which you create once (stage 0 stops until it exists):
+#   ssh-keyscan mail.viktorbarzin.me k8s-master.viktorbarzin.lan >> inventory/known_hosts
+# then compare `ssh-keygen -lf inventory/known_hosts` with each host's own fingerprint
+# (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub, on its console), and commit the file.
 mailhosts = [
     (
         "mail.viktorbarzin.me",

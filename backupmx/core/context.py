@@ -27,8 +27,9 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
 from backupmx.core.errors import BackupMXError
-from backupmx.core.inventory_errors import stop_error, stop_message
+from backupmx.core.inventory_errors import inventory_file, stop_error, stop_message
 from backupmx.core.keys import check_inventory_keys
+from backupmx.core.ssh_pins import check_host_key_pin
 from backupmx.core.provider_choice import RELAY_GROUP
 from backupmx.core.settings import Settings, load_settings
 
@@ -97,7 +98,8 @@ def settings_of(data, inventory=None) -> Settings:
 
 def stage_zero(inventory, limit=None) -> None:
     """Stage 0 before pyinfra connects (``check_before_connecting``): the run's settings, as the
-    deploys will load them (from the first host in ``limit``), and every host's top-level keys."""
+    deploys will load them (from the first host in ``limit``), every host's top-level keys, and
+    the known_hosts file each host to connect to pins its key in."""
     hosts = [target for target in inventory if limit is None or target in limit] or list(inventory)
     if not hosts:
         return
@@ -105,6 +107,11 @@ def stage_zero(inventory, limit=None) -> None:
         settings_of(hosts[0].data, inventory)
     except BackupMXError as error:
         raise stop(error, inventory=inventory) from None
+    for target in hosts:
+        try:
+            check_host_key_pin(target.data, target.name)
+        except BackupMXError as error:
+            raise stop(error, target.name, inventory=inventory) from None
 
 
 def stop(error: BackupMXError, host_name: str | None = None, inventory=None) -> DeployError:
@@ -115,18 +122,6 @@ def stop(error: BackupMXError, host_name: str | None = None, inventory=None) -> 
         inventory = getattr(state, "inventory", None) if state is not None else None
     overrides = inventory.get_override_data() if inventory is not None else {}
     return stop_error(stop_message(error, inventory_file(inventory), overrides, host_name))
-
-
-def inventory_file(inventory) -> str | None:
-    """The inventory file of this pyinfra run, as given on its command line; None if none (API, a host list).
-
-    pyinfra keeps no path, but names a group after the file (``inventory/production.py``: ``production``).
-    """
-    groups = set(getattr(inventory, "groups", None) or ())
-    for arg in sys.argv[1:]:
-        if arg.endswith(".py") and Path(arg).stem in groups and Path(arg).is_file():
-            return arg
-    return None
 
 
 def check_before_connecting(check: Callable[[Any, Any], None], deploys_dir: Path) -> None:

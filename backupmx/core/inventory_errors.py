@@ -82,6 +82,18 @@ def _follow(node: ast.AST, keys: list[str | int]) -> tuple[int, int] | None:
     return (depth, line) if depth and line is not None else None
 
 
+def inventory_file(inventory) -> str | None:
+    """The inventory file of this pyinfra run, as given on its command line; None if none (API, a host list).
+
+    pyinfra keeps no path, but names a group after the file (``inventory/production.py``: ``production``).
+    """
+    groups = set(getattr(inventory, "groups", None) or ())
+    for arg in sys.argv[1:]:
+        if arg.endswith(".py") and Path(arg).stem in groups and Path(arg).is_file():
+            return arg
+    return None
+
+
 def locate(field: str, inventory_file: str | None, override_keys: Iterable[str],
            host_name: str | None = None) -> str | None:
     """Where ``field``'s value was given: ``--data KEY``, ``<inventory file> line N``, the file alone, or None."""

@@ -375,3 +375,37 @@ def test_bad_data_names_the_inventory_line_and_stops_before_any_connection(tmp_p
                       "selfhosted"], text
     assert "context.py" not in text and "Connecting to hosts" not in text and "127.0.0.1" not in text, text
     assert not (tmp_path / "state").exists()
+
+
+def test_a_pinned_host_needs_its_known_hosts_file(tmp_path):
+    from backupmx.core.ssh_pins import check_host_key_pin
+
+    missing = tmp_path / "known_hosts"
+    data = {"ssh_strict_host_key_checking": "yes", "ssh_known_hosts_file": str(missing), "ssh_port": 2222}
+    message = refused(check_host_key_pin, data, "mail.example.org")
+    assert message.startswith(f"inventory data ssh_known_hosts_file: {missing} does not exist"), message
+    assert f"ssh-keyscan -p 2222 mail.example.org >> {missing}" in message
+    missing.write_text("")
+    check_host_key_pin(data, "mail.example.org")
+    check_host_key_pin({**data, "ssh_known_hosts_file": str(tmp_path / "other"),
+                        "ssh_strict_host_key_checking": "accept-new"}, "mail.example.org")
+
+
+def test_the_production_inventory_stops_at_stage_0_until_its_known_hosts_file_exists(monkeypatch):
+    # production.py pins its hosts' keys in inventory/known_hosts, which the operator creates.
+    from backupmx.core.context import stage_zero
+
+    assert not (PROJECT_ROOT / "inventory" / "known_hosts").exists()
+    monkeypatch.chdir(PROJECT_ROOT)
+    monkeypatch.setattr(sys, "argv", ["pyinfra", "inventory/production.py", "deploys/backupmx.py"])
+    loaded = inventory_of(Path("inventory/production.py"), {})
+    # As the CLI makes it: a group named after the file, which says which file it is.
+    inventory = Inventory(([target.name for target in loaded], {}), production=([t.name for t in loaded], {}),
+                          **{name: ([(t.name, t.data.dict()) for t in hosts], {})
+                             for name, hosts in loaded.groups.items()})
+    with pytest.raises(Exception) as caught:
+        stage_zero(inventory)
+    message = str(caught.value)
+    assert re.match(r"inventory/production\.py line \d+: mail\.viktorbarzin\.me: inventory data "
+                    r"ssh_known_hosts_file: \S*inventory/known_hosts does not exist", message), message
+    assert re.search(r"ssh-keyscan mail\.viktorbarzin\.me >> \S*inventory/known_hosts", message), message
