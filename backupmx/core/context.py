@@ -29,6 +29,7 @@ from pyinfra.context import ctx_state
 from backupmx.core.errors import BackupMXError
 from backupmx.core.inventory_errors import inventory_file, stop_error, stop_message
 from backupmx.core.keys import check_inventory_keys
+from backupmx.core.paths import checkout_problem
 from backupmx.core.ssh_pins import check_host_key_pin
 from backupmx.core.provider_choice import RELAY_GROUP
 from backupmx.core.settings import Settings, load_settings
@@ -130,11 +131,15 @@ def check_before_connecting(check: Callable[[Any, Any], None], deploys_dir: Path
     Called from ``config.py``, which the CLI loads before the inventory; pyinfra has no
     hook between loading the inventory and connecting, so the run's ``State.init`` (on
     this run's state only) calls ``check`` first. Only a run of a deploy in
-    ``deploys_dir``: ``debug-inventory``, facts and ad hoc commands are left alone.
+    ``deploys_dir``: ``debug-inventory``, facts and ad hoc commands are left alone. Before
+    anything, the backupmx imported must be that checkout's own (``paths.checkout_problem``).
     """
     state = ctx_state.get()
     if state is None or not _runs_a_deploy_of(deploys_dir):
         return
+    problem = checkout_problem(deploys_dir.parent)
+    if problem:
+        raise stop_error(problem)
     init = state.init
 
     def check_then_init(inventory, config=None, initial_limit=None):
