@@ -30,9 +30,9 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.inventory_errors import inventory_file, stop_error, stop_message
 from backupmx.core.keys import check_inventory_keys
 from backupmx.core.paths import checkout_problem
-from backupmx.core.ssh_pins import check_host_key_pin
 from backupmx.core.provider_choice import RELAY_GROUP
 from backupmx.core.settings import Settings, load_settings
+from backupmx.core.ssh_pins import check_host_key_pin
 
 T = TypeVar("T")
 # pyinfra prepares hosts in parallel greenlets; a greenlet switches out during the
