@@ -94,6 +94,26 @@ def _executed(title: str, end: RunEnd, applied: Mapping[str, Iterable[str]]) -> 
     return lines
 
 
+def files_summary_lines(title: str, end: RunEnd, files: Iterable[FileDiff]) -> list[str]:
+    """The last lines of a deploy that only writes files (deploys/monitoring.py): under ``--dry``
+    each file it would change and the verdict; else what its operations did."""
+    if end.interrupted:
+        return ["", f"{title} (INTERRUPTED by Ctrl-C)", "  => INTERRUPTED: what ran may be partial; run it again "
+                f"(exit {EXIT_INTERRUPTED})"]
+    if end.executed:
+        lines = _executed(title, end, {})
+        return [""] + lines[:-1] + [lines[-1].replace("every stage ran", "every file is in place")]
+    planned = [f"  would: {_file_change(diff)} on {diff.host}" for diff in files]
+    verdict = (f"{len(planned)} file change(s); run it without --dry to apply" if planned
+               else "nothing to change: every file is as rendered")
+    return ["", f"{title} (review: nothing was changed)", *planned, f"  => {verdict}"]
+
+
+def _file_change(diff: FileDiff) -> str:
+    word = "create" if diff.old is None else "remove" if diff.new is None else "change"
+    return f"{word} {diff.path}"
+
+
 def _applied_detail(name: str, applied: Mapping[str, Iterable[str]]) -> str:
     for domain, changes in applied.items():
         if name.startswith("Stage 5") and name.endswith(f" {domain}") and changes:
@@ -105,8 +125,7 @@ def _stage_6_files(files: Iterable[FileDiff]) -> list[str]:
     by_host: dict[str, list[str]] = {}
     for diff in files:
         if diff.operation in STAGE_6_OPERATIONS:
-            word = "create" if diff.old is None else "remove" if diff.new is None else "change"
-            by_host.setdefault(diff.host, []).append(f"{word} {diff.path}")
+            by_host.setdefault(diff.host, []).append(_file_change(diff))
     return [f"  6   monitoring on {host}: would: {'; '.join(changes)}" for host, changes in by_host.items()]
 
 

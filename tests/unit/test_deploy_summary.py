@@ -89,3 +89,19 @@ def test_nothing_changed_and_stopped_early_and_interrupted():
         "  => STOPPED before the gate report")
     assert summary_lines(TITLE, PLANNED, plan_of(PLANNED), RunEnd(executed=True, interrupted=True),
                          printed=True)[-1].startswith("  => DEPLOY INTERRUPTED")
+
+
+def test_the_monitoring_deploy_ends_with_its_files_and_the_verdict():
+    from backupmx.lifecycle.deploy_summary import files_summary_lines
+
+    title = "backupmx monitoring: example.org"
+    lines = files_summary_lines(title, RunEnd(executed=False), FILES[1:])
+    assert lines[1:] == [f"{title} (review: nothing was changed)", "  would: change /m/rules.yml on mon",
+                         "  would: create /d/runbook.md on mon", "  => 2 file change(s); run it without --dry to apply"]
+    assert files_summary_lines(title, RunEnd(executed=False), ())[-1] == (
+        "  => nothing to change: every file is as rendered")
+    end = RunEnd(executed=True, operations=(OperationEnd("Stage 6: render the runbook /d/runbook.md",
+                                                         changed=("mon",)),))
+    assert files_summary_lines(title, end, ())[-2:] == [
+        "  changed: Stage 6: render the runbook /d/runbook.md (mon)",
+        "  => deploy complete: every file is in place; a second run changes nothing"]
