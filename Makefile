@@ -33,11 +33,16 @@ LOCKS := $(LOCK_DIR)/build.txt $(LOCK_DIR)/setup.txt
 BENCH_LOCK := $(LOCK_DIR)/bench.txt
 PIP_INSTALL := $(BIN)/python -m pip install -q --progress-bar off
 
+# One line on the terminal (`make demo`'s first screen is the demo, not pip): pip's own
+# output goes to $(INSTALL_LOG), whose end is shown if an install fails.
+INSTALL_LOG := $(VENV)/install.log
 $(VENV)/.installed: $(LOCKS) pyproject.toml sandbox/pyproject.toml
-	python3 -m venv $(VENV)
-	$(PIP_INSTALL) --require-hashes -r $(LOCK_DIR)/build.txt
-	$(PIP_INSTALL) --require-hashes --use-pep517 --no-build-isolation -r $(LOCK_DIR)/setup.txt
-	$(PIP_INSTALL) --no-deps --use-pep517 --no-build-isolation -e . -e ./sandbox
+	@echo "setting up $(VENV) (Python packages pinned in $(LOCK_DIR)/; log: $(INSTALL_LOG))"
+	@python3 -m venv $(VENV)
+	@{ $(PIP_INSTALL) --require-hashes -r $(LOCK_DIR)/build.txt && \
+	  $(PIP_INSTALL) --require-hashes --use-pep517 --no-build-isolation -r $(LOCK_DIR)/setup.txt && \
+	  $(PIP_INSTALL) --no-deps --use-pep517 --no-build-isolation -e . -e ./sandbox; } > $(INSTALL_LOG) 2>&1 || \
+	  { tail -n 20 $(INSTALL_LOG) >&2; echo "make: installing into $(VENV) failed; the whole log: $(INSTALL_LOG)" >&2; exit 1; }
 	@touch $@
 
 # The real docker-mailserver 15.1.0 image for the sandbox's docker-mailserver primary
@@ -46,9 +51,11 @@ $(VENV)/.installed: $(LOCKS) pyproject.toml sandbox/pyproject.toml
 dms-image: setup
 	@$(BIN)/python -m backupmx_sandbox.dms_image >/dev/null
 
+# The review of a first deploy: the gate report, every diff, and at the end the verdict
+# and what the deploy would change.
 demo: setup
-	$(BIN)/backupmx-sandbox up
-	$(BIN)/pyinfra inventory/sandbox.py deploys/backupmx.py --dry
+	@$(BIN)/backupmx-sandbox up
+	@$(BIN)/pyinfra inventory/sandbox.py deploys/backupmx.py --dry
 
 # pytest exits 5 when it collected no test: that must fail, not pass.
 pytest = @$(BIN)/pytest $(1) $(PYTEST_ARGS); rc=$$?; \

@@ -25,14 +25,14 @@ from operations.stages import boundary
 # the ordering guard asks to be proven.
 mailhost_names = [target.name for target in inventory if is_mailhost(target)]
 
+# Stage 0 for the mail hosts: every mail host's `mailhost` data is validated here,
+# whichever host is prepared first, so bad data stops the run before Vault or a
+# gate is contacted (the run's settings were validated before pyinfra connected: config.py).
+mailhost_data = {target.name: mailhost_settings(target) for target in inventory if is_mailhost(target)}
 # Stages 0 (inventory data) and 1 (secrets): once per run, whatever the host.
 run = current_run()
 relay_cidrs = run.settings.relay_cidrs
 probe_domain = run.settings.domains[0].name
-# Stage 0 for the mail hosts too: every mail host's `mailhost` data is validated
-# here, whichever host is prepared first, so bad data stops the run before a gate
-# contacts anything.
-mailhost_data = {target.name: mailhost_settings(target) for target in inventory if is_mailhost(target)}
 # Provider selfhosted: the relay hosts (the inventory's `relay` group) are the
 # backup MX this deploy configures; their `relayhost` data is validated here too.
 # With another provider they take no part (nothing is read or changed on them).

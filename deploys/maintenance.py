@@ -16,6 +16,7 @@ hosts' ``defer_transports`` (docs/provider-selfhosted.md).
 from pyinfra import host, inventory
 from pyinfra.api import DeployError
 
+from backupmx.core.context import deploy_error
 from backupmx.core.errors import BackupMXError
 from backupmx.lifecycle.maintenance import parse_action
 from operations.provider import accept_and_hold, current_maintenance, hold_status
@@ -23,7 +24,7 @@ from operations.provider import accept_and_hold, current_maintenance, hold_statu
 try:
     action = parse_action(host.data.get("hold"))
 except BackupMXError as error:
-    raise DeployError(str(error)) from None
+    raise deploy_error(error) from None
 if not inventory.get_group("controller", []):
     raise DeployError("the inventory has no `controller` group: add controller = [(\"@local\", _settings)]")
 

@@ -14,17 +14,28 @@ runbook and architecture page are rendered (``monitoring.runbook``,
 secrets. See docs/monitoring.md.
 """
 
+import click
 from pyinfra import host
-from pyinfra.api import DeployError
 
-from backupmx.core.context import settings_of
+from backupmx.core.context import at_exit, deploy_error, run_value, settings_of
 from backupmx.core.errors import BackupMXError
+from backupmx.core.plan_log import file_changes
+from backupmx.lifecycle.deploy_summary import files_summary_lines
 from operations.monitoring import is_monitoring_host, monitoring_stage
+
+
+def _last_lines(title: str) -> bool:
+    # The run's last lines, after every diff and pyinfra's table: what changed, or would.
+    at_exit(lambda end: click.echo("\n".join(files_summary_lines(title, end, file_changes()))))
+    return True
+
 
 if is_monitoring_host(host):
     try:
         settings = settings_of(host.data)
     except BackupMXError as error:
-        raise DeployError(str(error)) from None
+        raise deploy_error(error) from None
+    names = ", ".join(domain.name for domain in settings.domains)
+    run_value("monitoring_last_lines", lambda: _last_lines(f"backupmx monitoring: {names}"))
     summary = monitoring_stage(settings)
     host.log(f"monitoring: {summary}")

@@ -26,6 +26,8 @@ step 3 takes the domain out of ``relay_domains`` on every relay host, over SSH
 from pyinfra import host, inventory
 from pyinfra.api import DeployError
 
+from backupmx.core.context import deploy_error
+from backupmx.core.errors import ConfigError
 from backupmx.core.report import SKIP
 from operations.mailhost import mailhost_settings, postscreen_whitelist, rspamd_exemption
 from operations.rollback import backup_mx_removed, current_rollback, dns_without_backups, provider_domain_disabled
@@ -34,7 +36,7 @@ revert_mailhost = host.data.get("revert_mailhost", False)
 disable_domain = host.data.get("disable_domain", True)
 for flag, value in (("revert_mailhost", revert_mailhost), ("disable_domain", disable_domain)):
     if value not in (True, False):
-        raise DeployError(f"--data {flag}={value!r}: use true or false")
+        raise deploy_error(ConfigError(flag, f"{value!r} is not true or false", f"--data {flag}=true or false"))
 
 if not inventory.get_group("controller", []):
     raise DeployError("the inventory has no `controller` group: add controller = [(\"@local\", _settings)]")

@@ -60,7 +60,11 @@ _settings = {
 }
 
 # The mail host: docker-mailserver behind pfSense HAProxy (PROXY v2 on :2525).
-# Pin its host key: trust-on-first-use is not good enough for production.
+# Pin its host key: trust-on-first-use is not good enough for production. The hosts'
+# keys go in inventory/known_hosts, which you create once (stage 0 stops until it exists):
+#   ssh-keyscan mail.viktorbarzin.me k8s-master.viktorbarzin.lan >> inventory/known_hosts
+# then compare `ssh-keygen -lf inventory/known_hosts` with each host's own fingerprint
+# (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub, on its console), and commit the file.
 mailhosts = [
     (
         "mail.viktorbarzin.me",
@@ -116,7 +120,10 @@ monitoring = [
                 # What senders see; the zone's Cloudflare name servers (dig NS) watch the source itself.
                 "dns_targets": ["1.1.1.1:53", "8.8.8.8:53"],
                 "blackbox_address": "prometheus-blackbox-exporter.monitoring.svc.cluster.local:9115",
-                "runbook_url": "docs/runbook.md#mx-set-drift",
+                # Where the alerts link to (each to its section): give the address your team
+                # opens the rendered runbook at, e.g. your forge's URL of docs/runbook.md, as
+                # "runbook_url". Left out, they link to file://<this checkout>/docs/runbook.md,
+                # which opens only on this machine.
                 "runbook": "docs/runbook.md",
                 "architecture": "docs/architecture.md",
             },

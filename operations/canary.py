@@ -21,7 +21,7 @@ from pyinfra import logger
 from pyinfra.api import DeployError, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.exceptions import ConnectError
 
-from backupmx.core.context import RunEnd, at_exit, inventory_host, settings_of
+from backupmx.core.context import RunEnd, at_exit, deploy_error, inventory_host, settings_of
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.lifecycle.budget import SpendCheck, canary_spend, per_domain, recorder
 from backupmx.lifecycle.canary import CanaryRun, by_message_id
@@ -49,7 +49,7 @@ def _start(target) -> CanaryRun:
             raise ConfigError("canary.send_from", f"{canary.send_from!r} is not a host of this inventory",
                               "name an inventory host with outbound port 25, or leave it out (the mail host)")
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise deploy_error(error, target.name) from None
     run = CanaryRun(settings, mailhost, canary, target.name)
     # The provider's budget, read now: a run that would go over this tool's share stops here, nothing sent.
     refusal = _budget(run)

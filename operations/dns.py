@@ -60,9 +60,9 @@ def _publish_when_proven(state, host, run, domain, mailhost_names) -> bool:
                  f"{', '.join(unproven)} in this run; nothing was changed in DNS", log_func=logger.error)
         return False
     try:
-        run.dns_stage.apply(domain, lambda message: host.log(message, logger.info))
+        applied = run.dns_stage.apply(domain, lambda message: host.log(message, logger.info))
     except BackupMXError as error:
         host.log(str(error), log_func=logger.error)
         return False
-    run.record_published(domain.name)
+    run.record_published(domain.name, mxrender.diff(applied) if applied.changed else None)
     return True

@@ -19,10 +19,10 @@ import time
 
 import click
 from pyinfra import host
-from pyinfra.api import DeployError
 
 from backupmx.core.context import active_host_names, failed_host_names, once_per_run
 from backupmx.core.errors import BackupMXError
+from backupmx.core.inventory_errors import stop_error
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.dns import check as dnscheck
@@ -67,7 +67,7 @@ class DriftRun:
         if failing:
             count = len([finding for finding in self.findings if finding.failing])
             first = next(finding for finding in self.findings if finding.failing)
-            raise DeployError(f"{count} drift(s) found; first: {first.line()}")
+            raise stop_error(f"{count} drift(s) found; first: {first.line()}")
 
 
 def current_drift_run() -> DriftRun:

@@ -21,15 +21,9 @@ from functools import partial
 
 import click
 from pyinfra import host, logger
-from pyinfra.api import (
-    DeployError,
-    FunctionCommand,
-    QuoteString,
-    StringCommand,
-    operation,
-)
+from pyinfra.api import DeployError, FunctionCommand, QuoteString, StringCommand, operation
 
-from backupmx.core.context import RunEnd, at_exit, executing, settings_of
+from backupmx.core.context import RunEnd, at_exit, deploy_error, executing, settings_of
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS
@@ -63,7 +57,7 @@ def _start_drill(target) -> Drill:
         # The budget, read now: a drill whose small messages would not fit is refused before anything runs.
         refusal = drill_spend(_spend_check(settings, failover), failover.probes, failover.spam_message, 0).refusal
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise deploy_error(error, target.name) from None
     if refusal:
         raise DeployError(f"{target.name}: failover drill {refusal}")
     drill = Drill(settings, mailhost, failover, target.name)

@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 
 from pyinfra.api import DeployError, FunctionCommand, operation
 
-from backupmx.core.context import run_value
+from backupmx.core.context import deploy_error, run_value
 from backupmx.core.errors import BackupMXError
 from backupmx.core.validate import cidr_strings
 from backupmx.mailhost.model import MailHost, load_mailhost
@@ -162,4 +162,4 @@ def mailhost_settings(target) -> MailHost:
     try:
         return load_mailhost(target.data.get("mailhost"))
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise deploy_error(error, target.name) from None

@@ -12,6 +12,7 @@ from pyinfra import host, logger
 
 from backupmx.core.context import remember, run_value
 from backupmx.core.errors import BackupMXError
+from backupmx.core.progress import Progress
 from backupmx.core.relayhost import postfix_size
 from backupmx.core.validate import cidr_strings
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, TODO
@@ -66,23 +67,27 @@ def prove_live_settled(mailhost: MailHost, relay_cidrs, domain: str, timeout: fl
                        target=None) -> Proof:
     """``prove_live``, again while only the running daemons lag behind the files."""
     return prove_settled(lambda first: prove_live(mailhost, relay_cidrs, domain, dump=first, target=target),
-                         _SETTLING, timeout)
+                         _SETTLING, timeout, getattr(target, "log", None))
 
 
-def prove_settled(prove: Callable[[bool], Proof], settling: Mapping[str, float], timeout: float) -> Proof:
+def prove_settled(prove: Callable[[bool], Proof], settling: Mapping[str, float], timeout: float,
+                  log: Callable[[str], None] | None = None) -> Proof:
     """``prove(True)``, then ``prove(False)`` once a second while every failing check is in
     ``settling`` (a reload still taking effect), until ``timeout`` or the longest wait
-    ``settling`` allows the failing checks, whichever comes first."""
+    ``settling`` allows the failing checks, whichever comes first. ``log``: where a longer
+    wait shows its progress."""
     started = time.monotonic()
     proof = prove(True)
-    while not proof.live:
-        failing = {name for name, ok, _ in proof.checks if not ok}
-        if not failing <= set(settling):
-            break
-        if time.monotonic() - started >= min(timeout, max(settling[name] for name in failing)):
-            break
-        time.sleep(1.0)
-        proof = prove(False)
+    with Progress("proof: waiting for the reload to take effect", timeout, log or (lambda line: None)) as progress:
+        while not proof.live:
+            failing = {name for name, ok, _ in proof.checks if not ok}
+            if not failing <= set(settling):
+                break
+            if time.monotonic() - started >= min(timeout, max(settling[name] for name in failing)):
+                break
+            progress.update(f"not yet: {', '.join(sorted(failing))}")
+            time.sleep(1.0)
+            proof = prove(False)
     return proof
 
 

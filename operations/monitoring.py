@@ -31,7 +31,7 @@ from pyinfra.api import (
     operation,
 )
 
-from backupmx.core.context import executing
+from backupmx.core.context import deploy_error, executing
 from backupmx.core.errors import BackupMXError
 from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import DOCUMENT, note_file_change
@@ -60,7 +60,7 @@ def monitoring_settings(target, settings: Settings) -> Monitoring:
     try:
         return load_monitoring(target.data.get("monitoring"), settings)
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise deploy_error(error, target.name) from None
 
 
 def plan_monitoring_files(monitoring: Monitoring, files: dict[str, str]) -> tuple[list[FileChange], str | None]:
@@ -192,7 +192,7 @@ def prepare_monitoring(settings: Settings) -> PreparedMonitoring | None:
     try:
         files = render_all(settings, monitoring)
     except BackupMXError as error:
-        raise DeployError(f"{host.name}: {error}") from None
+        raise deploy_error(error, host.name) from None
     # Validate on the control machine too: the monitoring host may not have the
     # validators (a Kubernetes node), and a broken file must not get that far.
     passed, problems = validate_locally(files)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from pyinfra import host
-from pyinfra.api import DeployError, FunctionCommand, operation
+from pyinfra.api import FunctionCommand, operation
 
-from backupmx.core.context import executing_after_preparing, recall, remember
+from backupmx.core.context import deploy_error, executing_after_preparing, recall, remember
 from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Check
@@ -173,7 +173,8 @@ _SETTLING = dict.fromkeys(("catch-all", "not an open relay", "pregreet defers", 
 def prove_relay_settled(relay: RelayHost, domains: Sequence[str], timeout: float = SETTLE_SECONDS,
                         target=None) -> Proof:
     """``prove_relay``, again while only the SMTP answers lag behind a reload."""
-    return prove_settled(lambda first: prove_relay(relay, domains, target=target), _SETTLING, timeout)
+    return prove_settled(lambda first: prove_relay(relay, domains, target=target), _SETTLING, timeout,
+                         getattr(target, "log", None))
 
 
 def _verify(state, host, relay, domains, record, timeout):  # (state, host): pyinfra passes them
@@ -325,7 +326,7 @@ def relay_settings(target) -> RelayHost:
     try:
         return load_relayhost(target.data.get("relayhost"))
     except BackupMXError as error:
-        raise DeployError(f"{target.name}: {error}") from None
+        raise deploy_error(error, target.name) from None
 
 
 def recall_relay_plan(relay: RelayHost, domains, present: bool) -> HostPlan | None:

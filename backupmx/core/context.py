@@ -16,6 +16,7 @@ import signal
 import sys
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Hashable, TypeVar
 
 import click
@@ -26,9 +27,12 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_state
 
 from backupmx.core.errors import BackupMXError
+from backupmx.core.inventory_errors import inventory_file, stop_error, stop_message
 from backupmx.core.keys import check_inventory_keys
+from backupmx.core.paths import checkout_problem
 from backupmx.core.provider_choice import RELAY_GROUP
 from backupmx.core.settings import Settings, load_settings
+from backupmx.core.ssh_pins import check_host_key_pin
 
 T = TypeVar("T")
 # pyinfra prepares hosts in parallel greenlets; a greenlet switches out during the
@@ -80,17 +84,75 @@ def once_per_run(name: str, data, make: Callable[[Settings], T]) -> T:
         try:
             settings = settings_of(data)
         except BackupMXError as error:
-            raise DeployError(str(error)) from None
+            raise deploy_error(error) from None
         return make(settings)
 
     return run_value(name, made)
 
 
-def settings_of(data) -> Settings:
+def settings_of(data, inventory=None) -> Settings:
     """Stage 0: ``data`` validated (every host's keys too), with the inventory's relay hosts."""
-    inventory = ctx_state.get().inventory
+    inventory = inventory if inventory is not None else ctx_state.get().inventory
     check_inventory_keys(inventory)
     return load_settings(data, inventory_relays(inventory))
+
+
+def stage_zero(inventory, limit=None) -> None:
+    """Stage 0 before pyinfra connects (``check_before_connecting``): the run's settings, as the
+    deploys will load them (from the first host in ``limit``), every host's top-level keys, and
+    the known_hosts file each host to connect to pins its key in."""
+    hosts = [target for target in inventory if limit is None or target in limit] or list(inventory)
+    if not hosts:
+        return
+    try:
+        settings_of(hosts[0].data, inventory)
+    except BackupMXError as error:
+        raise deploy_error(error, inventory=inventory) from None
+    for target in hosts:
+        try:
+            check_host_key_pin(target.data, target.name)
+        except BackupMXError as error:
+            raise deploy_error(error, target.name, inventory=inventory) from None
+
+
+def deploy_error(error: BackupMXError, host_name: str | None = None, inventory=None) -> DeployError:
+    """``error`` as the one line the run stops with; bad inventory data names the inventory
+    file and the line its key is on, or ``--data KEY`` (``backupmx.core.inventory_errors``)."""
+    if inventory is None:
+        state = ctx_state.get()
+        inventory = getattr(state, "inventory", None) if state is not None else None
+    overrides = inventory.get_override_data() if inventory is not None else {}
+    return stop_error(stop_message(error, inventory_file(inventory), overrides, host_name))
+
+
+def check_before_connecting(check: Callable[[Any, Any], None], deploys_dir: Path) -> None:
+    """Run ``check(inventory, limit)`` as soon as pyinfra's CLI has loaded the inventory, before it connects.
+
+    Called from ``config.py``, which the CLI loads before the inventory; pyinfra has no
+    hook between loading the inventory and connecting, so the run's ``State.init`` (on
+    this run's state only) calls ``check`` first. Only a run of a deploy in
+    ``deploys_dir``: ``debug-inventory``, facts and ad hoc commands are left alone. Before
+    anything, the backupmx imported must be that checkout's own (``paths.checkout_problem``).
+    """
+    state = ctx_state.get()
+    if state is None or not _runs_a_deploy_of(deploys_dir):
+        return
+    problem = checkout_problem(deploys_dir.parent)
+    if problem:
+        raise stop_error(problem)
+    init = state.init
+
+    def check_then_init(inventory, config=None, initial_limit=None):
+        check(inventory, initial_limit)
+        return init(inventory, config, initial_limit=initial_limit)
+
+    state.init = check_then_init
+
+
+def _runs_a_deploy_of(deploys_dir: Path) -> bool:
+    context = click.get_current_context(silent=True)
+    operations = context.params.get("operations", ()) if context is not None else ()
+    return any(str(op).endswith(".py") and Path(op).resolve().parent == deploys_dir.resolve() for op in operations)
 
 
 def inventory_relays(inventory) -> dict[str, object]:
@@ -171,6 +233,16 @@ def failed_host_names() -> set[str]:
 
 
 @dataclass(frozen=True)
+class OperationEnd:
+    """How one operation of the run ended, per host (as pyinfra's results table counts it)."""
+
+    name: str
+    changed: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    not_run: tuple[str, ...] = ()  # its host failed (or the run stopped) before it
+
+
+@dataclass(frozen=True)
 class RunEnd:
     """How the pyinfra run ended, as an at-exit report sees it."""
 
@@ -178,6 +250,7 @@ class RunEnd:
     interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what ran may be partial
     failed_hosts: frozenset[str] = frozenset()
     groups: dict[str, frozenset[str]] = field(default_factory=dict)
+    operations: tuple[OperationEnd, ...] = ()  # in the run's order; only when executed
 
     def group(self, name: str) -> frozenset[str]:
         return self.groups.get(name, frozenset())
@@ -223,13 +296,39 @@ def _exit_non_zero_on_interrupt() -> None:
 def _run_end(state) -> RunEnd:
     if state is None:
         return RunEnd(executed=False, interrupted=_interrupt["seen"])
+    executed = state.current_stage >= StateStage.Execute
     return RunEnd(
-        executed=state.current_stage >= StateStage.Execute,
+        executed=executed,
         interrupted=_interrupt["seen"],
         failed_hosts=frozenset(target.name for target in state.failed_hosts),
         groups={name: frozenset(target.name for target in targets)
                 for name, targets in state.inventory.groups.items()},
+        operations=_operation_ends(state) if executed else (),
     )
+
+
+def _operation_ends(state) -> tuple[OperationEnd, ...]:
+    """Each operation's hosts by outcome, read as pyinfra's own results table reads them."""
+    ends = []
+    try:
+        order = state.get_op_order()
+    except Exception:  # an order pyinfra cannot give (a run stopped early): no per-operation view
+        return ()
+    for op_hash in order:
+        changed, failed, not_run = [], [], []
+        for target in state.inventory.iter_activated_hosts():
+            if op_hash not in state.ops[target]:
+                continue
+            meta = state.ops[target][op_hash].operation_meta
+            if not meta.is_complete():
+                not_run.append(target.name)
+            elif not meta.did_succeed(_raise_if_not_complete=False):
+                failed.append(target.name)
+            elif meta.did_change():
+                changed.append(target.name)
+        names = ", ".join(sorted(state.op_meta[op_hash].names)) or op_hash
+        ends.append(OperationEnd(names, tuple(changed), tuple(failed), tuple(not_run)))
+    return tuple(ends)
 
 
 # From the moment a deploy file imports this module (pyinfra loads it while preparing).

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from backupmx.core.errors import BackupMXError
+from backupmx.core.progress import Progress
 
 MAX_WAIT_SECONDS = 3600
 POLL_SECONDS = 0.2
@@ -77,8 +78,11 @@ def _holder(handle) -> str:
 
 
 def acquire(state_dir: str, domains: list[str], deploy: str, wait: float = 0.0,
-            sleep=time.sleep, clock=time.monotonic) -> list[Path]:
-    """Lock every domain (sorted); raise ``LockBusy`` naming the holder if one stays busy past ``wait``."""
+            sleep=time.sleep, clock=time.monotonic, log=None) -> list[Path]:
+    """Lock every domain (sorted); raise ``LockBusy`` naming the holder if one stays busy past ``wait``.
+
+    ``log``: where a longer wait says whom it waits for (``backupmx.core.progress``).
+    """
     taken: list[Path] = []
     for domain in sorted(set(domains)):
         path = lock_path(state_dir, domain)
@@ -91,6 +95,7 @@ def acquire(state_dir: str, domains: list[str], deploy: str, wait: float = 0.0,
         except OSError as error:
             raise BackupMXError(f"lock {path}: cannot open ({error.strerror}); check state_dir") from None
         deadline = clock() + wait
+        progress = None
         while True:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,11 +104,19 @@ def acquire(state_dir: str, domains: list[str], deploy: str, wait: float = 0.0,
                 if clock() >= deadline:
                     holder = _holder(handle)
                     handle.close()
+                    if progress is not None:
+                        progress.end()
                     waited = f" after waiting {wait:.0f}s" if wait else ""
                     raise LockBusy(f"{domain} is locked by {holder}{waited}: another backupmx run is changing it; "
                                    f"let it finish (or run again with --data lock_wait=SECONDS); lock file {path}"
                                    ) from None
+                if progress is None:
+                    progress = Progress(f"lock {domain}: waiting for {_holder(handle)} to finish", wait,
+                                        log or (lambda line: None), clock=clock)
+                progress.update()
                 sleep(POLL_SECONDS)
+        if progress is not None:
+            progress.end()
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({

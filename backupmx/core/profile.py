@@ -11,11 +11,14 @@ from typing import Any, Mapping
 
 from backupmx.core.budget import FREE_TIER, Budget, provider_budget
 from backupmx.core.errors import ConfigError
-from backupmx.core.validate import known_keys, mapping, timeout_seconds
+from backupmx.core.validate import known_keys, mapping, near_miss, timeout_seconds
 
 # ------------------------------------------------------------ provider profile
 
 SELFHOSTED = "selfhosted"
+ROLLERNET = "rollernet"
+# The provider kinds this tool implements: `backup_mx.provider` and `provider.name` name one.
+PROVIDER_KINDS = (ROLLERNET, SELFHOSTED)
 ACC_API_BASE = "https://acc.rollernet.us/api/api.php"
 ACC_MANUAL_URL = "https://acc.rollernet.us/"
 PROVIDER_BACKENDS = ("api", "ledger")
@@ -141,8 +144,21 @@ class ProviderProfile:
     budget: Budget | None = FREE_TIER
 
 
+def provider_kind(value: Any, field_name: str) -> str:
+    """A provider kind this tool implements (``PROVIDER_KINDS``): an unknown one would silently
+    be treated as Roller Network."""
+    if isinstance(value, str) and value in PROVIDER_KINDS:
+        return value
+    kinds = ", ".join(PROVIDER_KINDS)
+    meant = near_miss(value, PROVIDER_KINDS, squash="-_ .") if isinstance(value, str) else None
+    fix = f"did you mean {meant}? The kinds: {kinds}" if meant else f"use one of {kinds}"
+    raise ConfigError(field_name, f"{value!r} is not a provider kind", fix)
+
+
 def provider_profile(value: Any, backup_provider: str) -> ProviderProfile:
     """The ``provider`` inventory key; absent means the ledger backend for ``backup_mx.provider``."""
+    if isinstance(value, Mapping) and "name" in value:
+        provider_kind(value["name"], "provider.name")
     if value is None:
         return _selfhosted_profile({}) if backup_provider == SELFHOSTED else ProviderProfile(name=backup_provider)
     value = mapping(value, "provider")

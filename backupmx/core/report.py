@@ -45,6 +45,10 @@ class Report:
         self.checks.append(check)
         return check
 
+    def in_order(self) -> list[Check]:
+        """The rows in stage order, as they are shown."""
+        return sorted(self.checks, key=_stage_rank)
+
     @property
     def blocked(self) -> bool:
         return any(check.status in BLOCKING for check in self.checks)
@@ -53,7 +57,7 @@ class Report:
         key_width = max([len(c.key) for c in self.checks] + [5])
         title_width = max([len(c.title) for c in self.checks] + [5])
         lines = [self.title, f"  {'stage':<{key_width}}  {'check':<{title_width}}  {'status':<6}  evidence"]
-        for check in sorted(self.checks, key=_stage_rank):
+        for check in self.in_order():
             lines.append(f"  {check.key:<{key_width}}  {check.title:<{title_width}}  {check.status:<6}  {check.evidence}")
             if check.next_step and check.status != PASS:
                 lines.append(f"  {'':<{key_width}}  {'':<{title_width}}  {'':<6}  next: {check.next_step}")

@@ -69,11 +69,15 @@ class SecretStore:
         if token:
             return token
         token_file = Path(self.vault.token_file) if self.vault.token_file else None
-        for candidate in (token_file, Path.home() / ".vault-token"):
+        default_file = Path.home() / ".vault-token"
+        for candidate in (token_file, default_file):
             if candidate and candidate.is_file():
                 return candidate.read_text().strip()
+        looked = f"vault.token_file {token_file}, " if token_file else ""
         raise SecretError(
-            f"Vault {self.vault.addr}: no token; set ${self.vault.token_env} (or log in with `bao login`)"
+            f"Vault {self.vault.addr}: no token (not in ${self.vault.token_env}, {looked}{default_file}); "
+            f"log in with `vault login` or `bao login` (either writes {default_file}), or set "
+            f"${self.vault.token_env}"
         )
 
     def _read(self) -> dict[str, str]:
@@ -95,7 +99,12 @@ class SecretStore:
                               f"{self.vault.mount!r} right?)") from None
         except hvac.exceptions.VaultDown:
             raise SecretError(f"{where}: Vault is sealed; unseal it and run again") from None
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise SecretError(f"{where}: unreachable ({type(error).__name__}); check the address in vault.addr "
+                              f"(inventory/production.py takes it from $VAULT_ADDR) and that Vault is "
+                              f"running") from None
         except (hvac.exceptions.VaultError, requests.RequestException) as error:
-            raise SecretError(f"{where}: unreachable or failing ({type(error).__name__})") from None
+            raise SecretError(f"{where}: failing ({type(error).__name__}); check Vault's own log and status "
+                              f"(`vault status` or `bao status`), then run again") from None
         self._values = dict(response["data"]["data"])
         return self._values

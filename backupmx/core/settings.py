@@ -25,7 +25,7 @@ from backupmx.core.keys import (
     check_top_level_keys,
 )
 from backupmx.core.gate_ledger import GateLedger, gate_ledger
-from backupmx.core.profile import SELFHOSTED, ProviderProfile, provider_profile
+from backupmx.core.profile import SELFHOSTED, ProviderProfile, provider_kind, provider_profile
 from backupmx.core.provider_choice import (
     load_relay_hosts,
     relay_addresses,
@@ -168,6 +168,9 @@ def load_settings(data: Mapping[str, Any], relays: Mapping[str, Any] | None = No
     data = select_provider(data)
     domains = _domains(required(data, "domains"))
     backup_data = required(data, "backup_mx")
+    if isinstance(backup_data, Mapping):
+        # Before anything branches on it: an unknown kind must not be taken for Roller Network.
+        provider_kind(backup_data.get("provider"), "backup_mx.provider")
     selfhosted = isinstance(backup_data, Mapping) and backup_data.get("provider") == SELFHOSTED
     relay_hosts: tuple[str, ...] = ()
     if selfhosted:
@@ -238,9 +241,7 @@ def _domains(value: Any) -> tuple[Domain, ...]:
 def _backup_mx(value: Any) -> BackupMX:
     value = mapping(value, "backup_mx")
     known_keys(value, "backup_mx", BACKUP_MX_KEYS)
-    provider = value.get("provider")
-    if not isinstance(provider, str) or not provider:
-        raise ConfigError("backup_mx.provider", f"must name the provider profile, got {provider!r}")
+    provider = provider_kind(value.get("provider"), "backup_mx.provider")
     hosts = tuple(hostname(host, f"backup_mx.hosts[{index}]")
                   for index, host in enumerate(nonempty_list(value.get("hosts"), "backup_mx.hosts")))
     if len(set(hosts)) != len(hosts):

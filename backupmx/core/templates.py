@@ -16,7 +16,8 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from backupmx.core.paths import TEMPLATES
+from backupmx.core.errors import BackupMXError
+from backupmx.core.paths import TEMPLATES, checkout_problem
 
 
 def yaml_string(value: Any) -> str:
@@ -31,6 +32,9 @@ def double_quoted(text: Any) -> str:
 
 @lru_cache(maxsize=1)
 def _environment() -> Environment:
+    problem = checkout_problem()
+    if problem:
+        raise BackupMXError(problem)
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True)
     env.filters["shquote"] = shlex.quote

@@ -176,11 +176,20 @@ def known_keys(value: Mapping[str, Any], where: str, known: tuple[str, ...]) -> 
                           f"{hint}known keys: {', '.join(known)}")
 
 
-def near_miss(key: str, known: tuple[str, ...]) -> str | None:
-    """The key of ``known`` that ``key`` is a likely typo of: the same up to case and ``-``, or nearly the same."""
+def near_miss(key: str, known: tuple[str, ...], squash: str = "-") -> str | None:
+    """The key of ``known`` that ``key`` is a likely typo of: the same up to case and ``-``, or nearly the same.
+
+    ``squash``: the characters a typo may add or swap (``-`` is read as ``_``; with
+    more, each is dropped from both sides before comparing: ``self-hosted`` is ``selfhosted``).
+    """
     normal = key.lower().replace("-", "_")
     if normal in known:
         return normal
+    if squash != "-":
+        squashed = {re.sub(f"[{re.escape(squash + '_')}]", "", name): name for name in known}
+        meant = squashed.get(re.sub(f"[{re.escape(squash + '_')}]", "", key.lower()))
+        if meant:
+            return meant
     if len(normal) < NEAR_MISS_LENGTH:
         return None
     close = difflib.get_close_matches(normal, known, n=1, cutoff=NEAR_MISS_RATIO)

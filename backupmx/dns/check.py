@@ -163,8 +163,13 @@ def render(mx_set: Iterable[MX]) -> str:
 def wait_for_mx(domain: str, servers: Sequence[str], want_present: Iterable[MX] = (),
                 want_absent: Iterable[MX] = (), timeout: float = 120.0, interval: float = 2.0,
                 clock: Callable[[], float] = time.monotonic,
-                sleep: Callable[[float], None] = time.sleep) -> frozenset[MX]:
-    """Wait until every server shows all of ``want_present`` and none of ``want_absent``."""
+                sleep: Callable[[float], None] = time.sleep,
+                on_wait: Callable[[str], None] | None = None) -> frozenset[MX]:
+    """Wait until every server shows all of ``want_present`` and none of ``want_absent``.
+
+    ``on_wait`` is told, each time the answer is not yet as wanted, what is still missing
+    (``backupmx.core.progress.Progress.update``).
+    """
     present, absent = frozenset(want_present), frozenset(want_absent)
     servers = list(servers) or authoritative_servers(domain)
     deadline = clock() + timeout
@@ -179,6 +184,8 @@ def wait_for_mx(domain: str, servers: Sequence[str], want_present: Iterable[MX] 
         if clock() >= deadline:
             raise DNSCheckError(f"DNS: MX of {domain} not as wanted after {timeout:.0f} s: {problem}; check the "
                                 f"records in Cloudflare and run again")
+        if on_wait is not None:
+            on_wait(problem)
         sleep(min(interval, max(0.0, deadline - clock())))
 
 

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from pyinfra import logger
 from pyinfra.api.hiddenvalue import HiddenValue
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 
 from backupmx.core.api import ApiAuthError, ApiError, ApiNotFound, ApiRefused, ApiUnavailable, CountingRetry, RetryCounter
+from backupmx.core.progress import QUIET_SECONDS
 from backupmx.dns.plan import MXRecord
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -114,6 +116,10 @@ class CloudflareRetry(CountingRetry):
             if wait is not None and wait > self.max_wait:
                 # Raising here makes urllib3 hand the 429 back (raise_on_status is off).
                 raise MaxRetryError(_pool, url, ResponseError(f"Retry-After {wait:.0f}s is too long"))
+            if wait is not None and wait >= QUIET_SECONDS:
+                # urllib3 sleeps next, in one piece: say so rather than go silent.
+                logger.info(f"Cloudflare: rate limited (429): waiting {wait:.0f} s as its Retry-After asks, "
+                            f"then {method} again")
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from backupmx.core.errors import BackupMXError
+from backupmx.core.progress import Progress
 from backupmx.core.settings import Domain, Settings
 from backupmx.dns import check as dnscheck
 from backupmx.dns import mtasts
@@ -80,7 +81,9 @@ class DNSStage:
         # Only what the plan read and kept, or created: never a record it merely expected.
         wanted = {record.key for record in plan.desired}
         removed = {record.key for record in plan.deletes} - wanted
-        dnscheck.wait_for_mx(domain.name, self.settings.dns_servers, want_present=wanted, want_absent=removed,
-                             timeout=self.settings.dns_wait_seconds)
+        with Progress(f"DNS {domain.name}: waiting for the authoritative servers to answer {dnscheck.render(wanted)}",
+                      self.settings.dns_wait_seconds, log) as progress:
+            dnscheck.wait_for_mx(domain.name, self.settings.dns_servers, want_present=wanted, want_absent=removed,
+                                 timeout=self.settings.dns_wait_seconds, on_wait=progress.update)
         log(f"MX {domain.name}: authoritative DNS answers {dnscheck.render(wanted)}")
         return plan

@@ -23,8 +23,8 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from backupmx.core.errors import BackupMXError
-from backupmx.core.report import CHANGE, FAIL, PASS, WARN, Check, Report
+from backupmx.core.errors import BackupMXError, SecretError
+from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, WARN, Check, Report
 from backupmx.core.settings import Settings
 from backupmx.gates import starttls
 from backupmx.providers.base import Fact, Provider, ProviderFacts, unknown
@@ -264,12 +264,17 @@ def run_gates(settings: Settings, secrets, report: Report, provider: Provider | 
         try:
             provider = open_provider(settings, secrets)
         except BackupMXError as error:
-            reason = f"cannot use the {settings.provider.backend} backend of {settings.provider.name}: {error}"
-            checks.append(Check("G1", "provider domain", FAIL, reason, "fix the provider access and run again"))
+            if isinstance(error, SecretError):
+                # Stage 1's row says why the key could not be read, and what to do: not again here.
+                status, reason, next_step = SKIP, f"not checked: the {settings.provider.name} API key could " \
+                    f"not be read (stage 1)", None
+            else:
+                status, next_step = FAIL, "fix the provider access and run again"
+                reason = f"cannot use the {settings.provider.backend} backend of {settings.provider.name}: {error}"
+            checks.append(Check("G1", "provider domain", status, reason, next_step))
             checks += g2_overage(settings, LedgerProvider(settings))
             checks += g3_starttls(settings)
-            checks.append(Check("G4", "relay CIDRs match the provider", FAIL, reason,
-                                "fix the provider access and run again"))
+            checks.append(Check("G4", "relay CIDRs match the provider", status, reason, next_step))
             report.checks.extend(checks)
             return checks
     try:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 import click
 import gevent.event
 from pyinfra import host as current_host
-from pyinfra.api import DeployError
 
 from backupmx.core import audit, lock
 from backupmx.core.audit import deploy_name
-from backupmx.core.context import RunEnd, at_exit, once_per_run
+from backupmx.core.context import RunEnd, at_exit, deploy_error, once_per_run
 from backupmx.core.errors import BackupMXError
+from backupmx.core.inventory_errors import stop_error
 from backupmx.core.report import CHANGE, FAIL, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
@@ -26,6 +26,7 @@ from backupmx.dns.stage import Assessment, DNSStage
 from backupmx.gates.checks import for_each_domain, g1_title, run_gates
 from backupmx.gates.message_size import message_size_rows
 from backupmx.lifecycle import gate_report
+from backupmx.lifecycle.deploy_summary import summary_lines
 from backupmx.lifecycle.plan_output import PlanOutputs, plan_data, plan_outputs, write_plan
 from backupmx.providers.registry import open_provider
 
@@ -63,6 +64,9 @@ class Run:
         # --data plan_markdown / plan_json: the --dry plan as documents (docs/ci.md).
         self.plan_outputs = PlanOutputs()
         self.published: set[str] = set()
+        # Per domain, the record changes stage 5 made in this run (for the last lines).
+        self.applied: dict[str, list[str]] = {}
+        self.report_printed = False
 
     def check_inventory(self) -> None:
         self.report.checks.append(gate_report.inventory_row(self.settings))
@@ -166,9 +170,11 @@ class Run:
                 self.dns[domain.name] = assessment
             self.report.checks.extend(gate_report.dns_rows(domain.name, assessment))
 
-    def record_published(self, domain: str) -> None:
-        """Stage 5 ended for ``domain`` with every wanted backup record in the zone."""
+    def record_published(self, domain: str, changes: list[str] | None = None) -> None:
+        """Stage 5 ended for ``domain`` with every wanted backup record in the zone (``changes``: made now)."""
         self.published.add(domain)
+        if changes:
+            self.applied[domain] = list(changes)
 
     def all_published(self) -> bool:
         """Whether stage 5 ended well for every domain: stage 6's monitoring expects the records."""
@@ -222,21 +228,24 @@ class Run:
             # Provider selfhosted, G2: needs every host's size, so only now.
             self.report.checks.extend(message_size_rows(self.primary_message_sizes, self.relay_message_sizes))
             click.echo(self.report.render())
+            self.report_printed = True
             self._all_assessed.set()
         elif not self._all_assessed.wait(timeout=REPORT_WAIT_SECONDS):
             missing = ", ".join(sorted(host_names - self._assessed))
-            raise DeployError(f"gave up waiting {REPORT_WAIT_SECONDS}s for the assessment of {missing}")
+            raise stop_error(f"gave up waiting {REPORT_WAIT_SECONDS}s for the assessment of {missing}")
         if self.report.blocked:
-            raise DeployError(gate_report.stop_line(self.report))
+            raise stop_error(gate_report.stop_line(self.report))
 
 
-    def write_plan_documents(self, end: RunEnd) -> None:
-        """At the end of a --dry review, once: the plan as Markdown and JSON where the user asked."""
-        if end.executed:
-            return
+    def finish(self, end: RunEnd) -> None:
+        """At exit, once, whatever stopped the run: the plan documents of a --dry review where the
+        user asked for them, then the verdict and what changed as the run's last lines."""
         data = plan_data(self.report, self.dns, [domain.name for domain in self.settings.domains],
                          self.secrets.values_read())
-        write_plan(self.plan_outputs, data)
+        if not end.executed and self.plan_outputs:
+            write_plan(self.plan_outputs, data)
+        title = f"backupmx deploy: {', '.join(domain.name for domain in self.settings.domains)}"
+        click.echo("\n".join(summary_lines(title, self.report, data, end, self.report_printed, self.applied)))
 
 
 def current_run() -> Run:
@@ -248,12 +257,12 @@ def _start_run(settings: Settings) -> Run:
     try:
         outputs = plan_outputs(current_host.data)
     except BackupMXError as error:
-        raise DeployError(str(error)) from None
+        raise deploy_error(error) from None
     take_run_lock(settings, current_host.data)
     run = Run(settings)
     if outputs and lock.dry_run():
         run.plan_outputs = outputs
-        at_exit(run.write_plan_documents)
+    at_exit(run.finish)
     run.check_inventory()
     run.check_secrets()
     return run
@@ -266,7 +275,7 @@ def take_run_lock(settings: Settings, data) -> None:
     try:
         wait = lock.parse_wait(data.get("lock_wait"))
         lock.acquire(settings.state_dir, [domain.name for domain in settings.domains], deploy_name(), wait,
-                     sleep=gevent.sleep)
+                     sleep=gevent.sleep, log=current_host.log)
     except BackupMXError as error:
-        raise DeployError(str(error)) from None
+        raise deploy_error(error) from None
 

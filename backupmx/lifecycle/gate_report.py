@@ -75,7 +75,7 @@ def monitoring_row(host_names: list[str]) -> Check:
     if not host_names:
         return Check("6", "monitoring and runbook", SKIP, "no host in the inventory's monitoring group")
     return Check("6", "monitoring and runbook", PASS, f"validated files go to {', '.join(host_names)} after "
-                 "stage 5 (diffs below); runbook rendered with live values")
+                 "stage 5; runbook rendered with live values")
 
 
 def stop_line(report: Report) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 from backupmx.core.plan_log import DOCUMENT, FileDiff
@@ -65,20 +66,38 @@ def domain_changes(domain: str, plan: MXPlan, refusal: str | None = None) -> Dom
     return DomainChanges(domain, changes, refusal or plan.refusal, tuple(plan.warnings))
 
 
+# Planned changes that are neither a record nor a noted file: G1's, enabling a domain this
+# tool's rollback disabled again at the provider (or configuring provider selfhosted's relay).
+# The row says what it "will" do.
+_WILL = re.compile(r"\bwill ([^;(]+?)(?::|;|\(|$)")
+
+
+def _provider_change(check: Check) -> str:
+    found = _WILL.search(check.evidence)
+    return found.group(1).strip() if found else check.title
+
+
 def verdict(data: PlanData) -> dict:
-    """``status`` blocked / changes / no-change, and the sentence the terminal report ends with."""
+    """``status`` blocked / changes / no-change, and the sentence the run's last lines say.
+
+    ``summary`` counts every kind of change: records, files, and G1's provider changes
+    (enabling a domain again after this tool's rollback; a relay host configured), which it names.
+    """
     records = sum(len(domain.changes) for domain in data.domains)
     files = len(data.files)
+    others = [check for check in data.gates if check.status == CHANGE and check.key == "G1"]
+    counts = {"record_changes": records, "file_changes": files, "provider_changes": len(others)}
     if data.blocked:
         failed = next((check for check in data.gates if check.status == FAIL), None)
         why = f": stage {failed.key} ({failed.title}) failed" if failed else ""
-        return {"status": BLOCKED, "summary": f"BLOCKED: nothing will be changed{why}",
-                "record_changes": records, "file_changes": files}
+        return {"status": BLOCKED, "summary": f"nothing will be changed{why}", **counts}
     changing = records or files or any(check.status == CHANGE for check in data.gates)
-    summary = (f"gates allow the deploy to proceed; {records} record change(s), {files} file change(s)"
-               if changing else "gates allow the deploy to proceed; nothing to change")
-    return {"status": CHANGES if changing else NO_CHANGE, "summary": summary,
-            "record_changes": records, "file_changes": files}
+    parts = [f"{records} record change(s)", f"{files} file change(s)"]
+    if others:
+        parts.append(f"{len(others)} provider change(s): {'; '.join(_provider_change(check) for check in others)}")
+    summary = ("gates allow the deploy to proceed; " + ", ".join(parts) if changing
+               else "gates allow the deploy to proceed; nothing to change")
+    return {"status": CHANGES if changing else NO_CHANGE, "summary": summary, **counts}
 
 
 # --- JSON ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from backupmx.core import audit
 from backupmx.core.errors import BackupMXError, SecretError
+from backupmx.core.progress import Progress
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, WARN, Check, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Domain, Settings
@@ -187,9 +188,11 @@ class Rollback:
         absent = {(backup.priority, host) for host in backup.hosts} | set(self.removed.get(domain.name, ()))
         present = set(self.kept.get(domain.name, ()))
         try:
-            answer = dnscheck.wait_for_mx(domain.name, self.settings.dns_servers, want_present=present,
-                                          want_absent=absent, timeout=self.settings.dns_wait_seconds,
-                                          interval=0.5)
+            with Progress(f"DNS {domain.name}: waiting for the authoritative servers to drop the backups",
+                          self.settings.dns_wait_seconds, log) as progress:
+                answer = dnscheck.wait_for_mx(domain.name, self.settings.dns_servers, want_present=present,
+                                              want_absent=absent, timeout=self.settings.dns_wait_seconds,
+                                              interval=0.5, on_wait=progress.update)
         except BackupMXError as error:
             return self.add("2", title, FAIL, str(error),
                             "check the zone in the Cloudflare dashboard, then run the rollback again "

@@ -27,6 +27,7 @@ from backupmx.mailhost.model import (
     MailHost,
 )
 from backupmx.mailhost.layers import (
+    EVENT_LIMIT_EXCEPTIONS,
     HOOK,
     HOOK_ENTRY,
     RELAY_SMTPD_SERVICE,
@@ -117,8 +118,10 @@ def _sed_pattern(entries: list[str], first: int) -> str:
 
 def render_relay_smtpd_block(mailhost: MailHost, relay_service: Listener, source: str) -> str:
     """Native: the marked master.cf block with the relay smtpd service (``backupmx.mailhost.layers``)."""
+    # The comment says what the entry sets: the hook (layers to skip), anvil's exceptions, or both.
     return render("relay_smtpd.master.cf.j2", begin=block_begin(RELAY_SMTPD_BLOCK), end=block_end(RELAY_SMTPD_BLOCK),
-                  listener=mailhost.service_key, source=source, hook=HOOK, entry=relay_service.master_cf_lines())
+                  listener=mailhost.service_key, source=source, hook=HOOK, entry=relay_service.master_cf_lines(),
+                  sets_hook=HOOK in relay_service.params, anvil=EVENT_LIMIT_EXCEPTIONS in relay_service.params)
 
 
 def render_relay_hook_block(mailhost: MailHost, layers: Sequence[str]) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backupmx.core.errors import ConfigError
+from backupmx.core.paths import PROJECT_ROOT
 from backupmx.core.settings import Settings
 from backupmx.core.validate import command, host_port, known_keys
 
@@ -21,6 +22,30 @@ _ABS_PATH = re.compile(r"^/[^\s'\"\\$`]*$")
 MONITORING_KEYS = ("dir", "blackbox_check", "blackbox_bin", "promtool_check", "promtool_bin", "dns_targets",
                    "blackbox_address", "scrape_interval", "smtp_scrape_interval", "runbook_url", "reload",
                    "runbook", "architecture", "severity")
+
+
+# The runbook's section (its heading's anchor, as GitHub and most forges make it) each alert links to.
+RUNBOOK_SECTIONS = {"drift": "mx-set-drift", "canary": "the-weekly-canary"}
+# The rendered runbook when the inventory names none (monitoring.runbook), relative to the project.
+DEFAULT_RUNBOOK = "docs/runbook.md"
+_URL = re.compile(r"^(https?|file)://[^\s\"#]+$")
+
+
+def _runbook_url(value: Any, runbook: Any) -> str:
+    """``monitoring.runbook_url``: an address an alert can open, without a section (each alert adds
+    its own). Default: the rendered runbook on this machine, as a file:// URL."""
+    if value is None:
+        page = runbook if isinstance(runbook, str) and runbook.strip() else DEFAULT_RUNBOOK
+        return (PROJECT_ROOT / page).resolve().as_uri()
+    if not isinstance(value, str) or not _URL.match(value):
+        fix = ("give the runbook's own address without a #section (each alert adds its section), e.g. "
+               "https://git.example.org/infra/backupmx/src/branch/main/docs/runbook.md; left out, alerts link to "
+               "the rendered runbook on this machine (file://)")
+        if isinstance(value, str) and "#" in value:
+            raise ConfigError("monitoring.runbook_url", f"{value!r} names a section", fix)
+        raise ConfigError("monitoring.runbook_url", f"{value!r} is not an address an alert can open "
+                          "(http://, https:// or file://)", fix)
+    return value
 
 
 @dataclass(frozen=True)
@@ -38,7 +63,8 @@ class Monitoring:
     blackbox_address: str = "127.0.0.1:9115"
     scrape_interval: str = "60s"
     smtp_scrape_interval: str = "5m"
-    runbook_url: str = "docs/runbook.md#mx-set-drift"
+    # The rendered runbook's address, without a section: each alert adds its own (``runbook_link``).
+    runbook_url: str = ""
     severity: str = "critical"
     # Commands run after the files validate (e.g. a reload of blackbox_exporter).
     reload: tuple[tuple[str, ...], ...] = ()
@@ -48,6 +74,10 @@ class Monitoring:
 
     def path(self, name: str) -> str:
         return f"{self.dir.rstrip('/')}/{name}"
+
+    def runbook_link(self, section: str) -> str:
+        """The alerts' ``runbook_url``: the runbook's address and the section of ``section`` (``RUNBOOK_SECTIONS``)."""
+        return f"{self.runbook_url}#{RUNBOOK_SECTIONS[section]}"
 
     def validations(self) -> list[tuple[str, tuple[str, ...]]]:
         """(what, argv) run on the monitoring host after the files are in place, before any reload."""
@@ -101,9 +131,7 @@ def load_monitoring(data: Any, settings: Settings) -> Monitoring:
         if not isinstance(value, str) or not DURATION.match(value):
             raise ConfigError(f"monitoring.{key}", f"{value!r} is not a Prometheus duration", "e.g. 60s or 5m")
         intervals[key] = value
-    runbook_url = data.get("runbook_url", "docs/runbook.md#mx-set-drift")
-    if not isinstance(runbook_url, str) or not runbook_url.strip() or '"' in runbook_url:
-        raise ConfigError("monitoring.runbook_url", f"{runbook_url!r} is not a URL or path")
+    runbook_url = _runbook_url(data.get("runbook_url"), data.get("runbook"))
     severity = data.get("severity", "critical")
     if not isinstance(severity, str) or not re.match(r"^[a-z]+$", severity):
         raise ConfigError("monitoring.severity", f"{severity!r} is not a severity label value", "e.g. critical")

@@ -58,6 +58,8 @@ from backupmx_sandbox.zonedns import ZoneResolver, start_servers
 API_PREFIX = "/client/v4"
 ADMIN_PREFIX = "/_sandbox"
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# The "method" of an authoritative DNS question, for the fault filters.
+DNS_METHOD = "DNS"
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 # Real tokens are 40 characters of [A-Za-z0-9_-]; anything else in a Bearer header
 # is a format error (6003/6111), not an unknown token (9109).
@@ -202,7 +204,9 @@ class Faults:
     ``slow`` {count, seconds}, ``after_write`` {count, mode: error|drop[, status]},
     all with optional ``methods`` and ``path_contains`` filters (``count`` defaults
     to 1; null keeps the fault until cleared); ``quota`` sets the
-    zone's record quota (null restores the default).
+    zone's record quota (null restores the default). ``slow`` with ``methods: ["DNS"]``
+    slows the zones' authoritative DNS answers instead (``path_contains``: in the
+    question's name): a name server that answers late, or not in a client's time.
     """
 
     KINDS = ("rate_limit", "server_error", "slow", "after_write")
@@ -243,6 +247,8 @@ class Faults:
 
     @staticmethod
     def _applies(kind: str, spec: dict, method: str, path: str) -> bool:
+        if method == DNS_METHOD and DNS_METHOD not in [m.upper() for m in spec.get("methods") or ()]:
+            return False  # DNS is slowed only when asked by name: an API fault must not slow it
         methods = spec.get("methods") or (sorted(WRITE_METHODS) if kind == "after_write" else None)
         if methods and method not in [m.upper() for m in methods]:
             return False

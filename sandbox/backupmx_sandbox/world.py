@@ -33,6 +33,11 @@ def sandbox_root() -> Path:
     explicit = os.environ.get("BACKUPMX_SANDBOX_DIR")
     if explicit:
         return Path(explicit).resolve()
+    if not (PROJECT_ROOT / "sandbox" / "backupmx_sandbox").is_dir():
+        # Installed as a copy (a plain `pip install ./sandbox`): PROJECT_ROOT is not the checkout.
+        raise SystemExit(f"backupmx-sandbox is installed as a copy, in {Path(__file__).resolve().parent}, and "
+                         f"its world belongs to the checkout: install it in place (pip install --no-deps -e ./sandbox "
+                         f"from the checkout; make setup does), or set BACKUPMX_SANDBOX_DIR")
     link = PROJECT_ROOT / ".sandbox"
     if not link.exists() and not _traversable_by_all(PROJECT_ROOT):
         digest = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:12]

@@ -15,6 +15,7 @@ Two servers share one ``ZoneResolver`` in the fake Cloudflare process:
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from dnslib import AAAA, CNAME, EDNS0, MX, NS, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSRecord
@@ -117,6 +118,9 @@ class ZoneResolver(BaseResolver):
         question = request.q
         qname = str(question.qname).rstrip(".").lower()
         qtype = QTYPE[question.qtype]
+        slow = None if self.recursive else self.world.faults.take("slow", "DNS", qname)
+        if slow:  # the fake's ``slow`` fault with methods ["DNS"] (fake_cloudflare.Faults)
+            time.sleep(float(slow.get("seconds", 1)))
         found = self.zone_data(qname)
         if found is None:
             reply.header.aa = 0

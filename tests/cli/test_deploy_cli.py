@@ -70,3 +70,29 @@ def test_wrong_vault_token_is_refused_cleanly(world):
     assert result.returncode != 0
     assert "permission denied reading secret/viktor" in output
     assert "Traceback" not in output and "not-the-token" not in output
+
+
+def _merged(*args: str, dry: bool) -> list[str]:
+    """The run's output as a terminal shows it (stdout and stderr in one stream), as lines."""
+    argv = providerkit.pyinfra_argv("deploys/backupmx.py", *args, yes=not dry, dry=dry)
+    result = subprocess.run(argv, cwd=providerkit.PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode == 0, result.stdout
+    return result.stdout.rstrip("\n").splitlines()
+
+
+def test_the_verdict_and_what_changed_are_the_last_lines(fresh):
+    zone = fresh["zone"]
+    # The review: after the diffs and pyinfra's table, what would change and the verdict.
+    lines = _merged(dry=True)
+    tail = lines[lines.index(f"backupmx deploy: {zone} (review: nothing was changed)"):]
+    assert any(line.startswith(f"  5   DNS {zone}: would: + MX {zone} 20 ") for line in tail), tail
+    assert tail[-1].startswith("  => gates allow the deploy to proceed; 2 record change(s), "), tail
+    assert tail[-1].endswith("; run it without --dry to apply"), tail
+    # The deploy: what it changed, after pyinfra's results table.
+    lines = _merged(dry=False)
+    tail = lines[lines.index(f"backupmx deploy: {zone} (what this run did)"):]
+    assert lines.index("--> Results:") < lines.index(tail[0])
+    assert f"  changed: Stage 5: backup MX records for {zone} (@local): + MX {zone} 20 mail.rollernet.us; " \
+           f"+ MX {zone} 20 mail2.rollernet.us" in tail, tail
+    assert tail[-1] == "  => deploy complete: every stage ran; a second run changes nothing", tail

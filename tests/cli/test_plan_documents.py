@@ -89,7 +89,7 @@ def test_a_no_op_after_the_deploy(fresh, stage6_absent, tmp_path):
     assert result.returncode == 0, output(result)
     assert problems(doc) == []
     assert doc["verdict"] == {"status": "no-change", "summary": "gates allow the deploy to proceed; nothing to "
-                              "change", "record_changes": 0, "file_changes": 0}
+                              "change", "record_changes": 0, "file_changes": 0, "provider_changes": 0}
     assert doc["files"] == [] and doc["records"][0]["changes"] == []
     assert all(gate["status"] in ("pass", "warn") for gate in doc["gates"]), doc["gates"]
     assert "**no-change**" in markdown and "<details>" not in markdown
@@ -107,12 +107,12 @@ def test_a_failed_gate(fresh, tmp_path, acc_state, gate, words):
     assert result.returncode != 0 and "Traceback" not in output(result), output(result)
     assert problems(doc) == []
     assert doc["verdict"]["status"] == "blocked"
-    assert doc["verdict"]["summary"].startswith(f"BLOCKED: nothing will be changed: stage {gate} ")
+    assert doc["verdict"]["summary"].startswith(f"nothing will be changed: stage {gate} ")
     failed = [g for g in doc["gates"] if g["status"] == "FAIL"]
     assert [g["stage"] for g in failed] == [gate] and words in failed[0]["evidence"]
     assert doc["files"] == [] and doc["records"] == []
     assert any(row[0] == gate and row[2] == "**FAIL**" for row in gate_table(markdown)), markdown
-    assert "**blocked**: BLOCKED" in markdown
+    assert "**blocked**: nothing will be changed" in markdown and "BLOCKED" not in markdown
     no_secrets(world, markdown, json.dumps(doc))
 
 

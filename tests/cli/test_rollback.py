@@ -28,6 +28,7 @@ from providerkit import (
     acc_writes,
     admin,
     cloudflare_admin,
+    cloudflare_faults,
     cloudflare_writes,
     dead_port,
     output,
@@ -321,3 +322,17 @@ def test_disable_domain_false_leaves_the_provider_for_later(live):
     assert dns_answer(live) == {PRIMARY}
     assert "left enabled on request" in summary_row(result, "3").evidence
     assert acc_domain(live)["enabled"] is True and acc_writes(live) == []
+
+
+def test_a_slow_dns_wait_shows_its_progress(live):
+    # The zone's name server answers 3.5 s late, past the client's 3 s: four questions go
+    # unanswered (about 12 s). The wait must say so, not sit silent.
+    cloudflare_faults(live, slow={"methods": ["DNS"], "path_contains": live["zone"], "count": 4, "seconds": 3.5})
+    result = rollback("--limit", "controller")
+    assert result.returncode == 0, output(result)
+    progress = [line for line in output(result).splitlines()
+                if f"DNS {live['zone']}: waiting for the authoritative servers to drop the backups: " in line]
+    assert progress, output(result)
+    assert re.search(r"\[@local\] +DNS \S+: waiting for the authoritative servers to drop the backups: \d+ s, "
+                     r"at most \d+ s left \(DNS \S+: no answer for \S+ MX \(Timeout\)", progress[0]), progress
+    assert dns_answer(live) == {PRIMARY}

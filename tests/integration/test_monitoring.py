@@ -98,7 +98,8 @@ def test_promtool_rule_tests_catch_a_broken_rule(tmp_path):
 def test_sandbox_rules_are_the_seed_rules(world):
     """The sandbox's zone is the seed's: the rules the promtool tests cover are the sandbox's."""
     settings = sandbox_settings()
-    assert render_rules(settings, load_monitoring({"dir": "/srv/m"}, settings)) == SHIPPED_RULES.read_text()
+    shipped = {"dir": "/srv/m", "runbook_url": "https://git.example.org/infra/backupmx/docs/runbook.md"}
+    assert render_rules(settings, load_monitoring(shipped, settings)) == SHIPPED_RULES.read_text()
 
 
 # ------------------------------------------------------- a real blackbox_exporter

@@ -68,7 +68,7 @@ BAD = [
     ("backup_mx.hosts.0", "mail.rollernet.us.", "backup_mx.hosts[0]", "write 'mail.rollernet.us'"),
     ("backup_mx.hosts.0", "162.216.242.10", "backup_mx.hosts[0]", "IP address"),
     ("backup_mx.hosts.0", "mail_relay.example", "backup_mx.hosts[0]", "not a valid host name"),
-    ("backup_mx.provider", "", "backup_mx.provider", "provider profile"),
+    ("backup_mx.provider", "", "backup_mx.provider", "is not a provider kind"),
     ("domains.0.name", "bücher.example", "domains[0].name", "xn--bcher-kva.example"),
     ("domains.0.name", "localhost", "domains[0].name", "not a valid host name"),
     ("domains.0.primary_mx", [], "domains[0].primary_mx", "empty"),
@@ -178,7 +178,8 @@ PROFILE_AND_LEDGER_BAD = [
     # (top-level key, value, field named in the error, words in the error)
     ("provider", {"backend": "smtp"}, "provider.backend", "use 'api' or 'ledger'"),
     ("provider", {"backend": "api"}, "provider.user", "needs the ACC account user name"),
-    ("provider", {"name": "dynu"}, "provider.name", "differs from backup_mx.provider"),
+    ("provider", {"name": "dynu"}, "provider.name", "is not a provider kind"),
+    ("provider", {"name": "selfhosted"}, "backup_mx.provider", "differs from provider.name 'selfhosted'"),
     ("provider", {**API_PROFILE, "api_base": "https://acc.rollernet.us/api/api.php?k=x"}, "provider.api_base",
      "without a query string"),
     ("provider", {**API_PROFILE, "retries": 99}, "provider.retries", "0-10"),
@@ -226,3 +227,23 @@ def test_bad_starttls_settings_name_the_field(change, field):
     data["backup_mx"].update(change)
     with pytest.raises(ConfigError, match=re.escape(field)):
         load_settings(data)
+
+
+@pytest.mark.parametrize("backup_provider,profile_name,field,fix", [
+    # Both name the same unknown kind: it used to be taken for Roller Network and talk to its API.
+    ("self-hosted", "self-hosted", "backup_mx.provider", "did you mean selfhosted?"),
+    ("self-hosted", None, "backup_mx.provider", "did you mean selfhosted?"),
+    ("Roller_Net", None, "backup_mx.provider", "did you mean rollernet?"),
+    ("rollernet", "self_hosted", "provider.name", "did you mean selfhosted?"),
+    ("exim", None, "backup_mx.provider", "use one of rollernet, selfhosted"),
+    (None, None, "backup_mx.provider", "use one of rollernet, selfhosted"),
+])
+def test_an_unknown_provider_kind_is_refused(backup_provider, profile_name, field, fix):
+    data = with_change("backup_mx.provider", backup_provider)
+    if profile_name is not None:
+        data["provider"] = {"name": profile_name, "backend": "ledger"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(data)
+    message = str(caught.value)
+    assert caught.value.field == field and message.startswith(f"inventory data {field}: "), message
+    assert "is not a provider kind" in message and fix in message, message

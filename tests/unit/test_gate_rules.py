@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from backupmx.core.report import FAIL, PASS
+from backupmx.core.errors import SecretError
+from backupmx.core.report import FAIL, PASS, SKIP, Report
 from backupmx.core.settings import load_settings
 from backupmx.gates import checks as gates
 from backupmx.gates.starttls import hostname_matches
@@ -42,3 +43,28 @@ def test_production_without_the_g2_entry_stops_at_g2():
 ])
 def test_hostname_matching(host, names, expected):
     assert hostname_matches(host, names) is expected
+
+
+def test_a_key_vault_could_not_give_is_stage_1s_row_alone(monkeypatch):
+    # Stage 1 reports why the ACC key could not be read; G1 and G4 must not repeat it as their own failure.
+    data = {
+        "domains": [{"name": DOMAIN, "primary_mx": [{"host": "mail.viktorbarzin.me", "priority": 1}]}],
+        "backup_mx": {"provider": "rollernet", "hosts": ["mail.rollernet.us", "mail2.rollernet.us"], "priority": 20},
+        "relay_cidrs": ["162.216.242.0/24", "72.51.58.0/24"],
+        "vault": {"addr": "https://vault.example.net", "secret_path": "secret/viktor"},
+        "provider": {"name": "rollernet", "backend": "api", "user": "viktor"},
+    }
+    settings = load_settings(data)
+    monkeypatch.setattr(gates, "g3_starttls", lambda *args: [])  # no SMTP here
+
+    class NoVault:
+        def get(self, key, allow_env=False):
+            raise SecretError("Vault https://vault.example.net: unreachable (ConnectionError); check vault.addr")
+
+    report = Report("test")
+    gates.run_gates(settings, NoVault(), report)
+    rows = {check.key: check for check in report.checks}
+    for gate in ("G1", "G4"):
+        assert rows[gate].status == SKIP, rows[gate]
+        assert "unreachable" not in rows[gate].evidence and "(stage 1)" in rows[gate].evidence
+

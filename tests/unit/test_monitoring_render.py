@@ -30,7 +30,8 @@ from providerkit import PROJECT_ROOT
 
 SHIPPED_RULES = PROJECT_ROOT / "tests" / "monitoring" / RULES_FILE
 # The seed's values: the shipped rule file next to the promtool tests is rendered from these.
-SEED_MONITORING = {"dir": "/srv/backupmx/monitoring", "dns_targets": ["1.1.1.1:53"]}
+SEED_MONITORING = {"dir": "/srv/backupmx/monitoring", "dns_targets": ["1.1.1.1:53"],
+                   "runbook_url": "https://git.example.org/infra/backupmx/docs/runbook.md"}
 
 
 def test_one_dns_module_per_wanted_record_each_with_its_own_record():
@@ -146,3 +147,52 @@ def test_rendered_error_for_a_broken_template_names_the_file(monkeypatch):
     monkeypatch.setattr(monitoring_rules, "render", lambda *a, **k: "modules:\n  x:\n    prober: nope\n")
     with pytest.raises(BackupMXError, match=f"rendered {BLACKBOX_FILE} is not a valid blackbox"):
         render_blackbox(settings, load_monitoring(SEED_MONITORING, settings))
+
+
+def _alert_links(rules_text: str) -> dict[str, str]:
+    rules = yaml.safe_load(rules_text)["groups"][0]["rules"]
+    return {rule["alert"]: rule["annotations"]["runbook_url"] for rule in rules if "alert" in rule}
+
+
+def test_each_alert_links_to_its_own_section_of_the_runbook():
+    settings = seed_settings()
+    links = _alert_links(render_rules(settings, load_monitoring(SEED_MONITORING, settings)))
+    base = SEED_MONITORING["runbook_url"]
+    assert links == {"BackupMXSetDrift": f"{base}#mx-set-drift", "BackupMXProbeAbsent": f"{base}#mx-set-drift",
+                     "BackupMXCanaryFailing": f"{base}#the-weekly-canary",
+                     "BackupMXCanaryNotRun": f"{base}#the-weekly-canary"}
+
+
+def test_without_runbook_url_alerts_link_to_the_rendered_runbook_by_an_absolute_address(tmp_path):
+    settings = seed_settings()
+    page = tmp_path / "runbook.md"
+    monitoring = load_monitoring({**SEED_MONITORING, "runbook_url": None, "runbook": str(page)}, settings)
+    assert monitoring.runbook_url == page.as_uri()
+    default = load_monitoring({k: v for k, v in SEED_MONITORING.items() if k != "runbook_url"}, settings)
+    assert default.runbook_url == (PROJECT_ROOT / "docs" / "runbook.md").as_uri()
+    for url in _alert_links(render_rules(settings, default)).values():
+        assert url.startswith("file:///") and "#" in url
+
+
+@pytest.mark.parametrize("value,words", [
+    ("docs/runbook.md", "is not an address an alert can open"),
+    ("https://git.example.org/docs/runbook.md#mx-set-drift", "names a section"),
+    ("runbook", "is not an address an alert can open"),
+])
+def test_a_runbook_url_an_alert_cannot_open_is_one_line(value, words):
+    with pytest.raises(ConfigError) as caught:
+        load_monitoring({**SEED_MONITORING, "runbook_url": value}, seed_settings())
+    message = str(caught.value)
+    assert message.startswith("inventory data monitoring.runbook_url: ") and words in message, message
+    assert "e.g. https://" in message
+
+
+def test_the_sections_the_alerts_link_to_are_headings_of_the_runbook():
+    from backupmx.monitoring.docs import load_inventory, render_runbook
+    from backupmx.monitoring.settings import RUNBOOK_SECTIONS
+
+    text = render_runbook(load_inventory(str(PROJECT_ROOT / "inventory" / "production.py")))
+    # GitHub's anchors: lower case, punctuation dropped, spaces to hyphens.
+    anchors = {re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+               for line in text.splitlines() if line.startswith("## ")}
+    assert set(RUNBOOK_SECTIONS.values()) <= anchors, anchors

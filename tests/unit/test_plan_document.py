@@ -52,7 +52,7 @@ def test_json_of_a_deploy_with_changes_follows_the_schema_and_holds_every_change
     assert master["before_sha256"] == hashlib.sha256(b"a\nb\n").hexdigest()
     assert "+  -o x=|y" in master["diff"].splitlines()
     assert runbook["kind"] == "document"
-    assert doc["verdict"] == {"status": "changes", "record_changes": 2, "file_changes": 3,
+    assert doc["verdict"] == {"status": "changes", "record_changes": 2, "file_changes": 3, "provider_changes": 0,
                               "summary": "gates allow the deploy to proceed; 2 record change(s), 3 file change(s)"}
 
 
@@ -90,9 +90,11 @@ def test_blocked_plan_names_the_failed_gate_and_its_next_step():
     doc = document(data)
     assert problems(doc) == []
     assert doc["verdict"]["status"] == "blocked" and doc["records"] == []
-    assert doc["verdict"]["summary"] == ("BLOCKED: nothing will be changed: stage G4 (relay CIDRs match the "
+    assert doc["verdict"]["summary"] == ("nothing will be changed: stage G4 (relay CIDRs match the "
                                          "provider) failed")
     text = to_markdown(data)
+    # The status word once, not "blocked: BLOCKED".
+    assert "**blocked**: nothing will be changed: stage G4" in text and "BLOCKED" not in text
     row = gate_table(text)[0]
     assert row[2] == "**FAIL**" and row[3] == r"remove 198.51.100.0/24 \| add 192.0.2.0/24 (next: fix relay_cidrs)"
     assert "Not read (an earlier stage failed)." in text
@@ -130,3 +132,19 @@ def test_plan_paths_are_checked_before_anything_is_contacted(tmp_path):
 def test_outside_a_pyinfra_run_nothing_is_noted():
     note_file_change("mail", "/etc/x", None, "x\n", "op")
     assert file_changes() == []
+
+
+def test_the_verdict_counts_enabling_a_domain_again_after_a_rollback():
+    # After this tool's rollback, the deploy's only change may be G1's: enable the domain at the provider.
+    published = [PRIMARY] + [MXRecord(ZONE, backup, 20, id=backup, comment=MANAGED_MARKER) for backup in BACKUP.hosts]
+    g1 = Check("G1", f"provider domain {ZONE}", CHANGE,
+               f"{ZONE}: present, mode secondary_mx, user table allow_any, disabled, hold off; will enable {ZONE} "
+               "again before stage 5: disabled by this tool's rollback (2026-07-10T10:00:00+00:00, change log), "
+               "nothing changed it since (api mail/domain_get)")
+    data = PlanData("t", (g1,), False, (domain_changes(ZONE, plan(DOMAIN, BACKUP, published, 7, 200)),))
+    doc = document(data)
+    assert problems(doc) == []
+    assert doc["verdict"] == {
+        "status": "changes", "record_changes": 0, "file_changes": 0, "provider_changes": 1,
+        "summary": f"gates allow the deploy to proceed; 0 record change(s), 0 file change(s), 1 provider change(s): "
+                   f"enable {ZONE} again before stage 5"}

@@ -161,3 +161,20 @@ def test_bad_proof_envelope_data_is_one_line_naming_the_field(key, value, words)
     with pytest.raises(BackupMXError) as error:
         native(**{key: value})
     assert words in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("main,sets_hook,anvil", [
+    (DMS_MAIN, True, False),
+    (dict(DMS_MAIN, smtpd_recipient_restrictions="permit_mynetworks, reject_unauth_destination",
+          smtpd_client_connection_rate_limit="30"), False, True),
+    (dict(DMS_MAIN, smtpd_client_message_rate_limit="100"), True, True),
+], ids=["layers", "anvil", "both"])
+def test_the_master_cf_block_says_only_what_its_entry_sets(main, sets_hook, anvil):
+    from backupmx.mailhost.render import render_relay_smtpd_block
+
+    mailhost = native()
+    relay, _layers = wanted_relay_service(mailhost, services(), main)
+    block = render_relay_smtpd_block(mailhost, relay, "smtpd/pass")
+    comment = "\n".join(line for line in block.splitlines() if line.startswith("# ") and "BEGIN" not in line)
+    assert ("backupmx_relay_exception" in comment) == sets_hook == ("-o backupmx_relay_exception=" in block)
+    assert ("anvil's limits" in comment) == anvil == ("-o smtpd_client_event_limit_exceptions=" in block)

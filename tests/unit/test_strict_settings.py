@@ -346,3 +346,66 @@ def test_the_cli_stops_with_one_line_and_contacts_nothing(tmp_path, data, field)
     assert "did you mean" in errors[0], errors[0]
     assert "Starting operation" not in text and "gate report" not in text, text
     assert not state_dir.exists()
+
+
+def test_bad_data_names_the_inventory_line_and_stops_before_any_connection(tmp_path):
+    # A provider kind that does not exist, written on line 3 of the inventory file; a mail host
+    # reached over SSH at a closed loopback port: were it connected to, pyinfra would say so.
+    from providerkit import dead_port
+
+    data = {**GOOD, "backup_mx": {**GOOD["backup_mx"], "provider": "self-hosted"},
+            "provider": {"name": "self-hosted"}, "state_dir": str(tmp_path / "state")}
+    inventory_file = tmp_path / "production.py"
+    inventory_file.write_text(
+        "_settings = {\n"
+        f"    'backup_mx': {data['backup_mx']!r},\n"
+        f"    'provider': {data['provider']!r},\n"
+        + "".join(f"    {key!r}: {value!r},\n" for key, value in data.items() if key not in ("backup_mx", "provider"))
+        + "}\n"
+        f"mailhosts = [('127.0.0.1', {{**_settings, 'ssh_port': {dead_port()}, 'mailhost': {{'flavour': 'native'}}}})]\n"
+        "controller = [('@local', _settings)]\n")
+    result = subprocess.run([PYINFRA, "-y", str(inventory_file), "deploys/backupmx.py"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if "pyinfra error" in line]
+    assert errors == [f"--> pyinfra error: {inventory_file} line 2: inventory data backup_mx.provider: "
+                      "'self-hosted' is not a provider kind; did you mean selfhosted? The kinds: rollernet, "
+                      "selfhosted"], text
+    assert "context.py" not in text and "Connecting to hosts" not in text and "127.0.0.1" not in text, text
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_pinned_host_needs_its_known_hosts_file(tmp_path):
+    from backupmx.core.ssh_pins import check_host_key_pin
+
+    missing = tmp_path / "known_hosts"
+    data = {"ssh_strict_host_key_checking": "yes", "ssh_known_hosts_file": str(missing), "ssh_port": 2222}
+    message = refused(check_host_key_pin, data, "mail.example.org")
+    assert message.startswith(f"inventory data ssh_known_hosts_file: {missing} does not exist"), message
+    assert f"ssh-keyscan -p 2222 mail.example.org >> {missing}" in message
+    missing.write_text("")
+    check_host_key_pin(data, "mail.example.org")
+    check_host_key_pin({**data, "ssh_known_hosts_file": str(tmp_path / "other"),
+                        "ssh_strict_host_key_checking": "accept-new"}, "mail.example.org")
+
+
+def test_the_production_inventory_stops_at_stage_0_until_its_known_hosts_file_exists(monkeypatch):
+    # production.py pins its hosts' keys in inventory/known_hosts, which the operator creates.
+    from backupmx.core.context import stage_zero
+
+    assert not (PROJECT_ROOT / "inventory" / "known_hosts").exists()
+    monkeypatch.chdir(PROJECT_ROOT)
+    monkeypatch.setattr(sys, "argv", ["pyinfra", "inventory/production.py", "deploys/backupmx.py"])
+    loaded = inventory_of(Path("inventory/production.py"), {})
+    # As the CLI makes it: a group named after the file, which says which file it is.
+    inventory = Inventory(([target.name for target in loaded], {}), production=([t.name for t in loaded], {}),
+                          **{name: ([(t.name, t.data.dict()) for t in hosts], {})
+                             for name, hosts in loaded.groups.items()})
+    with pytest.raises(Exception) as caught:
+        stage_zero(inventory)
+    message = str(caught.value)
+    assert re.match(r"inventory/production\.py line \d+: mail\.viktorbarzin\.me: inventory data "
+                    r"ssh_known_hosts_file: \S*inventory/known_hosts does not exist", message), message
+    assert re.search(r"ssh-keyscan mail\.viktorbarzin\.me >> \S*inventory/known_hosts", message), message

@@ -13,6 +13,7 @@ import stat
 
 import cloudflare
 import dkim
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -359,6 +360,19 @@ def test_slow_fault_makes_a_client_time_out(world, zone_id):
     with pytest.raises(cloudflare.APITimeoutError):
         client.zones.get(zone_id=zone_id)
     assert client.zones.get(zone_id=zone_id).name == seed.DOMAIN
+
+
+def test_slow_dns_is_asked_for_by_name_and_slows_only_the_zones_answers(world, zone_id):
+    # An API fault (no methods) leaves DNS alone ...
+    faults(world, slow={"seconds": 1.5, "count": 1})
+    assert dns_query(world, seed.DOMAIN, "MX").rcode() == dns.rcode.NOERROR
+    faults(world, slow=None)
+    # ... methods ["DNS"] makes the zone's name server answer late: past a client's timeout, no answer.
+    faults(world, slow={"methods": ["DNS"], "path_contains": seed.DOMAIN, "seconds": 1.5, "count": 1})
+    host, port = world["dns"].rsplit(":", 1)
+    with pytest.raises(dns.exception.Timeout):
+        dns.query.udp(dns.message.make_query(seed.DOMAIN, "MX"), host, port=int(port), timeout=0.5)
+    assert dns_query(world, seed.DOMAIN, "MX").rcode() == dns.rcode.NOERROR  # used up
 
 
 def test_request_log_never_holds_a_token(cf, zone_id, world):
