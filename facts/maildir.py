@@ -1,6 +1,6 @@
 """The canary's fact: messages in a Maildir on the mail host, read over its SSH connection.
 
-One read-only script (``backupmx.lifecycle.probes.MAILDIR_SCRIPT``, the failover
+One read-only script (``backupmx.mailhost.maildir.MAILDIR_SCRIPT``, the failover
 drill's Maildir reader) run where the mailbox is: on the host (native) or through
 ``docker exec`` (docker-mailserver). No credential is involved: the Maildir is read
 as a file tree, never through IMAP.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
-from backupmx.lifecycle.probes import MAILDIR_SCRIPT, parse_maildir_listing
+from backupmx.mailhost.maildir import MAILDIR_SCRIPT, parse_maildir_listing
 from facts.mailhost import in_target
 
 PRESENT, MISSING = "==maildir present", "==maildir missing"

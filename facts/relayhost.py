@@ -15,7 +15,8 @@ from pyinfra.api import FactBase
 from backupmx.postfix.maincf import parse_postconf_main
 from backupmx.postfix.mastercf import parse_postconf_services
 from backupmx.postfix.shell import one_line, parse_captures
-from backupmx.providers.relayhost import OUTSIDE_DOMAIN, SMTP_PROOF, parse_postqueue_json
+from backupmx.postfix.postqueue import parse_postqueue_json
+from backupmx.postfix.relay_proof import OUTSIDE_DOMAIN, SMTP_PROOF
 from facts.mailhost import MailhostFiles, capture_command
 
 

@@ -27,10 +27,10 @@ from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Check
 from backupmx.mailhost.proof import Proof
 from backupmx.postfix.maincf import postfix_list
+from backupmx.postfix.relay_proof import judge_smtp
 from backupmx.postfix.transaction import FileChange, Transaction
 from backupmx.providers.relayhost import (
     check_domains,
-    judge_smtp,
     main_settings,
     render_tls_policy,
     setting_mismatches,

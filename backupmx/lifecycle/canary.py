@@ -43,7 +43,8 @@ from backupmx.lifecycle.canary_verdict import (
     observe_queue,
     settled,
 )
-from backupmx.lifecycle.probes import Delivered, compose_message
+from backupmx.lifecycle.probes import compose_message
+from backupmx.mailhost.maildir import Delivered
 from backupmx.mailhost.model import MailHost
 from backupmx.monitoring.canary_metrics import CanaryResult, render_metrics
 from backupmx.providers.registry import open_provider

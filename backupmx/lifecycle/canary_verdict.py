@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from backupmx.core.report import FAIL, PASS
-from backupmx.lifecycle.probes import Delivered, verdicts
+from backupmx.lifecycle.probes import verdicts
+from backupmx.mailhost.maildir import Delivered
 from backupmx.providers.base import BouncedMessage
 
 # (slug for the metric's ``hop`` label, what the row says)

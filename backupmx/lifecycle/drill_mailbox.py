@@ -14,7 +14,7 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.report import FAIL, PASS, SKIP, WARN
 from backupmx.lifecycle.drill import Drill, Log, Remote
 from backupmx.lifecycle.drill_messages import is_tagged, judge, title
-from backupmx.lifecycle.probes import MAILDIR_SCRIPT, Delivered, parse_maildir_listing
+from backupmx.mailhost.maildir import MAILDIR_SCRIPT, Delivered, parse_maildir_listing
 
 
 def read_mailbox(drill: Drill, remote: Remote) -> dict[str, list[Delivered]]:

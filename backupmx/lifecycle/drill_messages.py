@@ -22,7 +22,8 @@ from email.utils import formatdate
 
 import dkim
 
-from backupmx.lifecycle.probes import Delivered, Probe, verdicts
+from backupmx.lifecycle.probes import Probe, verdicts
+from backupmx.mailhost.maildir import Delivered
 
 LARGE_BYTES = 12_000_000  # over 10 MB and over Postfix's default message_size_limit (10240000)
 # Room for what the relay and the primary add on the way (trace, scan and delivery

@@ -23,7 +23,6 @@ G1, G2 and G4 for this provider (see docs/provider-selfhosted.md).
 from __future__ import annotations
 
 import datetime
-import json
 import shlex
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,6 +35,7 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.relayhost import load_relayhost
 from backupmx.core.settings import Settings
 from backupmx.postfix.maincf import parse_postconf_main, postfix_list
+from backupmx.postfix.postqueue import parse_postqueue_json
 from backupmx.providers import relaylog
 from backupmx.providers.base import (
     BouncedMessage,
@@ -195,8 +195,12 @@ class SelfHostedProvider(Provider):
         for target in self.targets():
             lists = self._lists(target)
             held_all = lists["transport"][0] in lists["defer_transports"]
-            for line in self._run(target, target.relay.postqueue("-j"), "postqueue -j"):
-                message = parse_queue_line(line, domain, held_all, target.name)
+            entries, unreadable = parse_postqueue_json("\n".join(self._run(target, target.relay.postqueue("-j"),
+                                                                           "postqueue -j")))
+            if unreadable:
+                raise ProviderError(f"relay host {target.name}: postqueue -j printed a line that is not JSON")
+            for entry in entries:
+                message = queued_message(entry, domain, held_all, target.name)
                 if message is not None:
                     messages.append(message)
         return messages
@@ -263,15 +267,8 @@ class SelfHostedProvider(Provider):
         return manual_steps(self.settings, change, domain, self._targets)
 
 
-def parse_queue_line(line: str, domain: str, held_all: bool, relay: str) -> QueuedMessage | None:
-    """One ``postqueue -j`` line as a ``QueuedMessage`` if it has a recipient in ``domain``."""
-    line = line.strip()
-    if not line:
-        return None
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        raise ProviderError(f"relay host {relay}: postqueue -j printed a line that is not JSON") from None
+def queued_message(entry: dict, domain: str, held_all: bool, relay: str) -> QueuedMessage | None:
+    """One ``postqueue -j`` message as a ``QueuedMessage`` if it has a recipient in ``domain``."""
     recipients = entry.get("recipients") or []
     mine = [r for r in recipients if str(r.get("address", "")).lower().endswith("@" + domain.lower())]
     if not mine:

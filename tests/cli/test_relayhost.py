@@ -22,7 +22,8 @@ import pytest
 
 from backupmx.core.relayhost import RelayHost, load_relayhost
 from backupmx.providers import relayhost as relay_render
-from backupmx.providers.relayhost import OFF, main_settings, parse_postqueue_json, trusted_by_mynetworks, wanted_files
+from backupmx.postfix.postqueue import parse_postqueue_json
+from backupmx.providers.relayhost import OFF, main_settings, trusted_by_mynetworks, wanted_files
 from backupmx_sandbox import relayhost as sandbox_relay
 from backupmx_sandbox.relayhost import haproxy_service, relay_paths, relay_ports
 from backupmx_sandbox.seed import DOMAIN, NEUTRAL_SENDER_DOMAIN

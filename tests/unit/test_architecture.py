@@ -47,6 +47,7 @@ def test_the_import_contracts_hold():
     ("backupmx/mailhost/model.py", "import backupmx.dns.plan"),  # two independent floors
     ("backupmx/core/errors.py", "import backupmx.postfix.shell"),  # a floor importing one above it
     ("backupmx/postfix/shell.py", "import backupmx_sandbox.world"),  # the runtime importing the sandbox
+    ("facts/mailhost.py", "import backupmx.providers.acc"),  # a fact reaching past the host models
 ])
 def test_the_contracts_catch_a_planted_import(tmp_path, module, planted):
     """Each contract breaks when its rule is broken: a copy of the tree with one import planted fails."""
@@ -102,6 +103,44 @@ def test_no_private_name_crosses_a_module():
 
 def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+# The entry points, outside import-linter's packages: the deploy files may use the runtime (never
+# facts directly: an operation reads them), the inventories are data (the sandbox's reads its world),
+# pyinfra's config file starts the run's settings; nothing imports any of them.
+ENTRY_POINTS = {
+    "deploys": ("backupmx", "operations"),
+    "inventory": (),
+    "config.py": ("backupmx.core",),
+}
+
+
+def test_deploys_and_inventories_stand_above_everything():
+    found = []
+    for folder, allowed in ENTRY_POINTS.items():
+        paths = [PROJECT_ROOT / folder] if folder.endswith(".py") else python_files(folder)
+        for path in paths:
+            for name, line in project_imports(path):
+                if path == PROJECT_ROOT / "inventory" / "sandbox.py" and name == "backupmx_sandbox.world":
+                    continue
+                if not any(name == prefix or name.startswith(prefix + ".") for prefix in allowed):
+                    found.append(f"{path.relative_to(PROJECT_ROOT)}:{line} imports {name}")
+    for path in python_files(*CHECKED):
+        for name, line in project_imports(path):
+            if name.split(".")[0] in ("deploys", "inventory", "config"):
+                found.append(f"{path.relative_to(PROJECT_ROOT)}:{line} imports the entry point {name}")
+    assert found == []
+
+
+def project_imports(path: Path) -> list[tuple[str, int]]:
+    """(module, line) of each import of this project's code (and of the entry points) in ``path``."""
+    found = []
+    for node in ast.walk(parse(path)):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        found += [(name, node.lineno) for name in names
+                  if name.split(".")[0] in PROJECT_PACKAGES + ("deploys", "inventory", "config")]
+    return found
 
 
 def test_only_the_sandbox_inventory_tests_and_bench_import_the_sandbox():

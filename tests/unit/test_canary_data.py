@@ -32,7 +32,8 @@ from backupmx.lifecycle.canary_verdict import (
     observe_queue,
     settled,
 )
-from backupmx.lifecycle.probes import Delivered, compose_message, verdicts
+from backupmx.lifecycle.probes import compose_message, verdicts
+from backupmx.mailhost.maildir import Delivered
 from backupmx.mailhost.model import EXEMPT, EXTERNAL_RELAY, RSPAMD_RELAY_SYMBOL, load_mailhost
 from backupmx.monitoring.canary_metrics import CanaryResult, last_successes, render_metrics
 from backupmx.providers.base import QueuedMessage

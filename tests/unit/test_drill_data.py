@@ -22,7 +22,8 @@ from backupmx.lifecycle.drill_messages import (
     large_size,
     spam_verdict,
 )
-from backupmx.lifecycle.probes import Probe, parse_maildir_listing, verdicts
+from backupmx.lifecycle.probes import Probe, verdicts
+from backupmx.mailhost.maildir import parse_maildir_listing
 from backupmx.mailhost.model import load_mailhost
 from backupmx_sandbox.seed import RELAY_CIDRS
 

@@ -16,15 +16,15 @@ from backupmx.providers.relayhost import (
     OFF,
     configure_main_cf,
     configure_master_cf,
-    judge_smtp,
     main_settings,
-    parse_postqueue_json,
     render_tls_policy,
     setting_mismatches,
     soft_only_problems,
     trusted_by_mynetworks,
     wanted_files,
 )
+from backupmx.postfix.postqueue import parse_postqueue_json
+from backupmx.postfix.relay_proof import judge_smtp
 from facts.relayhost import RelayQueue, RelaySmtpProof
 
 DATA = {"hostname": "relay1.example.org", "public_addresses": ["192.0.2.7", "2001:db8::7"],

@@ -11,7 +11,7 @@ import pytest
 
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.settings import load_settings
-from backupmx.providers.selfhosted import RelayTarget, SelfHostedProvider, parse_queue_line, pyinfra_runner
+from backupmx.providers.selfhosted import RelayTarget, SelfHostedProvider, pyinfra_runner, queued_message
 
 DOMAIN = "example.org"
 
@@ -176,5 +176,18 @@ def test_a_dropped_ssh_connection_is_one_line_without_a_traceback():
                                  "then run again")
 
 
-def test_parse_queue_line_ignores_blank_lines():
-    assert parse_queue_line("  ", DOMAIN, False, "r") is None
+def test_a_queued_message_for_other_domains_only_is_not_ours():
+    entry = {"queue_id": "ABC", "queue_name": "deferred", "recipients": [{"address": "a@example.net"}]}
+    assert queued_message(entry, DOMAIN, False, "r") is None
+
+
+def test_a_queue_line_that_is_not_json_is_one_line_naming_the_relay():
+    def garbled(argv):
+        if argv[:1] == ["postqueue"]:
+            return True, ["", "postqueue: warning: not a queue file", ""], ""
+        return FakePostfix()(argv)
+
+    settings = load_settings(base_data(provider="selfhosted"), RELAYS)
+    with pytest.raises(BackupMXError) as caught:
+        SelfHostedProvider(settings, [RelayTarget("relay-a", FakeRelay(), garbled)]).queue(DOMAIN)
+    assert str(caught.value) == "relay host relay-a: postqueue -j printed a line that is not JSON"
