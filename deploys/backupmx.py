@@ -11,7 +11,7 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import DeployError
 
 from backupmx.core.report import FAIL
-from backupmx.lifecycle.deploy import current_run
+from backupmx.lifecycle.deploy.run import current_run
 from operations.budget import report_outage_coverage
 from operations.dns import backup_mx_records
 from operations.mailhost import is_mailhost, mailhost_settings, postscreen_whitelist, rspamd_exemption, verify_live

@@ -20,7 +20,7 @@ from pyinfra import host
 from backupmx.core.context import at_exit, deploy_error, run_value, settings_of
 from backupmx.core.errors import BackupMXError
 from backupmx.core.plan_log import file_changes
-from backupmx.lifecycle.deploy_summary import files_summary_lines
+from backupmx.lifecycle.deploy.summary import files_summary_lines
 from operations.monitoring import is_monitoring_host, monitoring_stage
 
 

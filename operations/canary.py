@@ -24,9 +24,9 @@ from pyinfra.api.exceptions import ConnectError
 from backupmx.core.context import RunEnd, at_exit, deploy_error, inventory_host, settings_of
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.lifecycle.budget import SpendCheck, canary_spend, per_domain, recorder
-from backupmx.lifecycle.canary import CanaryRun, by_message_id
-from backupmx.lifecycle.canary_settings import load_canary
-from backupmx.lifecycle.canary_verdict import MESSAGE_ID_PREFIX
+from backupmx.lifecycle.canary.run import CanaryRun, by_message_id
+from backupmx.lifecycle.canary.settings import load_canary
+from backupmx.lifecycle.canary.verdict import MESSAGE_ID_PREFIX
 from facts.mailhost import facts_args
 from facts.maildir import MaildirMessages
 from operations.mailhost import mailhost_settings, one_mailhost_run
@@ -170,7 +170,7 @@ def canary_send(run: CanaryRun):
     """
     Hand one uniquely tagged canary to each backup MX host, for each domain.
 
-    + run: the run's ``backupmx.lifecycle.canary.CanaryRun``
+    + run: the run's ``backupmx.lifecycle.canary.run.CanaryRun``
 
     **Example:**
 
@@ -188,7 +188,7 @@ def canary_verify(run: CanaryRun):
     """
     Wait for each canary in the mailbox; judge it, name the failing hop, delete it.
 
-    + run: the run's ``backupmx.lifecycle.canary.CanaryRun``
+    + run: the run's ``backupmx.lifecycle.canary.run.CanaryRun``
 
     **Example:**
 

@@ -15,7 +15,7 @@ def backup_mx_records(run, domain, mailhost_names):
     Publish the backup MX records of ``domain``: only after stage 4 proved the
     postscreen whitelist and rspamd exemption live on every mail host in this run.
 
-    + run: the deploy's ``backupmx.lifecycle.deploy.Run`` (holds the plan made while preparing)
+    + run: the deploy's ``backupmx.lifecycle.deploy.run.Run`` (holds the plan made while preparing)
     + domain: the ``backupmx.core.settings.Domain`` to change
     + mailhost_names: every mail host of the inventory; each must be proven live
 

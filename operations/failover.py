@@ -29,12 +29,12 @@ from backupmx.core.relayhost import postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.budget import SpendCheck, drill_spend, recorder
-from backupmx.lifecycle.drill import Drill
-from backupmx.lifecycle.drill_mailbox import drain
-from backupmx.lifecycle.drill_messages import large_size
-from backupmx.lifecycle.drill_report import render, skip_rest
-from backupmx.lifecycle.drill_settings import load_failover
-from backupmx.lifecycle.drill_signals import SignalGuard
+from backupmx.lifecycle.drill.run import Drill
+from backupmx.lifecycle.drill.mailbox import drain
+from backupmx.lifecycle.drill.messages import large_size
+from backupmx.lifecycle.drill.report import render, skip_rest
+from backupmx.lifecycle.drill.settings import load_failover
+from backupmx.lifecycle.drill.signals import SignalGuard
 from backupmx.providers.quota import quota
 from facts.mailhost import PostscreenListeners
 from operations.mailhost import mailhost_settings, one_mailhost_run
@@ -188,7 +188,7 @@ def drill_preflight(drill: Drill):
     Step 1: refuse unless the backup MX set is live in DNS and the whitelist is live; read the
     primary's message_size_limit (the large message stays under it).
 
-    + drill: the run's ``backupmx.lifecycle.drill.Drill``
+    + drill: the run's ``backupmx.lifecycle.drill.run.Drill``
     """
     backup = drill.settings.backup_mx
     show(f"failover 1: would check the authoritative DNS of {drill.domain} lists "
@@ -239,7 +239,7 @@ def drill_down_window(drill: Drill):
     """
     Steps 2-5: stop the primary, send the probes, confirm them queued, start the primary (always).
 
-    + drill: the run's ``backupmx.lifecycle.drill.Drill``
+    + drill: the run's ``backupmx.lifecycle.drill.run.Drill``
     """
     f = drill.failover
     hosts = drill.settings.backup_mx.hosts
@@ -266,7 +266,7 @@ def drill_verify(drill: Drill):
     """
     Steps 6-7: wait for the provider's queue to drain; check each probe in the mailbox.
 
-    + drill: the run's ``backupmx.lifecycle.drill.Drill``
+    + drill: the run's ``backupmx.lifecycle.drill.run.Drill``
     """
     f = drill.failover
     show(f"failover 6: would wait up to {f.drain_seconds:.0f} s for the queue to drain", review_only=True)

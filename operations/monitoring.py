@@ -36,7 +36,7 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import DOCUMENT, note_file_change
 from backupmx.core.settings import Settings
-from backupmx.lifecycle.plan_output import FULL_DOCS_KEY, MARKDOWN_KEY
+from backupmx.lifecycle.plan.output import FULL_DOCS_KEY, MARKDOWN_KEY
 from backupmx.monitoring import docs
 from backupmx.monitoring.checks import check_blackbox_shape
 from backupmx.monitoring.rules import render_all

@@ -13,7 +13,7 @@ from pyinfra.api import FunctionCommand, operation
 
 from backupmx.core.context import once_per_run
 from backupmx.core.errors import BackupMXError
-from backupmx.lifecycle.deploy import take_run_lock
+from backupmx.lifecycle.deploy.run import take_run_lock
 from backupmx.lifecycle.maintenance import REMINDER, Maintenance, parse_action
 from backupmx.providers.base import ManualStepRequired
 from operations.review import show, stop
@@ -111,7 +111,7 @@ def provider_domain_reenabled(run, domain):
     """
     Enable ``domain`` again at the provider when this tool's own rollback disabled it.
 
-    + run: the deploy's ``backupmx.lifecycle.deploy.Run``
+    + run: the deploy's ``backupmx.lifecycle.deploy.run.Run``
     + domain: the ``backupmx.core.settings.Domain``
 
     Only for a domain gate G1 planned to re-enable (``Run.reenable``: the change

@@ -22,7 +22,7 @@ from backupmx.core.context import EXIT_INTERRUPTED, RunEnd, at_exit, once_per_ru
 from backupmx.core.errors import BackupMXError
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, WARN
 from backupmx.dns import check as dnscheck
-from backupmx.lifecycle.deploy import take_run_lock
+from backupmx.lifecycle.deploy.run import take_run_lock
 from backupmx.lifecycle.rollback import Rollback
 from operations.review import show
 

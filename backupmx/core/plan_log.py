@@ -2,7 +2,7 @@
 
 The operations that show a file diff while preparing (the mail host's and the relay
 host's transactions, the monitoring files, the rendered docs) also note it here;
-``backupmx.lifecycle.plan_document`` renders the notes with the gate report and the
+``backupmx.lifecycle.plan.document`` renders the notes with the gate report and the
 record changes as Markdown and JSON (docs/ci.md). Notes are kept only while
 preparing: at execution nothing is planned any more.
 """

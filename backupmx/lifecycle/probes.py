@@ -25,7 +25,7 @@ class Probe:
     relay: str
     sender: str  # unique envelope sender: how the provider's queue listing names it
     message_id: str
-    kind: str = "probe"  # or "large", "spam" (backupmx.lifecycle.drill_messages)
+    kind: str = "probe"  # or "large", "spam" (backupmx.lifecycle.drill.messages)
     size: int | None = None  # bytes sent
     lines: int = 0  # CRLF line ends sent (a Maildir stores LF: that much smaller)
     size_note: str = ""  # why it is smaller than wanted (a limit on the way)

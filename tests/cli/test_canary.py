@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.lifecycle.canary_verdict import MESSAGE_ID_PREFIX
+from backupmx.lifecycle.canary.verdict import MESSAGE_ID_PREFIX
 from backupmx.mailhost.model import RSPAMD_BLOCK
 from backupmx.monitoring.canary_metrics import SUCCESS, last_successes
 from backupmx.postfix.blocks import with_block

@@ -16,8 +16,8 @@ from backupmx.core.profile import provider_profile
 from backupmx.core.report import PASS, WARN
 from backupmx.gates.outage import coverage_check
 from backupmx.lifecycle.budget import SMALL_MESSAGE_BYTES, SpendCheck, canary_spend, canary_spent, drill_spend
-from backupmx.lifecycle.canary_verdict import SendOutcome
-from backupmx.lifecycle.drill_settings import load_failover
+from backupmx.lifecycle.canary.verdict import SendOutcome
+from backupmx.lifecycle.drill.settings import load_failover
 from backupmx.mailhost.maillog import AWK, SCRIPT, default_log, parse_volume
 from backupmx.mailhost.model import load_mailhost
 from facts.mailhost import facts_args

@@ -12,9 +12,9 @@ import pytest
 
 from backupmx.core.report import FAIL
 from backupmx.core.settings import load_settings
-from backupmx.lifecycle.canary import CanaryRun, by_message_id
-from backupmx.lifecycle.canary_settings import load_canary
-from backupmx.lifecycle.canary_verdict import LOST, REFUSED_BY_PRIMARY, Canary, SendOutcome, judge, settled
+from backupmx.lifecycle.canary.run import CanaryRun, by_message_id
+from backupmx.lifecycle.canary.settings import load_canary
+from backupmx.lifecycle.canary.verdict import LOST, REFUSED_BY_PRIMARY, Canary, SendOutcome, judge, settled
 from backupmx.mailhost.model import EXEMPT, load_mailhost
 from backupmx.providers.base import BouncedMessage, ManualStepRequired, ProviderError
 from backupmx.providers.relaylog import READ_SCRIPT, bounces_in, read_argv

@@ -14,10 +14,10 @@ import pytest
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.report import FAIL, PASS
-from backupmx.lifecycle.canary import CanaryRun, by_message_id
-from backupmx.lifecycle.canary_send import parse_send, send_argv
-from backupmx.lifecycle.canary_settings import load_canary
-from backupmx.lifecycle.canary_verdict import (
+from backupmx.lifecycle.canary.run import CanaryRun, by_message_id
+from backupmx.lifecycle.canary.send import parse_send, send_argv
+from backupmx.lifecycle.canary.settings import load_canary
+from backupmx.lifecycle.canary.verdict import (
     JUDGED,
     LOST,
     NOT_SENT,

@@ -36,7 +36,7 @@ def _context_imports(tree: ast.AST) -> list[str]:
 
 def test_the_scan_sees_the_project():
     names = {path.relative_to(PROJECT_ROOT).as_posix() for path in _sources()}
-    assert {"backupmx/lifecycle/deploy.py", "operations/mailhost.py", "deploys/backupmx.py"} <= names
+    assert {"backupmx/lifecycle/deploy/run.py", "operations/mailhost.py", "deploys/backupmx.py"} <= names
     assert HOLDER.exists()
 
 

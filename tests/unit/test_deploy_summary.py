@@ -6,8 +6,8 @@ from __future__ import annotations
 from backupmx.core.context import OperationEnd, RunEnd
 from backupmx.core.plan_log import DOCUMENT, FileDiff
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Report
-from backupmx.lifecycle.deploy_summary import summary_lines
-from backupmx.lifecycle.plan_document import PlanData
+from backupmx.lifecycle.deploy.summary import summary_lines
+from backupmx.lifecycle.plan.document import PlanData
 
 TITLE = "backupmx deploy: example.org"
 
@@ -92,7 +92,7 @@ def test_nothing_changed_and_stopped_early_and_interrupted():
 
 
 def test_the_monitoring_deploy_ends_with_its_files_and_the_verdict():
-    from backupmx.lifecycle.deploy_summary import files_summary_lines
+    from backupmx.lifecycle.deploy.summary import files_summary_lines
 
     title = "backupmx monitoring: example.org"
     lines = files_summary_lines(title, RunEnd(executed=False), FILES[1:])

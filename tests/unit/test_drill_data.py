@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from backupmx.core.errors import ConfigError
-from backupmx.lifecycle.drill_settings import load_failover
-from backupmx.lifecycle.drill_messages import (
+from backupmx.lifecycle.drill.settings import load_failover
+from backupmx.lifecycle.drill.messages import (
     HEADROOM,
     LARGE_BYTES,
     SizeDecision,

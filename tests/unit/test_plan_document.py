@@ -13,8 +13,8 @@ from backupmx.core.plan_log import DOCUMENT, FileDiff, file_changes, note_file_c
 from backupmx.core.report import CHANGE, FAIL, PASS, Check
 from backupmx.core.settings import BackupMX, Domain, MXHost
 from backupmx.dns.plan import MANAGED_MARKER, MXRecord, plan
-from backupmx.lifecycle.plan_document import PlanData, document, domain_changes, to_json, to_markdown
-from backupmx.lifecycle.plan_output import plan_outputs
+from backupmx.lifecycle.plan.document import PlanData, document, domain_changes, to_json, to_markdown
+from backupmx.lifecycle.plan.output import plan_outputs
 
 ZONE = "viktorbarzin.me"
 DOMAIN = Domain(ZONE, ZONE, (MXHost("mail.viktorbarzin.me", 1),))

@@ -34,9 +34,9 @@ from backupmx.core.keys import (
 from backupmx.core.relayhost import RELAYHOST_KEYS, load_relayhost
 from backupmx.core.settings import load_settings
 from backupmx.core.validate import command, hostname
-from backupmx.lifecycle.drill_settings import KNOWN as FAILOVER_KEYS
-from backupmx.lifecycle.canary_settings import load_canary
-from backupmx.lifecycle.drill_settings import load_failover
+from backupmx.lifecycle.drill.settings import KNOWN as FAILOVER_KEYS
+from backupmx.lifecycle.canary.settings import load_canary
+from backupmx.lifecycle.drill.settings import load_failover
 from backupmx.mailhost.model import MAILHOST_KEYS, load_mailhost
 from backupmx.monitoring.settings import MONITORING_KEYS, load_monitoring
 from backupmx_sandbox import seed

@@ -2,7 +2,7 @@
 drain while polling the mailbox, judge every message delivered, then remove them.
 
 The mail host is reached through ``remote(argv) -> (ok, stdout_lines, stderr_text)``, as in
-``backupmx.lifecycle.drill`` (docs/failover-drill.md).
+``backupmx.lifecycle.drill.run`` (docs/failover-drill.md).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 
 from backupmx.core.errors import BackupMXError
 from backupmx.core.report import FAIL, PASS, SKIP, WARN
-from backupmx.lifecycle.drill import Drill, Log, Remote
-from backupmx.lifecycle.drill_messages import is_tagged, judge, title
+from backupmx.lifecycle.drill.run import Drill, Log, Remote
+from backupmx.lifecycle.drill.messages import is_tagged, judge, title
 from backupmx.mailhost.maildir import MAILDIR_SCRIPT, Delivered, parse_maildir_listing
 
 

@@ -28,10 +28,10 @@ from backupmx.core.files import write_atomically
 from backupmx.core.report import FAIL, PASS, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
-from backupmx.lifecycle.canary_send import Remote, hand_off
-from backupmx.lifecycle.canary_settings import CanarySettings
+from backupmx.lifecycle.canary.send import Remote, hand_off
+from backupmx.lifecycle.canary.settings import CanarySettings
 from backupmx.lifecycle.budget import Record, canary_spent
-from backupmx.lifecycle.canary_verdict import (
+from backupmx.lifecycle.canary.verdict import (
     BUDGET,
     MARKER_HEADER,
     MESSAGE_ID_PREFIX,

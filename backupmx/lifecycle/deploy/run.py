@@ -3,7 +3,7 @@
 pyinfra executes a deploy file once per host while preparing. Stages 0-2 are
 about the run, not a host, so they happen once per pyinfra run (kept by
 ``backupmx.core.context``) and every host's pass through the deploy file gets the
-same ``Run``. The report's rows are worded in ``backupmx.lifecycle.gate_report``.
+same ``Run``. The report's rows are worded in ``backupmx.lifecycle.deploy.gate_report``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from backupmx.core.settings import Settings
 from backupmx.dns.stage import Assessment, DNSStage
 from backupmx.gates.checks import for_each_domain, g1_title, run_gates
 from backupmx.gates.message_size import message_size_rows
-from backupmx.lifecycle import gate_report
-from backupmx.lifecycle.deploy_summary import summary_lines
-from backupmx.lifecycle.plan_output import PlanOutputs, plan_data, plan_outputs, write_plan
+from backupmx.lifecycle.deploy import gate_report
+from backupmx.lifecycle.deploy.summary import summary_lines
+from backupmx.lifecycle.plan.output import PlanOutputs, plan_data, plan_outputs, write_plan
 from backupmx.providers.registry import open_provider
 
 CLOUDFLARE_TOKEN_KEY = "cloudflare_api_token"

@@ -13,7 +13,7 @@ import base64
 import json
 from collections.abc import Callable, Sequence
 
-from backupmx.lifecycle.canary_verdict import SendOutcome
+from backupmx.lifecycle.canary.verdict import SendOutcome
 
 # argv -> (ok, stdout lines, stderr) on the host the canary is sent from.
 Remote = Callable[[Sequence[str]], tuple[bool, list[str], str]]

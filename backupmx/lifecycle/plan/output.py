@@ -2,7 +2,7 @@
 
 The run's data (the gate report, the record plan per domain, the file changes the
 operations noted while preparing) is gathered once, when the pyinfra run ends,
-whatever host's pass came last; the text is ``backupmx.lifecycle.plan_document``'s.
+whatever host's pass came last; the text is ``backupmx.lifecycle.plan.document``'s.
 Written only by a ``--dry`` review (docs/ci.md); a real run ignores the keys.
 """
 
@@ -19,7 +19,7 @@ from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import file_changes
 from backupmx.core.report import Report
 from backupmx.dns.stage import Assessment
-from backupmx.lifecycle.plan_document import PlanData, domain_changes, to_json, to_markdown
+from backupmx.lifecycle.plan.document import PlanData, domain_changes, to_json, to_markdown
 
 MARKDOWN_KEY, JSON_KEY, FULL_DOCS_KEY = "plan_markdown", "plan_json", "full_docs_diff"
 

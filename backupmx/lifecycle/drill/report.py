@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 
 from backupmx.core.report import CHANGE, FAIL, SKIP, Check
-from backupmx.lifecycle.drill import STEP_TITLES, Drill
+from backupmx.lifecycle.drill.run import STEP_TITLES, Drill
 
 
 def skip_rest(drill: Drill, reason: str) -> None:

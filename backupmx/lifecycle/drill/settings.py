@@ -8,7 +8,7 @@ from typing import Any
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.validate import command, host_port, hostname, known_keys
-from backupmx.lifecycle.drill_messages import LARGE_BYTES
+from backupmx.lifecycle.drill.messages import LARGE_BYTES
 from backupmx.mailhost.model import MailHost
 
 DEFAULTS = {"probes": 3, "window_seconds": 30, "queue_seconds": 15, "up_seconds": 30, "drain_seconds": 40,

@@ -2,7 +2,7 @@
 
 Pure: ``PlanData`` (the gate report's rows, the record plan per domain, the file
 changes noted while preparing) in, text out. Where the data is gathered and when the
-files are written is ``backupmx.lifecycle.deploy``'s business; the JSON's shape is
+files are written is ``backupmx.lifecycle.deploy.run``'s business; the JSON's shape is
 documented in docs/ci.md and docs/plan.schema.json (``SCHEMA_VERSION``).
 
 Secrets never reach a document: the values read in this run are passed in

@@ -5,7 +5,7 @@ diff and its own results table. These lines come after all that, at exit (whatev
 stopped the run), so the outcome is what the operator reads last:
 
 * a ``--dry`` review: each planned change (the report's ``change`` rows, the
-  monitoring files and pages), then the plan's verdict (``plan_document.verdict``);
+  monitoring files and pages), then the plan's verdict (``plan.document.verdict``);
 * a blocked run: the failed rows, then "BLOCKED: nothing will be changed";
 * an executed run: each operation that changed something, failed, or did not run
   (pyinfra's own per-host outcome), then "deploy complete", "nothing to change" or
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from backupmx.core.context import EXIT_INTERRUPTED, RunEnd
 from backupmx.core.plan_log import FileDiff
 from backupmx.core.report import CHANGE, FAIL, Report
-from backupmx.lifecycle.plan_document import BLOCKED, NO_CHANGE, PlanData, verdict
+from backupmx.lifecycle.plan.document import BLOCKED, NO_CHANGE, PlanData, verdict
 
 # Stage 6's operations (the monitoring files and the rendered pages): they have no row of their own.
 STAGE_6_OPERATIONS = ("monitoring_files", "local_file")

@@ -6,7 +6,7 @@
    for a bounded window;
 3. send N probes (DKIM-signed by a sender domain whose SPF does not list the
    relays, unique Message-ID and envelope sender) to the backup MX hosts, and a
-   large and a spam message (backupmx.lifecycle.drill_messages);
+   large and a spam message (backupmx.lifecycle.drill.messages);
 4. confirm each probe is queued at the provider (its queue listing);
 5. bring the primary back with ``failover.start_command``: always, in a
    ``finally``, also after a failure or SIGINT/SIGTERM during the window;
@@ -18,8 +18,8 @@
    large one whole, the spam one tagged; then they are removed (kept on a failure);
 8. one report row per step and per message; any FAIL fails the run.
 
-Steps 6-8 are in ``backupmx.lifecycle.drill_mailbox``, step 8's report in
-``backupmx.lifecycle.drill_report``, the messages in ``backupmx.lifecycle.drill_messages``.
+Steps 6-8 are in ``backupmx.lifecycle.drill.mailbox``, step 8's report in
+``backupmx.lifecycle.drill.report``, the messages in ``backupmx.lifecycle.drill.messages``.
 The mail host is reached through two callables, so the same code runs over SSH
 (pyinfra's host) and in unit tests: ``remote(argv) -> (ok, stdout_lines,
 stderr_text)``. See docs/failover-drill.md.
@@ -41,9 +41,9 @@ from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.budget import Record
-from backupmx.lifecycle.drill_messages import build_message, kinds, large_size, title
-from backupmx.lifecycle.drill_settings import FailoverSettings
-from backupmx.lifecycle.drill_signals import Interrupted
+from backupmx.lifecycle.drill.messages import build_message, kinds, large_size, title
+from backupmx.lifecycle.drill.settings import FailoverSettings
+from backupmx.lifecycle.drill.signals import Interrupted
 from backupmx.lifecycle.probes import Probe, build_probe
 from backupmx.mailhost.model import MailHost
 from backupmx.providers.registry import open_provider

@@ -1,6 +1,6 @@
 """The run's own rows of deploys/backupmx.py's gate report, in words (stages 0, 1, 3r, 5, 6).
 
-``Run`` (backupmx.lifecycle.deploy) reads; these functions say what it read. The
+``Run`` (backupmx.lifecycle.deploy.run) reads; these functions say what it read. The
 mail hosts' rows are ``operations.mailhost_proof.report_mailhost``'s, the relay hosts'
 ``operations.relayhost.assess_relayhost``'s, the gates' ``backupmx.gates``'.
 """

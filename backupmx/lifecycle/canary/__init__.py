@@ -1,0 +1,1 @@
+"""The weekly canary: its settings, the hand-off, the verdict and the run."""

@@ -1,0 +1,1 @@
+"""The ``--dry`` plan as documents, and where they are written."""
