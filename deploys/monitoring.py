@@ -17,9 +17,10 @@ secrets. See docs/monitoring.md.
 import click
 from pyinfra import host
 
-from backupmx.core.context import at_exit, deploy_error, run_value, settings_of
+from backupmx.core.context import deploy_error, run_value, settings_of
 from backupmx.core.errors import BackupMXError
 from backupmx.core.plan_log import file_changes
+from backupmx.core.pyinfra_glue import at_exit
 from backupmx.lifecycle.deploy.summary import files_summary_lines
 from operations.monitoring import is_monitoring_host, monitoring_stage
 

@@ -21,14 +21,15 @@ from pyinfra import logger
 from pyinfra.api import DeployError, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.exceptions import ConnectError
 
-from backupmx.core.context import RunEnd, at_exit, deploy_error, inventory_host, settings_of
+from backupmx.core.context import deploy_error, settings_of
 from backupmx.core.errors import BackupMXError, ConfigError
+from backupmx.core.pyinfra_glue import RunEnd, at_exit, inventory_host
 from backupmx.lifecycle.budget import SpendCheck, canary_spend, per_domain, recorder
 from backupmx.lifecycle.canary.run import CanaryRun, by_message_id
 from backupmx.lifecycle.canary.settings import load_canary
 from backupmx.lifecycle.canary.verdict import MESSAGE_ID_PREFIX
-from facts.mailhost import facts_args
 from facts.maildir import MaildirMessages
+from facts.mailhost import facts_args
 from operations.mailhost import mailhost_settings, one_mailhost_run
 from operations.review import show
 

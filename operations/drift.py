@@ -20,21 +20,22 @@ import time
 import click
 from pyinfra import host
 
-from backupmx.core.context import active_host_names, failed_host_names, once_per_run
+from backupmx.core.context import once_per_run
 from backupmx.core.errors import BackupMXError
 from backupmx.core.inventory_errors import stop_error
+from backupmx.core.pyinfra_glue import active_host_names, failed_host_names
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.dns import check as dnscheck
 from backupmx.dns import mtasts
 from backupmx.lifecycle import drift as dr
 from backupmx.mailhost.model import RSPAMD_BLOCK
+from backupmx.mailhost.plan import plan_exemption, plan_whitelist
 from backupmx.monitoring.rules import render_all
 from backupmx.postfix.blocks import find_block
 from backupmx.providers.registry import open_provider
 from facts.mailhost import MailhostFiles, PostscreenAccessFile
 from operations.mailhost import mailhost_settings
-from backupmx.mailhost.plan import plan_exemption, plan_whitelist
 from operations.mailhost_state import read_state
 from operations.monitoring import monitoring_settings
 

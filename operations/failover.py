@@ -23,23 +23,24 @@ import click
 from pyinfra import host, logger
 from pyinfra.api import DeployError, FunctionCommand, QuoteString, StringCommand, operation
 
-from backupmx.core.context import RunEnd, at_exit, deploy_error, executing, settings_of
+from backupmx.core.context import deploy_error, settings_of
 from backupmx.core.errors import BackupMXError
+from backupmx.core.pyinfra_glue import RunEnd, at_exit, executing
 from backupmx.core.relayhost import postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.budget import SpendCheck, drill_spend, recorder
-from backupmx.lifecycle.drill.run import Drill
 from backupmx.lifecycle.drill.mailbox import drain
 from backupmx.lifecycle.drill.messages import large_size
 from backupmx.lifecycle.drill.report import render, skip_rest
+from backupmx.lifecycle.drill.run import Drill
 from backupmx.lifecycle.drill.settings import load_failover
-from backupmx.lifecycle.drill.signals import SignalGuard
+from backupmx.lifecycle.drill.signals import signals_flag
 from backupmx.providers.quota import quota
 from facts.mailhost import PostscreenListeners
 from operations.mailhost import mailhost_settings, one_mailhost_run
-from operations.mailhost_state import listeners_args
 from operations.mailhost_proof import prove_live
+from operations.mailhost_state import listeners_args
 from operations.review import show
 
 
@@ -149,7 +150,7 @@ def _preflight(state, host, drill):  # (state, host): pyinfra passes them to a F
 
 def _down_window(state, host, drill):
     log = lambda message: host.log(message, logger.info)
-    with SignalGuard(drill, log):
+    with signals_flag(drill, log):
         ok = drill.down_window(remote_runner(host), log)
     if not ok:
         host.log("failover 2-5: failed (report at the end); the primary is "
@@ -159,7 +160,7 @@ def _down_window(state, host, drill):
 
 def _verify(state, host, drill):
     log = lambda message: host.log(message, logger.info)
-    with SignalGuard(drill, log):
+    with signals_flag(drill, log):
         try:
             drain(drill, remote_runner(host), log)
         except BackupMXError as error:

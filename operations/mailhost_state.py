@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from backupmx.core.context import executing_after_preparing, recall
+from backupmx.core.context import recall
+from backupmx.core.pyinfra_glue import executing_after_preparing
 from backupmx.core.validate import cidr_strings
 from backupmx.mailhost.model import MailHost
 from backupmx.mailhost.plan import MailhostState, plan_exemption, plan_whitelist

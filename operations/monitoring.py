@@ -31,10 +31,11 @@ from pyinfra.api import (
     operation,
 )
 
-from backupmx.core.context import deploy_error, executing
+from backupmx.core.context import deploy_error
 from backupmx.core.errors import BackupMXError
 from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import DOCUMENT, note_file_change
+from backupmx.core.pyinfra_glue import executing
 from backupmx.core.settings import Settings
 from backupmx.lifecycle.plan.output import FULL_DOCS_KEY, MARKDOWN_KEY
 from backupmx.monitoring import docs
@@ -44,8 +45,8 @@ from backupmx.monitoring.settings import BLACKBOX_FILE, RULES_FILE, SCRAPE_FILE,
 from backupmx.postfix.shell import one_line
 from backupmx.postfix.transaction import FileChange, Transaction, unified_diff
 from facts.mailhost import MailhostFiles
-from operations.transaction import transaction_commands
 from operations.review import fail, show
+from operations.transaction import transaction_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

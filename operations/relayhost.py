@@ -21,11 +21,13 @@ from typing import Callable, Sequence
 from pyinfra import host
 from pyinfra.api import FunctionCommand, operation
 
-from backupmx.core.context import deploy_error, executing_after_preparing, recall, remember
+from backupmx.core.context import deploy_error, recall, remember
 from backupmx.core.errors import BackupMXError
+from backupmx.core.pyinfra_glue import executing_after_preparing
 from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Check
 from backupmx.mailhost.proof import Proof
+from backupmx.postfix.hostplan import HostPlan
 from backupmx.postfix.maincf import postfix_list
 from backupmx.postfix.relay_proof import judge_smtp
 from backupmx.postfix.transaction import FileChange, Transaction
@@ -38,9 +40,8 @@ from backupmx.providers.relayhost import (
     wanted_files,
 )
 from facts.relayhost import RelayFiles, RelayPostconf, RelayQueue, RelaySmtpProof
-from operations.transaction import apply_host_plan
-from backupmx.postfix.hostplan import HostPlan
 from operations.mailhost_proof import prove_settled, run_proof
+from operations.transaction import apply_host_plan
 
 # How long verify_relay waits for a reload to take effect (postscreen restarts).
 SETTLE_SECONDS = 30.0

@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError
 
-from backupmx.core.context import executing, executing_after_preparing
+from backupmx.core.pyinfra_glue import executing, executing_after_preparing
 
 
 def show(message: str, lines: Iterable[str] = (), log_func: Callable = logger.info, review_only: bool = False) -> None:

@@ -9,17 +9,15 @@ never fails: trouble there is a warning with the manual steps.
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from functools import partial
 
 import click
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from backupmx.core.context import EXIT_INTERRUPTED, RunEnd, at_exit, once_per_run
+from backupmx.core.context import once_per_run
 from backupmx.core.errors import BackupMXError
+from backupmx.core.pyinfra_glue import EXIT_INTERRUPTED, RunEnd, at_exit, exit_now
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, WARN
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.deploy.run import take_run_lock
@@ -75,16 +73,7 @@ def _print_summary(rollback: Rollback, end: RunEnd) -> None:
                    f"exits 1 because of them (`--limit controller` leaves the other hosts out)")
     rollback.close()
     if executed and not failed and not end.interrupted and rollback.manual_steps_left():
-        _exit_now(EXIT_MANUAL_STEP_LEFT)
-
-
-def _exit_now(code: int) -> None:
-    # pyinfra has already called sys.exit(0) when atexit handlers run; only
-    # os._exit can still change the status, so flush what the others would.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+        exit_now(EXIT_MANUAL_STEP_LEFT)
 
 
 def _log_check(check) -> None:

@@ -18,10 +18,9 @@ from typing import Iterator
 from paramiko.ssh_exception import SSHException
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand
-from pyinfra.api.util import print_host_combined_output
 
-from backupmx.core.context import executing_after_preparing
 from backupmx.core.plan_log import note_file_change
+from backupmx.core.pyinfra_glue import executing_after_preparing, print_output, ssh_connected
 from backupmx.postfix.hostplan import HostPlan
 from backupmx.postfix.transaction import INLINE_SCRIPT_LIMIT, Transaction, transaction_script
 from operations.review import fail, show, stop
@@ -80,19 +79,10 @@ def _run_transaction(state, host, label: str, command: StringCommand) -> bool:  
     if ok:
         return True
     if not state.print_output:
-        print_host_combined_output(host, output)
-    if not _connected(host):
+        print_output(host, output)
+    if not ssh_connected(host):
         return fail(None, host, _connection_lost(host, label, "the session closed without an exit status"))
     return False
-
-
-def _connected(host) -> bool:
-    """Whether the host's SSH transport is still up (other connectors: assumed so)."""
-    client = getattr(host.connector, "client", None)
-    if client is None or not hasattr(client, "get_transport"):
-        return True
-    transport = client.get_transport()
-    return transport is not None and transport.is_active()
 
 
 def _connection_lost(host, label: str, how: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 from backupmx.core.files import append_json_line
 from backupmx.core.lock import who
+from backupmx.core.pyinfra_glue import deploy_file
 
 
 def log_path(settings) -> Path:
@@ -42,17 +43,12 @@ def record_dict(record) -> dict[str, Any] | None:
             "id": getattr(record, "id", None), "comment": getattr(record, "comment", None)}
 
 
-def deploy_name() -> str:
-    args = [arg for arg in sys.argv[1:] if arg.endswith(".py") and arg.startswith("deploys/")]
-    return args[0] if args else Path(sys.argv[0]).name
-
-
 def append(settings, what: str, target: str, before: Any, after: Any) -> dict:
     entry = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "who": who(),
         "pid": os.getpid(),
-        "deploy": deploy_name(),
+        "deploy": deploy_file(),
         "what": what,
         "target": target,
         "before": before,

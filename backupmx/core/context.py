@@ -1,36 +1,39 @@
-"""The one per-run state holder, and the only module that touches pyinfra's context.
+"""The one per-run state holder, and stage 0 of every run.
 
 pyinfra prepares a deploy file once per host, in parallel greenlets, and runs the
 operation bodies again at execution (only then, under ``-y``). What belongs to the
 run rather than to one host's pass (the validated settings, the gate report, what a
 host's assessment read or planned for the operations that follow) is kept in the
-``RunState`` of the pyinfra ``State`` being run. Whether pyinfra is preparing or
-executing, which hosts the run has and how it ended are asked here as well, so
-tests/unit/test_context_boundary.py can keep every other module off pyinfra's context.
+``RunState`` of the run in progress. Where pyinfra is (preparing or executing), which
+hosts the run has and how it ended are asked of ``backupmx.core.pyinfra_glue``, the one
+module that reaches into pyinfra (tests/unit/test_context_boundary.py keeps it so).
 """
 
 from __future__ import annotations
 
-import atexit
-import signal
-import sys
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, TypeVar
 
-import click
 import gevent.lock
 from pyinfra import host
 from pyinfra.api import DeployError
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_state
 
 from backupmx.core.errors import BackupMXError
-from backupmx.core.inventory_errors import inventory_file, stop_error, stop_message
+from backupmx.core.inventory_errors import stop_message
 from backupmx.core.keys import check_inventory_keys
 from backupmx.core.paths import checkout_problem
 from backupmx.core.provider_choice import RELAY_GROUP
+from backupmx.core.pyinfra_glue import (
+    before_connecting,
+    current_inventory,
+    current_run_key,
+    executing,
+    in_a_run,
+    inventory_file,
+    one_line_error,
+    runs_a_deploy_in,
+)
 from backupmx.core.settings import Settings, load_settings
 from backupmx.core.ssh_pins import check_host_key_pin
 
@@ -59,13 +62,13 @@ class RunState:
             return self.values[name]
 
 
-# Keyed weakly: a test (or an API user) may make many States in one process.
+# Keyed weakly by the run: a test (or an API user) may make many runs in one process.
 _runs: weakref.WeakKeyDictionary[Any, RunState] = weakref.WeakKeyDictionary()
 
 
 def run_state() -> RunState:
     """The ``RunState`` of the pyinfra run in progress, made on first use."""
-    return _runs.setdefault(ctx_state.get(), RunState())
+    return _runs.setdefault(current_run_key(), RunState())
 
 
 def run_value(name: str, make: Callable[[], T]) -> T:
@@ -92,7 +95,7 @@ def once_per_run(name: str, data, make: Callable[[Settings], T]) -> T:
 
 def settings_of(data, inventory=None) -> Settings:
     """Stage 0: ``data`` validated (every host's keys too), with the inventory's relay hosts."""
-    inventory = inventory if inventory is not None else ctx_state.get().inventory
+    inventory = inventory if inventory is not None else current_inventory()
     check_inventory_keys(inventory)
     return load_settings(data, inventory_relays(inventory))
 
@@ -118,41 +121,25 @@ def stage_zero(inventory, limit=None) -> None:
 def deploy_error(error: BackupMXError, host_name: str | None = None, inventory=None) -> DeployError:
     """``error`` as the one line the run stops with; bad inventory data names the inventory
     file and the line its key is on, or ``--data KEY`` (``backupmx.core.inventory_errors``)."""
-    if inventory is None:
-        state = ctx_state.get()
-        inventory = getattr(state, "inventory", None) if state is not None else None
+    inventory = inventory if inventory is not None else current_inventory()
     overrides = inventory.get_override_data() if inventory is not None else {}
-    return stop_error(stop_message(error, inventory_file(inventory), overrides, host_name))
+    return one_line_error(stop_message(error, inventory_file(inventory), overrides, host_name))
 
 
 def check_before_connecting(check: Callable[[Any, Any], None], deploys_dir: Path) -> None:
     """Run ``check(inventory, limit)`` as soon as pyinfra's CLI has loaded the inventory, before it connects.
 
-    Called from ``config.py``, which the CLI loads before the inventory; pyinfra has no
-    hook between loading the inventory and connecting, so the run's ``State.init`` (on
-    this run's state only) calls ``check`` first. Only a run of a deploy in
-    ``deploys_dir``: ``debug-inventory``, facts and ad hoc commands are left alone. Before
-    anything, the backupmx imported must be that checkout's own (``paths.checkout_problem``).
+    Called from ``config.py``, which the CLI loads before the inventory. Only a run of a
+    deploy in ``deploys_dir``: ``debug-inventory``, facts and ad hoc commands are left
+    alone. Before anything, the backupmx imported must be that checkout's own
+    (``paths.checkout_problem``).
     """
-    state = ctx_state.get()
-    if state is None or not _runs_a_deploy_of(deploys_dir):
+    if not in_a_run() or not runs_a_deploy_in(deploys_dir):
         return
     problem = checkout_problem(deploys_dir.parent)
     if problem:
-        raise stop_error(problem)
-    init = state.init
-
-    def check_then_init(inventory, config=None, initial_limit=None):
-        check(inventory, initial_limit)
-        return init(inventory, config, initial_limit=initial_limit)
-
-    state.init = check_then_init
-
-
-def _runs_a_deploy_of(deploys_dir: Path) -> bool:
-    context = click.get_current_context(silent=True)
-    operations = context.params.get("operations", ()) if context is not None else ()
-    return any(str(op).endswith(".py") and Path(op).resolve().parent == deploys_dir.resolve() for op in operations)
+        raise one_line_error(problem)
+    before_connecting(check)
 
 
 def inventory_relays(inventory) -> dict[str, object]:
@@ -179,157 +166,10 @@ def recall(key: Hashable, keep: bool = False, default=None):
     return memory.pop((host.name, key), default)
 
 
-# --- where pyinfra is ----------------------------------------------------------------
-
-
-def in_a_run() -> bool:
-    """A pyinfra run is in progress (not a bare call of an operation's body, as a unit test makes)."""
-    return ctx_state.get() is not None
-
-
-def executing() -> bool:
-    """pyinfra is executing the operations (not preparing them)."""
-    state = ctx_state.get()
-    return state is not None and state.is_executing
-
-
-def executing_after_preparing() -> bool:
-    """Executing, and the operation bodies already ran while preparing (not under ``-y``).
-
-    What a body showed or planned then is not shown or reused again: execution may
-    come long after (a prompt), and the --dry review already printed it.
-    """
-    state = ctx_state.get()
-    return state is not None and state.is_executing and state.should_check_for_changes()
+# --- the run's hosts ---------------------------------------------------------------------
 
 
 def relay_group() -> list | None:
     """The hosts of the inventory's ``relay`` group (whatever --limit says); None outside a pyinfra run."""
-    state = ctx_state.get()
-    if state is None:
-        return None
-    return list(state.inventory.get_group(RELAY_GROUP, []))
-
-
-def inventory_host(name: str):
-    """The inventory's host ``name`` (whatever --limit says); None if it has none or outside a run."""
-    state = ctx_state.get()
-    if state is None:
-        return None
-    return state.inventory.get_host(name, None)
-
-
-def active_host_names() -> set[str]:
-    """The hosts still taking part in the run (connected, not failed)."""
-    return {target.name for target in ctx_state.get().inventory.get_active_hosts()}
-
-
-def failed_host_names() -> set[str]:
-    """The hosts pyinfra gave up on in this run (unreachable, or an operation failed)."""
-    return {target.name for target in getattr(ctx_state.get(), "failed_hosts", set()) or ()}
-
-
-# --- the end of the run ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OperationEnd:
-    """How one operation of the run ended, per host (as pyinfra's results table counts it)."""
-
-    name: str
-    changed: tuple[str, ...] = ()
-    failed: tuple[str, ...] = ()
-    not_run: tuple[str, ...] = ()  # its host failed (or the run stopped) before it
-
-
-@dataclass(frozen=True)
-class RunEnd:
-    """How the pyinfra run ended, as an at-exit report sees it."""
-
-    executed: bool  # execution started: not a --dry review, not stopped while preparing
-    interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what ran may be partial
-    failed_hosts: frozenset[str] = frozenset()
-    groups: dict[str, frozenset[str]] = field(default_factory=dict)
-    operations: tuple[OperationEnd, ...] = ()  # in the run's order; only when executed
-
-    def group(self, name: str) -> frozenset[str]:
-        return self.groups.get(name, frozenset())
-
-
-def at_exit(report: Callable[[RunEnd], None]) -> None:
-    """Call ``report`` with the run's ``RunEnd`` at interpreter exit, whatever happened.
-
-    pyinfra stops running a failed host's operations, so a report printed by the
-    last operation could be missing; at exit every outcome is known.
-    """
-    state_ref = weakref.ref(ctx_state.get())
-    _exit_non_zero_on_interrupt()
-    atexit.register(lambda: report(_run_end(state_ref())))
-
-
-# Exit status of a run stopped by Ctrl-C (SIGINT), as a shell reports one: 128 + 2.
-EXIT_INTERRUPTED = 130
-_interrupt = {"seen": False, "installed": False}
-
-
-def _exit_non_zero_on_interrupt() -> None:
-    """pyinfra's CLI answers Ctrl-C with "Exiting upon user request!" and exit 0, so a cancelled
-    CI job or an interrupted rollback would read as success: the same message, exit 130."""
-    if _interrupt["installed"]:
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if getattr(previous, "__module__", "") != "pyinfra_cli.main":
-        return  # not the pyinfra CLI (pyinfra's API in a test): leave SIGINT alone
-
-    def interrupted(signum, frame):
-        _interrupt["seen"] = True
-        click.echo("Exiting upon user request!")
-        sys.exit(EXIT_INTERRUPTED)
-
-    try:
-        signal.signal(signal.SIGINT, interrupted)
-    except ValueError:  # not the main thread
-        return
-    _interrupt["installed"] = True
-
-
-def _run_end(state) -> RunEnd:
-    if state is None:
-        return RunEnd(executed=False, interrupted=_interrupt["seen"])
-    executed = state.current_stage >= StateStage.Execute
-    return RunEnd(
-        executed=executed,
-        interrupted=_interrupt["seen"],
-        failed_hosts=frozenset(target.name for target in state.failed_hosts),
-        groups={name: frozenset(target.name for target in targets)
-                for name, targets in state.inventory.groups.items()},
-        operations=_operation_ends(state) if executed else (),
-    )
-
-
-def _operation_ends(state) -> tuple[OperationEnd, ...]:
-    """Each operation's hosts by outcome, read as pyinfra's own results table reads them."""
-    ends = []
-    try:
-        order = state.get_op_order()
-    except Exception:  # an order pyinfra cannot give (a run stopped early): no per-operation view
-        return ()
-    for op_hash in order:
-        changed, failed, not_run = [], [], []
-        for target in state.inventory.iter_activated_hosts():
-            if op_hash not in state.ops[target]:
-                continue
-            meta = state.ops[target][op_hash].operation_meta
-            if not meta.is_complete():
-                not_run.append(target.name)
-            elif not meta.did_succeed(_raise_if_not_complete=False):
-                failed.append(target.name)
-            elif meta.did_change():
-                changed.append(target.name)
-        names = ", ".join(sorted(state.op_meta[op_hash].names)) or op_hash
-        ends.append(OperationEnd(names, tuple(changed), tuple(failed), tuple(not_run)))
-    return tuple(ends)
-
-
-# From the moment a deploy file imports this module (pyinfra loads it while preparing).
-_exit_non_zero_on_interrupt()
+    inventory = current_inventory()
+    return None if inventory is None else list(inventory.get_group(RELAY_GROUP, []))

@@ -5,18 +5,15 @@ file being the innermost code it was raised from: for bad inventory data that wa
 ``backupmx/core/context.py``, never the inventory. Stage 0's stops name instead the
 inventory file and the line the key is written on (found in the file's syntax
 tree), or ``--data KEY`` when the value came from the command line, and are
-printed by the CLI as they are (``StopError``).
+printed by the CLI as they are (``pyinfra_glue.one_line_error``).
 """
 
 from __future__ import annotations
 
 import ast
 import re
-import sys
 from pathlib import Path
 from typing import Iterable
-
-from pyinfra.api import DeployError
 
 from backupmx.core.errors import BackupMXError, ConfigError
 
@@ -82,18 +79,6 @@ def _follow(node: ast.AST, keys: list[str | int]) -> tuple[int, int] | None:
     return (depth, line) if depth and line is not None else None
 
 
-def inventory_file(inventory) -> str | None:
-    """The inventory file of this pyinfra run, as given on its command line; None if none (API, a host list).
-
-    pyinfra keeps no path, but names a group after the file (``inventory/production.py``: ``production``).
-    """
-    groups = set(getattr(inventory, "groups", None) or ())
-    for arg in sys.argv[1:]:
-        if arg.endswith(".py") and Path(arg).stem in groups and Path(arg).is_file():
-            return arg
-    return None
-
-
 def locate(field: str, inventory_file: str | None, override_keys: Iterable[str],
            host_name: str | None = None) -> str | None:
     """Where ``field``'s value was given: ``--data KEY``, ``<inventory file> line N``, the file alone, or None."""
@@ -117,30 +102,3 @@ def stop_message(error: BackupMXError, inventory_file: str | None = None, overri
     message = f"{host_name}: {error}" if host_name else str(error)
     where = locate(error.field, inventory_file, override_keys, host_name) if isinstance(error, ConfigError) else None
     return f"{where}: {message}" if where else message
-
-
-def stop_error(message: str) -> DeployError:
-    """A ``DeployError`` that pyinfra's CLI prints as one line, "pyinfra error: <message>".
-
-    Under the CLI it is also pyinfra_cli's ``CliError``, which the CLI shows as it is
-    instead of naming the code it came from. pyinfra_cli is only asked for when the
-    CLI has loaded it (importing it patches the standard library for gevent).
-    """
-    cli = sys.modules.get("pyinfra_cli.exceptions")
-    if cli is None:
-        return DeployError(message)
-    error = _stop_class(cli.CliError)(message)
-    return error
-
-
-_classes: dict[type, type] = {}
-
-
-def _stop_class(cli_error: type) -> type:
-    if cli_error not in _classes:
-        def __init__(self, message: str) -> None:
-            cli_error.__init__(self, message)
-
-        _classes[cli_error] = type("StopError", (DeployError, cli_error), {
-            "__init__": __init__, "__str__": lambda self: self.message, "__module__": __name__})
-    return _classes[cli_error]

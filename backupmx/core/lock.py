@@ -22,7 +22,6 @@ import getpass
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -46,11 +45,6 @@ def who() -> str:
     except (KeyError, OSError):
         user = str(os.getuid())
     return f"{user}@{socket.gethostname()}"
-
-
-def dry_run(argv: list[str] | None = None) -> bool:
-    """Whether the pyinfra CLI was started with ``--dry`` (pyinfra keeps no flag for it)."""
-    return "--dry" in (sys.argv[1:] if argv is None else argv)
 
 
 def parse_wait(value) -> float:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backupmx.core.context import executing, in_a_run, run_value
+from backupmx.core.context import run_value
+from backupmx.core.pyinfra_glue import executing, in_a_run
 
 CONFIG, DOCUMENT = "config", "document"  # a file to review / a generated page
 

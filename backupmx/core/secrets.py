@@ -15,7 +15,7 @@ from typing import Mapping
 import hvac
 import hvac.exceptions
 import requests
-from pyinfra.api.hiddenvalue import HiddenValue
+from pyinfra.api import HiddenValue
 
 from backupmx.core.errors import SecretError
 from backupmx.core.settings import VaultSettings

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from backupmx.core.audit import deploy_name
+from backupmx.core.pyinfra_glue import deploy_file
 from backupmx.core.budget import Spent
 from backupmx.core.errors import BackupMXError
 from backupmx.core.files import append_json_line
@@ -51,7 +51,7 @@ def record(settings, domain: str, nbytes: int, what: str, relay: str, run: str,
         "what": what,
         "relay": relay,
         "run": run,
-        "deploy": deploy_name(),
+        "deploy": deploy_file(),
         "who": who(),
     }
     path = ledger_path(settings)

@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 from pyinfra import logger
-from pyinfra.api.hiddenvalue import HiddenValue
+from pyinfra.api import HiddenValue
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 

@@ -107,17 +107,17 @@ def _starttls(host: str, connect_host: str, port: int, context: ssl.SSLContext, 
         client.ehlo()
         if not client.has_extn("starttls"):
             raise _NoStartTLS(f"{connect_host}:{port} does not offer STARTTLS")
-        # The certificate is checked against the MX host's name, wherever we connected.
-        client._host = host
-        code, message = client.starttls(context=context)
+        code, message = client.docmd("STARTTLS")
         if code != 220:
             raise _NoStartTLS(f"STARTTLS refused: {code} {_text(message)}")
-        der = client.sock.getpeercert(binary_form=True)
-        version = client.sock.version()
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            pass
+        # The certificate is checked against the MX host's name, wherever we connected
+        # (smtplib's starttls() would name the server by the address it connected to).
+        with context.wrap_socket(client.sock, server_hostname=host) as tls:
+            der, version = tls.getpeercert(binary_form=True), tls.version()
+            try:
+                tls.sendall(b"QUIT\r\n")
+            except OSError:
+                pass
         return der, version
     finally:
         client.close()

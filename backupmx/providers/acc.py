@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from pyinfra.api.hiddenvalue import HiddenValue
+from pyinfra.api import HiddenValue
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry

@@ -3,6 +3,8 @@ unwritable one only warns. The lines the deploys write: tests/cli/test_audit_log
 
 from __future__ import annotations
 
+import sys
+
 from seedkit import seed_settings
 
 from backupmx.core import audit
@@ -23,10 +25,10 @@ def test_a_rollback_killed_with_its_disable_request_in_flight_is_still_ours(tmp_
     """The rollback logs ``provider.disable_requested`` before the request: killed before the answer
     (no ``provider.domain_enabled`` line), the next deploy still knows this tool disabled the domain."""
     settings = seed_settings(audit_log=str(tmp_path / "changes.jsonl"))
-    monkeypatch.setattr(audit, "deploy_name", lambda: "deploys/rollback.py")
+    monkeypatch.setattr(sys, "argv", ["pyinfra", "inventory/production.py", "deploys/rollback.py"])
     audit.append(settings, "dns.delete", DOMAIN, {"content": "mail.rollernet.us"}, None)
     requested = audit.append(settings, audit.DISABLE_REQUESTED, DOMAIN, {"enabled": True}, {"enabled": False})
     assert audit.disabled_by_rollback(settings, DOMAIN) == requested
-    monkeypatch.setattr(audit, "deploy_name", lambda: "deploys/backupmx.py")
+    monkeypatch.setattr(sys, "argv", ["pyinfra", "inventory/production.py", "deploys/backupmx.py"])
     audit.append(settings, "dns.create", DOMAIN, None, {"content": "mail.rollernet.us"})
     assert audit.disabled_by_rollback(settings, DOMAIN) is None  # a later change: no longer ours to undo

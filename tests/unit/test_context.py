@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gevent
 from pyinfra.api import Config, Inventory, State
-from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
 from backupmx.core import context
@@ -59,30 +58,7 @@ def test_memory_is_per_host_taken_once_unless_kept_and_not_written_at_execution(
     assert context.recall("late") is None
 
 
-def test_where_pyinfra_is():
-    assert not context.executing() and not context.executing_after_preparing()
+def test_the_relay_group_is_the_inventorys_whatever_the_limit():
     assert context.relay_group() is None  # outside a pyinfra run
-    state = make_state()
-    on(state, "mx1")
+    on(make_state(), "mx1")
     assert [target.name for target in context.relay_group()] == ["relay1"]
-    state.is_executing = True
-    state.check_for_changes = False  # -y: the bodies run only now
-    assert context.executing() and not context.executing_after_preparing()
-    state.check_for_changes = True
-    assert context.executing_after_preparing()
-
-
-def test_the_run_end_as_the_at_exit_report_sees_it(monkeypatch):
-    registered, ends = [], []
-    monkeypatch.setattr(context.atexit, "register", registered.append)
-    review, live = make_state(), make_state()
-    on(review, "mx1")
-    context.at_exit(ends.append)
-    on(live, "mx1")
-    context.at_exit(ends.append)
-    live.current_stage = StateStage.Execute
-    live.failed_hosts.add(live.inventory.get_host("mx2"))
-    for report in registered:
-        report()
-    assert [(end.executed, end.failed_hosts) for end in ends] == [(False, frozenset()), (True, {"mx2"})]
-    assert ends[0].group("relay") == {"relay1"} and ends[0].group("nothing") == frozenset()

@@ -3,8 +3,8 @@ pyinfra's own table (a --dry review, a blocked run, an executed run, a failure, 
 
 from __future__ import annotations
 
-from backupmx.core.context import OperationEnd, RunEnd
 from backupmx.core.plan_log import DOCUMENT, FileDiff
+from backupmx.core.pyinfra_glue import OperationEnd, RunEnd
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Report
 from backupmx.lifecycle.deploy.summary import summary_lines
 from backupmx.lifecycle.plan.document import PlanData

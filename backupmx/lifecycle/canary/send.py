@@ -27,12 +27,14 @@ def done(ok, code, reply, at=None):
     print(json.dumps({"ok": ok, "stage": stage, "code": code, "reply": " ".join(f"{code or ''} {text}".split()),
                       "at": at}))
     sys.exit(0)
-client = smtplib.SMTP(timeout=60, local_hostname=helo)
 try:
-    code, reply = client.connect(host, int(port))
-    client._host = host  # connect() does not keep it as SMTP(host) would; starttls() names the server by it
-    if code != 220:
-        done(False, code, reply)
+    # Connected by the constructor, which keeps the host's name for starttls() (connect() alone does not).
+    client = smtplib.SMTP(host, int(port), timeout=60, local_hostname=helo)
+except smtplib.SMTPConnectError as error:  # a greeting other than 220
+    done(False, error.smtp_code, error.smtp_error)
+except Exception as error:
+    done(False, None, f"{type(error).__name__}: {error}")
+try:
     stage = "EHLO"
     code, reply = client.ehlo()
     if code != 250:

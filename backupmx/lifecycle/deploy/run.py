@@ -15,10 +15,9 @@ import gevent.event
 from pyinfra import host as current_host
 
 from backupmx.core import audit, lock
-from backupmx.core.audit import deploy_name
-from backupmx.core.context import RunEnd, at_exit, deploy_error, once_per_run
+from backupmx.core.context import deploy_error, once_per_run
 from backupmx.core.errors import BackupMXError
-from backupmx.core.inventory_errors import stop_error
+from backupmx.core.pyinfra_glue import RunEnd, at_exit, deploy_file, dry_run, one_line_error
 from backupmx.core.report import CHANGE, FAIL, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
@@ -232,9 +231,9 @@ class Run:
             self._all_assessed.set()
         elif not self._all_assessed.wait(timeout=REPORT_WAIT_SECONDS):
             missing = ", ".join(sorted(host_names - self._assessed))
-            raise stop_error(f"gave up waiting {REPORT_WAIT_SECONDS}s for the assessment of {missing}")
+            raise one_line_error(f"gave up waiting {REPORT_WAIT_SECONDS}s for the assessment of {missing}")
         if self.report.blocked:
-            raise stop_error(gate_report.stop_line(self.report))
+            raise one_line_error(gate_report.stop_line(self.report))
 
 
     def finish(self, end: RunEnd) -> None:
@@ -260,7 +259,7 @@ def _start_run(settings: Settings) -> Run:
         raise deploy_error(error) from None
     take_run_lock(settings, current_host.data)
     run = Run(settings)
-    if outputs and lock.dry_run():
+    if outputs and dry_run():
         run.plan_outputs = outputs
     at_exit(run.finish)
     run.check_inventory()
@@ -270,11 +269,11 @@ def _start_run(settings: Settings) -> Run:
 
 def take_run_lock(settings: Settings, data) -> None:
     """The per-domain locks (backupmx.core.lock), before any stage reads state to change it; not under --dry."""
-    if lock.dry_run():
+    if dry_run():
         return
     try:
         wait = lock.parse_wait(data.get("lock_wait"))
-        lock.acquire(settings.state_dir, [domain.name for domain in settings.domains], deploy_name(), wait,
+        lock.acquire(settings.state_dir, [domain.name for domain in settings.domains], deploy_file(), wait,
                      sleep=gevent.sleep, log=current_host.log)
     except BackupMXError as error:
         raise deploy_error(error) from None

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from backupmx.core.context import EXIT_INTERRUPTED, RunEnd
 from backupmx.core.plan_log import FileDiff
+from backupmx.core.pyinfra_glue import EXIT_INTERRUPTED, RunEnd
 from backupmx.core.report import CHANGE, FAIL, Report
 from backupmx.lifecycle.plan.document import BLOCKED, NO_CHANGE, PlanData, verdict
 

@@ -1,0 +1,93 @@
+"""The pyinfra glue (backupmx.core.pyinfra_glue) against pyinfra's own State and a real process:
+where the run is, the command line, the end of the run, signals. No host contacted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from pyinfra.api import Config, DeployError, Inventory, State
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_host, ctx_state
+
+from backupmx.core import pyinfra_glue as glue
+
+
+def make_state() -> State:
+    return State(inventory=Inventory((["mx1", "mx2", "relay1"], {}), relay=(["relay1"], {})), config=Config())
+
+
+def on(state: State, host_name: str):
+    ctx_state.set(state)
+    ctx_host.set(state.inventory.get_host(host_name))
+
+
+def teardown_function():
+    ctx_state.reset()
+    ctx_host.reset()
+
+
+def test_where_pyinfra_is():
+    assert not glue.in_a_run() and not glue.executing() and not glue.executing_after_preparing()
+    assert glue.current_inventory() is None and glue.inventory_host("mx1") is None
+    state = make_state()
+    on(state, "mx1")
+    assert glue.in_a_run() and glue.inventory_host("mx2").name == "mx2" and glue.inventory_host("nope") is None
+    state.is_executing = True
+    state.check_for_changes = False  # -y: the bodies run only now
+    assert glue.executing() and not glue.executing_after_preparing()
+    state.check_for_changes = True
+    assert glue.executing_after_preparing()
+    state.failed_hosts.add(state.inventory.get_host("mx2"))
+    assert glue.failed_host_names() == {"mx2"}
+
+
+def test_the_command_line(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "production.py").write_text("")
+    monkeypatch.setattr(sys, "argv", ["pyinfra", "inventory/production.py", "deploys/rollback.py", "--dry"])
+    inventory = Inventory((["mx1"], {}), production=(["mx1"], {}))
+    assert glue.dry_run() and glue.deploy_file() == "deploys/rollback.py"
+    assert glue.inventory_file(inventory) == "inventory/production.py"
+    monkeypatch.setattr(sys, "argv", ["pyinfra", "mx1.example.org", "deploys/backupmx.py", "-y"])
+    assert not glue.dry_run() and glue.inventory_file(inventory) is None  # a host list, no file
+
+
+def test_the_run_end_as_the_at_exit_report_sees_it(monkeypatch):
+    registered, ends = [], []
+    monkeypatch.setattr(glue.atexit, "register", registered.append)
+    review, live = make_state(), make_state()
+    on(review, "mx1")
+    glue.at_exit(ends.append)
+    on(live, "mx1")
+    glue.at_exit(ends.append)
+    live.current_stage = StateStage.Execute
+    live.failed_hosts.add(live.inventory.get_host("mx2"))
+    for report in registered:
+        report()
+    assert [(end.executed, end.failed_hosts) for end in ends] == [(False, frozenset()), (True, {"mx2"})]
+    assert ends[0].group("relay") == {"relay1"} and ends[0].group("nothing") == frozenset()
+
+
+def test_exit_now_sets_the_status_after_the_program_exited_zero():
+    program = ("import atexit, sys\nfrom backupmx.core.pyinfra_glue import exit_now\n"
+               "atexit.register(lambda: exit_now(2))\nprint('report', flush=False)\nsys.exit(0)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, "report\n")  # and what was printed is not lost
+
+
+def test_signals_only_flag_while_inside_and_come_back_after():
+    flagged = []
+    before = signal.getsignal(signal.SIGTERM)
+    with glue.flagging_signals(flagged.append):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+    assert flagged == ["SIGTERM", "SIGINT"]  # and the process is still here
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_stop_line_is_a_deploy_error():
+    assert isinstance(glue.one_line_error("relay1: no route"), DeployError)
