@@ -65,8 +65,7 @@ if is_mailhost(host):
 if host.name in relay_names:
     relay = relay_data[host.name]
     relay_assessment = assess_relayhost(relay, domain_names, relay_cidrs, run.relay_rolled_back())
-    run.add_relay_rows(host.name, relay_assessment.rows)
-    run.relay_message_sizes[host.name] = relay_assessment.message_size_limit
+    run.add_relay_rows(host.name, relay_assessment.rows, relay_assessment.message_size_limit)
 
 # Stage 6, read-only part, on each monitoring host: render and validate the files
 # here while the mail hosts are assessed; a problem is a failed row of the report.
@@ -93,13 +92,13 @@ if host.name in relay_names:
         domains=domain_names,
     )
     if relay_assessment.proof is not None:
-        run.record_relay_proof(host.name, relay_assessment.proof.live, relay_assessment.proof.evidence())
+        run.relay_proofs.record(host.name, relay_assessment.proof.live, relay_assessment.proof.evidence())
     else:
         verify_relay(
             name="Relay stage: prove the relay accepts, queues and forwards only to the primary",
             relay=relay,
             domains=domain_names,
-            record=run.record_relay_proof,
+            record=run.relay_proofs.record,
         )
 
 if is_mailhost(host):
@@ -121,14 +120,14 @@ if is_mailhost(host):
     # Stage 4: the ordering guard's proof. Proven while preparing if stage 3 has
     # nothing to change; otherwise checked at execution, after stage 3.
     if mailhost_assessment.proof is not None:
-        run.record_mailhost_proof(host.name, mailhost_assessment.proof.live, mailhost_assessment.proof.evidence())
+        run.mailhost_proofs.record(host.name, mailhost_assessment.proof.live, mailhost_assessment.proof.evidence())
     else:
         verify_live(
             name="Stage 4: prove the whitelist and exemption are live",
             mailhost=mailhost,
             relay_cidrs=relay_cidrs,
             domain=probe_domain,
-            record=run.record_mailhost_proof,
+            record=run.mailhost_proofs.record,
         )
 
 # Every host passes here: stage 5 cannot start before stages 3-4 (and the relay

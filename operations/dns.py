@@ -34,9 +34,9 @@ def backup_mx_records(run, domain, mailhost_names):
             mailhost_names=["mail.viktorbarzin.me"],
         )
     """
-    assessment = run.dns[domain.name]
+    assessment = run.dns.plans[domain.name]
     if not assessment.plan.changed:
-        run.record_published(domain.name)
+        run.dns.publish(domain.name)
         host.noop(f"backup MX records of {domain.name} are already published")
         return
     for line in mxrender.diff(assessment.plan):
@@ -47,7 +47,7 @@ def backup_mx_records(run, domain, mailhost_names):
 def _publish_when_proven(state, host, run, domain, mailhost_names) -> bool:
     # The ordering guard: it is checked here, at execution, because only now do
     # stage 4's proofs from this very run exist. No flag skips it.
-    unproven = run.unproven_mailhosts(mailhost_names)
+    unproven = run.mailhost_proofs.unproven(mailhost_names)
     if unproven:
         host.log(f"DNS {domain.name}: refused: whitelist and exemption not proven live on "
                  f"{', '.join(unproven)} in this run; nothing was changed in DNS", log_func=logger.error)
@@ -64,5 +64,5 @@ def _publish_when_proven(state, host, run, domain, mailhost_names) -> bool:
     except BackupMXError as error:
         host.log(str(error), log_func=logger.error)
         return False
-    run.record_published(domain.name, mxrender.diff(applied) if applied.changed else None)
+    run.dns.publish(domain.name, mxrender.diff(applied) if applied.changed else None)
     return True

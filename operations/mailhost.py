@@ -121,7 +121,7 @@ def verify_live(mailhost: MailHost, relay_cidrs, domain: str,
     + mailhost: the host's ``backupmx.mailhost.model.MailHost``
     + relay_cidrs: the provider's relay networks
     + domain: the protected domain (the rspamc and SMTP probes use its postmaster)
-    + record: called as ``record(host_name, live, evidence)`` (``Run.record_mailhost_proof``)
+    + record: called as ``record(host_name, live, evidence)`` (``run.mailhost_proofs.record``)
     + timeout: seconds to wait for reloads to take effect
 
     Runs the checks of ``prove_live`` at execution time, after stage 3. Not live:
@@ -137,7 +137,7 @@ def verify_live(mailhost: MailHost, relay_cidrs, domain: str,
             mailhost=mailhost,
             relay_cidrs=settings.relay_cidrs,
             domain="example.org",
-            record=run.record_mailhost_proof,
+            record=run.mailhost_proofs.record,
         )
     """
     yield FunctionCommand(_verify, (mailhost, tuple(cidr_strings(relay_cidrs)), domain, record, timeout), {})

@@ -185,6 +185,4 @@ def report_mailhost(run, host_name: str, assessment: Assessment) -> None:
         rows.append(("4", TITLE_4, PASS if proof.live else FAIL, f"{host_name}: {proof.evidence()}",
                      None if proof.live else "the files are right but a running daemon does not follow them: "
                      "reload Postfix and rspamd on the mail host, then re-run"))
-    for key, title, status, evidence, next_step in rows:
-        run.report.add(key, title, status, evidence, next_step)
-    run.primary_message_sizes[host_name] = assessment.message_size_limit
+    run.add_mailhost_rows(host_name, rows, assessment.message_size_limit)

@@ -191,7 +191,7 @@ def verify_relay(relay: RelayHost, domains: Sequence[str],
 
     + relay: the host's ``backupmx.core.relayhost.RelayHost``
     + domains: the protected domains
-    + record: called as ``record(host_name, live, evidence)`` (e.g. ``Run.record_relay_proof``)
+    + record: called as ``record(host_name, live, evidence)`` (e.g. ``run.relay_proofs.record``)
     + timeout: seconds to wait for a reload to take effect
 
     Runs ``prove_relay`` on the relay host: settings in force, postscreen 4xx-only,
@@ -207,7 +207,7 @@ def verify_relay(relay: RelayHost, domains: Sequence[str],
             name="Relay: prove catch-all, no open relay, 4xx only",
             relay=relay,
             domains=["example.org"],
-            record=run.record_relay_proof,
+            record=run.relay_proofs.record,
         )
     """
     yield FunctionCommand(_verify, (relay, tuple(domains), record, timeout), {})

@@ -126,11 +126,11 @@ def canary_spend(checks: dict[str, SpendCheck], per_domain: dict[str, int]) -> t
     All or nothing: a canary proves every backup host; half a run proves less and spends anyway.
     """
     lines, refusals = [], []
-    for domain, count in per_domain.items():
-        check, nbytes = checks[domain], count * SMALL_MESSAGE_BYTES
-        lines.append(check.plan(count, nbytes))
-        if not check.fits(count, nbytes):
-            refusals.append(check.over(f"the canary for {domain}", count, nbytes))
+    for domain, messages in per_domain.items():
+        check, nbytes = checks[domain], messages * SMALL_MESSAGE_BYTES
+        lines.append(check.plan(messages, nbytes))
+        if not check.fits(messages, nbytes):
+            refusals.append(check.over(f"the canary for {domain}", messages, nbytes))
     refusal = ("refused by the budget, nothing sent: " + "; ".join(refusals)) if refusals else ""
     return lines, refusal
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from typing import TYPE_CHECKING
 
 from backupmx_sandbox.rollernet_state import (
     MODES,
@@ -17,6 +18,9 @@ from backupmx_sandbox.rollernet_state import (
     domain_view,
     usertable_view,
 )
+
+if TYPE_CHECKING:  # the world that holds these parts; imported for its type only
+    from backupmx_sandbox.fake_rollernet import Rollernet
 
 READ, WRITE = "mail.read", "mail.write"
 

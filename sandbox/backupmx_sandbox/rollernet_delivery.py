@@ -12,9 +12,13 @@ import socket
 import ssl
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from backupmx_sandbox.rollernet_state import iso
 from backupmx_sandbox.smtp_client import proxy_v2_header
+
+if TYPE_CHECKING:  # the world that holds these parts; imported for its type only
+    from backupmx_sandbox.fake_rollernet import Rollernet
 
 log = logging.getLogger("rollernet")
 

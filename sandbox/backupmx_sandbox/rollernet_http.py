@@ -9,9 +9,13 @@ import json
 import logging
 import time
 from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from backupmx_sandbox.rollernet_state import AccError, iso
+
+if TYPE_CHECKING:  # the world that holds these parts; imported for its type only
+    from backupmx_sandbox.fake_rollernet import Rollernet
 
 log = logging.getLogger("rollernet")
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 import logging
 import secrets
 from email.utils import formatdate
+from typing import TYPE_CHECKING
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, syntax
+
+if TYPE_CHECKING:  # the world that holds these parts; imported for its type only
+    from backupmx_sandbox.fake_rollernet import Rollernet
 
 log = logging.getLogger("rollernet")
 

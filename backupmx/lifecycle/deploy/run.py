@@ -21,10 +21,11 @@ from backupmx.core.pyinfra_glue import RunEnd, at_exit, deploy_file, dry_run, on
 from backupmx.core.report import CHANGE, FAIL, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
-from backupmx.dns.stage import Assessment, DNSStage
+from backupmx.dns.stage import DNSStage
 from backupmx.gates.checks import for_each_domain, g1_title, run_gates
 from backupmx.gates.message_size import message_size_rows
 from backupmx.lifecycle.deploy import gate_report
+from backupmx.lifecycle.deploy.records import Assessed, DnsOutcome, HostProofs
 from backupmx.lifecycle.deploy.summary import summary_lines
 from backupmx.lifecycle.plan.output import PlanOutputs, plan_data, plan_outputs, write_plan
 from backupmx.providers.registry import open_provider
@@ -38,34 +39,28 @@ REPORT_WAIT_SECONDS = 600
 
 
 class Run:
-    def __init__(self, settings: Settings):
+    """One deploy run: its settings and secrets, the report, and what the run learns (the records of
+    ``backupmx.lifecycle.deploy.records``), written through its methods by the deploy file and the
+    operations."""
+
+    def __init__(self, settings: Settings, plan_outputs: PlanOutputs | None = None):
         self.settings = settings
         self.secrets = SecretStore(settings.vault)
         self.report = Report(gate_report.title(settings))
-        self._first_pass = True
-        self._assessed: set[str] = set()
-        self._all_assessed = gevent.event.Event()
-        self._run_checks: gevent.Greenlet | None = None
-        # Stage 4's proof per mail host, filled in at execution time; stage 5
-        # (DNS) refuses unless every mail host of the inventory is in here as live.
-        self.mailhost_proofs: dict[str, tuple[bool, str]] = {}
-        # Provider selfhosted: the relay stage's proof per relay host, the same way;
-        # stage 5 also refuses unless every relay host of the inventory is in here.
-        self.relay_proofs: dict[str, tuple[bool, str]] = {}
-        self.relays_assessed: set[str] = set()
-        # Postfix's message_size_limit per host, as read while preparing (None: not read).
-        self.primary_message_sizes: dict[str, int | None] = {}
-        self.relay_message_sizes: dict[str, int | None] = {}
+        # --data plan_markdown / plan_json under --dry: the plan as documents (docs/ci.md).
+        self.plan_outputs = plan_outputs or PlanOutputs()
+        self.assessed = Assessed()
+        self.mailhost_proofs = HostProofs()
+        # Provider selfhosted: the relay stage's proof per relay host; stage 5 needs them all too.
+        self.relay_proofs = HostProofs()
+        self.dns = DnsOutcome()
         self.dns_stage: DNSStage | None = None
-        self.dns: dict[str, Assessment] = {}
         # G1: domains this tool's rollback disabled, enabled again before stage 5 (change-log entries).
         self.reenable: dict[str, dict] = {}
-        # --data plan_markdown / plan_json: the --dry plan as documents (docs/ci.md).
-        self.plan_outputs = PlanOutputs()
-        self.published: set[str] = set()
-        # Per domain, the record changes stage 5 made in this run (for the last lines).
-        self.applied: dict[str, list[str]] = {}
-        self.report_printed = False
+        self._first_pass = True
+        self._all_assessed = gevent.event.Event()
+        self._run_checks: gevent.Greenlet | None = None
+        self._report_printed = False
 
     def check_inventory(self) -> None:
         self.report.checks.append(gate_report.inventory_row(self.settings))
@@ -166,37 +161,27 @@ class Run:
         results = for_each_domain(assess, list(self.settings.domains))
         for domain, assessment in zip(self.settings.domains, results):
             if not isinstance(assessment, BackupMXError):
-                self.dns[domain.name] = assessment
+                self.dns.plans[domain.name] = assessment
             self.report.checks.extend(gate_report.dns_rows(domain.name, assessment))
 
-    def record_published(self, domain: str, changes: list[str] | None = None) -> None:
-        """Stage 5 ended for ``domain`` with every wanted backup record in the zone (``changes``: made now)."""
-        self.published.add(domain)
-        if changes:
-            self.applied[domain] = list(changes)
-
     def all_published(self) -> bool:
-        """Whether stage 5 ended well for every domain: stage 6's monitoring expects the records."""
-        return all(domain.name in self.published for domain in self.settings.domains)
-
-    def record_mailhost_proof(self, host_name: str, live: bool, evidence: str) -> None:
-        self.mailhost_proofs[host_name] = (live, evidence)
-
-    def unproven_mailhosts(self, host_names: list[str]) -> list[str]:
-        """The mail hosts whose whitelist and exemption were not proven live in this run."""
-        return [name for name in host_names if not self.mailhost_proofs.get(name, (False, ""))[0]]
-
-    def record_relay_proof(self, host_name: str, live: bool, evidence: str) -> None:
-        self.relay_proofs[host_name] = (live, evidence)
+        """Whether stage 5 ended well for every domain of the run: stage 6's monitoring expects the records."""
+        return self.dns.all_published(domain.name for domain in self.settings.domains)
 
     def unproven_relays(self) -> list[str]:
         """Provider selfhosted: the relay hosts of the inventory (all, whatever --limit) not proven in this run."""
-        return [name for name in self.settings.relay_hosts if not self.relay_proofs.get(name, (False, ""))[0]]
+        return self.relay_proofs.unproven(self.settings.relay_hosts)
 
-    def add_relay_rows(self, host_name: str, rows) -> None:
+    def add_mailhost_rows(self, host_name: str, rows, message_size: int | None) -> None:
+        """A mail host's rows (stages 3 and 4) and the message size limit its Postfix has."""
+        for key, title, status, evidence, next_step in rows:
+            self.report.add(key, title, status, evidence, next_step)
+        self.assessed.mailhost(host_name, message_size)
+
+    def add_relay_rows(self, host_name: str, rows, message_size: int | None) -> None:
         """A relay host's rows (gates G1, G2, G4 and its plan/proof), from ``assess_relayhost``."""
-        self.relays_assessed.add(host_name)
         self.report.checks.extend(rows)
+        self.assessed.relay(host_name, message_size)
 
     def first_pass(self) -> bool:
         """True once per run: for the run-level reads a deploy file does on its first host."""
@@ -211,8 +196,8 @@ class Run:
         for it, so the report is complete and shown exactly once, before anything
         changes.
         """
-        self._assessed.add(host_name)
-        if self._assessed >= host_names:
+        self.assessed.hosts.add(host_name)
+        if self.assessed.hosts >= host_names:
             try:
                 if self._run_checks is not None:
                     self._run_checks.get()  # re-raises what failed in there
@@ -223,28 +208,28 @@ class Run:
                 self._all_assessed.set()
                 raise
             self.report.checks.extend(gate_report.relays_not_assessed_rows(self.settings.relay_hosts,
-                                                                           self.relays_assessed))
+                                                                           self.assessed.relays))
             # Provider selfhosted, G2: needs every host's size, so only now.
-            self.report.checks.extend(message_size_rows(self.primary_message_sizes, self.relay_message_sizes))
+            self.report.checks.extend(message_size_rows(self.assessed.primary_message_sizes,
+                                                              self.assessed.relay_message_sizes))
             click.echo(self.report.render())
-            self.report_printed = True
+            self._report_printed = True
             self._all_assessed.set()
         elif not self._all_assessed.wait(timeout=REPORT_WAIT_SECONDS):
-            missing = ", ".join(sorted(host_names - self._assessed))
+            missing = ", ".join(sorted(host_names - self.assessed.hosts))
             raise one_line_error(f"gave up waiting {REPORT_WAIT_SECONDS}s for the assessment of {missing}")
         if self.report.blocked:
             raise one_line_error(gate_report.stop_line(self.report))
 
-
     def finish(self, end: RunEnd) -> None:
         """At exit, once, whatever stopped the run: the plan documents of a --dry review where the
         user asked for them, then the verdict and what changed as the run's last lines."""
-        data = plan_data(self.report, self.dns, [domain.name for domain in self.settings.domains],
+        data = plan_data(self.report, self.dns.plans, [domain.name for domain in self.settings.domains],
                          self.secrets.values_read())
         if not end.executed and self.plan_outputs:
             write_plan(self.plan_outputs, data)
         title = f"backupmx deploy: {', '.join(domain.name for domain in self.settings.domains)}"
-        click.echo("\n".join(summary_lines(title, self.report, data, end, self.report_printed, self.applied)))
+        click.echo("\n".join(summary_lines(title, self.report, data, end, self._report_printed, self.dns.applied)))
 
 
 def current_run() -> Run:
@@ -258,9 +243,7 @@ def _start_run(settings: Settings) -> Run:
     except BackupMXError as error:
         raise deploy_error(error) from None
     take_run_lock(settings, current_host.data)
-    run = Run(settings)
-    if outputs and dry_run():
-        run.plan_outputs = outputs
+    run = Run(settings, outputs if dry_run() else None)
     at_exit(run.finish)
     run.check_inventory()
     run.check_secrets()
