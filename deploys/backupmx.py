@@ -14,7 +14,7 @@ from backupmx.core.report import FAIL
 from backupmx.lifecycle.deploy.run import current_run
 from operations.budget import report_outage_coverage
 from operations.dns import backup_mx_records
-from operations.mailhost import is_mailhost, mailhost_settings, postscreen_whitelist, rspamd_exemption, verify_live
+from operations.mailhost import is_mailhost, mailhost_settings, relay_access, verify_live
 from operations.mailhost_proof import assess_mailhost, report_mailhost, start_reads
 from operations.monitoring import is_monitoring_host, monitoring_stage, prepare_monitoring
 from operations.provider import provider_domain_reenabled
@@ -102,21 +102,11 @@ if host.name in relay_names:
         )
 
 if is_mailhost(host):
-    # Stage 3: each operation is one transaction on the mail host: files swapped
-    # atomically, validated (postfix check, rspamadm configtest, postmap probes)
-    # before any reload, the previous files restored on failure. The exemption
-    # goes first: alone it only changes how relayed mail is scored, while a lone
-    # whitelist would let relayed mail in to be judged on SPF and DMARC.
-    rspamd_exemption(
-        name="Stage 3: rspamd SPF/DMARC exemption for the relay networks",
-        mailhost=mailhost,
-        relay_cidrs=relay_cidrs,
-    )
-    postscreen_whitelist(
-        name="Stage 3: postscreen whitelist on the PROXY-v2 listener",
-        mailhost=mailhost,
-        relay_cidrs=relay_cidrs,
-    )
+    # Stage 3: the exemption, then the whitelist (relay_access says why in that
+    # order); each is one transaction on the mail host: files swapped atomically,
+    # validated (postfix check, rspamadm configtest, postmap probes) before any
+    # reload, the previous files restored on failure.
+    relay_access(mailhost=mailhost, relay_cidrs=relay_cidrs)
     # Stage 4: the ordering guard's proof. Proven while preparing if stage 3 has
     # nothing to change; otherwise checked at execution, after stage 3.
     if mailhost_assessment.proof is not None:

@@ -29,7 +29,7 @@ from pyinfra.api import DeployError
 from backupmx.core.context import deploy_error
 from backupmx.core.errors import ConfigError
 from backupmx.core.report import SKIP
-from operations.mailhost import mailhost_settings, postscreen_whitelist, rspamd_exemption
+from operations.mailhost import ROLLBACK_4_NAMES, mailhost_settings, relay_access
 from operations.rollback import backup_mx_removed, current_rollback, dns_without_backups, provider_domain_disabled
 
 revert_mailhost = host.data.get("revert_mailhost", False)
@@ -79,21 +79,8 @@ if controller or reverting:
 
 if reverting:
     mailhost = mailhost_settings(host)
-    # The reverse of stage 3: the whitelist first (relayed mail meets postscreen
-    # again), then the exemption (SPF and DMARC scoring back for the relays).
-    # Only once steps 1-2 proved DNS clear in this run: while senders can still
-    # reach the backup, its relays must stay whitelisted and exempt.
-    postscreen_whitelist(
-        name="Rollback 4: remove the postscreen whitelist",
-        mailhost=mailhost,
-        relay_cidrs=rollback.settings.relay_cidrs,
-        present=False,
-        _if=rollback.dns_all_clear,
-    )
-    rspamd_exemption(
-        name="Rollback 4: remove the rspamd SPF/DMARC exemption",
-        mailhost=mailhost,
-        relay_cidrs=rollback.settings.relay_cidrs,
-        present=False,
-        _if=rollback.dns_all_clear,
-    )
+    # The reverse of stage 3: the whitelist, then the exemption. Only once steps
+    # 1-2 proved DNS clear in this run: while senders can still reach the backup,
+    # its relays must stay whitelisted and exempt.
+    relay_access(mailhost=mailhost, relay_cidrs=rollback.settings.relay_cidrs, present=False,
+                 names=ROLLBACK_4_NAMES, _if=rollback.dns_all_clear)

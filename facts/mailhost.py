@@ -143,6 +143,19 @@ class PostscreenAccessFile(FactBase):
         return {"path": path, "content": content, "networks": networks, "invalid": invalid, "error": None}
 
 
+def postconf_failure(captured, parts, missing: str) -> str | None:
+    """Why the ``postconf`` captures ``parts`` cannot be trusted (``missing``: postconf is not there, or
+    one part failed); None when every part answered. "Postfix is not there" never reads as "nothing set"."""
+    has = captured.get("has")
+    if has is None or has.rc != 0:
+        return has.problem() if has and (has.err or has.rc not in (1, 127)) else missing
+    for name in parts:
+        part = captured.get(name)
+        if part is None or part.rc != 0:
+            return f"postconf ({name}): {part.problem() if part else 'no output'}"
+    return None
+
+
 class PostscreenListeners(FactBase):
     """
     Postfix's services as it reports them: ``{"postconf": bool, "error", "services":
@@ -178,15 +191,9 @@ class PostscreenListeners(FactBase):
 
     def process(self, output):
         captured = parse_captures(output)
-        has = captured.get("has")
-        if has is None or has.rc != 0:
-            why = has.problem() if has and (has.err or has.rc not in (1, 127)) else "postconf not found"
-            return {"postconf": False, "error": why, "services": {}, "main": {}}
-        for name in ("master", "overrides", "main"):
-            part = captured.get(name)
-            if part is None or part.rc != 0:
-                return {"postconf": False, "error": f"postconf ({name}): {part.problem() if part else 'no output'}",
-                        "services": {}, "main": {}}
+        failure = postconf_failure(captured, ("master", "overrides", "main"), "postconf not found")
+        if failure:
+            return {"postconf": False, "error": failure, "services": {}, "main": {}}
         services = parse_postconf_services(captured["master"].out.splitlines(), captured["overrides"].out.splitlines())
         return {
             "postconf": True,

@@ -17,7 +17,7 @@ from backupmx.postfix.mastercf import parse_postconf_services
 from backupmx.postfix.shell import one_line, parse_captures
 from backupmx.postfix.postqueue import parse_postqueue_json
 from backupmx.postfix.relay_proof import OUTSIDE_DOMAIN, SMTP_PROOF
-from facts.mailhost import MailhostFiles, capture_command
+from facts.mailhost import MailhostFiles, capture_command, postconf_failure
 
 
 class RelayFiles(MailhostFiles):
@@ -57,15 +57,10 @@ class RelayPostconf(FactBase):
 
     def process(self, output):
         captured = parse_captures(output)
-        has = captured.get("has")
-        if has is None or has.rc != 0:
-            return {"postconf": False, "error": "postconf not found (is Postfix installed?)", "settings": {},
-                    "services": {}}
-        for name in ("main", "master", "overrides"):
-            part = captured.get(name)
-            if part is None or part.rc != 0:
-                return {"postconf": False, "error": f"postconf ({name}): {part.problem() if part else 'no output'}",
-                        "settings": {}, "services": {}}
+        failure = postconf_failure(captured, ("main", "master", "overrides"),
+                                   "postconf not found (is Postfix installed?)")
+        if failure:
+            return {"postconf": False, "error": failure, "settings": {}, "services": {}}
         return {
             "postconf": True,
             "error": None,

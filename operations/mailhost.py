@@ -4,6 +4,7 @@
   relay networks only (seed change 3).
 - ``postscreen_whitelist``: ``postscreen_access.cidr`` and the PROXY-v2 listener's
   own ``postscreen_access_list`` and cache map (seed change 2).
+- ``relay_access``: both, in the one safe order for going in (stage 3) or out (rollback step 4).
 - ``verify_live``: stage 4, the proof, at execution time, that both are in force.
 
 Each change is one transaction on the mail host (``backupmx.postfix.transaction.transaction_script``):
@@ -104,6 +105,44 @@ def rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True):
         )
     """
     yield from apply_host_plan(exemption_plan(mailhost, relay_cidrs, present))
+
+
+# The operations' names in the two directions (the deploys' stage and step lists name them so).
+STAGE_3_NAMES = ("Stage 3: rspamd SPF/DMARC exemption for the relay networks",
+                 "Stage 3: postscreen whitelist on the PROXY-v2 listener")
+ROLLBACK_4_NAMES = ("Rollback 4: remove the rspamd SPF/DMARC exemption",
+                    "Rollback 4: remove the postscreen whitelist")
+
+
+def relay_access(mailhost: MailHost, relay_cidrs, present: bool = True,
+                 names: tuple[str, str] = STAGE_3_NAMES, **global_arguments) -> None:
+    """
+    Stage 3 (``present``) or rollback step 4 (not): ``rspamd_exemption`` and
+    ``postscreen_whitelist`` in the one order that never lets relayed mail in unprotected.
+
+    Going in, the exemption first: alone it only changes how relayed mail is scored,
+    while a lone whitelist would let relayed mail in to be judged on SPF and DMARC.
+    Going out, the whitelist first: relayed mail meets postscreen again before its
+    SPF and DMARC scoring comes back.
+
+    + names: (the exemption's operation name, the whitelist's)
+    + global_arguments: pyinfra's, given to both operations (e.g. ``_if``)
+
+    **Example:**
+
+    .. code:: python
+
+        relay_access(mailhost=mailhost_settings(host), relay_cidrs=settings.relay_cidrs)
+    """
+    exemption, whitelist = names
+    if present:
+        rspamd_exemption(name=exemption, mailhost=mailhost, relay_cidrs=relay_cidrs, **global_arguments)
+        postscreen_whitelist(name=whitelist, mailhost=mailhost, relay_cidrs=relay_cidrs, **global_arguments)
+    else:
+        postscreen_whitelist(name=whitelist, mailhost=mailhost, relay_cidrs=relay_cidrs, present=False,
+                             **global_arguments)
+        rspamd_exemption(name=exemption, mailhost=mailhost, relay_cidrs=relay_cidrs, present=False,
+                         **global_arguments)
 
 
 def _verify(state, host, mailhost, relay_cidrs, domain, record, timeout):  # (state, host): pyinfra passes them to a FunctionCommand

@@ -28,6 +28,26 @@ LOG_EVERY = 5.0
 _CLEAR = "\r\033[K"
 
 
+class Throttled:
+    """``log`` at most once every ``seconds`` by ``clock``: how a poll loop goes, without a line per poll.
+
+    ``at_once``: the first line is logged at the first call; otherwise ``seconds`` after this is made.
+    """
+
+    def __init__(self, log: Callable[[str], None], seconds: float, clock: Callable[[], float],
+                 at_once: bool = True):
+        self.log = log
+        self.seconds = seconds
+        self.clock = clock
+        self.logged_at = None if at_once else clock()
+
+    def __call__(self, message: str) -> None:
+        now = self.clock()
+        if self.logged_at is None or now - self.logged_at >= self.seconds:
+            self.logged_at = now
+            self.log(message)
+
+
 class Progress:
     def __init__(self, what: str, seconds: float, log: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic, terminal=None):

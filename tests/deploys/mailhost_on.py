@@ -8,16 +8,14 @@ tests/cli/test_dms_changedetector.py to switch docker-mailserver's config dir ba
 from pyinfra import host
 
 from backupmx.core.settings import load_settings
-from operations.mailhost import mailhost_settings, postscreen_whitelist, rspamd_exemption, verify_live
+from operations.mailhost import mailhost_settings, relay_access, verify_live
 
 if "mailhosts" in host.groups:
     settings = load_settings(host.data)
     mailhost = mailhost_settings(host)
     present = host.data.get("present", True)
-    rspamd_exemption(name="test: rspamd exemption", mailhost=mailhost, relay_cidrs=settings.relay_cidrs,
-                     present=present)
-    postscreen_whitelist(name="test: postscreen whitelist", mailhost=mailhost, relay_cidrs=settings.relay_cidrs,
-                         present=present)
+    relay_access(mailhost=mailhost, relay_cidrs=settings.relay_cidrs, present=present,
+                 names=("test: rspamd exemption", "test: postscreen whitelist"))
     if present and host.data.get("prove", False):
         verify_live(name="test: stage 4 proof", mailhost=mailhost, relay_cidrs=settings.relay_cidrs,
                     domain=settings.domains[0].name, record=lambda *proof: None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import sys
 
-from backupmx.core.progress import LOG_EVERY, QUIET_SECONDS, Progress
+from backupmx.core.progress import LOG_EVERY, QUIET_SECONDS, Progress, Throttled
 from backupmx.dns import check as dnscheck
 
 
@@ -72,3 +72,14 @@ def test_the_dns_wait_reports_what_is_still_missing(monkeypatch):
     dnscheck.wait_for_mx("example.org", ["127.0.0.1:53"], want_present={(20, "mx1.example.net")}, timeout=60,
                          clock=clock, sleep=sleep, on_wait=told.append)
     assert told == ["127.0.0.1:53 lacks 20 mx1.example.net"] * 3
+
+
+def test_a_poll_loop_logs_at_most_once_every_few_seconds():
+    now, lines = [0.0], []
+    at_once = Throttled(lines.append, 5.0, lambda: now[0])
+    later = Throttled(lambda line: lines.append("later: " + line), 5.0, lambda: now[0], at_once=False)
+    for second in range(0, 12):
+        now[0] = float(second)
+        at_once(f"{second}")
+        later(f"{second}")
+    assert lines == ["0", "5", "later: 5", "10", "later: 10"]

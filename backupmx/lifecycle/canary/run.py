@@ -25,12 +25,13 @@ from pathlib import Path
 
 from backupmx.core.errors import BackupMXError
 from backupmx.core.files import write_atomically
+from backupmx.core.progress import Throttled
 from backupmx.core.report import FAIL, PASS, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
+from backupmx.lifecycle.budget import Record, canary_spent
 from backupmx.lifecycle.canary.send import Remote, hand_off
 from backupmx.lifecycle.canary.settings import CanarySettings
-from backupmx.lifecycle.budget import Record, canary_spent
 from backupmx.lifecycle.canary.verdict import (
     BUDGET,
     MARKER_HEADER,
@@ -194,7 +195,7 @@ class CanaryRun:
         c = self.config
         grace = max(3 * c.poll_seconds, 3.0)
         deadline = self.clock() + c.wait_seconds
-        shown = self.clock()
+        progress = Throttled(log, 5.0, self.clock, at_once=False)
         mailbox: Mailbox = {}
         while True:
             mailbox = read_mailbox()
@@ -225,10 +226,8 @@ class CanaryRun:
             waiting = [k for k in pending if not settled(k, now, c.settle_seconds, grace)]
             if not waiting or now >= deadline:
                 return mailbox
-            if now - shown >= 5.0:
-                shown = now
-                log(f"canary: waiting for {len(waiting)} of {len(self.canaries)} "
-                    f"({', '.join(k.relay for k in waiting)}); at most {deadline - now:.0f} s more")
+            progress(f"canary: waiting for {len(waiting)} of {len(self.canaries)} "
+                     f"({', '.join(k.relay for k in waiting)}); at most {deadline - now:.0f} s more")
             self.sleep(c.poll_seconds)
 
     # -- 3. judge, clean up ------------------------------------------------------------

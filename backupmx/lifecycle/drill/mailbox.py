@@ -11,9 +11,10 @@ import re
 import time
 
 from backupmx.core.errors import BackupMXError
+from backupmx.core.progress import Throttled
 from backupmx.core.report import FAIL, PASS, SKIP, WARN
-from backupmx.lifecycle.drill.run import Drill, Log, Remote
 from backupmx.lifecycle.drill.messages import is_tagged, judge, title
+from backupmx.lifecycle.drill.run import Drill, Log, Remote
 from backupmx.mailhost.maildir import MAILDIR_SCRIPT, Delivered, parse_maildir_listing
 
 
@@ -30,7 +31,7 @@ def drain(drill: Drill, remote: Remote, log: Log) -> bool:
     """Step 6: wait, bounded, until the queue holds no probe and the mailbox has each one."""
     f = drill.failover
     deadline = drill.clock() + f.drain_seconds
-    shown = 0.0
+    progress = Throttled(log, 1.0, drill.clock)
     found: dict[str, list[Delivered]] = {}
     first = True
     while True:
@@ -64,10 +65,8 @@ def drain(drill: Drill, remote: Remote, log: Log) -> bool:
             break
         if now >= deadline:
             break
-        if now - shown >= 1.0:
-            shown = now
-            log(f"failover 6: queued {len(queued)}, delivered {len(delivered)}/{len(drill.probes)}; "
-                f"waiting at most {deadline - now:.0f} s more")
+        progress(f"failover 6: queued {len(queued)}, delivered {len(delivered)}/{len(drill.probes)}; "
+                 f"waiting at most {deadline - now:.0f} s more")
         drill.wait(f.poll_seconds)
     queued = [p for p in drill.probes if p.left_queue is None]
     if queued:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from backupmx.core.errors import BackupMXError
+from backupmx.core.progress import Throttled
 from backupmx.core.report import FAIL, PASS, Check, Report
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
@@ -261,7 +262,7 @@ class Drill:
         f = self.failover
         window_end = self.down_at + f.window_seconds
         deadline = min(self.clock() + f.queue_seconds, window_end)
-        shown = 0.0
+        progress = Throttled(log, 1.0, self.clock)
         while True:
             self.check_interrupt()
             queue = self.queue_by_sender()
@@ -281,10 +282,8 @@ class Drill:
                          f"not queued (or never tried) after {f.queue_seconds:.0f} s: "
                          + ", ".join(title(p) for p in waiting))
                 return False
-            if now - shown >= 1.0:
-                shown = now
-                log(f"failover 4: queued {len(self.probes) - len(waiting)}/{len(self.probes)}; primary down "
-                    f"{now - self.down_at:.1f} s, window ends in {window_end - now:.1f} s")
+            progress(f"failover 4: queued {len(self.probes) - len(waiting)}/{len(self.probes)}; primary down "
+                     f"{now - self.down_at:.1f} s, window ends in {window_end - now:.1f} s")
             self.wait(f.poll_seconds)
         evidence = "; ".join(f"{title(p)} queued {p.queued_at} ({p.attempts_at_up} attempt(s), "
                              f"last error: {p.last_error})" for p in self.probes)
