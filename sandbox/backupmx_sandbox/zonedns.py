@@ -119,7 +119,7 @@ class ZoneResolver(BaseResolver):
         qname = str(question.qname).rstrip(".").lower()
         qtype = QTYPE[question.qtype]
         slow = None if self.recursive else self.world.faults.take("slow", "DNS", qname)
-        if slow:  # the fake's ``slow`` fault with methods ["DNS"] (fake_cloudflare.Faults)
+        if slow:  # the fake's ``slow`` fault with methods ["DNS"] (cf_faults.Faults)
             time.sleep(float(slow.get("seconds", 1)))
         found = self.zone_data(qname)
         if found is None:
