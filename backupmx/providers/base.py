@@ -18,6 +18,8 @@ the gate report can say "mode secondary_mx (api mail/domain_get)" or "overage 4x
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,40 +106,43 @@ class BouncedMessage:
     relay: str | None = None
 
 
-class Provider:
+class Provider(ABC):
     """The provider interface. Reads never change anything; writes say what they did."""
 
     name: str
     backend: str
 
+    @abstractmethod
     def domain_facts(self, domain: str) -> ProviderFacts:
-        raise NotImplementedError
+        """What the provider holds for ``domain``: present, enabled, hold, the user table's default."""
 
+    @abstractmethod
     def relay_cidrs(self) -> Fact:
-        raise NotImplementedError
+        """The networks the provider's relays send from (G4 compares them with the run's ``relay_cidrs``)."""
 
+    @abstractmethod
     def overage(self) -> Fact:
         """G2: how the provider answers over-limit mail ("4xx" or "5xx"); only a human can confirm it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def set_hold(self, domain: str, on: bool) -> Fact:
         """Turn Accept-and-Hold on or off; the hold state afterwards."""
-        raise NotImplementedError
 
+    @abstractmethod
     def set_enabled(self, domain: str, enabled: bool) -> Fact:
         """Enable or disable the domain; the enabled state afterwards."""
-        raise NotImplementedError
 
+    @abstractmethod
     def queue(self, domain: str) -> list[QueuedMessage]:
-        raise NotImplementedError
+        """The messages for ``domain`` the provider holds now."""
 
+    @abstractmethod
     def bounces(self, domain: str) -> list[BouncedMessage]:
         """Messages for ``domain`` the relays bounced (gave up on), as far back as the provider keeps them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def manual_steps(self, change: str, domain: str) -> list[str]:
         """What an operator does by hand in the provider's console for ``change``."""
-        raise NotImplementedError
 
     def close(self) -> None:
         pass

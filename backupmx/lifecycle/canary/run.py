@@ -183,7 +183,7 @@ class CanaryRun:
             mine = [canary for canary in canaries if canary.domain == domain]
             try:
                 listed = {bounce.sender: bounce for bounce in self.provider().bounces(domain)}
-            except (BackupMXError, NotImplementedError) as error:
+            except BackupMXError as error:
                 for canary in mine:
                     canary.bounce_error = str(error) or f"provider {self.settings.provider.name} lists no bounces"
                 continue
