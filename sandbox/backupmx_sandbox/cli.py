@@ -18,6 +18,9 @@ from backupmx_sandbox.world import Sandbox, write_private_json
 
 def up(sandbox: Sandbox) -> dict:
     supervisor = Supervisor(sandbox)
+    # Ports chosen before the machine-wide registry (or taken by another world) move while
+    # nothing of this world runs (backupmx_sandbox.ports).
+    sandbox.reserve_ports(running=any(supervisor.pid(name) for name in supervisor.known()))
     world: dict = {
         "root": str(sandbox.root),
         "primary_mx": {"host": seed.PRIMARY_MX, "priority": seed.PRIMARY_PRIORITY},
