@@ -696,6 +696,7 @@ class HttpHandler(BaseHTTPRequestHandler):
             ("GET", "relay"): app.settings.snapshot,
             ("POST", "relay"): lambda: app.settings.update(request),
             ("GET", "queue"): app.queue_report,
+            ("GET", "delivery"): lambda: {"rounds": app.delivery.rounds},
             ("POST", "flush"): lambda: {"scheduled": app.flush(request.get("domain"))},
         }
         route = routes.get((method, name))
@@ -911,6 +912,7 @@ class Delivery(threading.Thread):
         self.timeout = timeout
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self.rounds = 0  # delivery rounds done (GET /_sandbox/delivery): a test waits for rounds, not for time
 
     def wake(self) -> None:
         self._wake.set()
@@ -927,6 +929,7 @@ class Delivery(threading.Thread):
                 self.deliver_due()
             except Exception:  # keep the relay alive; the next round retries
                 log.exception("delivery round failed")
+            self.rounds += 1
 
     def deliver_due(self) -> None:
         if not self.app.settings.get("deliver"):
