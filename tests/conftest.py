@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 
 from backupmx_sandbox import cli
 from backupmx_sandbox.world import Sandbox, load_world, sandbox_root, world_dir
@@ -61,6 +62,19 @@ def world(sandbox: Sandbox):
     _live.clear()
     if not already_up and not os.environ.get("BACKUPMX_KEEP_SANDBOX"):
         cli.down(sandbox)
+
+
+@pytest.fixture(autouse=True)
+def no_pyinfra_run_left_in_progress():
+    """pyinfra's ``ctx_state.use(...)`` (and its siblings) put the previous context back only when
+    the block ends without an exception: a test whose API run raised inside one (an operation
+    that failed on purpose) leaves its State as "the run in progress" for every later test in the
+    same process, and ``backupmx.core.context.in_a_run()`` then answers yes outside any run. In a
+    parallel run any module may come after any other: nothing of one test's run outlives it."""
+    yield
+    for manager in (ctx_state, ctx_host, ctx_inventory, ctx_config):
+        if manager.isset():
+            manager.reset()
 
 
 @pytest.fixture(autouse=True, scope="module")
