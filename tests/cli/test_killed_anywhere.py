@@ -124,10 +124,12 @@ class Run:
 
     def __init__(self, deploy: str, args: tuple):
         self.started = time.monotonic()
+        # PYTHONFAULTHANDLER: a run that outlives Ctrl-C is sent SIGABRT first, which prints where it hangs.
         self.process = subprocess.Popen(pyinfra_argv(deploy, *args), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         self.lines: list[str] = []
+        self.stuck = ""  # `ps` of its process group when it outlived SIGINT_GRACE
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -170,7 +172,8 @@ def landed_stage(deploy: str, operations: list[str]) -> str:
 
 
 def kill(run: Run, kill_signal: int) -> int:
-    """Signal the run's process group; wait for it (a run that ignores Ctrl-C is then SIGKILLed)."""
+    """Signal the run's process group; wait for it (a run that ignores Ctrl-C is then SIGKILLed,
+    what still ran in its group kept in ``run.stuck``)."""
     try:
         os.killpg(run.process.pid, kill_signal)
     except ProcessLookupError:
@@ -178,6 +181,14 @@ def kill(run: Run, kill_signal: int) -> int:
     try:
         return run.process.wait(timeout=SIGINT_GRACE)
     except subprocess.TimeoutExpired:
+        run.stuck = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,wchan:24,args", "-g", str(run.process.pid)],
+                                   capture_output=True, text=True).stdout
+        os.kill(run.process.pid, signal.SIGABRT)  # faulthandler prints every thread's stack
+        try:
+            run.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        run.reader.join(timeout=5)
         os.killpg(run.process.pid, signal.SIGKILL)
         run.process.wait(timeout=30)
         return -999
@@ -302,7 +313,9 @@ def test_killed_at_any_instant(world, report):
             entry.landed = MISSED
         entry.exit = kill(run, kill_signal)
         if entry.exit == -999:
-            entry.broken.append(f"still running {SIGINT_GRACE:.0f} s after SIGINT")
+            tail = "\n".join(run.text().splitlines()[-60:])
+            entry.broken.append(f"still running {SIGINT_GRACE:.0f} s after SIGINT; its group then:\n{run.stuck}\n"
+                                f"its last lines (with the stacks SIGABRT printed):\n{tail}")
         text = run.text()
         # Before pyinfra loads the deploy file no project code has run: a Ctrl-C there is pyinfra's own
         # business (a KeyboardInterrupt traceback while it imports, or its exit 0). From then on the
