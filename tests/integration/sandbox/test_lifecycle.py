@@ -8,6 +8,7 @@ other workers' worlds.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from backupmx_sandbox.mailhost import mailhost_paths
 from backupmx_sandbox.supervisor import Supervisor, group_alive
 from backupmx_sandbox.world import Sandbox, world_dir
 
@@ -35,11 +37,29 @@ def sandbox_cli(root: Path, command: str) -> subprocess.CompletedProcess:
     return result
 
 
+HYPERSCAN_CACHE = (".hs", ".hsmp", ".hsmc", ".unser")
+
+
+def seed_rspamd_cache(source: Path, target: Path) -> None:
+    """A cold rspamd compiles its hyperscan cache into its DBDIR (about 10 s of CPU). The files are
+    named by a hash of what they compile, and every world runs the same rspamd config: a new world
+    may start from another's (rspamd checks each file and compiles again whatever does not fit)."""
+    if not source.is_dir() or any(target.glob("*.hs")):
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.suffix in HYPERSCAN_CACHE and path.is_file():
+            shutil.copy2(path, target / path.name)
+            os.chown(target / path.name, path.stat().st_uid, path.stat().st_gid)
+    os.chown(target, source.stat().st_uid, source.stat().st_gid)
+
+
 @pytest.fixture
 def own():
     """A world directory of this test's own; whatever of it runs at the end is stopped."""
     root = world_dir("lifecycle")
     sandbox = Sandbox(root=root)
+    seed_rspamd_cache(mailhost_paths(Sandbox()).rspamd_db, mailhost_paths(sandbox).rspamd_db)
     yield sandbox
     subprocess.run([SANDBOX_CLI, "down"], capture_output=True, timeout=300,
                    env={**os.environ, "BACKUPMX_SANDBOX_DIR": str(sandbox.root)})
