@@ -19,6 +19,10 @@ and validation: stages 3-4, rollback step 4; Cloudflare: stage 5, rollback step
 1). A dependency is not faulted in a stage that does not call it: the run would
 be the unfaulted run. docs/reliability.md lists the cells and why.
 
+``make test`` runs the short form: one cell per fault kind, which together reach every
+stage (13 cells); the five cells marked ``sweep`` repeat a fault kind in another stage
+and run with ``BACKUPMX_SWEEP=1`` (the long form, all 18).
+
 The matrix (fault × stage → held/broken) is printed once the module's cells have run.
 """
 
