@@ -189,7 +189,10 @@ def kill(run: Run, kill_signal: int) -> int:
         except subprocess.TimeoutExpired:
             pass
         run.reader.join(timeout=5)
-        os.killpg(run.process.pid, signal.SIGKILL)
+        try:
+            os.killpg(run.process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # SIGABRT ended it, and its group with it
+            pass
         run.process.wait(timeout=30)
         return -999
     finally:
