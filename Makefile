@@ -61,10 +61,14 @@ demo: setup
 pytest = @$(BIN)/pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The whole suite: tests/unit, tests/integration and tests/cli (a sandbox world is brought up;
-# tests/cli/dms brings up a second one with the real docker-mailserver, whose image is built first).
+# The whole suite: tests/unit, tests/integration and tests/cli, in TEST_WORKERS parallel
+# pytest-xdist workers, each with a sandbox world of its own (.sandbox-gw0, ...; tests/conftest.py);
+# tests/cli/dms brings up a worker's second world with the real docker-mailserver, whose image
+# is built first. A module's tests stay on one worker (loadfile), modules go out heaviest first
+# (tests/module_seconds.json). TEST_WORKERS=0 runs serially against .sandbox.
+TEST_WORKERS ?= 3
 test: setup dms-image
-	$(call pytest)
+	$(call pytest,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The fast loop: tests/unit alone (pure: no apt, no sandbox world), in seconds.
 test-unit: venv
@@ -108,5 +112,9 @@ lock:
 	$(PIP_COMPILE) --all-build-deps --extra test -c $(LOCK_DIR)/build.txt -o $(LOCK_DIR)/setup.txt
 	$(PIP_COMPILE) --all-build-deps --extra test --extra bench -c $(LOCK_DIR)/setup.txt -o $(BENCH_LOCK)
 
+# Also the test workers' worlds (.sandbox-gw0, ...) and the lifecycle test's (.sandbox-lifecycle).
 clean: sandbox-down
-	rm -rf .sandbox $(VENV) $(LOCK_VENV)
+	@for dir in .sandbox-*; do \
+	  [ ! -d "$$dir" ] || [ ! -x $(BIN)/backupmx-sandbox ] || \
+	  BACKUPMX_SANDBOX_DIR="$$(realpath "$$dir")" $(BIN)/backupmx-sandbox down; done
+	rm -rf .sandbox .sandbox-* $(VENV) $(LOCK_VENV)

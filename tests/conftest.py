@@ -1,7 +1,18 @@
-"""Shared fixtures: one sandbox world for the whole test session.
+"""Shared fixtures: one sandbox world for the whole test session (per worker).
 
 If a world is already up (``backupmx-sandbox up`` by hand), the suite uses it and
-leaves it running; otherwise it brings one up and takes it down at the end.
+leaves it running; otherwise it brings one up and takes it down at the end
+(``BACKUPMX_KEEP_SANDBOX=1`` leaves it up).
+
+``make test`` runs the suite in parallel pytest-xdist workers (``-n``, ``--dist
+loadfile``: a module's tests stay on one worker, so its module fixtures deploy once),
+each with a world of its own: worker ``gw0``'s is ``.sandbox-gw0`` beside ``.sandbox``
+(``$BACKUPMX_SANDBOX_DIR-gw0`` when that is set; ``world.world_dir``), set as
+``BACKUPMX_SANDBOX_DIR`` in the worker before anything reads it, so every process it
+starts (the pyinfra CLI through ``inventory/sandbox.py``) sees the same world. The
+worlds' ports never collide (``backupmx_sandbox.ports``). Modules are handed out
+heaviest first (``tests/module_seconds.json``). A plain ``pytest`` runs serially
+against ``.sandbox``.
 
 The tests by kind: tests/unit (pure, no world; tests/unit/conftest.py keeps it so),
 tests/integration (the sandbox's daemons), tests/cli (the pyinfra CLI end to end).
@@ -13,14 +24,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import trustme
+from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 
 from backupmx_sandbox import cli
-from backupmx_sandbox.world import Sandbox, load_world, sandbox_root
+from backupmx_sandbox.world import Sandbox, load_world, sandbox_root, world_dir
 from providerkit import admin, cloudflare_admin
 from settlekit import settle
+from summarykit import summaries_in
+
+MODULE_SECONDS = Path(__file__).with_name("module_seconds.json")
 
 # The session's world once a test asked for it (the settling after each module needs it).
 _live: dict[str, dict] = {}
@@ -47,6 +64,19 @@ def world(sandbox: Sandbox):
         cli.down(sandbox)
 
 
+@pytest.fixture(autouse=True)
+def no_pyinfra_run_left_in_progress():
+    """pyinfra's ``ctx_state.use(...)`` (and its siblings) put the previous context back only when
+    the block ends without an exception: a test whose API run raised inside one (an operation
+    that failed on purpose) leaves its State as "the run in progress" for every later test in the
+    same process, and ``backupmx.core.context.in_a_run()`` then answers yes outside any run. In a
+    parallel run any module may come after any other: nothing of one test's run outlives it."""
+    yield
+    for manager in (ctx_state, ctx_host, ctx_inventory, ctx_config):
+        if manager.isset():
+            manager.reset()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def settled_world():
     """After each module that used the world, no mail of its tests is still on its way (settlekit)."""
@@ -55,12 +85,75 @@ def settled_world():
         settle(_live["world"])
 
 
+def pytest_addoption(parser):
+    parser.addoption("--record-module-seconds", metavar="PATH", default=None,
+                     help="write each module's total seconds (setup + call + teardown) to PATH as JSON "
+                          "(e.g. tests/module_seconds.json, the order workers get modules in)")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    config.addinivalue_line("markers", "lifecycle: takes the sandbox world down; runs last")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        # This worker's own world, before anything reads BACKUPMX_SANDBOX_DIR; every process
+        # the worker starts inherits it.
+        os.environ["BACKUPMX_SANDBOX_DIR"] = str(world_dir(worker))
+    config.addinivalue_line("markers", "lifecycle: brings a world of its own up and down (not the session's)")
+    config.addinivalue_line("markers", "sweep: the long form of a sweep (KILLS, the whole fault matrix); "
+                                       "`-m sweep` or BACKUPMX_SWEEP=1 runs it")
+
+
+def sweeping(config) -> bool:
+    """The long form of the sweeps: ``BACKUPMX_SWEEP=1``, or a ``-m`` expression that names ``sweep``."""
+    return os.environ.get("BACKUPMX_SWEEP") == "1" or "sweep" in (config.getoption("markexpr") or "")
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.get_closest_marker("lifecycle") is not None)
+    """The long form's extra cases are skipped unless sweeping. In a parallel run, modules go
+    out heaviest first (the rest keep their order): the longest module starts at once instead
+    of last; ``--dist loadfile --no-loadscope-reorder`` keeps that order."""
+    if not sweeping(config):
+        skip = pytest.mark.skip(reason="long form only: BACKUPMX_SWEEP=1 (docs/reliability.md)")
+        for item in items:
+            if item.get_closest_marker("sweep"):
+                item.add_marker(skip)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    try:
+        seconds = json.loads(MODULE_SECONDS.read_text())
+    except (OSError, ValueError):
+        seconds = {}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0], 0.0))
+
+
+_module_seconds: defaultdict[str, float] = defaultdict(float)
+
+
+_summaries: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    """Every phase's duration, by module (in a parallel run the controller hears every worker's);
+    the tables in its captured output (summarykit), shown at the end."""
+    _module_seconds[report.nodeid.split("::", 1)[0]] += report.duration
+    for name, content in report.sections:
+        if not name.startswith("Captured stdout"):
+            continue
+        _summaries.extend(summaries_in(content))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for title, text in _summaries:
+        terminalreporter.write_sep("-", title)
+        terminalreporter.write_line(text)
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--record-module-seconds")
+    if path and not os.environ.get("PYTEST_XDIST_WORKER"):
+        measured = {module: round(total, 1) for module, total in
+                    sorted(_module_seconds.items(), key=lambda item: -item[1])}
+        Path(path).write_text(json.dumps(measured, indent=1) + "\n")
 
 
 # --- secret hygiene, suite-wide (docs/reliability.md) ---------------------------------

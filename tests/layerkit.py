@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import mailhostkit
@@ -163,3 +165,41 @@ def relays_past_postscreen(world) -> Iterator[None]:
         yield
     finally:
         mailhostkit.restore(world, before)
+
+
+# Postfix's default: postscreen waits this long for a client to talk early, and for its
+# DNSBL answers (the sandbox's mail host waits 1 s, so that each new client's session stays quick).
+DNSBL_GREET_WAIT = "6s"
+RELOADED = " reload -- version "  # what master logs once it re-read its configuration
+
+
+@contextlib.contextmanager
+def dnsbl_in_time(world) -> Iterator[None]:
+    """postscreen takes the DNSBL answers that come within its greet wait; on a loaded machine the
+    sandbox resolver's answer can take longer than the mail host's 1 s, and postscreen then lets a
+    listed client pass, and caches that PASS for the next sessions. For the block the PROXY-v2
+    listener waits Postfix's default 6 s and its postscreen cache starts empty (no PASS of an
+    earlier session counts); the three stage-3 files are put back after the block."""
+    before = mailhostkit.snapshot(world)
+    paths = mailhostkit.managed_paths(world)
+    listener = world["mailhost"]["proxy_service"].split("/")[0]
+    paths["master.cf"].write_text(set_service_options(paths["master.cf"].read_text(), listener, "inet",
+                                                      {"postscreen_greet_wait": DNSBL_GREET_WAIT}))
+    data_directory = subprocess.run(["postconf", "-c", world["postfix_config_dir"], "-h", "data_directory"],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+    Path(data_directory, "postscreen_proxy_cache.db").unlink(missing_ok=True)
+    reload_and_wait(world)
+    try:
+        yield
+    finally:
+        mailhostkit.restore(world, before)
+
+
+def reload_and_wait(world, timeout: float = 30.0) -> None:
+    """``postfix reload``, then wait (bounded) until master logged that it re-read its configuration."""
+    before = postfix_log(world).count(RELOADED)
+    mailhostkit.reload_postfix(world)
+    deadline = time.monotonic() + timeout
+    while postfix_log(world).count(RELOADED) <= before:
+        assert time.monotonic() < deadline, "the mail host's Postfix did not log its reload"
+        time.sleep(0.05)

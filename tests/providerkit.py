@@ -6,7 +6,6 @@ import copy
 import importlib.util
 import json
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import requests
 
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings, load_settings
+from backupmx_sandbox.world import Sandbox
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -103,10 +103,9 @@ def secret_values(world) -> list[str]:
 
 
 def dead_port() -> int:
-    """A loopback port nothing listens on (what a stopped daemon looks like to a client)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on (what a stopped daemon looks like to a client): one the
+    session's world reserved and never binds, so no other world or outgoing connection takes it."""
+    return Sandbox().port("tests.dead")
 
 
 def pyinfra_argv(deploy: str, *args: str, yes: bool = True, dry: bool = False,

@@ -29,6 +29,9 @@ def up(sandbox: Sandbox, primary: str | None = None) -> dict:
             raise RuntimeError(f"this sandbox runs the {sandbox.primary} primary ({', '.join(running)}); "
                                f"`backupmx-sandbox down` first")
         sandbox.choose_primary(primary)
+    # Ports chosen before the machine-wide registry (or taken by another world) move while
+    # nothing of this world runs (backupmx_sandbox.ports).
+    sandbox.reserve_ports(running=any(supervisor.pid(name) for name in supervisor.known()))
     world: dict = {
         "root": str(sandbox.root),
         "primary_mx": {"host": seed.PRIMARY_MX, "priority": seed.PRIMARY_PRIORITY},

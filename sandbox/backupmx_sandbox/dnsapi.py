@@ -170,18 +170,19 @@ def resolver_address(sandbox: Sandbox) -> str:
     resolv.conf has no port, so the resolver must own port 53 of an address. Several
     sandboxes run on one machine at once: X.Y comes from a digest of the sandbox
     directory (stable across ``up``), moved on while port 53 there is taken (UDP or
-    TCP), and kept in ``addresses.json``.
+    TCP) or another world reserved it (``backupmx_sandbox.ports``), and kept in
+    ``addresses.json``.
     """
 
-    def choose() -> str:
+    def candidates():
         for attempt in range(256):
             digest = hashlib.sha256(f"{sandbox.root}:{attempt}".encode()).digest()
-            candidate = f"127.53.{digest[0]}.{digest[1] % 254 + 1}"
-            if _port_53_free(candidate):
-                return candidate
-        raise RuntimeError("no free port 53 on any 127.53.x.y address for the sandbox resolver")
+            yield f"127.53.{digest[0]}.{digest[1] % 254 + 1}"
 
-    return sandbox.address("resolver", choose)
+    try:
+        return sandbox.address("resolver", candidates(), _port_53_free)
+    except RuntimeError:
+        raise RuntimeError("no free port 53 on any 127.53.x.y address for the sandbox resolver") from None
 
 
 def _port_53_free(address: str) -> bool:

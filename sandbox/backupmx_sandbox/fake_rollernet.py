@@ -110,11 +110,14 @@ class Rollernet:
                 if entry.get("domain") == domain]
 
     def queue_report(self) -> dict:
-        return {
-            "queued": self.queue_listing(None),
-            "delivered": self.queue.history("delivered"),
-            "bounced": self.queue.history("bounced"),
-        }
+        # One snapshot, under the queue's lock: a message that finishes meanwhile is either still
+        # queued or already delivered/bounced, never both (nor neither).
+        with self.queue.lock:
+            return {
+                "queued": self.queue_listing(None),
+                "delivered": self.queue.history("delivered"),
+                "bounced": self.queue.history("bounced"),
+            }
 
     # -- changes ----------------------------------------------------------------
 

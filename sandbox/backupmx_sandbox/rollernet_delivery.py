@@ -125,6 +125,7 @@ class Delivery(threading.Thread):
         self.timeout = timeout
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self.rounds = 0  # delivery rounds done (GET /_sandbox/delivery): a test waits for rounds, not for time
 
     def wake(self) -> None:
         self._wake.set()
@@ -141,6 +142,7 @@ class Delivery(threading.Thread):
                 self.deliver_due()
             except Exception:  # keep the relay alive; the next round retries
                 log.exception("delivery round failed")
+            self.rounds += 1
 
     def deliver_due(self) -> None:
         if not self.app.settings.get("deliver"):

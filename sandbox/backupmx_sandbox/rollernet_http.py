@@ -147,6 +147,7 @@ class HttpHandler(BaseHTTPRequestHandler):
             ("GET", "relay"): app.settings.snapshot,
             ("POST", "relay"): lambda: app.settings.update(request),
             ("GET", "queue"): app.queue_report,
+            ("GET", "delivery"): lambda: {"rounds": app.delivery.rounds},
             ("POST", "flush"): lambda: {"scheduled": app.flush(request.get("domain"))},
         }
         route = routes.get((method, name))

@@ -2,7 +2,9 @@
 
 Everything the sandbox creates lives under one directory (``.sandbox/`` in the
 project root unless ``BACKUPMX_SANDBOX_DIR`` says otherwise). Ports and generated
-secrets are chosen once and kept, so ``up`` after ``down`` gives the same world.
+secrets are chosen once and kept, so ``up`` after ``down`` gives the same world;
+ports and the resolver's address are reserved machine-wide (``backupmx_sandbox.ports``),
+so several worlds run side by side (``make test`` has one per worker, ``world_dir``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
+
+from backupmx_sandbox.ports import PortRegistry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -38,10 +42,28 @@ def sandbox_root() -> Path:
         raise SystemExit(f"backupmx-sandbox is installed as a copy, in {Path(__file__).resolve().parent}, and "
                          f"its world belongs to the checkout: install it in place (pip install --no-deps -e ./sandbox "
                          f"from the checkout; make setup does), or set BACKUPMX_SANDBOX_DIR")
-    link = PROJECT_ROOT / ".sandbox"
+    return _project_dir(".sandbox", str(PROJECT_ROOT))
+
+
+def world_dir(label: str) -> Path:
+    """The directory of another world beside the default one (a test worker's, ``label`` ``gw0``).
+
+    ``$BACKUPMX_SANDBOX_DIR-<label>`` when that is set, else ``.sandbox-<label>`` in the
+    project, a link to /var/tmp like ``.sandbox`` when the project is not traversable by all.
+    Not created here: ``Sandbox(root)`` creates it.
+    """
+    explicit = os.environ.get("BACKUPMX_SANDBOX_DIR")
+    if explicit:
+        return Path(f"{Path(explicit).resolve()}-{label}")
+    return _project_dir(f".sandbox-{label}", f"{PROJECT_ROOT}:{label}")
+
+
+def _project_dir(name: str, key: str) -> Path:
+    link = PROJECT_ROOT / name
     if not link.exists() and not _traversable_by_all(PROJECT_ROOT):
-        digest = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:12]
-        target = Path("/var/tmp") / f"backupmx-sandbox-{digest}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        suffix = "" if name == ".sandbox" else name.removeprefix(".sandbox")
+        target = Path("/var/tmp") / f"backupmx-sandbox-{digest}{suffix}"
         target.mkdir(mode=0o755, exist_ok=True)
         if link.is_symlink():
             link.unlink()
@@ -72,12 +94,6 @@ def write_private_json(path: Path, data: dict) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
     os.replace(tmp, path)
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
 
 
 def port_in_use(port: int, host: str = LOOPBACK) -> bool:
@@ -126,30 +142,67 @@ class Sandbox:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def port(self, name: str, udp_too: bool = False) -> int:
-        """A loopback port reserved for ``name``, the same on every ``up``."""
+        """A loopback port reserved for ``name``, the same on every ``up``.
+
+        Chosen once, outside the kernel's ephemeral range, and reserved machine-wide
+        (``backupmx_sandbox.ports``): no other world is ever given it.
+        """
         ports = self._load(self._ports_file)
-        if name not in ports:
-            taken = set(ports.values())
-            while True:
-                candidate = _free_port()
-                if candidate in taken:
-                    continue
-                if udp_too:
-                    try:
-                        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                            udp.bind((LOOPBACK, candidate))
-                    except OSError:
-                        continue
-                break
-            ports[name] = candidate
-            write_private_json(self._ports_file, ports)
+        if name in ports:
+            return ports[name]
+        registry = PortRegistry()
+        with registry.locked() as data:
+            ports = self._load(self._ports_file)  # another process of this world may have chosen it meanwhile
+            if name not in ports:
+                ports[name] = registry.reserve(self.root, name, udp_too=udp_too, data=data)
+                write_private_json(self._ports_file, ports)
         return ports[name]
 
-    def address(self, name: str, choose: Callable[[], str]) -> str:
-        """A loopback address reserved for ``name`` (``choose`` picks it once), the same on every ``up``."""
+    def reserve_ports(self, running: bool) -> list[str]:
+        """Reserve every port and address this world already chose (``up`` calls it first).
+
+        A stored port that is no longer allowed (inside the ephemeral range: chosen before the
+        registry) or that another world holds is dropped, to be chosen again, when nothing of
+        this world runs; a running world keeps it (``down`` then ``up`` moves it). Returns the
+        names dropped.
+        """
+        registry = PortRegistry()
+        dropped = []
+        with registry.locked() as data:
+            ports = self._load(self._ports_file)
+            for name, port in sorted(ports.items()):
+                if registry.may_keep(self.root, port, data):
+                    registry.reserve(self.root, name, keep=port, data=data)
+                    continue
+                holder = data["ports"].get(str(port))
+                if running and holder is not None:
+                    raise RuntimeError(f"port {port} ({name}) of the running world {self.root} is reserved by "
+                                       f"{holder['owner']}; stop this world (`backupmx-sandbox down`) and start it "
+                                       "again to move it")
+                if not running:
+                    dropped.append(name)
+            if dropped:
+                write_private_json(self._ports_file, {k: v for k, v in ports.items() if k not in dropped})
+        addresses = self._load(self._addresses_file)
+        kept = {}
+        for name, address in sorted(addresses.items()):
+            try:
+                kept[name] = registry.reserve_address(self.root, name, [], lambda _: False, keep=address)
+            except RuntimeError:
+                if running:
+                    raise RuntimeError(f"address {address} ({name}) of the running world {self.root} is reserved "
+                                       "by another world; stop this world and start it again to move it") from None
+                dropped.append(name)
+        if kept != addresses:
+            write_private_json(self._addresses_file, kept)
+        return dropped
+
+    def address(self, name: str, candidates: Iterable[str], usable: Callable[[str], bool]) -> str:
+        """A loopback address reserved for ``name``: the first of ``candidates`` that ``usable``
+        accepts and no other world holds; the same on every ``up``."""
         addresses = self._load(self._addresses_file)
         if name not in addresses:
-            addresses[name] = choose()
+            addresses[name] = PortRegistry().reserve_address(self.root, name, candidates, usable)
             write_private_json(self._addresses_file, addresses)
         return addresses[name]
 

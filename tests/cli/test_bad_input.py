@@ -6,13 +6,14 @@ the deploy sees it). Every case must end in exactly one ``pyinfra error`` line t
 names the field, exit non-zero, print no traceback, and contact nothing: the
 fakes' request logs stay empty and no lock or audit line is written.
 
-The cases run four at a time (each is a ~1 s CLI start) in one module fixture;
+The cases run four at a time in one module fixture, from one process that imported
+pyinfra's CLI once and forks a child per case (``clibatchkit``: each child calls the
+CLI's ``main()`` as the ``pyinfra`` script does, the project's code loaded afresh);
 the parametrized tests then check one result each.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from providerkit import (
     cloudflare_requests,
     output,
     pyinfra,
+    pyinfra_argv,
     sandbox_data,
 )
+from clibatchkit import run_batch
 
 BACKUPMX = "deploys/backupmx.py"
 ROLLBACK = "deploys/rollback.py"
@@ -140,13 +143,9 @@ def results(world):
     audit_before = audit.read_text() if audit.exists() else ""
     cases = _cases(sandbox_data())
 
-    def run(case):
-        _id, deploy, assignments, _field = case
-        args = [arg for assignment in assignments for arg in ("--data", assignment)]
-        return pyinfra(deploy, *args, timeout=60)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        done = dict(zip(CASE_IDS, pool.map(run, cases)))
+    argvs = [pyinfra_argv(deploy, *[arg for assignment in assignments for arg in ("--data", assignment)])[1:]
+             for _id, deploy, assignments, _field in cases]
+    done = dict(zip(CASE_IDS, run_batch(argvs, parallel=4)))
     entries = cloudflare_requests(world)
     contacted = {
         "cloudflare": [entry for entry in entries if "/client/v4/" in entry["path"]],

@@ -71,10 +71,19 @@ def put_back(world, state: dict[str, bytes | None]) -> None:
     reload_relay(world)
 
 
+RELOADED = " reload -- version "  # what the relay's master logs once it re-read its configuration
+
+
 def reload_relay(world) -> None:
+    """``postfix reload``, then wait (bounded) until the relay's master logged the reload."""
+    log = Path(world["selfhosted"]["log"])
+    before = log.read_text(errors="replace").count(RELOADED)
     subprocess.run(["postfix", "-c", settings(world).postfix_config_dir, "reload"], check=True,
                    capture_output=True, timeout=30)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while log.read_text(errors="replace").count(RELOADED) <= before:
+        assert time.monotonic() < deadline, f"the relay's Postfix did not log its reload in {log}"
+        time.sleep(0.05)
 
 
 def leftovers(world) -> list[Path]:

@@ -200,7 +200,11 @@ def test_create_that_timed_out_is_not_duplicated(world, sdk, zone_id):
     faults(world, slow={"count": 1, "seconds": 1.0, "methods": ["POST"]})
     client = CloudflareClient(world["cloudflare_api_base"], world["cloudflare_token"], timeout=(2, 0.4))
     client.create_mx(zone_id, world["zone"], BACKUP, 20, MANAGED_MARKER)
-    time.sleep(1.2)
+    # The late original is logged once it has answered (its write tried): wait for that, bounded.
+    deadline = time.monotonic() + 30
+    while not [entry for entry in request_log(world) if entry["fault"] == "slow"]:
+        assert time.monotonic() < deadline, "the slow POST never finished"
+        time.sleep(0.05)
     assert len(sdk_mx(sdk, zone_id, BACKUP)) == 1
 
 

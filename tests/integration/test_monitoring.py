@@ -31,6 +31,7 @@ from backupmx.monitoring.rules import (
 from backupmx.core.templates import yaml_string
 from backupmx.monitoring.settings import RULES_FILE, load_monitoring
 from operations.monitoring import validate_locally
+from backupmx_sandbox.world import Sandbox
 from providerkit import PROJECT_ROOT, dead_port, sandbox_settings
 
 BLACKBOX = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
@@ -131,7 +132,7 @@ def blackbox(world, tmp_path_factory):
     text += NAIVE_MODULE.format(domain=world["zone"], regexps=regexps)
     config = tmp_path_factory.mktemp("blackbox") / "blackbox.yml"
     config.write_text(text)
-    port = dead_port()  # free: nothing listens there yet
+    port = Sandbox().port("tests.blackbox")  # this world's own: nothing else listens there
     log = open(config.with_suffix(".log"), "w")  # noqa: SIM115 (open for the process's lifetime)
     process = subprocess.Popen([BLACKBOX, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
                                stdout=log, stderr=subprocess.STDOUT)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import email.utils
 import json
 import smtplib
-import socket
 import ssl
 import threading
 import time
@@ -295,7 +294,8 @@ def test_hold_keeps_mail_queued_until_released(world):
     acc_data(world, "hold_set", {"domain": seed.DOMAIN, "hold": True})
     send_via_relay(world, message())
 
-    time.sleep(1.0)  # several delivery rounds
+    rounds = admin(world, "delivery")["rounds"]
+    wait_for(lambda: admin(world, "delivery")["rounds"] >= rounds + 3)  # several delivery rounds went by
     [entry] = queued(world)
     assert entry["held"] is True and entry["attempts"] == 0 and entry["next_attempt"] is None
 
@@ -377,10 +377,10 @@ class StandInMailHost:
 
 
 @pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def closed_port(sandbox) -> int:
+    """A port of this world's own that nothing listens on (reserved: no other world or
+    outgoing connection takes it)."""
+    return sandbox.port("tests.stand-in")
 
 
 @pytest.fixture

@@ -64,7 +64,8 @@ def test_postfix_asks_the_sandbox_resolver_in_a_namespace_of_its_own(sandbox, pr
 
 
 def test_postscreen_dnsbl_refuses_the_listed_relay_with_the_base_stack(primary):
-    reply = rcpt_reply(primary, relayed(LISTED_RELAY))
+    with layerkit.dnsbl_in_time(primary):
+        reply = rcpt_reply(primary, relayed(LISTED_RELAY))
     assert refused_by("postscreen_dnsbl", reply), str(reply)
     assert f"DNSBL rank 3 for [{LISTED_RELAY}]" in layerkit.postfix_log(primary)
 
@@ -118,7 +119,8 @@ def test_the_layer_refuses_relayed_mail_before_a_deploy_and_outside_clients_face
             faced = rcpt_reply(primary, outside(outside_client, mail_from=f"a@{seed.NEUTRAL_SENDER_DOMAIN}"))
             assert faced.code == 250, str(faced)
             return
-        faced = layer_probe(primary, layer, outside(outside_client))
+        with (layerkit.dnsbl_in_time(primary) if listed else contextlib.nullcontext()):
+            faced = layer_probe(primary, layer, outside(outside_client))
     # The listed outside address meets postscreen's DNSBL: the relay whitelist is not for it.
     assert refused_by("postscreen_dnsbl" if listed else layer, faced), f"{layer}, outside {outside_client}: {faced}"
 
