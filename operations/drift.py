@@ -22,8 +22,7 @@ from pyinfra import host
 
 from backupmx.core.context import once_per_run
 from backupmx.core.errors import BackupMXError
-from backupmx.core.inventory_errors import stop_error
-from backupmx.core.pyinfra_glue import active_host_names, failed_host_names
+from backupmx.core.pyinfra_glue import active_host_names, failed_host_names, one_line_error
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings
 from backupmx.dns import check as dnscheck
@@ -68,7 +67,7 @@ class DriftRun:
         if failing:
             count = len([finding for finding in self.findings if finding.failing])
             first = next(finding for finding in self.findings if finding.failing)
-            raise stop_error(f"{count} drift(s) found; first: {first.line()}")
+            raise one_line_error(f"{count} drift(s) found; first: {first.line()}")
 
 
 def current_drift_run() -> DriftRun:

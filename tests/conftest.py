@@ -29,11 +29,10 @@ from pathlib import Path
 
 import pytest
 import trustme
-from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
-
 from backupmx_sandbox import cli
 from backupmx_sandbox.world import Sandbox, load_world, sandbox_root, world_dir
 from providerkit import admin, cloudflare_admin
+from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from settlekit import settle
 from summarykit import summaries_in
 
@@ -193,11 +192,14 @@ def pytest_runtest_makereport(item, call):
     report.sections = sections  # the terminal report must not show it either
     if report.longrepr is not None and any(value in str(report.longrepr) for value in values):
         leaked = True
-        report.longrepr = "the failure report held a seeded secret value (not shown)"
+        shown = str(report.longrepr)
+        for value in values:
+            shown = shown.replace(value, "<SEEDED SECRET>")
+        report.longrepr = shown + "\n(the failure report held a seeded secret value, shown as <SEEDED SECRET>)"
     # Sections accumulate over setup, call and teardown: flag the call (or the phase that failed).
     if leaked and (report.when == "call" or report.failed):
         report.outcome = "failed"
-        if not isinstance(report.longrepr, str) or "seeded secret" not in report.longrepr:
+        if not isinstance(report.longrepr, str) or "seeded secret value" not in report.longrepr:
             report.longrepr = "a seeded secret value was in this test's captured output (shown as <SEEDED SECRET>)"
 
 

@@ -28,17 +28,18 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import mailhostkit
-from backupmx.mailhost.model import ACCESS_LIST
-from backupmx.postfix.mastercf import set_service_options
+import postfixkit
 from backupmx_sandbox import relayhost, seed
 from backupmx_sandbox.smtp_client import Reply, SMTPConnection, SMTPError
 from mailpath import endpoint
+
+from backupmx.mailhost.model import ACCESS_LIST
+from backupmx.postfix.mastercf import set_service_options
 
 STRICT_SENDER = f"someone@{seed.SENDER_DOMAIN}"
 LOCAL_RECIPIENT = f"postmaster@{seed.DOMAIN}"
@@ -127,12 +128,15 @@ def refused_by(layer: str, reply: Reply) -> bool:
     return re.search(LAYER_REFUSAL[layer], f"{reply.code} {reply.text}", re.S) is not None
 
 
+def postfix_log_path(world) -> Path:
+    """Where the sandbox primary's Postfix logs (maillog_file)."""
+    return Path(subprocess.run(["postconf", "-c", world["postfix_config_dir"], "-h", "maillog_file"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+
+
 def postfix_log(world) -> str:
-    """The sandbox primary's Postfix log (maillog_file)."""
-    path = subprocess.run(["postconf", "-c", world["postfix_config_dir"], "-h", "maillog_file"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return handle.read()
+    """The sandbox primary's Postfix log."""
+    return postfix_log_path(world).read_text(encoding="utf-8", errors="replace")
 
 
 @contextlib.contextmanager
@@ -170,7 +174,6 @@ def relays_past_postscreen(world) -> Iterator[None]:
 # Postfix's default: postscreen waits this long for a client to talk early, and for its
 # DNSBL answers (the sandbox's mail host waits 1 s, so that each new client's session stays quick).
 DNSBL_GREET_WAIT = "6s"
-RELOADED = " reload -- version "  # what master logs once it re-read its configuration
 
 
 @contextlib.contextmanager
@@ -195,11 +198,5 @@ def dnsbl_in_time(world) -> Iterator[None]:
         mailhostkit.restore(world, before)
 
 
-def reload_and_wait(world, timeout: float = 30.0) -> None:
-    """``postfix reload``, then wait (bounded) until master logged that it re-read its configuration."""
-    before = postfix_log(world).count(RELOADED)
-    mailhostkit.reload_postfix(world)
-    deadline = time.monotonic() + timeout
-    while postfix_log(world).count(RELOADED) <= before:
-        assert time.monotonic() < deadline, "the mail host's Postfix did not log its reload"
-        time.sleep(0.05)
+def reload_and_wait(world) -> None:
+    postfixkit.reload_and_wait(world["postfix_config_dir"], postfix_log_path(world))

@@ -11,6 +11,7 @@ copied first.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from providerkit import PROJECT_ROOT
 
 CONSOLE_SCRIPT = """#!{python}
@@ -29,8 +29,10 @@ sys.exit(main())
 
 
 def run(*argv, cwd=PROJECT_ROOT, timeout=180) -> subprocess.CompletedProcess:
+    # Without the test worker's own world: the copy must find none by itself.
+    env = {name: value for name, value in os.environ.items() if name != "BACKUPMX_SANDBOX_DIR"}
     return subprocess.run([str(arg) for arg in argv], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
+                          stdin=subprocess.DEVNULL, check=False, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from backupmx.core.relayhost import RelayHost, load_relayhost
-from backupmx.providers import relayhost as relay_render
-from backupmx.postfix.postqueue import parse_postqueue_json
-from backupmx.providers.relayhost import OFF, main_settings, trusted_by_mynetworks, wanted_files
 from backupmx_sandbox import relayhost as sandbox_relay
 from backupmx_sandbox.relayhost import haproxy_service, relay_paths, relay_ports
 from backupmx_sandbox.seed import DOMAIN, NEUTRAL_SENDER_DOMAIN
@@ -32,8 +27,14 @@ from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
 from mailhostkit import run_api_operation
 from mailpath import endpoint, wait_for_delivery
-from operations.relayhost import relay_config, verify_relay
+from postfixkit import reload_and_wait
 from providerkit import output, pyinfra
+
+from backupmx.core.relayhost import RelayHost, load_relayhost
+from backupmx.postfix.postqueue import parse_postqueue_json
+from backupmx.providers import relayhost as relay_render
+from backupmx.providers.relayhost import OFF, main_settings, trusted_by_mynetworks, wanted_files
+from operations.relayhost import relay_config, verify_relay
 
 # A domain with a mail server (the primary's reject_unknown_sender_domain asks) and no
 # SPF or DMARC record: the mail host's rspamd has nothing to reject for.
@@ -71,19 +72,8 @@ def put_back(world, state: dict[str, bytes | None]) -> None:
     reload_relay(world)
 
 
-RELOADED = " reload -- version "  # what the relay's master logs once it re-read its configuration
-
-
 def reload_relay(world) -> None:
-    """``postfix reload``, then wait (bounded) until the relay's master logged the reload."""
-    log = Path(world["selfhosted"]["log"])
-    before = log.read_text(errors="replace").count(RELOADED)
-    subprocess.run(["postfix", "-c", settings(world).postfix_config_dir, "reload"], check=True,
-                   capture_output=True, timeout=30)
-    deadline = time.monotonic() + 30
-    while log.read_text(errors="replace").count(RELOADED) <= before:
-        assert time.monotonic() < deadline, f"the relay's Postfix did not log its reload in {log}"
-        time.sleep(0.05)
+    reload_and_wait(settings(world).postfix_config_dir, Path(world["selfhosted"]["log"]))
 
 
 def leftovers(world) -> list[Path]:

@@ -7,6 +7,7 @@ docs/architecture.md ("Code map") draws the layers; pyproject.toml's
 from __future__ import annotations
 
 import ast
+import importlib
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PROJECT_PACKAGES = ("backupmx", "backupmx_sandbox", "operations", "facts", "bench", "providerkit", "mailhostkit",
-                    "mailpath")
+# The tests' own kits (tests/*kit.py, mailpath) are imported as top-level modules too.
+TEST_KITS = tuple(sorted(path.stem for path in (PROJECT_ROOT / "tests").glob("*.py") if path.stem != "conftest"))
+PROJECT_PACKAGES = ("backupmx", "backupmx_sandbox", "operations", "facts", "bench") + TEST_KITS
 # Runtime code: what a deploy runs. The sandbox, tests and bench are not in it.
 RUNTIME = ("backupmx", "operations", "facts", "deploys", "inventory")
 CHECKED = RUNTIME + ("sandbox", "bench", "tests")
@@ -154,3 +156,25 @@ def test_only_the_sandbox_inventory_tests_and_bench_import_the_sandbox():
             if any(name.split(".")[0] == "backupmx_sandbox" for name in names):
                 found.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}")
     assert found == []
+
+
+def test_every_project_import_names_something_that_exists():
+    """``from m import x`` of this project's code resolves, in every file a run or the suite loads.
+
+    Deploy files are executed by pyinfra, not imported, so a renamed function they (or the
+    operations they load) import would otherwise only show when a deploy runs.
+    """
+    missing = []
+    for path in python_files(*CHECKED, "deploys") + [PROJECT_ROOT / "config.py"]:
+        for node in ast.walk(parse(path)):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and is_project_module(node.module)):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if alias.name == "*" or hasattr(module, alias.name):
+                    continue
+                try:
+                    importlib.import_module(f"{node.module}.{alias.name}")
+                except ModuleNotFoundError:
+                    missing.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {node.module}.{alias.name}")
+    assert missing == []
