@@ -16,8 +16,8 @@ against ``.sandbox``.
 
 The tests by kind: tests/unit (pure, no world; tests/unit/conftest.py keeps it so),
 tests/integration (the sandbox's daemons), tests/cli (the pyinfra CLI end to end).
-Shared helpers live next to this file (providerkit, mailhostkit, mailpath, seedkit,
-scratchkit, httpkit), importable by name (pyproject's ``pythonpath``).
+Shared helpers live in tests/support (one module per concern, listed in its
+``__init__``), imported as ``support`` (pyproject's ``pythonpath``).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import pytest
 import trustme
 from backupmx_sandbox import cli
 from backupmx_sandbox.world import Sandbox, load_world, sandbox_root, world_dir
-from providerkit import admin, cloudflare_admin
 from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
-from settlekit import settle
-from summarykit import summaries_in
+from support.providers import admin, cloudflare_admin
+from support.settle import settle
+from support.summaries import summaries_in
 
 MODULE_SECONDS = Path(__file__).with_name("module_seconds.json")
 
@@ -78,7 +78,7 @@ def no_pyinfra_run_left_in_progress():
 
 @pytest.fixture(autouse=True, scope="module")
 def settled_world():
-    """After each module that used the world, no mail of its tests is still on its way (settlekit)."""
+    """After each module that used the world, no mail of its tests is still on its way (support.settle)."""
     yield
     if "world" in _live:
         settle(_live["world"])
@@ -133,7 +133,7 @@ _summaries: list[tuple[str, str]] = []
 
 def pytest_runtest_logreport(report):
     """Every phase's duration, by module (in a parallel run the controller hears every worker's);
-    the tables in its captured output (summarykit), shown at the end."""
+    the tables in its captured output (support.summaries), shown at the end."""
     _module_seconds[report.nodeid.split("::", 1)[0]] += report.duration
     for name, content in report.sections:
         if not name.startswith("Captured stdout"):
@@ -205,7 +205,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:
-    """A test CA of its own (not the sandbox's), for TLS servers on loopback (httpkit)."""
+    """A test CA of its own (not the sandbox's), for TLS servers on loopback (support.http_servers)."""
     return trustme.CA()
 
 

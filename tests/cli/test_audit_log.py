@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from backupmx_sandbox.seed import DOMAIN
-from providerkit import (
+from support.providers import (
     output,
     pyinfra,
     secret_values,

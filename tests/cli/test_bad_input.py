@@ -7,7 +7,7 @@ names the field, exit non-zero, print no traceback, and contact nothing: the
 fakes' request logs stay empty and no lock or audit line is written.
 
 The cases run four at a time in one module fixture, from one process that imported
-pyinfra's CLI once and forks a child per case (``clibatchkit``: each child calls the
+pyinfra's CLI once and forks a child per case (``support.cli_batch``: each child calls the
 CLI's ``main()`` as the ``pyinfra`` script does, the project's code loaded afresh);
 the parametrized tests then check one result each.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from providerkit import (
+from support.providers import (
     acc_requests,
     admin,
     clear_cloudflare_requests,
@@ -30,7 +30,7 @@ from providerkit import (
     pyinfra_argv,
     sandbox_data,
 )
-from clibatchkit import run_batch
+from support.cli_batch import run_batch
 
 BACKUPMX = "deploys/backupmx.py"
 ROLLBACK = "deploys/rollback.py"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mailhostkit import start_postfix_if_down
-from providerkit import PROJECT_ROOT, output, provider_data, pyinfra, relayed_ids, report_row
+from support.mailhost import start_postfix_if_down
+from support.providers import PROJECT_ROOT, output, provider_data, pyinfra, relayed_ids, report_row
 
 CANARY, DRILL, DEPLOY = "deploys/canary.py", "deploys/failover_test.py", "deploys/backupmx.py"
 LARGE = 1_500_000  # one large message fits this tool's 2.5 MB of the free tier's 10 MB; a second does not

@@ -21,7 +21,7 @@ from backupmx.lifecycle.canary.verdict import MESSAGE_ID_PREFIX
 from backupmx.mailhost.model import RSPAMD_BLOCK
 from backupmx.monitoring.canary_metrics import SUCCESS, last_successes
 from backupmx.postfix.blocks import with_block
-from mailhostkit import (
+from support.mailhost import (
     listener_up,
     managed_paths,
     primary_refuses,
@@ -30,8 +30,8 @@ from mailhostkit import (
     snapshot,
     start_postfix_if_down,
 )
-from providerkit import admin, output, pyinfra, relayed_ids, report_rows, secret_values
-from settlekit import settle
+from support.providers import admin, output, pyinfra, relayed_ids, report_rows, secret_values
+from support.settle import settle
 
 CANARY = "deploys/canary.py"
 

@@ -6,7 +6,7 @@ Every sandbox sender is on loopback, and rspamd's SPF module never checks a loop
 client: the relays record the test sender's public address (``seed.SENDER_ALLOWED_IP``,
 the one its SPF lists) for their client instead (the relay switch ``client_address``), as
 a real relay records the send host's public address. The module puts the mail host and
-both fakes back to their seeded state at the end (scoringkit).
+both fakes back to their seeded state at the end (support.scoring).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 from backupmx.mailhost.model import EXTERNAL_RELAY_BLOCK, RSPAMD_RELAY_SYMBOL
 from backupmx.postfix.blocks import with_block
 from backupmx_sandbox import seed
-from mailhostkit import reload_rspamd
-from providerkit import admin, output, pyinfra, report_rows
-from scoringkit import back_to_seed, external_relay_inventory, rspamd_paths
-from settlekit import settle
+from support.mailhost import reload_rspamd
+from support.providers import admin, output, pyinfra, report_rows
+from support.scoring import back_to_seed, external_relay_inventory, rspamd_paths
+from support.settle import settle
 
 CANARY = "deploys/canary.py"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from backupmx.core import lock
 from backupmx_sandbox.seed import DOMAIN
-from providerkit import output, pyinfra, start_pyinfra
+from support.providers import output, pyinfra, start_pyinfra
 
 
 def lock_file(world) -> Path:

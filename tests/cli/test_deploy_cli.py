@@ -8,12 +8,12 @@ import subprocess
 import hvac
 import pytest
 
-import providerkit
-from providerkit import report_row, secret_values
+from support import providers
+from support.providers import report_row, secret_values
 
 
 def pyinfra(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return providerkit.pyinfra("deploys/backupmx.py", *args, env=env, yes=False, timeout=120)
+    return providers.pyinfra("deploys/backupmx.py", *args, env=env, yes=False, timeout=120)
 
 
 def test_dry_run_prints_the_gate_report(world):
@@ -74,8 +74,8 @@ def test_wrong_vault_token_is_refused_cleanly(world):
 
 def _merged(*args: str, dry: bool) -> list[str]:
     """The run's output as a terminal shows it (stdout and stderr in one stream), as lines."""
-    argv = providerkit.pyinfra_argv("deploys/backupmx.py", *args, yes=not dry, dry=dry)
-    result = subprocess.run(argv, cwd=providerkit.PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    argv = providers.pyinfra_argv("deploys/backupmx.py", *args, yes=not dry, dry=dry)
+    result = subprocess.run(argv, cwd=providers.PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
     assert result.returncode == 0, result.stdout
     return result.stdout.rstrip("\n").splitlines()

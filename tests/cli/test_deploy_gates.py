@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from providerkit import (
+from support.providers import (
     acc_writes,
     admin,
     cloudflare_admin,

@@ -11,11 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from httpkit import PolicyServer, tls_from_files
+from support.http_servers import PolicyServer, tls_from_files
 
 from backupmx.dns import check as dnscheck
 from backupmx.dns.plan import MANAGED_MARKER
-from providerkit import (
+from support.providers import (
     admin,
     clear_cloudflare_requests,
     cloudflare_admin,

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from seedkit import BACKUPS, PRIMARY
+from support.seed import BACKUPS, PRIMARY
 
 from backupmx.dns import check as dnscheck
-from providerkit import has_line, output, pyinfra
+from support.providers import has_line, output, pyinfra
 
 FULL = {PRIMARY} | BACKUPS
 

@@ -37,11 +37,11 @@ from backupmx.mailhost.model import (
 from backupmx.mailhost.render import render_external_relay_block
 from backupmx_sandbox import seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
-from mailhostkit import leftovers, run_api_operation, worker_pids
-from mailpath import endpoint, fresh_address_in, fresh_ipv4, wait_for_delivery
+from support.mailhost import leftovers, run_api_operation, worker_pids
+from support.mailpath import endpoint, fresh_address_in, fresh_ipv4, wait_for_delivery
 from operations.mailhost import rspamd_exemption
-from providerkit import has_line, output, pyinfra
-from scoringkit import back_to_seed, external_relay_inventory, files, rspamd_paths
+from support.providers import has_line, output, pyinfra
+from support.scoring import back_to_seed, external_relay_inventory, files, rspamd_paths
 
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF: ip4:203.0.113.10 -all; DMARC p=reject
 RECIPIENT = f"xrelay@{seed.DOMAIN}"

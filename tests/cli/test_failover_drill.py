@@ -18,8 +18,8 @@ import pytest
 
 from backupmx.mailhost.model import CIDR_FILE_NAME
 from backupmx_sandbox.supervisor import Supervisor
-from mailhostkit import listener_up, reload_postfix, start_postfix_if_down
-from providerkit import admin, output, pyinfra, start_pyinfra
+from support.mailhost import listener_up, reload_postfix, start_postfix_if_down
+from support.providers import admin, output, pyinfra, start_pyinfra
 
 DRILL = "deploys/failover_test.py"
 # An operator who raised docker-mailserver's default (10240000) so the drill's large

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import hvac
 import pytest
-from seedkit import BACKUPS, PRIMARY
+from support.seed import BACKUPS, PRIMARY
 
 from backupmx.mailhost.model import RSPAMD_BLOCK
 from backupmx.postfix.blocks import with_block
@@ -49,7 +49,7 @@ from backupmx_sandbox import cli
 from backupmx_sandbox.seed import DOMAIN
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
-from invariantkit import (
+from support.invariants import (
     BACKUPMX,
     ROLLBACK,
     acc_enabled,
@@ -61,8 +61,8 @@ from invariantkit import (
     relay_permitted,
     zone,
 )
-from mailhostkit import leftovers, managed_paths, services_answer, snapshot
-from providerkit import (
+from support.mailhost import leftovers, managed_paths, services_answer, snapshot
+from support.providers import (
     admin,
     cloudflare_admin,
     cloudflare_faults,
@@ -71,7 +71,7 @@ from providerkit import (
     sandbox_data,
     secret_values,
 )
-from summarykit import summary
+from support.summaries import summary
 
 RECIPIENT = f"faults-{os.getpid()}@{DOMAIN}"
 # Fault-run-only --data (filled in from the world when the cell runs; the re-run goes without):

@@ -19,12 +19,12 @@ After each kill (the process group gone):
 A run stopped by Ctrl-C once its deploy file is loaded exits 130 (pyinfra alone would exit 0) and an interrupted
 rollback never says "rollback complete". Then the same run again to its end (deploy: exit 0; rollback: 0 or 2, docs/rollback.md), and:
 
-* no staged or set-aside file on the mail host (``mailhostkit.leftovers``);
+* no staged or set-aside file on the mail host (``support.mailhost.leftovers``);
 * no stale lock: the domain's lock under the sandbox state_dir is taken at once;
 * I5 converged: after a deploy the backup MX records answer in DNS and the whitelist
   is live; after a rollback they are gone from DNS and the domain is disabled.
 
-A table of kill points per stage is shown at the end of the run (summarykit).
+A table of kill points per stage is shown at the end of the run (support.summaries).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from seedkit import BACKUPS, PRIMARY
+from support.seed import BACKUPS, PRIMARY
 
 from backupmx.core import lock
 from backupmx_sandbox.seed import DOMAIN
-from invariantkit import (
+from support.invariants import (
     BACKUPMX,
     ROLLBACK,
     acc_enabled,
@@ -55,9 +55,9 @@ from invariantkit import (
     reset_fakes,
     zone,
 )
-from mailhostkit import leftovers, snapshot
-from providerkit import PROJECT_ROOT, output, pyinfra, pyinfra_argv
-from summarykit import summary
+from support.mailhost import leftovers, snapshot
+from support.providers import PROJECT_ROOT, output, pyinfra, pyinfra_argv
+from support.summaries import summary
 
 SEED = int(os.environ.get("KILL_SEED", "16"))
 # Every stage at least once (the least-aimed stage is aimed at next, the stages only a reverted

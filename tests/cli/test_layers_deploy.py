@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-import mailhostkit
 from backupmx_sandbox import layers, seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
-from invariantkit import backups_in_zone, reset_fakes
-from layerkit import layer_probe, outside, rcpt_reply, refused_by, relayed
-from mailpath import endpoint
-from providerkit import clear_cloudflare_requests, cloudflare_writes, output, pyinfra, report_row
+from support import mailhost
+from support.invariants import backups_in_zone, reset_fakes
+from support.layers import layer_probe, outside, rcpt_reply, refused_by, relayed
+from support.mailpath import endpoint
+from support.providers import clear_cloudflare_requests, cloudflare_writes, output, pyinfra, report_row
 
 LISTED_RELAY = seed.RELAY_SOURCE["mail.rollernet.us"]  # 192.0.2.25: FCrDNS, DNSBL-listed
 UNLISTED_RELAY = seed.RELAY_SOURCE["mail2.rollernet.us"]  # 198.51.100.25: PTR not confirmed
@@ -55,7 +55,7 @@ def outside_address() -> str:
 def deployed(world, sandbox):
     """Every handled layer on, then the deploy (whitelist, exemption, the relay exception,
     backup MX records); the mail host's files, the fakes and the layers put back after."""
-    before = mailhostkit.snapshot(world)
+    before = mailhost.snapshot(world)
     switches = layers.Switches(sandbox)
     assert not any(switches.status().values()), "a layer was left on"
     reset_fakes(world)
@@ -63,7 +63,7 @@ def deployed(world, sandbox):
     first = deploy()
     yield world, first
     switches.set(dict.fromkeys(layers.NAMES, False))
-    mailhostkit.restore(world, before)
+    mailhost.restore(world, before)
     reset_fakes(world)
 
 
@@ -82,7 +82,7 @@ def test_relayed_mail_passes_every_layer_after_the_deploy_and_outsiders_still_me
     again = deploy()  # a re-run changes nothing on the mail host
     assert report_row(again, "3").status == "pass", again
 
-    switches, state = layers.Switches(sandbox), mailhostkit.snapshot(world)
+    switches, state = layers.Switches(sandbox), mailhost.snapshot(world)
     try:
         for layer in LAYER_RELAY:
             # One layer at a time, so the refusal is that layer's own.
@@ -94,7 +94,7 @@ def test_relayed_mail_passes_every_layer_after_the_deploy_and_outsiders_still_me
             assert refused_by("postscreen_dnsbl" if layer == "rbl_client" else layer, faced), \
                 f"{layer}: outside {client}: {faced}"
     finally:
-        mailhostkit.restore(world, state)  # main.cf as the deploy left it, every layer on
+        mailhost.restore(world, state)  # main.cf as the deploy left it, every layer on
 
 
 def test_a_drain_of_200_messages_from_one_relay_address_is_accepted_and_anvil_still_limits_outsiders(

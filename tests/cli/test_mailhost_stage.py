@@ -33,7 +33,7 @@ from backupmx.mailhost.model import load_mailhost
 from backupmx.mailhost.render import render_postscreen_access, render_rspamd_block
 from backupmx_sandbox import seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
-from mailhostkit import (
+from support.mailhost import (
     leftovers,
     managed_paths,
     pristine_state,
@@ -44,9 +44,9 @@ from mailhostkit import (
     snapshot,
     worker_pids,
 )
-from mailpath import endpoint, fresh_ipv4, fresh_ipv6, wait_for_delivery
+from support.mailpath import endpoint, fresh_ipv4, fresh_ipv6, wait_for_delivery
 from operations.mailhost import postscreen_whitelist, rspamd_exemption
-from providerkit import admin, output, pyinfra
+from support.providers import admin, output, pyinfra
 
 RECIPIENT = f"stage3-{os.getpid()}@{seed.DOMAIN}"
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject

@@ -12,7 +12,7 @@ import pytest
 
 from backupmx_sandbox import seed
 from backupmx_sandbox.seed import DOMAIN
-from providerkit import acc_writes, admin, dead_port, output, provider_data, pyinfra, secret_values
+from support.providers import acc_writes, admin, dead_port, output, provider_data, pyinfra, secret_values
 
 
 def maintenance(hold: str | None, *args: str, yes: bool = True):

@@ -17,7 +17,7 @@ import pytest
 
 from backupmx.monitoring.rules import render_all
 from backupmx.monitoring.settings import BLACKBOX_FILE, FILES, RULES_FILE, load_monitoring
-from providerkit import PROJECT_ROOT, output, pyinfra, sandbox_settings
+from support.providers import PROJECT_ROOT, output, pyinfra, sandbox_settings
 
 
 def deploy(*args: str, dry: bool = False) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from providerkit import PROJECT_ROOT
+from support.providers import PROJECT_ROOT
 
 CONSOLE_SCRIPT = """#!{python}
 import sys

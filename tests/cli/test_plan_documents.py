@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from plankit import details_blocks, gate_table, problems
+from support.plan_documents import details_blocks, gate_table, problems
 
 from backupmx.monitoring.settings import FILES
-from mailhostkit import pristine_state, restore
-from providerkit import acc_writes, admin, cloudflare_writes, output, pyinfra, secret_values
+from support.mailhost import pristine_state, restore
+from support.providers import acc_writes, admin, cloudflare_writes, output, pyinfra, secret_values
 
 
 @pytest.fixture

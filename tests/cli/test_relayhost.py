@@ -25,10 +25,10 @@ from backupmx_sandbox.seed import DOMAIN, NEUTRAL_SENDER_DOMAIN
 from backupmx_sandbox.smtp_client import build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
-from mailhostkit import run_api_operation
-from mailpath import endpoint, wait_for_delivery
-from postfixkit import reload_and_wait
-from providerkit import output, pyinfra
+from support.mailhost import run_api_operation
+from support.mailpath import endpoint, wait_for_delivery
+from support.postfix_reload import reload_and_wait
+from support.providers import output, pyinfra
 
 from backupmx.core.relayhost import RelayHost, load_relayhost
 from backupmx.postfix.postqueue import parse_postqueue_json

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from seedkit import BACKUPS, PRIMARY
+from support.seed import BACKUPS, PRIMARY
 
 from backupmx.dns import check as dnscheck
 from backupmx.dns.cloudflare import CloudflareClient
 from backupmx.dns.plan import MANAGED_MARKER
 from backupmx_sandbox.seed import DOMAIN
-from mailhostkit import managed_paths, restore, snapshot
-from providerkit import (
+from support.mailhost import managed_paths, restore, snapshot
+from support.providers import (
     ReportRow,
     acc_requests,
     acc_writes,

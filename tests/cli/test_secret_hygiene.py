@@ -17,7 +17,7 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.secrets import SecretStore
 from backupmx.dns.cloudflare import CloudflareClient
 from backupmx.providers.acc import AccClient
-from providerkit import (
+from support.providers import (
     admin,
     cloudflare_faults,
     dead_port,

@@ -16,8 +16,8 @@ import pytest
 
 from backupmx.core.relayhost import load_relayhost
 from backupmx.dns import check as dnscheck
-from mailhostkit import managed_paths, primary_refuses, restore, snapshot, start_postfix_if_down
-from providerkit import (
+from support.mailhost import managed_paths, primary_refuses, restore, snapshot, start_postfix_if_down
+from support.providers import (
     PROJECT_ROOT,
     ReportRow,
     acc_requests,

@@ -10,12 +10,12 @@ tests/cli/test_selfhosted_pipeline.py.
 from __future__ import annotations
 
 import pytest
-from seedkit import BACKUPS, PRIMARY
+from support.seed import BACKUPS, PRIMARY
 
 from backupmx.dns import check as dnscheck
 from backupmx_sandbox.seed import DOMAIN
-from mailhostkit import restore, snapshot
-from providerkit import acc_writes, admin, cloudflare_admin, cloudflare_writes, output, pyinfra, report_row
+from support.mailhost import restore, snapshot
+from support.providers import acc_writes, admin, cloudflare_admin, cloudflare_writes, output, pyinfra, report_row
 
 OLD_G1 = "the domain is disabled (a rollback disables it)"
 

@@ -28,9 +28,9 @@ from backupmx.dns.cloudflare import (
 from backupmx.dns.plan import MANAGED_MARKER, plan
 from backupmx.dns.render import diff
 from backupmx_sandbox import seed
-from providerkit import clear_cloudflare_requests, sandbox_settings
-from providerkit import cloudflare_faults as faults
-from providerkit import cloudflare_requests as request_log
+from support.providers import clear_cloudflare_requests, sandbox_settings
+from support.providers import cloudflare_faults as faults
+from support.providers import cloudflare_requests as request_log
 
 BACKUP = "mail.rollernet.us"
 

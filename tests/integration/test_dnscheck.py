@@ -6,12 +6,12 @@ import time
 
 import dns.resolver
 import pytest
-from seedkit import BACKUPS, PRIMARY
+from support.seed import BACKUPS, PRIMARY
 
 from backupmx.dns import check as dnscheck
 from backupmx.dns.check import DNSCheckError, live_mx, wait_for_mx
 from backupmx_sandbox import seed
-from providerkit import cloudflare_admin, cloudflare_faults
+from support.providers import cloudflare_admin, cloudflare_faults
 
 # Every test starts from the seeded zone, no faults, an empty request log (conftest).
 pytestmark = pytest.mark.usefixtures("fresh")

@@ -20,7 +20,7 @@ from backupmx.core.report import FAIL, PASS, SKIP, WARN, Report
 from backupmx.core.settings import load_settings
 from backupmx.gates import checks as gates
 from backupmx_sandbox.seed import DOMAIN
-from providerkit import (
+from support.providers import (
     acc_writes,
     admin,
     dead_port,

@@ -4,7 +4,7 @@
 The docker-mailserver flavour cannot be tested against a real container here (no
 Docker daemon, no image registry on this machine). Its files, its commands and the
 transaction that applies them are tested with a stand-in ``docker`` that runs the
-``docker exec`` command line locally (``scratchkit.docker_mailserver``), against real
+``docker exec`` command line locally (``support.scratch.docker_mailserver``), against real
 ``postconf`` and ``postmap`` on a scratch Postfix configuration.
 """
 
@@ -21,7 +21,7 @@ from pyinfra.api.connect import connect_all
 from pyinfra.api.exceptions import OperationError, PyinfraError
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
-from scratchkit import (
+from support.scratch import (
     MASTER_CF,
     RELAYS,
     USER_PATCHES,

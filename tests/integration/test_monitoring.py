@@ -32,7 +32,7 @@ from backupmx.core.templates import yaml_string
 from backupmx.monitoring.settings import RULES_FILE, load_monitoring
 from operations.monitoring import validate_locally
 from backupmx_sandbox.world import Sandbox
-from providerkit import PROJECT_ROOT, dead_port, sandbox_settings
+from support.providers import PROJECT_ROOT, dead_port, sandbox_settings
 
 BLACKBOX = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
 PROMTOOL = shutil.which("promtool")

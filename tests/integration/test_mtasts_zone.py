@@ -1,11 +1,11 @@
 """MTA-STS observed against the sandbox's DNS: the seeded zone's finding (the seed's
-inert TXT), a policy host in DNS, a policy served over HTTPS (httpkit.PolicyServer).
+inert TXT), a policy host in DNS, a policy served over HTTPS (support.http_servers.PolicyServer).
 The parsers, the guard and the coverage check on their own: tests/unit/test_mtasts*.py."""
 
 from __future__ import annotations
 
 import pytest
-from httpkit import PolicyServer, tls_for
+from support.http_servers import PolicyServer, tls_for
 
 from backupmx.core.report import FAIL, PASS, WARN
 from backupmx.core.settings import load_settings
@@ -22,7 +22,7 @@ from backupmx.dns.mtasts import (
     rotate,
 )
 from backupmx_sandbox.seed import BACKUP_MX, DOMAIN, PRIMARY_MX
-from providerkit import dead_port, sandbox_data
+from support.providers import dead_port, sandbox_data
 
 BACKUPS = tuple(BACKUP_MX)
 

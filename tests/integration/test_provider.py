@@ -17,7 +17,7 @@ from backupmx.providers.ledger import LedgerProvider
 from backupmx.providers.registry import open_provider
 from backupmx.providers.rollernet import AccProvider
 from backupmx_sandbox.seed import DOMAIN
-from providerkit import acc_requests, admin, sandbox_data, sandbox_settings, secret_values, secrets_for
+from support.providers import acc_requests, admin, sandbox_data, sandbox_settings, secret_values, secrets_for
 
 
 def api_provider(world, **profile_changes) -> AccProvider:

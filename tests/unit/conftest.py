@@ -4,7 +4,7 @@ world, in seconds; these guards keep it honest when the whole suite runs with a 
 
 * A unit test that asks for a world fixture fails at setup, naming the fixture.
 * The world file is out of reach: ``BACKUPMX_SANDBOX_DIR`` points at an empty
-  directory, so reading it (inventory/sandbox.py, ``providerkit.sandbox_data``) fails
+  directory, so reading it (inventory/sandbox.py, ``support.providers.sandbox_data``) fails
   with "no sandbox world", in this process and in any it starts.
 * The daemons' tools on ``PATH`` are shadowed by stand-ins that fail, naming the tool;
   a test's own stand-ins (earlier on ``PATH``) still win.

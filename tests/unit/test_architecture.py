@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# The tests' own kits (tests/*kit.py, mailpath) are imported as top-level modules too.
-TEST_KITS = tuple(sorted(path.stem for path in (PROJECT_ROOT / "tests").glob("*.py") if path.stem != "conftest"))
-PROJECT_PACKAGES = ("backupmx", "backupmx_sandbox", "operations", "facts", "bench") + TEST_KITS
+# The tests' shared helpers: one package, tests/support, imported as ``support`` (pyproject's pythonpath);
+# every module of it is covered because the package is (test_the_test_helpers_have_one_home keeps it so).
+TEST_SUPPORT = "support"
+PROJECT_PACKAGES = ("backupmx", "backupmx_sandbox", "operations", "facts", "bench", TEST_SUPPORT)
 # Runtime code: what a deploy runs. The sandbox, tests and bench are not in it.
 RUNTIME = ("backupmx", "operations", "facts", "deploys", "inventory")
 CHECKED = RUNTIME + ("sandbox", "bench", "tests")
@@ -156,6 +157,19 @@ def test_only_the_sandbox_inventory_tests_and_bench_import_the_sandbox():
             if any(name.split(".")[0] == "backupmx_sandbox" for name in names):
                 found.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}")
     assert found == []
+
+
+def test_the_test_helpers_have_one_home():
+    """No module but conftest.py sits at the top of tests/: a shared helper is a module of tests/support
+    (so the checks here cover it), and its ``__init__`` docstring says what each module holds, one line each."""
+    tests = PROJECT_ROOT / "tests"
+    strays = [str(path.relative_to(PROJECT_ROOT)) for path in tests.glob("*.py") if path.name != "conftest.py"]
+    assert strays == [], "shared test helpers belong in tests/support"
+    package = tests / TEST_SUPPORT
+    modules = sorted(path.stem for path in package.glob("*.py") if path.stem != "__init__")
+    listed = [line.split()[0] for line in (ast.get_docstring(parse(package / "__init__.py")) or "").splitlines()[2:]
+              if line.strip()]
+    assert listed == modules, "tests/support/__init__.py lists each module on a line of its own, sorted"
 
 
 def test_every_project_import_names_something_that_exists():

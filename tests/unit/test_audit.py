@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from seedkit import seed_settings
+from support.seed import seed_settings
 
 from backupmx.core import audit
 from backupmx_sandbox.seed import DOMAIN

@@ -22,8 +22,8 @@ from backupmx.mailhost.maillog import AWK, SCRIPT, default_log, parse_volume
 from backupmx.mailhost.model import load_mailhost
 from facts.mailhost import facts_args
 from facts.maillog import MailLogVolume
-from scratchkit import calls, docker_mailserver, run_fact, stub
-from seedkit import seed_settings
+from support.scratch import calls, docker_mailserver, run_fact, stub
+from support.seed import seed_settings
 
 NOW = datetime.datetime(2026, 7, 10, 12, 0, tzinfo=datetime.UTC)
 DOMAIN = seed_settings().domains[0].name

@@ -19,7 +19,7 @@ from backupmx.mailhost.model import EXEMPT, load_mailhost
 from backupmx.providers.base import BouncedMessage, ManualStepRequired, ProviderError
 from backupmx.providers.relaylog import READ_SCRIPT, bounces_in, read_argv
 from backupmx.providers.selfhosted import RelayTarget, SelfHostedProvider
-from seedkit import seed_settings
+from support.seed import seed_settings
 
 SETTINGS = seed_settings()
 CIDRS = [str(n) for n in SETTINGS.relay_cidrs]

@@ -38,7 +38,7 @@ from backupmx.mailhost.model import EXEMPT, EXTERNAL_RELAY, RSPAMD_RELAY_SYMBOL,
 from backupmx.monitoring.canary_metrics import CanaryResult, last_successes, render_metrics
 from backupmx.providers.base import QueuedMessage
 from facts.maildir import MaildirMessages
-from seedkit import seed_settings
+from support.seed import seed_settings
 
 SETTINGS = seed_settings()
 CIDRS = [str(n) for n in SETTINGS.relay_cidrs]  # 162.216.242.0/24, 72.51.58.0/24

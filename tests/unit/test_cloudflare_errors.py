@@ -1,12 +1,12 @@
 """The Cloudflare client's error paths that need no fake API: an endpoint nothing listens
 on, and answers the fake never gives (an envelope with success false on HTTP 200, a
-page that is not JSON) from a one-answer server on loopback (httpkit.AnswerServer).
+page that is not JSON) from a one-answer server on loopback (support.http_servers.AnswerServer).
 Everything else about the client: tests/integration/test_cloudflare_client.py."""
 
 from __future__ import annotations
 
 import pytest
-from httpkit import AnswerServer
+from support.http_servers import AnswerServer
 
 from backupmx.core.errors import BackupMXError
 from backupmx.dns.cloudflare import (
@@ -15,7 +15,7 @@ from backupmx.dns.cloudflare import (
     CloudflareRequestError,
     CloudflareUnavailableError,
 )
-from providerkit import dead_port
+from support.providers import dead_port
 
 
 def test_unreachable_api_is_a_clear_error():

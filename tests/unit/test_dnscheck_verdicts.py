@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from seedkit import BACKUPS, PRIMARY
+from support.seed import BACKUPS, PRIMARY
 
 from backupmx.dns import check as dnscheck
 from backupmx.dns.check import DNSCheckError, live_mx

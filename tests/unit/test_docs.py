@@ -10,7 +10,7 @@ import pytest
 
 from backupmx.core.settings import load_settings
 from backupmx.monitoring.settings import load_monitoring
-from providerkit import PROJECT_ROOT
+from support.providers import PROJECT_ROOT
 
 # Rendered from the inventory and checked by `python -m backupmx.monitoring.docs --check`,
 # and the benchmark's own report.

@@ -3,7 +3,7 @@ deploys/drift.py through the pyinfra CLI against the sandbox: tests/cli/test_dri
 
 from __future__ import annotations
 
-from seedkit import BACKUPS, PRIMARY, seed_settings
+from support.seed import BACKUPS, PRIMARY, seed_settings
 
 from backupmx.lifecycle import drift as dr
 

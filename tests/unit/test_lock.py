@@ -10,7 +10,7 @@ import time
 import pytest
 
 from backupmx.core import lock
-from providerkit import PROJECT_ROOT
+from support.providers import PROJECT_ROOT
 
 HOLD = """
 import sys, time

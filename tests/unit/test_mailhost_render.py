@@ -1,6 +1,6 @@
 """The mail host stage without a mail host: settings, rendering, master.cf and
 user-patches.sh edits, probe addresses, and the shell it runs, executed locally with
-stand-ins for the daemons' commands (``scratchkit``). The same files against the real
+stand-ins for the daemons' commands (``support.scratch``). The same files against the real
 postconf, postmap and rspamadm: tests/integration/test_mailhost_tools.py.
 """
 
@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scratchkit import (
+from support.scratch import (
     MASTER_CF,
     RELAYS,
     USER_PATCHES,

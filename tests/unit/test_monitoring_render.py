@@ -10,7 +10,7 @@ import re
 
 import pytest
 import yaml
-from seedkit import seed_settings
+from support.seed import seed_settings
 
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.monitoring import rules as monitoring_rules
@@ -26,7 +26,7 @@ from backupmx.monitoring.rules import (
     wanted_mx,
 )
 from backupmx.monitoring.settings import BLACKBOX_FILE, RULES_FILE, load_monitoring
-from providerkit import PROJECT_ROOT
+from support.providers import PROJECT_ROOT
 
 SHIPPED_RULES = PROJECT_ROOT / "tests" / "monitoring" / RULES_FILE
 # The seed's values: the shipped rule file next to the promtool tests is rendered from these.

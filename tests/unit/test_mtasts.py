@@ -1,11 +1,11 @@
 """MTA-STS: the RFC 8461 parsers, mx pattern matching and the guard as pure tests; the
-policy fetch against a real HTTPS server on loopback (its own trustme CA, httpkit).
+policy fetch against a real HTTPS server on loopback (its own trustme CA, support.http_servers).
 The whole observation against the sandbox's DNS: tests/integration/test_mtasts_zone.py."""
 
 from __future__ import annotations
 
 import pytest
-from httpkit import PolicyServer, tls_for
+from support.http_servers import PolicyServer, tls_for
 
 from backupmx.core.report import FAIL, PASS, WARN
 from backupmx.dns import mtasts
@@ -26,7 +26,7 @@ from backupmx.dns.mtasts import (
 )
 from backupmx_sandbox import seed
 from backupmx_sandbox.seed import DOMAIN
-from providerkit import dead_port
+from support.providers import dead_port
 
 BACKUPS = tuple(seed.BACKUP_MX)
 

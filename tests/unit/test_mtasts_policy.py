@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from seedkit import seed_settings
+from support.seed import seed_settings
 
 from backupmx.core.report import FAIL, PASS, WARN
 from backupmx.core.settings import load_settings

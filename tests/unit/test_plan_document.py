@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import pytest
-from plankit import details_blocks, gate_table, problems
+from support.plan_documents import details_blocks, gate_table, problems
 
 from backupmx.core.errors import ConfigError
 from backupmx.core.plan_log import DOCUMENT, FileDiff, file_changes, note_file_change

@@ -11,7 +11,7 @@ from backupmx.mailhost.listener import wanted_listener_options, wanted_relay_ser
 from backupmx.mailhost.proof import local_relay_networks
 from backupmx.mailhost.render import main_cf_with_hook
 from backupmx.postfix.mastercf import Listener, parse_postconf_services
-from scratchkit import native
+from support.scratch import native
 
 CIDR = "/etc/postfix/postscreen_access.cidr"
 EXCEPTION = f"check_client_access,cidr:{CIDR}"

@@ -10,7 +10,7 @@ from backupmx.core.errors import SecretError
 from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import VaultSettings
 from backupmx_sandbox.seed import VAULT_SECRET_PATH
-from providerkit import dead_port
+from support.providers import dead_port
 
 
 def test_unreachable_vault_falls_back_to_env_only_when_allowed():

@@ -351,7 +351,7 @@ def test_the_cli_stops_with_one_line_and_contacts_nothing(tmp_path, data, field)
 def test_bad_data_names_the_inventory_line_and_stops_before_any_connection(tmp_path):
     # A provider kind that does not exist, written on line 3 of the inventory file; a mail host
     # reached over SSH at a closed loopback port: were it connected to, pyinfra would say so.
-    from providerkit import dead_port
+    from support.providers import dead_port
 
     data = {**GOOD, "backup_mx": {**GOOD["backup_mx"], "provider": "self-hosted"},
             "provider": {"name": "self-hosted"}, "state_dir": str(tmp_path / "state")}

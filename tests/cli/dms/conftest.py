@@ -1,4 +1,4 @@
-"""The docker-mailserver world (tests/dmskit.py) for the tests in this folder."""
+"""The docker-mailserver world (tests/support/dms.py) for the tests in this folder."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from dmskit import dms_root, inside, sandbox_cli
-from settlekit import settle
+from support.dms import dms_root, inside, sandbox_cli
+from support.settle import settle
 
 
 @pytest.fixture(scope="session")

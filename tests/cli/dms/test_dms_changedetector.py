@@ -21,11 +21,11 @@ from backupmx.mailhost.model import load_mailhost
 from backupmx.mailhost.render import render_rspamd_block
 from backupmx_sandbox import seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
-from dmskit import changedetector_log, in_container, mail_log, pristine
-from mailhostkit import run_api_operation
-from mailpath import endpoint, wait_for_delivery
+from support.dms import changedetector_log, in_container, mail_log, pristine
+from support.mailhost import run_api_operation
+from support.mailpath import endpoint, wait_for_delivery
 from operations.mailhost import rspamd_exemption
-from providerkit import output, pyinfra, sandbox_settings
+from support.providers import output, pyinfra, sandbox_settings
 
 SWITCH = "tests/deploys/mailhost_on.py"
 CYCLES = int(os.environ.get("DMS_CYCLES", "10"))

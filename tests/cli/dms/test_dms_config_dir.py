@@ -13,8 +13,8 @@ import pytest
 
 from backupmx_sandbox.dmshost import DmsSwitches
 from backupmx_sandbox.world import Sandbox
-from dmskit import in_container, pristine
-from providerkit import admin, cloudflare_admin, cloudflare_writes, output, pyinfra, report_row
+from support.dms import in_container, pristine
+from support.providers import admin, cloudflare_admin, cloudflare_writes, output, pyinfra, report_row
 
 
 

@@ -18,10 +18,10 @@ import pytest
 from backupmx_sandbox import seed
 from backupmx_sandbox.dmshost import DmsSwitches
 from backupmx_sandbox.world import Sandbox
-from dmskit import in_container, pristine, recreate
-from invariantkit import backups_in_zone, reset_fakes
-from layerkit import layer_probe, outside, refused_by, relayed
-from providerkit import clear_cloudflare_requests, cloudflare_writes, output, pyinfra
+from support.dms import in_container, pristine, recreate
+from support.invariants import backups_in_zone, reset_fakes
+from support.layers import layer_probe, outside, refused_by, relayed
+from support.providers import clear_cloudflare_requests, cloudflare_writes, output, pyinfra
 
 LISTED_RELAY = seed.RELAY_SOURCE["mail.rollernet.us"]  # 192.0.2.25: FCrDNS, DNSBL-listed
 UNLISTED_RELAY = seed.RELAY_SOURCE["mail2.rollernet.us"]  # 198.51.100.25: PTR not confirmed

@@ -3,7 +3,7 @@ rollback -> the way back, a second deploy that changes nothing, and a pod restar
 that keeps the whitelist and the exemption live without any deploy.
 
 One module, in order: each test starts from the state the one before left (the deploy is
-live), as an operator's week goes. The world is docker-mailserver's (tests/dmskit.py): its
+live), as an operator's week goes. The world is docker-mailserver's (tests/support/dms.py): its
 config dir on the sandbox mail host's disk, its Postfix, rspamd, Dovecot and changedetector
 under supervisord in the container, the seed's :2525 PROXY-v2 listener from user-patches.sh,
 policyd-spf and reject_unknown_client_hostname on (the seed's production).
@@ -16,14 +16,14 @@ import random
 from pathlib import Path
 
 import pytest
-from seedkit import BACKUPS, PRIMARY
+from support.seed import BACKUPS, PRIMARY
 
 from backupmx.dns import check as dnscheck
 from backupmx_sandbox import seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
-from dmskit import in_container, pristine, recreate
-from mailpath import endpoint, wait_for_delivery
-from providerkit import admin, cloudflare_admin, output, pyinfra, report_row
+from support.dms import in_container, pristine, recreate
+from support.mailpath import endpoint, wait_for_delivery
+from support.providers import admin, cloudflare_admin, output, pyinfra, report_row
 
 LISTENER_FILES = ("postscreen_access.cidr", "user-patches.sh", "rspamd/override.d/settings.conf")
 

@@ -25,8 +25,8 @@ from cloudflare import Cloudflare
 
 from backupmx_sandbox import dnsapi, seed
 from backupmx_sandbox.supervisor import Supervisor
-from providerkit import cloudflare_faults as faults
-from providerkit import cloudflare_requests as request_log
+from support.providers import cloudflare_faults as faults
+from support.providers import cloudflare_requests as request_log
 
 BACKUP = "mail.rollernet.us"
 

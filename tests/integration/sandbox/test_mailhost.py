@@ -26,11 +26,11 @@ from backupmx_sandbox import hostfiles, mailhost, seed
 from backupmx_sandbox.smtp_client import SMTPConnection, build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
-from mailpath import delivered as _delivered
-from mailpath import endpoint as _endpoint
-from mailpath import fresh_ipv4 as _fresh_ipv4
-from mailpath import fresh_ipv6 as _fresh_ipv6
-from mailpath import wait_for_delivery as _wait_for_delivery
+from support.mailpath import delivered as _delivered
+from support.mailpath import endpoint as _endpoint
+from support.mailpath import fresh_ipv4 as _fresh_ipv4
+from support.mailpath import fresh_ipv6 as _fresh_ipv6
+from support.mailpath import wait_for_delivery as _wait_for_delivery
 
 # Not seed.SENDER_DOMAIN: its SPF -all and DMARC reject push the score of outside
 # mail to ~13, past the primary's reject threshold (11, docker-mailserver's); these

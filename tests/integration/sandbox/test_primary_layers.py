@@ -1,12 +1,12 @@
 """The sandbox primary as production runs it: docker-mailserver's stack, real DNS for
 its daemons, and the layers the tests switch on one at a time (backupmx_sandbox.layers).
 
-Before any deploy (``layerkit.no_deploy``: no relay whitelist), each layer switched
+Before any deploy (``support.layers.no_deploy``: no relay whitelist), each layer switched
 on refuses the realistic relayed envelope (the relay's address in the PROXY-v2
 header, its HELO name, a ``sender.test`` sender whose SPF ``-all`` omits the relay,
 a local recipient; stopped at RCPT, nothing delivered) with its own reply, and an
 outside client faces the same layer. Which relay address shows which layer:
-tests/layerkit.py.
+tests/support/layers.py.
 """
 
 from __future__ import annotations
@@ -18,11 +18,21 @@ from pathlib import Path
 
 import pytest
 
-import layerkit
-import mailhostkit
 from backupmx_sandbox import cli, layers, seed
-from layerkit import LAYER_REFUSAL, layer_probe, outside, rcpt_reply, refused_by, relayed
-from mailhostkit import SENDER
+from support.layers import (
+    LAYER_REFUSAL,
+    Envelope,
+    dnsbl_in_time,
+    layer_probe,
+    no_deploy,
+    outside,
+    postfix_log,
+    rcpt_reply,
+    refused_by,
+    relayed,
+    relays_past_postscreen,
+)
+from support.mailhost import SENDER, reload_postfix
 
 LISTED_RELAY = seed.RELAY_SOURCE["mail.rollernet.us"]  # 192.0.2.25: FCrDNS, DNSBL-listed
 UNLISTED_RELAY = seed.RELAY_SOURCE["mail2.rollernet.us"]  # 198.51.100.25: PTR not confirmed
@@ -37,7 +47,7 @@ def outside_address() -> str:
 @pytest.fixture(scope="module")
 def primary(world):
     """The primary with no deploy's changes, for the whole module; the deploy's state put back after."""
-    with layerkit.no_deploy(world):
+    with no_deploy(world):
         yield world
 
 
@@ -58,24 +68,24 @@ def test_postfix_asks_the_sandbox_resolver_in_a_namespace_of_its_own(sandbox, pr
     assert f"nameserver {primary['resolver']}" in inside.splitlines()
     assert primary["resolver"] not in Path("/etc/resolv.conf").read_text()  # the machine's is untouched
     assert Path(f"/proc/{master}/ns/mnt").resolve() != Path("/proc/self/ns/mnt").resolve()
-    mailhostkit.reload_postfix(primary)  # a reload signals master, which keeps its namespace
+    reload_postfix(primary)  # a reload signals master, which keeps its namespace
     assert _master_pid(primary) == master
     assert f"nameserver {primary['resolver']}" in Path(f"/proc/{master}/root/etc/resolv.conf").read_text()
 
 
 def test_postscreen_dnsbl_refuses_the_listed_relay_with_the_base_stack(primary):
-    with layerkit.dnsbl_in_time(primary):
+    with dnsbl_in_time(primary):
         reply = rcpt_reply(primary, relayed(LISTED_RELAY))
     assert refused_by("postscreen_dnsbl", reply), str(reply)
-    assert f"DNSBL rank 3 for [{LISTED_RELAY}]" in layerkit.postfix_log(primary)
+    assert f"DNSBL rank 3 for [{LISTED_RELAY}]" in postfix_log(primary)
 
 
 def test_the_base_stack_takes_the_relayed_envelope_past_postscreen_and_logs_the_ptr(primary):
-    with layerkit.relays_past_postscreen(primary):
+    with relays_past_postscreen(primary):
         confirmed = rcpt_reply(primary, relayed(LISTED_RELAY))
         unconfirmed = rcpt_reply(primary, relayed(UNLISTED_RELAY))
     assert confirmed.code == 250 and unconfirmed.code == 250, (str(confirmed), str(unconfirmed))
-    log = layerkit.postfix_log(primary)
+    log = postfix_log(primary)
     assert f"connect from out1.rollernet.us[{LISTED_RELAY}]" in log
     assert f"hostname out2.rollernet.us does not resolve to address {UNLISTED_RELAY}" in log
     assert f"connect from unknown[{UNLISTED_RELAY}]" in log
@@ -87,7 +97,7 @@ def test_the_base_stack_takes_the_relayed_envelope_past_postscreen_and_logs_the_
      r"^450 4\.1\.8 <someone@nowhere\.invalid>: Sender address rejected: Domain not found"),
 ])
 def test_the_base_stack_refuses_a_bare_helo_and_an_unknown_sender_domain(primary, helo, mail_from, expected):
-    reply = rcpt_reply(primary, layerkit.Envelope(UNLISTED_RELAY, helo, mail_from))
+    reply = rcpt_reply(primary, Envelope(UNLISTED_RELAY, helo, mail_from))
     assert re.search(expected, f"{reply.code} {reply.text}"), str(reply)
 
 
@@ -110,7 +120,7 @@ def test_the_layer_refuses_relayed_mail_before_a_deploy_and_outside_clients_face
     listed = layer == "rbl_client"
     outside_client = seed.DNSBL_LISTED_OUTSIDE if listed else outside_address()
     with layers.layer_on(sandbox, layer), \
-            (layerkit.relays_past_postscreen(primary) if listed else contextlib.nullcontext()):
+            (relays_past_postscreen(primary) if listed else contextlib.nullcontext()):
         for source in LAYER_CASES[layer]:
             reply = layer_probe(primary, layer, relayed(source))
             assert refused_by(layer, reply), f"{layer}, relay {source}: {reply}"
@@ -119,7 +129,7 @@ def test_the_layer_refuses_relayed_mail_before_a_deploy_and_outside_clients_face
             faced = rcpt_reply(primary, outside(outside_client, mail_from=f"a@{seed.NEUTRAL_SENDER_DOMAIN}"))
             assert faced.code == 250, str(faced)
             return
-        with (layerkit.dnsbl_in_time(primary) if listed else contextlib.nullcontext()):
+        with (dnsbl_in_time(primary) if listed else contextlib.nullcontext()):
             faced = layer_probe(primary, layer, outside(outside_client))
     # The listed outside address meets postscreen's DNSBL: the relay whitelist is not for it.
     assert refused_by("postscreen_dnsbl" if listed else layer, faced), f"{layer}, outside {outside_client}: {faced}"

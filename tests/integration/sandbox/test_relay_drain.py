@@ -11,7 +11,7 @@ import requests
 from backupmx_sandbox import mailhost, seed
 from backupmx_sandbox.smtp_client import build_message
 from backupmx_sandbox.supervisor import Supervisor
-from mailpath import endpoint, wait_for_delivery
+from support.mailpath import endpoint, wait_for_delivery
 
 RECIPIENT = f"drain@{seed.DOMAIN}"
 

@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import mailhostkit
-import postfixkit
 from backupmx_sandbox import relayhost, seed
 from backupmx_sandbox.smtp_client import Reply, SMTPConnection, SMTPError
-from mailpath import endpoint
+from support import mailhost, postfix_reload
+from support.mailpath import endpoint
 
 from backupmx.mailhost.model import ACCESS_LIST
 from backupmx.postfix.mastercf import set_service_options
@@ -143,12 +142,12 @@ def postfix_log(world) -> str:
 def no_deploy(world) -> Iterator[None]:
     """The primary as the sandbox made it (no relay whitelist, no rspamd rule) for the block;
     what the deploy had written is put back after it."""
-    before = mailhostkit.snapshot(world)
-    mailhostkit.restore(world, mailhostkit.pristine_state(world))
+    before = mailhost.snapshot(world)
+    mailhost.restore(world, mailhost.pristine_state(world))
     try:
         yield
     finally:
-        mailhostkit.restore(world, before)
+        mailhost.restore(world, before)
 
 
 @contextlib.contextmanager
@@ -156,19 +155,19 @@ def relays_past_postscreen(world) -> Iterator[None]:
     """Only postscreen's half of stage 3: the relay networks permitted in the PROXY-v2
     listener's postscreen_access_list, as the deploy writes it, so a DNSBL-listed relay
     reaches smtpd's layers; the three stage-3 files are put back after the block."""
-    before = mailhostkit.snapshot(world)
-    paths = mailhostkit.managed_paths(world)
+    before = mailhost.snapshot(world)
+    paths = mailhost.managed_paths(world)
     networks = [*seed.RELAY_CIDRS, f"{relayhost.RELAY_ADDRESS}/32"]
     paths["cidr"].write_text("".join(f"{network} permit\n" for network in networks))
     listener = world["mailhost"]["proxy_service"].split("/")[0]
     master_cf = set_service_options(paths["master.cf"].read_text(), listener, "inet",
                                     {ACCESS_LIST: f"permit_mynetworks,cidr:{paths['cidr']}"})
     paths["master.cf"].write_text(master_cf)
-    mailhostkit.reload_postfix(world)
+    mailhost.reload_postfix(world)
     try:
         yield
     finally:
-        mailhostkit.restore(world, before)
+        mailhost.restore(world, before)
 
 
 # Postfix's default: postscreen waits this long for a client to talk early, and for its
@@ -183,8 +182,8 @@ def dnsbl_in_time(world) -> Iterator[None]:
     listed client pass, and caches that PASS for the next sessions. For the block the PROXY-v2
     listener waits Postfix's default 6 s and its postscreen cache starts empty (no PASS of an
     earlier session counts); the three stage-3 files are put back after the block."""
-    before = mailhostkit.snapshot(world)
-    paths = mailhostkit.managed_paths(world)
+    before = mailhost.snapshot(world)
+    paths = mailhost.managed_paths(world)
     listener = world["mailhost"]["proxy_service"].split("/")[0]
     paths["master.cf"].write_text(set_service_options(paths["master.cf"].read_text(), listener, "inet",
                                                       {"postscreen_greet_wait": DNSBL_GREET_WAIT}))
@@ -195,8 +194,8 @@ def dnsbl_in_time(world) -> Iterator[None]:
     try:
         yield
     finally:
-        mailhostkit.restore(world, before)
+        mailhost.restore(world, before)
 
 
 def reload_and_wait(world) -> None:
-    postfixkit.reload_and_wait(world["postfix_config_dir"], postfix_log_path(world))
+    postfix_reload.reload_and_wait(world["postfix_config_dir"], postfix_log_path(world))

@@ -29,7 +29,7 @@ from backupmx_sandbox import mailhost, seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
-from mailpath import endpoint, fresh_ipv4
+from support.mailpath import endpoint, fresh_ipv4
 
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
 # A sender with a mail server and no SPF/DMARC: what a healthy primary takes from an

@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "plan.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "plan.schema.json"
 KNOWN = {"$schema", "$id", "title", "description", "type", "const", "enum", "required", "properties",
          "additionalProperties", "items", "pattern", "minimum"}
 TYPES = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool, "null": type(None)}

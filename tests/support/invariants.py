@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import subprocess
 
-from seedkit import BACKUPS
+from support.seed import BACKUPS
 
 from backupmx.dns import check as dnscheck
 from backupmx.dns.cloudflare import CloudflareClient
 from backupmx.dns.plan import MANAGED_MARKER
 from backupmx_sandbox.seed import DOMAIN
-from mailhostkit import managed_paths
-from providerkit import admin, cloudflare_admin
+from support.mailhost import managed_paths
+from support.providers import admin, cloudflare_admin
 
 BACKUPMX, ROLLBACK = "deploys/backupmx.py", "deploys/rollback.py"
 

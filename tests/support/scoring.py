@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from backupmx.mailhost.model import load_mailhost
-from mailhostkit import leftovers, pristine_state, reload_rspamd, restore, snapshot
-from providerkit import PROJECT_ROOT, admin, cloudflare_admin
+from support.mailhost import leftovers, pristine_state, reload_rspamd, restore, snapshot
+from support.providers import PROJECT_ROOT, admin, cloudflare_admin
 
 # The sandbox inventory with the mail host switched to external_relay (``--data`` would
 # set it on every host).

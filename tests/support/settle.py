@@ -14,7 +14,7 @@ import subprocess
 import time
 import warnings
 
-from providerkit import admin
+from support.providers import admin
 
 SETTLE_SECONDS = 60.0
 

@@ -1,4 +1,9 @@
-"""Helpers shared by the provider, gates, rollback and maintenance tests."""
+"""The sandbox's fakes and the pyinfra CLI, as most world tests drive them.
+
+The sandbox inventory's settings and secrets, the fake relay provider's and the fake
+Cloudflare's admin APIs (state, request logs, faults), pyinfra runs of a deploy file, and
+the report rows of their output.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from backupmx.core.secrets import SecretStore
 from backupmx.core.settings import Settings, load_settings
 from backupmx_sandbox.world import Sandbox
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 ACC_WRITES = {"domain_set", "hold_set", "usertable_set_default", "queue_flush"}
 CF_WRITES = {"POST", "PATCH", "PUT", "DELETE"}
