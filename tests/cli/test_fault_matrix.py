@@ -52,13 +52,12 @@ from backupmx_sandbox.world import Sandbox
 from support.invariants import (
     BACKUPMX,
     ROLLBACK,
-    acc_enabled,
-    backups_in_zone,
+    broken_i1_to_i3,
+    broken_i5,
     clear_fakes,
     dns_answer,
     owned,
     publish_backups,
-    relay_permitted,
     zone,
 )
 from support.mailhost import leftovers, managed_paths, services_answer, snapshot
@@ -406,22 +405,8 @@ def prepare(world, cell: Cell, goal_files) -> None:
 
 
 def check(world, cell: Cell, result, before_zone: list[dict], goal_files) -> list[str]:
-    broken: list[str] = []
     text = output(result)
-    after_zone = zone(world)
-    # I1
-    if backups_in_zone(world) and (snapshot(world) != goal_files or not relay_permitted(world)):
-        broken.append("I1: backup MX in the zone but the whitelist/exemption are not live")
-    # I2
-    primary_before = [r for r in before_zone if r["type"] == "MX" and (r["priority"], r["content"]) == PRIMARY]
-    primary_after = [r for r in after_zone if r["type"] == "MX" and (r["priority"], r["content"]) == PRIMARY]
-    if primary_before != primary_after:
-        broken.append("I2: the primary MX record changed")
-    # I3
-    if [r for r in before_zone if not owned(r)] != [r for r in after_zone if not owned(r)]:
-        broken.append("I3: a record the tool does not own changed")
-    if len([r for r in after_zone if owned(r)]) > len(BACKUPS):
-        broken.append("I3: duplicate managed records")
+    broken = broken_i1_to_i3(world, before_zone, goal_files)
     # I4
     if cell.i4:
         if cell.ctx.get("after_run") != cell.ctx.get("before"):
@@ -461,16 +446,7 @@ def converge(world, cell: Cell, goal_files) -> list[str]:
     if result.returncode != 0:
         broken.append(f"I5: re-run exit {result.returncode}: "
                       + next((line for line in output(result).splitlines() if "error" in line.lower()), ""))
-    if cell.deploy == BACKUPMX:
-        if dns_answer(world) != {PRIMARY} | BACKUPS:
-            broken.append(f"I5: DNS answers {sorted(dns_answer(world))}")
-        if snapshot(world) != goal_files or not relay_permitted(world):
-            broken.append("I5: mail host not at the goal")
-    else:
-        if dns_answer(world) != {PRIMARY}:
-            broken.append(f"I5: DNS answers {sorted(dns_answer(world))}")
-        if acc_enabled(world):
-            broken.append("I5: the domain is still enabled at the provider")
+    broken += broken_i5(world, cell.deploy, goal_files)
     if len([r for r in zone(world) if owned(r)]) > len(BACKUPS):
         broken.append("I5: duplicate managed records")
     return broken
