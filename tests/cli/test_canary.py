@@ -25,6 +25,7 @@ from support.mailhost import (
     listener_up,
     managed_paths,
     primary_refuses,
+    put_back_after,
     reload_rspamd,
     restore,
     snapshot,
@@ -223,14 +224,11 @@ def test_primary_answering_5xx_is_refused_by_the_primary_with_its_reply(canary_w
 
 
 def test_exemption_removed_by_hand_is_delivered_with_a_penalty(canary_world):
-    before = snapshot(canary_world)
     settings = managed_paths(canary_world)["settings.conf"]
-    settings.write_text(with_block(settings.read_text(), RSPAMD_BLOCK, None) or "")
-    reload_rspamd(canary_world)
-    try:
+    with put_back_after(canary_world):
+        settings.write_text(with_block(settings.read_text(), RSPAMD_BLOCK, None) or "")
+        reload_rspamd(canary_world)
         result = canary()
-    finally:
-        restore(canary_world, before)
     text = output(result)
     assert result.returncode != 0, text
     for host in relays(canary_world):

@@ -37,7 +37,7 @@ from backupmx.mailhost.model import (
 from backupmx.mailhost.render import render_external_relay_block
 from backupmx_sandbox import seed
 from backupmx_sandbox.smtp_client import build_message, send_mail
-from support.mailhost import leftovers, run_api_operation, worker_pids
+from support.mailhost import leftovers, run_api_operation, staged_copies, worker_pids
 from support.mailpath import endpoint, fresh_address_in, fresh_ipv4, wait_for_delivery
 from operations.mailhost import rspamd_exemption
 from support.providers import has_line, output, pyinfra
@@ -357,7 +357,7 @@ def test_a_failed_switch_restores_all_three_files_and_reloads_nothing(exempt, mo
     assert len(lines) == 1 and "rspamadm configtest fails after the change" in lines[0], log
     assert "restored byte for byte (settings.conf, external_relay.conf, rspamd.lua)" in lines[0]
     assert files(exempt) == before and leftovers(exempt) == []
-    assert not [found for path in rspamd_paths(exempt).values() for found in path.parent.glob(f"{path.name}.backupmx-*")]
+    assert staged_copies(rspamd_paths(exempt)) == []
     assert worker_pids(exempt) == pids, "rspamd was reloaded"
 
 

@@ -82,8 +82,8 @@ def test_relayed_mail_passes_every_layer_after_the_deploy_and_outsiders_still_me
     again = deploy()  # a re-run changes nothing on the mail host
     assert report_row(again, "3").status == "pass", again
 
-    switches, state = layers.Switches(sandbox), mailhost.snapshot(world)
-    try:
+    switches = layers.Switches(sandbox)
+    with mailhost.put_back_after(world):  # main.cf as the deploy left it, every layer on
         for layer in LAYER_RELAY:
             # One layer at a time, so the refusal is that layer's own.
             switches.set({name: name == layer for name in LAYER_RELAY})
@@ -93,8 +93,6 @@ def test_relayed_mail_passes_every_layer_after_the_deploy_and_outsiders_still_me
             # The listed outside address meets postscreen's DNSBL first: the whitelist is not for it.
             assert refused_by("postscreen_dnsbl" if layer == "rbl_client" else layer, faced), \
                 f"{layer}: outside {client}: {faced}"
-    finally:
-        mailhost.restore(world, state)  # main.cf as the deploy left it, every layer on
 
 
 def test_a_drain_of_200_messages_from_one_relay_address_is_accepted_and_anvil_still_limits_outsiders(

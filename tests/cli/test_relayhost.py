@@ -25,7 +25,7 @@ from backupmx_sandbox.seed import DOMAIN, NEUTRAL_SENDER_DOMAIN
 from backupmx_sandbox.smtp_client import build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
-from support.mailhost import run_api_operation
+from support.mailhost import file_contents, put_back_files, run_api_operation, staged_copies
 from support.mailpath import endpoint, wait_for_delivery
 from support.postfix_reload import reload_and_wait
 from support.providers import output, pyinfra
@@ -58,18 +58,12 @@ def managed(world) -> dict[str, Path]:
 
 
 def snapshot(world) -> dict[str, bytes | None]:
-    return {path: p.read_bytes() if p.exists() else None for path, p in managed(world).items()}
+    return file_contents(managed(world))
 
 
 def put_back(world, state: dict[str, bytes | None]) -> None:
-    if snapshot(world) == state:
-        return
-    for path, content in state.items():
-        if content is None:
-            Path(path).unlink(missing_ok=True)
-        else:
-            Path(path).write_bytes(content)
-    reload_relay(world)
+    if put_back_files(managed(world), state):
+        reload_relay(world)
 
 
 def reload_relay(world) -> None:
@@ -77,7 +71,7 @@ def reload_relay(world) -> None:
 
 
 def leftovers(world) -> list[Path]:
-    return [p for path in managed(world).values() for p in path.parent.glob(f"{path.name}.backupmx-*")]
+    return staged_copies(managed(world))
 
 
 def write_inventory(world, directory: Path) -> Path:

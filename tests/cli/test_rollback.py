@@ -21,7 +21,7 @@ from backupmx.dns import check as dnscheck
 from backupmx.dns.cloudflare import CloudflareClient
 from backupmx.dns.plan import MANAGED_MARKER
 from backupmx_sandbox.seed import DOMAIN
-from support.mailhost import managed_paths, restore, snapshot
+from support.mailhost import managed_paths, put_back_after
 from support.providers import (
     ReportRow,
     acc_requests,
@@ -282,8 +282,7 @@ def test_revert_runs_after_the_dns_steps(live):
 
 
 def test_revert_mailhost_removes_the_whitelist_and_the_exemption(live):
-    saved = snapshot(live)
-    try:
+    with put_back_after(live):
         installed = pyinfra("tests/deploys/mailhost_on.py")
         assert installed.returncode == 0, output(installed)
         assert managed_paths(live)["cidr"].exists()
@@ -298,13 +297,10 @@ def test_revert_mailhost_removes_the_whitelist_and_the_exemption(live):
         assert row.status == "pass" and row.evidence.startswith("postscreen whitelist and rspamd exemption removed")
         again = rollback("--data", "revert_mailhost=true")
         assert again.returncode == 0, output(again)
-    finally:
-        restore(live, saved)
 
 
 def test_revert_waits_for_dns_when_the_dns_part_fails(live):
-    saved = snapshot(live)
-    try:
+    with put_back_after(live):
         installed = pyinfra("tests/deploys/mailhost_on.py")
         assert installed.returncode == 0, output(installed)
         result = rollback("--data", "revert_mailhost=true", "--data", vault_down(live), env=env_without_vault())
@@ -312,8 +308,6 @@ def test_revert_waits_for_dns_when_the_dns_part_fails(live):
         # DNS still routes to the backup: its relays must stay whitelisted and exempt.
         assert managed_paths(live)["cidr"].exists()
         assert "not reverted: DNS was not confirmed clear" in summary_row(result, "4").evidence
-    finally:
-        restore(live, saved)
 
 
 def test_disable_domain_false_leaves_the_provider_for_later(live):

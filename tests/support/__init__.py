@@ -5,7 +5,7 @@ dms             the docker-mailserver world: brought up beside the native one, i
 http_servers    HTTP(S) servers on loopback: an MTA-STS policy host, a server with one fixed answer
 invariants      the world-state checks of docs/reliability.md (zone, DNS answer, whitelist, provider, I1-I3, I5)
 layers          the realistic relayed envelope sent to the sandbox primary one layer at a time
-mailhost        the files stage 3 manages: snapshot, put back, leftovers; reloads; pyinfra API runs on a host
+mailhost        the files stage 3 manages (or any files): snapshot, put back byte for byte, staged copies; reloads
 mailpath        sending mail through the sandbox: fresh client addresses, reading the Maildir
 plan_documents  the --dry plan documents: docs/plan.schema.json and a small checker of its keywords
 postfix_reload  a native Postfix reloaded and serving with its new configuration

@@ -142,12 +142,9 @@ def postfix_log(world) -> str:
 def no_deploy(world) -> Iterator[None]:
     """The primary as the sandbox made it (no relay whitelist, no rspamd rule) for the block;
     what the deploy had written is put back after it."""
-    before = mailhost.snapshot(world)
-    mailhost.restore(world, mailhost.pristine_state(world))
-    try:
+    with mailhost.put_back_after(world):
+        mailhost.restore(world, mailhost.pristine_state(world))
         yield
-    finally:
-        mailhost.restore(world, before)
 
 
 @contextlib.contextmanager
@@ -155,19 +152,16 @@ def relays_past_postscreen(world) -> Iterator[None]:
     """Only postscreen's half of stage 3: the relay networks permitted in the PROXY-v2
     listener's postscreen_access_list, as the deploy writes it, so a DNSBL-listed relay
     reaches smtpd's layers; the three stage-3 files are put back after the block."""
-    before = mailhost.snapshot(world)
     paths = mailhost.managed_paths(world)
     networks = [*seed.RELAY_CIDRS, f"{relayhost.RELAY_ADDRESS}/32"]
-    paths["cidr"].write_text("".join(f"{network} permit\n" for network in networks))
     listener = world["mailhost"]["proxy_service"].split("/")[0]
-    master_cf = set_service_options(paths["master.cf"].read_text(), listener, "inet",
-                                    {ACCESS_LIST: f"permit_mynetworks,cidr:{paths['cidr']}"})
-    paths["master.cf"].write_text(master_cf)
-    mailhost.reload_postfix(world)
-    try:
+    with mailhost.put_back_after(world):
+        paths["cidr"].write_text("".join(f"{network} permit\n" for network in networks))
+        master_cf = set_service_options(paths["master.cf"].read_text(), listener, "inet",
+                                        {ACCESS_LIST: f"permit_mynetworks,cidr:{paths['cidr']}"})
+        paths["master.cf"].write_text(master_cf)
+        mailhost.reload_postfix(world)
         yield
-    finally:
-        mailhost.restore(world, before)
 
 
 # Postfix's default: postscreen waits this long for a client to talk early, and for its
@@ -182,19 +176,16 @@ def dnsbl_in_time(world) -> Iterator[None]:
     listed client pass, and caches that PASS for the next sessions. For the block the PROXY-v2
     listener waits Postfix's default 6 s and its postscreen cache starts empty (no PASS of an
     earlier session counts); the three stage-3 files are put back after the block."""
-    before = mailhost.snapshot(world)
     paths = mailhost.managed_paths(world)
     listener = world["mailhost"]["proxy_service"].split("/")[0]
-    paths["master.cf"].write_text(set_service_options(paths["master.cf"].read_text(), listener, "inet",
-                                                      {"postscreen_greet_wait": DNSBL_GREET_WAIT}))
     data_directory = subprocess.run(["postconf", "-c", world["postfix_config_dir"], "-h", "data_directory"],
                                     capture_output=True, text=True, check=True).stdout.strip()
-    Path(data_directory, "postscreen_proxy_cache.db").unlink(missing_ok=True)
-    reload_and_wait(world)
-    try:
+    with mailhost.put_back_after(world):
+        paths["master.cf"].write_text(set_service_options(paths["master.cf"].read_text(), listener, "inet",
+                                                          {"postscreen_greet_wait": DNSBL_GREET_WAIT}))
+        Path(data_directory, "postscreen_proxy_cache.db").unlink(missing_ok=True)
+        reload_and_wait(world)
         yield
-    finally:
-        mailhost.restore(world, before)
 
 
 def reload_and_wait(world) -> None:

@@ -1,7 +1,8 @@
 """Sandbox mail host helpers shared by the stage 3 tests, the drill and the fault matrix.
 
-The three files stage 3 manages, their snapshot, putting a state back (and
-reloading what changed), the sandbox's pristine configuration, checks that both
+The files stage 3 manages, their snapshot, putting a state back (and reloading
+what changed), the same for any set of files (their bytes, their staged copies, put
+back byte for byte), the sandbox's pristine configuration, checks that both
 daemons still answer and that the listener is up, one operation through
 pyinfra's API on a sandbox SSH host, and a primary that refuses one recipient.
 """
@@ -43,16 +44,35 @@ def managed_paths(world) -> dict[str, Path]:
             "settings.conf": Path(m.rspamd_settings_host_path)}
 
 
+def file_contents(paths: dict[str, Path]) -> dict[str, bytes | None]:
+    """Each file's bytes by name (None: absent): what a byte-for-byte comparison after a run takes, or a put-back."""
+    return {name: path.read_bytes() if path.exists() else None for name, path in paths.items()}
+
+
+def staged_copies(paths: dict[str, Path]) -> list[Path]:
+    """The staged or set-aside copies (``<file>.backupmx-*``) beside ``paths``: a transaction leaves none."""
+    return [found for path in paths.values() for found in path.parent.glob(f"{path.name}.backupmx-*")]
+
+
+def put_back_files(paths: dict[str, Path], state: dict[str, bytes | None]) -> list[str]:
+    """Each file of ``paths`` byte for byte as ``state`` has it (None: removed); the names that had to change."""
+    current = file_contents(paths)
+    changed = [name for name in paths if current[name] != state[name]]
+    for name in changed:
+        if state[name] is None:
+            paths[name].unlink()
+        else:
+            paths[name].write_bytes(state[name])
+    return changed
+
+
 def snapshot(world) -> dict[str, bytes | None]:
-    return {name: path.read_bytes() if path.exists() else None for name, path in managed_paths(world).items()}
+    return file_contents(managed_paths(world))
 
 
 def leftovers(world) -> list[Path]:
     """Staged or set-aside files a transaction must never leave behind."""
-    found = []
-    for path in managed_paths(world).values():
-        found += list(path.parent.glob(f"{path.name}.backupmx-*"))
-    return found
+    return staged_copies(managed_paths(world))
 
 
 def reload_postfix(world) -> None:
@@ -64,19 +84,22 @@ def reload_rspamd(world) -> None:
 
 
 def restore(world, state: dict[str, bytes | None]) -> None:
-    """Put the three files back as ``state`` has them and reload what changed."""
-    current = snapshot(world)
-    for name, path in managed_paths(world).items():
-        if current[name] == state[name]:
-            continue
-        if state[name] is None:
-            path.unlink()
-        else:
-            path.write_bytes(state[name])
-    if any(current[name] != state[name] for name in ("cidr", "master.cf", "main.cf")):
+    """Put the managed files back as ``state`` has them and reload what changed."""
+    changed = put_back_files(managed_paths(world), state)
+    if {"cidr", "master.cf", "main.cf"} & set(changed):
         reload_postfix(world)
-    if current["settings.conf"] != state["settings.conf"]:
+    if "settings.conf" in changed:
         reload_rspamd(world)
+
+
+@contextlib.contextmanager
+def put_back_after(world) -> Iterator[dict[str, bytes | None]]:
+    """The managed files as they were before the block (its snapshot, yielded) put back after it, reloaded."""
+    before = snapshot(world)
+    try:
+        yield before
+    finally:
+        restore(world, before)
 
 
 def pristine_state(world) -> dict[str, bytes | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backupmx.mailhost.model import load_mailhost
-from support.mailhost import leftovers, pristine_state, reload_rspamd, restore, snapshot
+from support.mailhost import file_contents, leftovers, pristine_state, put_back_files, reload_rspamd, restore, snapshot
 from support.providers import PROJECT_ROOT, admin, cloudflare_admin
 
 # The sandbox inventory with the mail host switched to external_relay (``--data`` would
@@ -39,21 +39,14 @@ def rspamd_paths(world) -> dict[str, Path]:
 
 def files(world) -> dict[str, bytes | None]:
     """Every file stage 3 may write, in both modes."""
-    state = snapshot(world)
-    state.update({name: path.read_bytes() if path.exists() else None for name, path in rspamd_paths(world).items()})
-    return state
+    return {**snapshot(world), **file_contents(rspamd_paths(world))}
 
 
 def back_to_seed(world) -> None:
     """The mail host as `backupmx-sandbox up` left it (no external_relay file either), both fakes reset."""
     pristine = pristine_state(world)
     restore(world, pristine)
-    changed = False
-    for path in rspamd_paths(world).values():
-        if path.exists():
-            path.unlink()
-            changed = True
-    if changed:
+    if put_back_files(rspamd_paths(world), dict.fromkeys(rspamd_paths(world))):
         reload_rspamd(world)
     admin(world, "reset", {})
     cloudflare_admin(world, "POST", "reset")
