@@ -243,6 +243,16 @@ def _exit_non_zero_on_interrupt() -> None:
     except ValueError:  # not the main thread
         return
     _interrupt["installed"] = True
+    # Registered before any at-exit report, so it runs after them all.
+    atexit.register(_end_an_interrupted_run)
+
+
+def _end_an_interrupted_run() -> None:
+    """A run stopped by Ctrl-C ends here, once its reports are printed, before the interpreter's
+    finalization: that would wake the greenlets the interrupt left waiting on a host or a probe,
+    and gevent answers with "greenlet is being finalized" tracebacks, or a wait that never ends."""
+    if _interrupt["seen"]:
+        exit_now(EXIT_INTERRUPTED)
 
 
 def _run_end(state) -> RunEnd:

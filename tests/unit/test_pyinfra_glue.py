@@ -91,3 +91,37 @@ def test_signals_only_flag_while_inside_and_come_back_after():
 
 def test_a_stop_line_is_a_deploy_error():
     assert isinstance(glue.one_line_error("relay1: no route"), DeployError)
+
+
+INTERRUPTED_RUN = '''
+import atexit, os, signal, sys, weakref
+import gevent
+from gevent.event import Event
+
+def pyinfra_handler(signum, frame):  # stands in for the pyinfra CLI's own handler
+    print("exit 0 by pyinfra", flush=True)
+    sys.exit(0)
+pyinfra_handler.__module__ = "pyinfra_cli.main"
+signal.signal(signal.SIGINT, pyinfra_handler)
+
+import backupmx.core.pyinfra_glue  # a deploy file's import puts the project's handler in place
+
+class Waiting:
+    """A host's greenlet left waiting by the interrupt; its clean-up would run at finalization."""
+    def __del__(self):
+        print("finalization ran", flush=True)
+
+atexit.register(lambda: print("report", flush=True))
+left = [Waiting() for _ in range(3)]
+waits = [gevent.spawn(Event().wait) for _ in left]
+gevent.spawn_later(0.1, os.kill, os.getpid(), signal.SIGINT)
+gevent.joinall(waits)
+'''
+
+
+def test_an_interrupted_run_exits_130_right_after_its_reports():
+    """Ctrl-C: pyinfra's message, the at-exit reports, exit 130, and nothing after them (the
+    interpreter's finalization would wake the greenlets the interrupt left waiting)."""
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_RUN], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        glue.EXIT_INTERRUPTED, "Exiting upon user request!\nreport\n", "")
