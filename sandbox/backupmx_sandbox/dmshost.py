@@ -221,7 +221,8 @@ def write_switches(sandbox: Sandbox, image: str | None = None) -> None:
     applied = hashlib.sha256(json.dumps([image, args, environment(sandbox), dms_switches.layers_script(sandbox)],
                                         sort_keys=True).encode()).hexdigest()[:16]
     spec = {"name": container_name(sandbox), "image": image, "netns_service": "dms-net",
-            "ready_file": str(paths.ready_file), "applied": applied, "args": args}
+            "ready_file": str(paths.ready_file), "applied": applied, "args": args,
+            "listening": [PROXY_PORT, SMTP_PORT, CONTROLLER_PORT]}
     install_file(paths.run_spec, json.dumps(spec, indent=2) + "\n", 0o600)
 
 

@@ -28,7 +28,10 @@ from operations.mailhost import rspamd_exemption
 from support.providers import output, pyinfra, sandbox_settings
 
 SWITCH = "tests/deploys/mailhost_on.py"
-CYCLES = int(os.environ.get("DMS_CYCLES", "10"))
+# Deploy/revert cycles: 3 in `make test`, 10 in the long form (BACKUPMX_SWEEP=1), or DMS_CYCLES.
+SHORT_CYCLES, SWEEP_CYCLES = 3, 10
+CYCLES = int(os.environ.get("DMS_CYCLES")
+             or (SWEEP_CYCLES if os.environ.get("BACKUPMX_SWEEP") == "1" else SHORT_CYCLES))
 # A complaint of Postfix about its configuration, in docker-mailserver's mail.log.
 POSTFIX_COMPLAINT = re.compile(r"postfix/[\w/-]+\[\d+\]: (fatal|panic|error):|postfix/[\w/-]+\[\d+\]: warning: "
                                r"(/etc/postfix/|.*unused parameter|.*unknown|.*bad)", re.IGNORECASE)
