@@ -2,8 +2,8 @@
 
     python -m bench [--runs N] [--only NAME ...] [--json FILE] [--keep]
 
-NAME: converge, dry, api, rollback, scaling, octodns (api and rollback share one
-cycle of runs). Every timing is the median of N runs (default 5, at least 5 is
+NAME: physical (the no-op converge against `pyinfra fact server.Hostname`), converge,
+dry, api, rollback, scaling, octodns (api and rollback share one cycle of runs). Every timing is the median of N runs (default 5, at least 5 is
 the issue's rule) of the real CLI command, and every speed figure is a ratio to a
 floor measured in the same invocation on the same machine, runs interleaved. The
 benchmarks assert nothing about time: they print a table with the goals beside
@@ -25,7 +25,7 @@ from pathlib import Path
 from bench import cases
 from bench.world import PROJECT_ROOT, Meter, load, sandbox_down, sandbox_up
 
-CASES = ["converge", "dry", "api", "rollback", "scaling", "octodns"]
+CASES = ["physical", "converge", "dry", "api", "rollback", "scaling", "octodns"]
 
 
 def machine() -> str:
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="backupmx-bench-") as scratch:
             bench = cases.Bench(world, meter, Path(scratch), args.runs)
             bench.converge_all()
+            if "physical" in wanted:
+                results += bench.physical()
             if "converge" in wanted:
                 results += bench.converge()
             if "dry" in wanted:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -18,6 +19,7 @@ INVENTORY = "inventory/sandbox.py"
 DEPLOY = "deploys/backupmx.py"
 ROLLBACK = "deploys/rollback.py"
 FLOOR = "bench/floor_deploy.py"
+PHYSICAL_FLOOR = ("fact", "server.Hostname")  # pyinfra's own floor: start, connect every host, one fact
 CLOUDFLARE_LIMIT = 1200  # requests per 5 minutes per token (PROVIDER-NOTES.md)
 SCALING_ZONES = (1, 10, 50)
 OCTODNS_SYNC = str(Path(sys.executable).with_name("octodns-sync"))
@@ -33,6 +35,12 @@ def timing(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f} s"
     return f"{median(values):.2f} s [{min(values):.2f}–{max(values):.2f}]"
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children so far."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def per_run(values: list[int]) -> str:
@@ -134,6 +142,24 @@ class Bench:
              "raw": {"cloudflare": cf, "acc": [c.acc for c in counts], "vault": vault,
                      "paths": counts[0].cloudflare_paths}},
         ]
+
+    def physical(self) -> list[dict]:
+        """The no-op converge against pyinfra's physical floor: `fact server.Hostname` (the CLI
+        starting, connecting every host of the inventory, one fact round trip), pairs interleaved."""
+        floor, product, floor_cpu, product_cpu = [], [], [], []
+        run_pyinfra(INVENTORY, *PHYSICAL_FLOOR, env=self.env)  # warm-up
+        for _ in range(self.runs):
+            for command, walls, cpus in ((PHYSICAL_FLOOR, floor, floor_cpu), ((DEPLOY,), product, product_cpu)):
+                cpu_before = children_cpu()
+                elapsed, _result = run_pyinfra(INVENTORY, *command, env=self.env)
+                walls.append(elapsed)
+                cpus.append(children_cpu() - cpu_before)
+        ratio = median(product) / median(floor)
+        cpu_ratio = median(product_cpu) / median(floor_cpu)
+        return [{"name": "no-op converge vs `fact server.Hostname`", "measured": timing(product),
+                 "reference": timing(floor), "ratio": f"{ratio:.2f}× (CPU {cpu_ratio:.2f}×)", "goal": "≤ 1.5×",
+                 "met": met(ratio <= 1.5),
+                 "raw": {"product": product, "floor": floor, "product_cpu": product_cpu, "floor_cpu": floor_cpu}}]
 
     def dry(self) -> list[dict]:
         floor, product, counts = self.interleaved(dry=True)
