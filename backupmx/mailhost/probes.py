@@ -59,44 +59,60 @@ def probe_addresses(relay_cidrs: Iterable[IPNetwork | str]) -> Probes:
 
 # --- stage 4 probes -------------------------------------------------------------
 
-# Runs on the mail host (python3): PROXY v2 header claiming SOURCE, then a relayed
-# envelope - EHLO with the relay's HELO name before the greeting, MAIL FROM a foreign
-# sender whose SPF does not list the relay, RCPT a local address - and QUIT: nothing
-# is delivered. Prints the RCPT reply (or MAIL's, when MAIL is refused). Whitelisted,
-# postscreen hands over to smtpd at once and every smtpd restriction judges the
-# envelope; RCPT 250 means all of them let it through. Otherwise the pregreet test
-# fails the session (RCPT 550 5.5.1).
+# Runs on the mail host (python3), one process for every SOURCE, their sessions side by
+# side: PROXY v2 header claiming SOURCE, then a relayed envelope - EHLO with the relay's
+# HELO name before the greeting, MAIL FROM a foreign sender whose SPF does not list the
+# relay, RCPT a local address - and QUIT: nothing is delivered. Prints a line per source,
+# in the order given: the source, then the RCPT reply (or MAIL's, when MAIL is refused),
+# or "-" and what went wrong. Whitelisted, postscreen hands over to smtpd at once and every
+# smtpd restriction judges the envelope; RCPT 250 means all of them let it through.
+# Otherwise the pregreet test fails the session (RCPT 550 5.5.1).
 PREGREET_PROBE = r"""
-import ipaddress, socket, struct, sys
-host, port, source, rcpt, helo, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-src = ipaddress.ip_address(source)
-dst = ipaddress.ip_address("127.0.0.1" if src.version == 4 else "::1")
-body = src.packed + dst.packed + struct.pack("!HH", 40000, port)
-header = b"\r\n\r\n\x00\r\nQUIT\n" + struct.pack("!BBH", 0x21, 0x11 if src.version == 4 else 0x21, len(body)) + body
-sock = socket.create_connection((host.strip("[]"), port), 15)
-stream = sock.makefile("rb")
-def reply():
-    lines = []
-    while True:
-        line = stream.readline().decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            raise SystemExit("connection closed after: " + " | ".join(lines))
-        lines.append(line)
-        if line[3:4] != "-":
-            return line[:3], " | ".join(lines)
-sock.sendall(header + b"EHLO " + helo.encode() + b"\r\n")
-code, text = reply()
-while code == "220":
-    code, text = reply()
-sock.sendall(b"MAIL FROM:<" + sender.encode() + b">\r\n")
-code, text = reply()
-if code == "250":
-    sock.sendall(b"RCPT TO:<" + rcpt.encode() + b">\r\n")
-    code, text = reply()
-else:
-    text = "at MAIL FROM: " + text
-sock.sendall(b"QUIT\r\n")
-print(code, text)
+import ipaddress, socket, struct, sys, threading
+host, port, rcpt, helo, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+sources = sys.argv[6:]
+def session(source):
+    src = ipaddress.ip_address(source)
+    dst = ipaddress.ip_address("127.0.0.1" if src.version == 4 else "::1")
+    body = src.packed + dst.packed + struct.pack("!HH", 40000, port)
+    header = b"\r\n\r\n\x00\r\nQUIT\n" + struct.pack("!BBH", 0x21, 0x11 if src.version == 4 else 0x21, len(body)) + body
+    with socket.create_connection((host.strip("[]"), port), 15) as sock:
+        stream = sock.makefile("rb")
+        def reply():
+            lines = []
+            while True:
+                line = stream.readline().decode("utf-8", "replace").rstrip("\r\n")
+                if not line:
+                    raise ConnectionError("connection closed after: " + " | ".join(lines))
+                lines.append(line)
+                if line[3:4] != "-":
+                    return line[:3], " | ".join(lines)
+        sock.sendall(header + b"EHLO " + helo.encode() + b"\r\n")
+        code, text = reply()
+        while code == "220":
+            code, text = reply()
+        sock.sendall(b"MAIL FROM:<" + sender.encode() + b">\r\n")
+        code, text = reply()
+        if code == "250":
+            sock.sendall(b"RCPT TO:<" + rcpt.encode() + b">\r\n")
+            code, text = reply()
+        else:
+            text = "at MAIL FROM: " + text
+        sock.sendall(b"QUIT\r\n")
+        return code + " " + text
+answers = {}
+def probe(source):
+    try:
+        answers[source] = session(source)
+    except Exception as error:
+        answers[source] = "- " + (" ".join(str(error).split()) or type(error).__name__)
+threads = [threading.Thread(target=probe, args=(source,)) for source in sources]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+for source in sources:
+    print(source, answers.get(source, "- no answer"))
 """.strip()
 
 

@@ -254,7 +254,8 @@ def _check_envelope(proof: Proof, mailhost: MailHost, probes: Probes, session) -
     sources = [address for _, address in probes.inside]
     bad = [f"{source}: {result.get('text') or result.get('error')}"
            for source, result in session["results"].items() if result.get("code") != 250]
-    bad += [f"{source}: no answer" for source in sources if source not in session["results"]]
+    bad += [f"{source}: {session.get('failure') or 'no answer'}" for source in sources
+            if source not in session["results"]]
     proof.add("relayed envelope", not bad, "; ".join(bad) if bad else
               f"{len(sources)} relay addresses talking early via {mailhost.smtp_probe} as "
               f"{mailhost.proof_helo}, MAIL FROM <{mailhost.proof_sender}>: RCPT 250")
