@@ -9,6 +9,10 @@ file, the line and the key, and nothing is contacted, not even over SSH
 
 from pathlib import Path
 
-from backupmx.core.context import check_before_connecting, stage_zero
+from backupmx.core.pyinfra_glue import keep_bytecode
+
+keep_bytecode()  # before the project's other modules are imported
+
+from backupmx.core.context import check_before_connecting, stage_zero  # noqa: E402
 
 check_before_connecting(stage_zero, Path(__file__).resolve().parent / "deploys")

@@ -14,7 +14,7 @@ import shlex
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined
 
 from backupmx.core.errors import BackupMXError
 from backupmx.core.paths import TEMPLATES, checkout_problem
@@ -35,8 +35,11 @@ def _environment() -> Environment:
     problem = checkout_problem()
     if problem:
         raise BackupMXError(problem)
+    # The bytecode cache (Jinja's per-user directory under the temp dir, keyed by each template's
+    # source) spares every run compiling the same templates again.
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
-                      autoescape=False, trim_blocks=True, lstrip_blocks=True)
+                      autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                      bytecode_cache=FileSystemBytecodeCache())
     env.filters["shquote"] = shlex.quote
     env.filters["q"] = yaml_string
     env.filters["e_dq"] = double_quoted

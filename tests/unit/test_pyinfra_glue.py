@@ -125,3 +125,10 @@ def test_an_interrupted_run_exits_130_right_after_its_reports():
     result = subprocess.run([sys.executable, "-c", INTERRUPTED_RUN], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (
         glue.EXIT_INTERRUPTED, "Exiting upon user request!\nreport\n", "")
+
+
+def test_keep_bytecode_undoes_the_clis_switch(monkeypatch):
+    """pyinfra's CLI sets sys.dont_write_bytecode; the project's modules keep their __pycache__ anyway."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    glue.keep_bytecode()
+    assert sys.dont_write_bytecode is False
