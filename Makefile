@@ -2,25 +2,36 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := postfix postfix-policyd-spf-python rspamd openssh-server haproxy prometheus prometheus-blackbox-exporter swaks ca-certificates \
-	podman runc debootstrap patch
+APT_PACKAGES := postfix postfix-policyd-spf-python rspamd openssh-server haproxy prometheus prometheus-blackbox-exporter swaks ca-certificates
+# Only for the docker-mailserver image (make dms-image, make test): `make demo` does without them.
+DMS_APT_PACKAGES := podman runc debootstrap patch
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt venv dms-image demo test test-unit sandbox-up sandbox-down bench clean
+.PHONY: setup apt apt-dms venv dms-image demo test test-unit sandbox-up sandbox-down bench clean
 
 setup: apt venv
 
-# Debian packages. Postfix is preseeded to "No configuration" so the machine's own
-# /etc/postfix stays unconfigured; the sandbox runs Postfix from its own directory.
-apt:
-	@missing=$$(for p in $(APT_PACKAGES); do \
+# Debian packages, those of $(1) not installed yet. Postfix is preseeded to "No configuration"
+# so the machine's own /etc/postfix stays unconfigured; the sandbox runs Postfix from its own
+# directory. The package lists are fetched once (not again if apt used them in the last hour).
+define apt_install
+	@missing=$$(for p in $(1); do \
 	    dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
-	  $(SUDO) apt-get update -qq && \
+	  if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || \
+	     [ -z "$$(find /var/cache/apt/pkgcache.bin -mmin -60 2>/dev/null)" ]; then \
+	    $(SUDO) apt-get update -qq || exit 1; fi; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+apt:
+	$(call apt_install,$(APT_PACKAGES))
+
+apt-dms:
+	$(call apt_install,$(DMS_APT_PACKAGES))
 
 venv: $(VENV)/.installed
 
@@ -48,7 +59,7 @@ $(VENV)/.installed: $(LOCKS) pyproject.toml sandbox/pyproject.toml
 # The real docker-mailserver 15.1.0 image for the sandbox's docker-mailserver primary
 # (`backupmx-sandbox up --primary docker-mailserver`): built with podman from the
 # vendored release (sandbox/vendor/), once, then cached (`podman images`); ~2 min cold.
-dms-image: setup
+dms-image: setup apt-dms
 	@$(BIN)/python -m backupmx_sandbox.dms_image >/dev/null
 
 # The review of a first deploy: the gate report, every diff, and at the end the verdict
