@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +63,9 @@ def podman(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProc
     With ``check`` a non-zero exit raises RuntimeError carrying podman's own last line,
     which names the cause far better than the exit status does.
     """
+    if shutil.which("podman") is None:
+        raise RuntimeError("podman is not installed (`make demo` does without it): `make dms-image` installs it "
+                           "and builds the docker-mailserver image")
     kwargs.setdefault("capture_output", "stdout" not in kwargs and "stderr" not in kwargs)
     result = subprocess.run(["podman", *args], env=podman_env(), text=True, **kwargs)
     if check and result.returncode != 0:

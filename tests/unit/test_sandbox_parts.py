@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import socket
 
-from backupmx_sandbox import hostfiles
+import pytest
+
+from backupmx_sandbox import dms_podman, hostfiles
 from backupmx_sandbox.smtp_client import SMTPConnection, proxy_v2_header
 
 
@@ -51,3 +53,10 @@ def test_reply_reader_splits_a_dangling_line_from_the_next_reply():
     assert (greeting.code, greeting.complete, greeting.lines) == (220, False, ["mail.example ESMTP"])
     assert (ehlo.code, ehlo.complete, ehlo.lines) == (250, True, ["mail.example", "SIZE 1000"])
     assert (last.code, last.text) == (220, "ok")
+
+
+def test_no_podman_is_one_line_naming_make_dms_image(monkeypatch):
+    """`make demo` installs no podman: the docker-mailserver primary then says how to get it."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RuntimeError, match=r"podman is not installed .*`make dms-image` installs it"):
+        dms_podman.image_exists("localhost/backupmx-sandbox/docker-mailserver:x")
