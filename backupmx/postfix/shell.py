@@ -12,16 +12,20 @@ from typing import Iterable, Mapping, Sequence
 
 # The capture protocol of the facts: every value crosses as one "name field value"
 # line, command output and file contents base64-encoded, so nothing is lost or
-# mistaken for a separator; the script itself always exits 0.
+# mistaken for a separator; the script itself always exits 0. One scratch directory
+# serves the whole script, and an empty output is printed without running base64: a
+# read of forty captures starts about a hundred processes fewer on the host.
 CAPTURE_PRELUDE = r"""
+BMX_T=$(mktemp -d) || { printf 'bmx rc 125\n'; exit 0; }
+bmx_b64() {
+  if [ -s "$2" ]; then printf '%s %s %s\n' "$bmx_n" "$1" "$(base64 -w0 <"$2")"; else printf '%s %s\n' "$bmx_n" "$1"; fi
+}
 bmx_cap() {
   bmx_n=$1; shift
-  bmx_d=$(mktemp -d) || { printf '%s rc 125\n' "$bmx_n"; return 0; }
-  "$@" <"${BMX_STDIN:-/dev/null}" >"$bmx_d/o" 2>"$bmx_d/e"; bmx_rc=$?
+  "$@" <"${BMX_STDIN:-/dev/null}" >"$BMX_T/$bmx_n.o" 2>"$BMX_T/$bmx_n.e"; bmx_rc=$?
   printf '%s rc %s\n' "$bmx_n" "$bmx_rc"
-  printf '%s out %s\n' "$bmx_n" "$(base64 -w0 <"$bmx_d/o")"
-  printf '%s err %s\n' "$bmx_n" "$(base64 -w0 <"$bmx_d/e")"
-  rm -rf "$bmx_d"
+  bmx_b64 out "$BMX_T/$bmx_n.o"
+  bmx_b64 err "$BMX_T/$bmx_n.e"
   return 0
 }
 """.strip()
@@ -61,26 +65,26 @@ def capture_script(commands: Sequence[tuple[str, Sequence[str]]], stdin: Mapping
     of its own and printed in the given order, so the output is the same.
     """
     parts = [CAPTURE_PRELUDE]
-    if parallel:
-        parts.append("BMX_P=$(mktemp -d) || { printf 'bmx rc 125\\n'; exit 0; }")
+    names = [name for name, _ in commands]
     for index, (name, argv) in enumerate(commands):
-        if not re.match(r"^[A-Za-z0-9_]+$", name):
-            raise ValueError(f"capture name {name!r}")
+        if not re.match(r"^[A-Za-z0-9_]+$", name) or names.count(name) > 1:
+            raise ValueError(f"capture name {name!r}: letters, digits and _, once per script")
         lines = []
         if labels and name in labels:
             lines.append(f"printf '%s label %s\\n' {name} {base64.b64encode(labels[name].encode()).decode()}")
         if stdin and name in stdin:
             encoded = base64.b64encode(stdin[name].encode()).decode()
-            lines.append(f"BMX_STDIN=$(mktemp); printf %s {encoded} | base64 -d >\"$BMX_STDIN\"; "
-                         f"bmx_cap {name} {shlex.join(argv)}; rm -f \"$BMX_STDIN\"; BMX_STDIN=")
+            lines.append(f"BMX_STDIN=\"$BMX_T/{name}.i\"; printf %s {encoded} | base64 -d >\"$BMX_STDIN\"; "
+                         f"bmx_cap {name} {shlex.join(argv)}; BMX_STDIN=")
         else:
             lines.append(f"bmx_cap {name} {shlex.join(argv)}")
         if parallel:
-            parts.append(f"( {'; '.join(lines)} ) >\"$BMX_P/{index:04d}\" &")
+            parts.append(f"( {'; '.join(lines)} ) >\"$BMX_T/{index:04d}.lines\" &")
         else:
             parts.extend(lines)
     if parallel:
-        parts.append("wait; cat \"$BMX_P\"/* 2>/dev/null; rm -rf \"$BMX_P\"")
+        parts.append("wait; cat \"$BMX_T\"/*.lines 2>/dev/null")
+    parts.append("rm -rf \"$BMX_T\"")
     return "\n".join(parts) + "\n"
 
 

@@ -621,3 +621,19 @@ def test_capture_script_in_parallel_prints_what_the_serial_one_prints(tmp_path):
     assert got == expected
     assert expected["slow"].label == "first" and expected["fed"].out == "from stdin\n"
     assert expected["fails"].rc == 3 and expected["fails"].err == "why\n" and len(expected["big"].out) == 200000
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_capture_script_leaves_no_scratch_file(tmp_path, parallel):
+    commands = [("empty", ["true"]), ("fed", ["cat"]), ("fails", ["sh", "-c", "echo why >&2; exit 3"])]
+    done = subprocess.run(["sh", "-c", capture_script(commands, stdin={"fed": "x"}, parallel=parallel)],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)})
+    captured = parse_captures(done.stdout.splitlines())
+    assert (captured["empty"].rc, captured["empty"].out, captured["empty"].err) == (0, "", "")
+    assert captured["fed"].out == "x" and captured["fails"].err == "why\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_capture_name_is_used_once_per_script():
+    with pytest.raises(ValueError, match="once per script"):
+        capture_script([("a", ["true"]), ("a", ["false"])])
