@@ -34,7 +34,7 @@ from typing import Iterator
 
 from backupmx_sandbox import relayhost, seed
 from backupmx_sandbox.smtp_client import Reply, SMTPConnection, SMTPError
-from support import mailhost, postfix_reload
+from support import mailhost
 from support.mailpath import endpoint
 
 from backupmx.mailhost.model import ACCESS_LIST
@@ -184,9 +184,5 @@ def dnsbl_in_time(world) -> Iterator[None]:
         paths["master.cf"].write_text(set_service_options(paths["master.cf"].read_text(), listener, "inet",
                                                           {"postscreen_greet_wait": DNSBL_GREET_WAIT}))
         Path(data_directory, "postscreen_proxy_cache.db").unlink(missing_ok=True)
-        reload_and_wait(world)
+        mailhost.reload_postfix(world)
         yield
-
-
-def reload_and_wait(world) -> None:
-    postfix_reload.reload_and_wait(world["postfix_config_dir"], postfix_log_path(world))

@@ -31,6 +31,7 @@ from backupmx_sandbox.smtp_client import build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
 from support.mailpath import endpoint, fresh_ipv4
+from support.postfix_reload import reload_and_wait
 
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
 # A sender with a mail server and no SPF/DMARC: what a healthy primary takes from an
@@ -76,7 +77,8 @@ def leftovers(world) -> list[Path]:
 
 
 def reload_postfix(world) -> None:
-    subprocess.run(["postfix", "-c", world["postfix_config_dir"], "reload"], check=True, capture_output=True, timeout=30)
+    """The sandbox primary's Postfix reloaded, and serving with its new configuration."""
+    reload_and_wait(world["postfix_config_dir"])
 
 
 def reload_rspamd(world) -> None:

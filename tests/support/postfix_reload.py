@@ -17,10 +17,17 @@ RELOADED = " reload -- version "  # what master logs once it re-read its configu
 LISTENERS = ("postscreen", "smtpd")
 
 
-def master_pid(config_dir: str) -> int:
-    queue_directory = subprocess.run(["postconf", "-c", config_dir, "-h", "queue_directory"], capture_output=True,
-                                     text=True, check=True, timeout=30).stdout.strip()
-    return int(Path(queue_directory, "pid", "master.pid").read_text().strip())
+def postconf_value(config_dir: str, name: str) -> str:
+    return subprocess.run(["postconf", "-c", config_dir, "-h", name], capture_output=True, text=True, check=True,
+                          timeout=30).stdout.strip()
+
+
+def master_pid(config_dir: str) -> int | None:
+    """The pid of this Postfix's master, None when it is not running."""
+    try:
+        return int(Path(postconf_value(config_dir, "queue_directory"), "pid", "master.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def children(parent: int, names: tuple[str, ...]) -> set[int]:
@@ -47,10 +54,13 @@ def running(pid: int) -> bool:
     return text[text.rindex(")") + 2:].split()[0] != "Z"
 
 
-def reload_and_wait(config_dir: str, log: Path, timeout: float = 30.0) -> None:
-    """``postfix -c config_dir reload``; return once master logged it (in ``log``) and the old listeners are gone."""
+def reload_and_wait(config_dir: str, log: Path | None = None, timeout: float = 30.0) -> None:
+    """``postfix -c config_dir reload``; return once master logged it (in ``log``, by default
+    its ``maillog_file``) and the listeners that served before it are gone."""
+    log = log or Path(postconf_value(config_dir, "maillog_file"))
     before = log.read_text(errors="replace").count(RELOADED)
-    old_listeners = children(master_pid(config_dir), LISTENERS)
+    master = master_pid(config_dir)
+    old_listeners = children(master, LISTENERS) if master else set()
     subprocess.run(["postfix", "-c", config_dir, "reload"], check=True, capture_output=True, timeout=30)
     deadline = time.monotonic() + timeout
     while log.read_text(errors="replace").count(RELOADED) <= before:
