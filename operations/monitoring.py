@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import gevent
 from pyinfra import host
 from pyinfra.api import (
     DeployError,
@@ -31,11 +32,11 @@ from pyinfra.api import (
     operation,
 )
 
-from backupmx.core.context import deploy_error
+from backupmx.core.context import deploy_error, run_value
 from backupmx.core.errors import BackupMXError
 from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import DOCUMENT, note_file_change
-from backupmx.core.pyinfra_glue import executing
+from backupmx.core.pyinfra_glue import executing, executing_after_preparing, inventory_host
 from backupmx.core.settings import Settings
 from backupmx.lifecycle.plan.output import FULL_DOCS_KEY, MARKDOWN_KEY
 from backupmx.monitoring import docs
@@ -64,10 +65,35 @@ def monitoring_settings(target, settings: Settings) -> Monitoring:
         raise deploy_error(error, target.name) from None
 
 
+def monitoring_paths(monitoring: Monitoring, files: dict[str, str]) -> tuple[str, ...]:
+    return tuple(monitoring.path(name) for name in files)
+
+
+def start_reading_files(monitoring: Monitoring, files: dict[str, str]) -> None:
+    """Start reading the current host's monitoring files now, on its own connection, while the
+    rest of the run is prepared: stage 6 takes the answer when its turn comes (``plan_monitoring_files``)
+    instead of reading only then, at execution, after stage 5."""
+    target = inventory_host(host.name)
+    if target is None:
+        return
+    paths = monitoring_paths(monitoring, files)
+    reads = run_value("monitoring reads", dict)
+    reads[(host.name, paths)] = gevent.spawn(target.get_fact, MailhostFiles, paths=paths)
+
+
 def plan_monitoring_files(monitoring: Monitoring, files: dict[str, str]) -> tuple[list[FileChange], str | None]:
-    """The file changes on the current host, or a problem that stops the operation."""
-    paths = {monitoring.path(name): text for name, text in files.items()}
-    current = host.get_fact(MailhostFiles, paths=tuple(paths))
+    """The file changes on the current host, or a problem that stops the operation.
+
+    The files read while preparing (``start_reading_files``) count unless execution comes after
+    a preparing pass (a prompt may have waited): safe either way, the transaction refuses
+    if a file no longer holds what the plan saw.
+    """
+    paths = dict(zip(monitoring_paths(monitoring, files), files.values()))
+    started = run_value("monitoring reads", dict).pop((host.name, tuple(paths)), None)
+    if started is not None and not executing_after_preparing():
+        current = started.get()
+    else:
+        current = host.get_fact(MailhostFiles, paths=tuple(paths))
     changes = []
     for path, text in paths.items():
         entry = current.get(path)
@@ -194,6 +220,7 @@ def prepare_monitoring(settings: Settings) -> PreparedMonitoring | None:
         files = render_all(settings, monitoring)
     except BackupMXError as error:
         raise deploy_error(error, host.name) from None
+    start_reading_files(monitoring, files)
     # Validate on the control machine too: the monitoring host may not have the
     # validators (a Kubernetes node), and a broken file must not get that far.
     passed, problems = validate_locally(files)

@@ -8,9 +8,10 @@ Its surface, and what each part borrows:
   ``failed_host_names`` (pyinfra's ``ctx_state`` and ``State`` attributes);
 - the command line: ``dry_run``, ``deploy_file``, ``inventory_file``, ``runs_a_deploy_in``
   (pyinfra keeps no flag for ``--dry`` and no inventory path: ``sys.argv`` and click's
-  parameters), ``keep_bytecode`` (the CLI's ``sys.dont_write_bytecode``), ``before_connecting`` (wraps this run's ``State.init``: pyinfra has no hook
-  between loading the inventory and connecting), ``one_line_error`` (pyinfra_cli's
-  ``CliError``, printed as it is);
+  parameters), ``keep_bytecode`` (the CLI's ``sys.dont_write_bytecode``),
+  ``before_connecting`` (wraps this run's ``State.init``: pyinfra has no hook between
+  loading the inventory and connecting), ``one_line_error`` (pyinfra_cli's ``CliError``,
+  printed as it is);
 - the end of the run: ``at_exit`` with a ``RunEnd`` (``atexit``; the results pyinfra's
   own table reads: ``State.ops``, ``op_meta``, ``get_op_order``), ``EXIT_INTERRUPTED``
   (SIGINT answered with 130 instead of the CLI's 0), ``exit_now`` (``os._exit``: the only
