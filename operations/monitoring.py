@@ -16,6 +16,9 @@ when the files already hold what was rendered.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -283,27 +286,36 @@ def monitoring_stage(settings: Settings, prepared: PreparedMonitoring | None = N
 BLACKBOX_PROGRAMS = ("prometheus-blackbox-exporter", "blackbox_exporter")  # Debian's name, upstream's
 
 
-def validate_locally(files: dict[str, str], promtool_bin: str = "promtool",
-                     timeout: float = 60.0) -> tuple[list[str], list[str]]:
+def validate_locally(files: dict[str, str], promtool_bin: str = "promtool", timeout: float = 60.0,
+                     cache_dir: Path | None = None) -> tuple[list[str], list[str]]:
     """Run the validators that exist here on ``files`` in a scratch directory.
 
     Returns (passed checks, problems). A validator that is not installed is neither:
-    its absence is reported by the caller, never taken for a pass.
+    its absence is reported by the caller, never taken for a pass. Files that passed
+    once pass again without running the validators while neither they nor the
+    validators' binaries changed (a no-op run renders the same files every time):
+    the passes are remembered in ``cache_dir`` (default ``$XDG_CACHE_HOME/backupmx/validated``).
     """
-    passed, problems = [], []
+    problems = [f"{BLACKBOX_FILE}: {problem}" for problem in check_blackbox_shape(files[BLACKBOX_FILE])]
+    blackbox_bin = next((program for program in BLACKBOX_PROGRAMS if shutil.which(program)), None)
+    checks = []  # (what, program, arguments after it, the file it reads)
+    if blackbox_bin:
+        checks.append((f"{blackbox_bin} --config.check", blackbox_bin, ["--config.check"], BLACKBOX_FILE))
+    if shutil.which(promtool_bin):
+        checks.append(("promtool check rules", promtool_bin, ["check", "rules"], RULES_FILE))
+        checks.append(("promtool check config", promtool_bin, ["check", "config"], SCRAPE_FILE))
+    cache_dir = cache_dir or validation_cache()
+    remembered = cache_dir / validation_key(files, checks) if cache_dir else None
+    if not problems and remembered is not None and remembered.is_file():
+        return remembered.read_text().splitlines(), []
+    passed = []
     with tempfile.TemporaryDirectory(prefix="backupmx-monitoring-") as scratch:
         for name, text in files.items():
             Path(scratch, name).write_text(text, encoding="utf-8")
-        problems += [f"{BLACKBOX_FILE}: {problem}" for problem in check_blackbox_shape(files[BLACKBOX_FILE])]
-        checks = []
-        blackbox_bin = next((program for program in BLACKBOX_PROGRAMS if shutil.which(program)), None)
-        if blackbox_bin:
-            checks.append((f"{blackbox_bin} --config.check",
-                           [blackbox_bin, f"--config.file={Path(scratch, BLACKBOX_FILE)}", "--config.check"]))
-        if shutil.which(promtool_bin):
-            checks.append(("promtool check rules", [promtool_bin, "check", "rules", str(Path(scratch, RULES_FILE))]))
-            checks.append(("promtool check config", [promtool_bin, "check", "config", str(Path(scratch, SCRAPE_FILE))]))
-        for what, argv in checks:
+        for what, program, arguments, name in checks:
+            target = str(Path(scratch, name))
+            argv = [program, f"--config.file={target}", *arguments] if program == blackbox_bin else \
+                [program, *arguments, target]
             try:
                 result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout, cwd=scratch)
             except subprocess.TimeoutExpired:
@@ -313,4 +325,24 @@ def validate_locally(files: dict[str, str], promtool_bin: str = "promtool",
                 problems.append(f"{what} (exit {result.returncode}): {one_line(result.stderr + result.stdout)}")
             else:
                 passed.append(what)
+    if not problems and remembered is not None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs the next run the checks
+            write_atomically(str(remembered), "".join(f"{what}\n" for what in passed))
     return passed, problems
+
+
+def validation_cache() -> Path | None:
+    base = os.environ.get("XDG_CACHE_HOME") or (str(Path.home() / ".cache") if Path.home().is_dir() else "")
+    return Path(base, "backupmx", "validated") if base else None
+
+
+def validation_key(files: dict[str, str], checks: list[tuple]) -> str:
+    """The files and the validators that would check them (each binary by its path, size and mtime)."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{len(files[name])}\0".encode() + files[name].encode("utf-8", "surrogateescape"))
+    for what, program, arguments, name in checks:
+        binary = Path(shutil.which(program) or program).resolve()
+        stat = binary.stat()
+        digest.update(f"{what}\0{binary}\0{stat.st_size}\0{stat.st_mtime_ns}\0{arguments}\0{name}\0".encode())
+    return digest.hexdigest()

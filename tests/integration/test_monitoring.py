@@ -9,6 +9,7 @@ sandbox DNS; it is stopped by pid when the module's tests end.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -56,10 +57,10 @@ def test_sandbox_smtp_probe_targets_are_the_relays_loopback_endpoints(world):
 
 @needs_blackbox
 @needs_promtool
-def test_rendered_files_pass_blackbox_config_check_and_promtool(world):
+def test_rendered_files_pass_blackbox_config_check_and_promtool(world, tmp_path):
     settings = sandbox_settings()
     files = render_all(settings, load_monitoring({"dir": "/srv/m"}, settings))
-    passed, problems = validate_locally(files)
+    passed, problems = validate_locally(files, cache_dir=tmp_path)  # an empty cache: the validators run
     assert problems == []
     assert len(passed) == 3
 
@@ -281,3 +282,30 @@ def test_smtp_probe_of_the_backup_hosts(blackbox, world):
         assert metrics["probe_success"] == 1, relay["host"]
     metrics, _ = probe(blackbox, SMTP_MODULE, f"127.0.0.1:{dead_port()}")
     assert metrics["probe_success"] == 0
+
+
+@needs_promtool
+def test_files_that_passed_pass_again_without_the_validators_until_a_file_or_a_validator_changes(tmp_path):
+    """A no-op run renders the same files: their passes are remembered, keyed by the files and the binaries."""
+    log = tmp_path / "ran.log"
+    promtool = tmp_path / "promtool"
+    promtool.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\nexec {shutil.which('promtool')} \"$@\"\n")
+    promtool.chmod(0o755)
+    settings = sandbox_settings()
+    files = render_all(settings, load_monitoring({"dir": "/srv/m"}, settings))
+    cache = tmp_path / "cache"
+
+    def runs() -> int:
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    first = validate_locally(files, promtool_bin=str(promtool), cache_dir=cache)
+    assert first[1] == [] and runs() == 2
+    assert validate_locally(files, promtool_bin=str(promtool), cache_dir=cache) == first and runs() == 2
+    changed = {**files, RULES_FILE: files[RULES_FILE] + "\n"}
+    assert validate_locally(changed, promtool_bin=str(promtool), cache_dir=cache)[1] == [] and runs() == 4
+    os.utime(promtool, ns=(1, 1))  # another promtool: checked again
+    assert validate_locally(files, promtool_bin=str(promtool), cache_dir=cache) == first and runs() == 6
+    broken = {**files, RULES_FILE: "groups: [{name: x, rules: [{alert: A, expr: 'up =='}]}]\n"}
+    for _ in range(2):  # a failure is never remembered
+        assert validate_locally(broken, promtool_bin=str(promtool), cache_dir=cache)[1] != []
+    assert runs() == 10
