@@ -81,6 +81,7 @@ def world(dms):
     pristine(dms)
 
 
+@pytest.mark.timeout(max(300, 90 * CYCLES))  # a cycle (two deploys, DMS restarting rspamd twice) takes 15-30 s
 def test_deploys_and_reverts_in_a_row_while_the_changedetector_runs(world):
     log_start, detector_start = len(mail_log(world)), changedetector_log(world).count("Change detected")
     for cycle in range(CYCLES):
