@@ -362,10 +362,15 @@ def merged_captures(parts: dict[str, tuple]) -> tuple[list, dict, dict]:
 
 
 def combined_script(parts: dict[str, tuple]) -> StringCommand:
-    """One concurrent capture script of several facts' captures (``merged_captures``)."""
+    """One concurrent capture script of several facts' captures (``merged_captures``).
+
+    Each part first prints a line of its own (``<part>__``): a part with nothing to
+    read (no paths, say) still answers, so the answer is known to be complete.
+    """
     commands, stdin, labels = merged_captures(parts)
-    return StringCommand("sh", "-c", QuoteString(capture_script(commands, stdin=stdin, labels=labels,
-                                                                    parallel=True)))
+    announced = "".join(f"printf '%s\\n' {part}__\n" for part in parts)
+    return StringCommand("sh", "-c", QuoteString(announced + capture_script(commands, stdin=stdin, labels=labels,
+                                                                                parallel=True)))
 
 
 def split_parts(output, parts: dict[str, type]) -> dict[str, Any]:

@@ -60,6 +60,7 @@ from backupmx.postfix.mastercf import MasterCfError, remove_service_options, set
 from backupmx.postfix.shell import capture_script, parse_captures
 from backupmx.postfix.transaction import INLINE_SCRIPT_LIMIT, FileChange, Transaction, transaction_script
 from facts import mailhost as facts
+from facts.mailhost_reads import MailhostReads
 
 # --- the settings model ------------------------------------------------------------
 
@@ -637,3 +638,14 @@ def test_capture_script_leaves_no_scratch_file(tmp_path, parallel):
 def test_a_capture_name_is_used_once_per_script():
     with pytest.raises(ValueError, match="once per script"):
         capture_script([("a", ["true"]), ("a", ["false"])])
+
+
+def test_a_combined_read_answers_for_a_part_with_nothing_to_read(tmp_path):
+    """docker-mailserver reads no external_relay files (paths=()): the combined read must still be
+    complete, or every fact is read again one by one (a no-op on DMS took 13 s instead of 3)."""
+    target = tmp_path / "file"
+    target.write_text("hello\n")
+    fact = MailhostReads()
+    command = fact.command(reads=(("MailhostFiles", (("paths", ()),)), ("MailhostFiles", (("paths", (str(target),)),))))
+    done = subprocess.run(["sh", "-c", str(command)], capture_output=True, text=True, timeout=60, check=True)
+    assert fact.process(done.stdout.splitlines()) == [{}, {str(target): {"content": "hello\n", "error": None}}]
