@@ -118,13 +118,17 @@ class SMTPConnection:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def send_proxy_header(self, source: str, source_port: int = 40000) -> None:
-        """Announce ``source`` as the client, the way HAProxy in front of postscreen does."""
+    def proxy_header(self, source: str, source_port: int = 40000) -> bytes:
+        """The PROXY v2 header announcing ``source`` as the client of this connection."""
         dest_host, dest_port = self.sock.getpeername()[:2]
         if ipaddress.ip_address(source).version != ipaddress.ip_address(dest_host).version:
             # The claimed destination only has to share the source's family.
             dest_host = "::1" if ipaddress.ip_address(source).version == 6 else "127.0.0.1"
-        self.sock.sendall(proxy_v2_header(source, source_port, dest_host, dest_port))
+        return proxy_v2_header(source, source_port, dest_host, dest_port)
+
+    def send_proxy_header(self, source: str, source_port: int = 40000) -> None:
+        """Announce ``source`` as the client, the way HAProxy in front of postscreen does."""
+        self.sock.sendall(self.proxy_header(source, source_port))
 
     def send_line(self, line: str) -> None:
         self.sock.sendall(line.encode("utf-8") + b"\r\n")
@@ -198,13 +202,16 @@ def send_mail(
     recipients = [rcpt_to] if isinstance(rcpt_to, str) else list(rcpt_to)
     transcript = Transcript()
     with SMTPConnection.connect(host, port, timeout, source) as smtp:
-        if proxy_source:
-            smtp.send_proxy_header(proxy_source)
+        header = smtp.proxy_header(proxy_source) if proxy_source else b""
         if pregreet:
-            smtp.send_line(f"EHLO {helo}")
+            # The header and the early EHLO in one write, as stage 4's probe sends them: two writes
+            # let a stalled client (a loaded machine) send EHLO after postscreen's greet wait.
+            smtp.sock.sendall(header + f"EHLO {helo}\r\n".encode())
             greeting = transcript.add("greeting", smtp.read_reply())
             ehlo = transcript.add("EHLO", smtp.read_reply())
         else:
+            if header:
+                smtp.sock.sendall(header)
             greeting = transcript.add("greeting", smtp.read_reply())
             if greeting.code != 220:
                 return transcript
