@@ -19,6 +19,7 @@ from backupmx.mailhost.model import EXEMPT, load_mailhost
 from backupmx.providers.base import BouncedMessage, ManualStepRequired, ProviderError
 from backupmx.providers.relaylog import READ_SCRIPT, bounces_in, read_argv
 from backupmx.providers.selfhosted import RelayTarget, SelfHostedProvider
+from support.clock import Clock
 from support.seed import seed_settings
 
 SETTINGS = seed_settings()
@@ -88,17 +89,6 @@ def test_lost_says_when_the_provider_could_not_list_bounces():
 
 
 # --- a run -----------------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class BouncingProvider:

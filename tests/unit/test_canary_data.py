@@ -38,6 +38,7 @@ from backupmx.mailhost.model import EXEMPT, EXTERNAL_RELAY, RSPAMD_RELAY_SYMBOL,
 from backupmx.monitoring.canary_metrics import CanaryResult, last_successes, render_metrics
 from backupmx.providers.base import QueuedMessage
 from facts.maildir import MaildirMessages
+from support.clock import Clock
 from support.seed import seed_settings
 
 SETTINGS = seed_settings()
@@ -248,17 +249,6 @@ def test_metrics_carry_the_last_success_over_a_failure():
 
 
 # --- one run against stand-ins ------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Provider:

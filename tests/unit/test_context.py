@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import gevent
-from pyinfra.api import Config, Inventory, State
-from pyinfra.context import ctx_host, ctx_state
-
 from backupmx.core import context
-
-
-def make_state() -> State:
-    return State(inventory=Inventory((["mx1", "mx2", "relay1"], {}), relay=(["relay1"], {})), config=Config())
-
-
-def on(state: State, host_name: str):
-    ctx_state.set(state)
-    ctx_host.set(state.inventory.get_host(host_name))
+from support.pyinfra_state import make_state, on, reset
 
 
 def teardown_function():
-    ctx_state.reset()
-    ctx_host.reset()
+    reset()
 
 
 def test_a_run_value_is_made_once_per_state_even_when_making_it_switches_greenlets():

@@ -8,14 +8,7 @@ import sys
 
 from backupmx.core.progress import LOG_EVERY, QUIET_SECONDS, Progress, Throttled
 from backupmx.dns import check as dnscheck
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from support.clock import Clock
 
 
 class Terminal(io.StringIO):
@@ -24,7 +17,7 @@ class Terminal(io.StringIO):
 
 
 def test_in_a_log_a_line_every_few_seconds_after_a_quiet_start():
-    clock, lines = Clock(), []
+    clock, lines = Clock(100.0), []
     progress = Progress("DNS example.org: waiting", 300, lines.append, clock=clock, terminal=None)
     progress.update("not yet")
     assert lines == []  # a short wait says nothing
@@ -39,7 +32,7 @@ def test_in_a_log_a_line_every_few_seconds_after_a_quiet_start():
 
 
 def test_on_a_terminal_one_status_line_with_others_lines_above_it(monkeypatch):
-    clock, terminal = Clock(), Terminal()
+    clock, terminal = Clock(100.0), Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     with Progress("lock example.org: waiting for pid 7", 60, lambda line: None, clock=clock,
                   terminal=terminal) as progress:
@@ -61,7 +54,7 @@ def test_on_a_terminal_one_status_line_with_others_lines_above_it(monkeypatch):
 
 
 def test_the_dns_wait_reports_what_is_still_missing(monkeypatch):
-    clock, told = Clock(), []
+    clock, told = Clock(100.0), []
     answers = iter([{"127.0.0.1:53": frozenset({(1, "mail.example.org")})}] * 3 +
                    [{"127.0.0.1:53": frozenset({(1, "mail.example.org"), (20, "mx1.example.net")})}])
     monkeypatch.setattr(dnscheck, "mx_per_server", lambda domain, servers: next(answers))

@@ -8,25 +8,15 @@ import signal
 import subprocess
 import sys
 
-from pyinfra.api import Config, DeployError, Inventory, State
+from pyinfra.api import DeployError, Inventory
 from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_host, ctx_state
 
 from backupmx.core import pyinfra_glue as glue
-
-
-def make_state() -> State:
-    return State(inventory=Inventory((["mx1", "mx2", "relay1"], {}), relay=(["relay1"], {})), config=Config())
-
-
-def on(state: State, host_name: str):
-    ctx_state.set(state)
-    ctx_host.set(state.inventory.get_host(host_name))
+from support.pyinfra_state import make_state, on, reset
 
 
 def teardown_function():
-    ctx_state.reset()
-    ctx_host.reset()
+    reset()
 
 
 def test_where_pyinfra_is():
