@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +34,7 @@ from typing import Iterator
 from backupmx_sandbox import relayhost, seed
 from backupmx_sandbox.smtp_client import Reply, SMTPConnection, SMTPError
 from support import mailhost
+from support.postfix_reload import postconf_value
 from support.mailpath import endpoint
 
 from backupmx.mailhost.model import ACCESS_LIST
@@ -129,8 +129,7 @@ def refused_by(layer: str, reply: Reply) -> bool:
 
 def postfix_log_path(world) -> Path:
     """Where the sandbox primary's Postfix logs (maillog_file)."""
-    return Path(subprocess.run(["postconf", "-c", world["postfix_config_dir"], "-h", "maillog_file"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    return Path(postconf_value(world["postfix_config_dir"], "maillog_file"))
 
 
 def postfix_log(world) -> str:
@@ -178,8 +177,7 @@ def dnsbl_in_time(world) -> Iterator[None]:
     earlier session counts); the three stage-3 files are put back after the block."""
     paths = mailhost.managed_paths(world)
     listener = world["mailhost"]["proxy_service"].split("/")[0]
-    data_directory = subprocess.run(["postconf", "-c", world["postfix_config_dir"], "-h", "data_directory"],
-                                    capture_output=True, text=True, check=True).stdout.strip()
+    data_directory = postconf_value(world["postfix_config_dir"], "data_directory")
     with mailhost.put_back_after(world):
         paths["master.cf"].write_text(set_service_options(paths["master.cf"].read_text(), listener, "inet",
                                                           {"postscreen_greet_wait": DNSBL_GREET_WAIT}))

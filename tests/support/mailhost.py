@@ -31,7 +31,7 @@ from backupmx_sandbox.smtp_client import build_message, send_mail
 from backupmx_sandbox.supervisor import Supervisor
 from backupmx_sandbox.world import Sandbox
 from support.mailpath import endpoint, fresh_ipv4
-from support.postfix_reload import reload_and_wait
+from support.postfix_reload import postconf_value, reload_and_wait
 
 SENDER = f"someone@{seed.SENDER_DOMAIN}"  # SPF -all (not the relays), DMARC p=reject
 # A sender with a mail server and no SPF/DMARC: what a healthy primary takes from an
@@ -178,11 +178,9 @@ def primary_refuses(world, recipient: str) -> Iterator[str]:
     Yields the reply's text as a relay records it."""
     main_cf = Path(world["postfix_config_dir"], "main.cf")
     before = main_cf.read_bytes()
-    postconf = ["postconf", "-c", world["postfix_config_dir"]]
-    current = subprocess.run([*postconf, "-h", "smtpd_recipient_restrictions"], check=True, capture_output=True,
-                             text=True, timeout=30).stdout.strip()
+    current = postconf_value(world["postfix_config_dir"], "smtpd_recipient_restrictions")
     planted = f"check_recipient_access inline:{{{recipient}=REJECT}}"
-    subprocess.run([*postconf, "-e", f"smtpd_recipient_restrictions={planted}, {current}"], check=True,
+    subprocess.run(["postconf", "-c", world["postfix_config_dir"], "-e", f"smtpd_recipient_restrictions={planted}, {current}"], check=True,
                    capture_output=True, timeout=30)
     reload_postfix(world)
     try:
