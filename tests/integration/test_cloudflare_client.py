@@ -134,7 +134,8 @@ def test_long_retry_after_is_not_slept_the_error_says_how_long(world, zone_id, m
     with pytest.raises(CloudflareRateLimitError) as limited:
         client.record_count(zone_id)
     monkeypatch.undo()
-    assert all(seconds < 5 for seconds in slept), slept  # never the 300 s it was told
+    # The waits the client asked for (not time measured): within max_wait, never the 300 s it was told.
+    assert all(seconds < 5 for seconds in slept), slept
     assert limited.value.retry_after == 300
     assert f"GET /zones/{zone_id}/dns_records: rate limited" in str(limited.value)
     assert "wait 300 s and run again" in str(limited.value)
