@@ -42,6 +42,7 @@ class Probe:
     copies: int = 0
     verdicts: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # delivered, but not as judged: said, never failed
 
 
 def build_probe(probe: Probe, recipient: str, sender_domain: str, selector: str, key: bytes, run_id: str) -> bytes:
@@ -80,6 +81,9 @@ SYMBOL = re.compile(r"([A-Z0-9_]+)\(")
 RECEIVED_IP = re.compile(r"\[([0-9a-fA-F.:]+)\]")
 # A Received header of the last, local hop into the mailbox (LMTP or local delivery).
 DELIVERY_HOP = re.compile(r"\bwith\s+(?:LMTPS?A?|local)\b", re.IGNORECASE)
+# Postfix's own Received header: "... by mail.example.org (Postfix) with ESMTPS id 4ABC123 for <...>".
+QUEUE_ID = re.compile(r"\bwith\s+\S+\s+id\s+([0-9A-Za-z]+)\b")
+NOT_SCANNED = "no X-Spamd-Result header (was it scanned by rspamd?)"
 
 
 def verdicts(message, relay_cidrs: Sequence[str], dkim_signed: bool = True,
@@ -90,11 +94,26 @@ def verdicts(message, relay_cidrs: Sequence[str], dkim_signed: bool = True,
     symbol; ``external_relay`` requires the original sender scored (our rule's symbol
     and an SPF verdict). DKIM must verify when the message was signed.
     """
-    shown, problems = [], []
     spamd = " ".join(str(v) for v in (message.get_all("X-Spamd-Result") or []))
-    symbols = set(SYMBOL.findall(spamd))
-    if not spamd:
-        problems.append("no X-Spamd-Result header (was it scanned by rspamd?)")
+    if spamd:
+        shown, problems = _judge_symbols(set(SYMBOL.findall(spamd)), scoring, dkim_signed)
+    else:
+        # Unscanned: no symbol is there to judge, so SPF/DMARC and DKIM say nothing.
+        shown, problems = [], [NOT_SCANNED]
+    seen = client_address(message)
+    networks = [ipaddress.ip_network(c, strict=False) for c in relay_cidrs]
+    if seen is None:
+        problems.append("the mail host's Received header names no client address")
+    elif not any(_ip(seen) in net for net in networks if _ip(seen).version == net.version):
+        problems.append(f"postscreen saw {seen}, outside the relay CIDRs (not whitelisted: SPF/postscreen "
+                        f"apply)")
+    else:
+        shown.append(f"via {seen} (whitelisted)")
+    return shown, problems
+
+
+def _judge_symbols(symbols: set[str], scoring: str, dkim_signed: bool) -> tuple[list[str], list[str]]:
+    shown, problems = [], []
     penalties = sorted(s for s in symbols if s.startswith(("R_SPF_", "DMARC_")))
     if scoring == EXTERNAL_RELAY:
         spf = sorted(s for s in penalties if s.startswith("R_SPF_"))
@@ -113,23 +132,26 @@ def verdicts(message, relay_cidrs: Sequence[str], dkim_signed: bool = True,
     elif dkim_signed:
         dkim = sorted(s for s in symbols if "DKIM" in s) or ["no DKIM symbol"]
         problems.append(f"DKIM does not verify: {', '.join(dkim)}")
-    # The mail host's own SMTP Received header names the client address postscreen and
-    # rspamd saw: the one the relay announced in its PROXY header. Hops that only hand
-    # the message to the mailbox come first and name none (docker-mailserver's Dovecot
-    # LMTP: "from mail.example.org by mail.example.org with LMTP").
-    received = [str(header) for header in message.get_all("Received") or []]
-    networks = [ipaddress.ip_network(c, strict=False) for c in relay_cidrs]
-    first = next((header for header in received if not DELIVERY_HOP.search(header)), "")
-    addresses = RECEIVED_IP.findall(first)
-    seen = next((a for a in addresses if _ip(a) is not None), None)
-    if seen is None:
-        problems.append("the mail host's Received header names no client address")
-    elif not any(_ip(seen) in net for net in networks if _ip(seen).version == net.version):
-        problems.append(f"postscreen saw {seen}, outside the relay CIDRs (not whitelisted: SPF/postscreen "
-                        f"apply)")
-    else:
-        shown.append(f"via {seen} (whitelisted)")
     return shown, problems
+
+
+def mailhost_hop(message) -> str:
+    """The mail host's own SMTP Received header: it names the client address postscreen and
+    rspamd saw (the one the relay announced in its PROXY header) and Postfix's queue id."""
+    # Hops that only hand the message to the mailbox come first and name no client
+    # (docker-mailserver's Dovecot LMTP: "from mail.example.org by mail.example.org with LMTP").
+    received = [str(header) for header in message.get_all("Received") or []]
+    return next((header for header in received if not DELIVERY_HOP.search(header)), "")
+
+
+def client_address(message) -> str | None:
+    return next((a for a in RECEIVED_IP.findall(mailhost_hop(message)) if _ip(a) is not None), None)
+
+
+def queue_id(message) -> str | None:
+    """The queue id the mail host's Postfix gave the message (its log names it so)."""
+    found = QUEUE_ID.search(mailhost_hop(message))
+    return found.group(1) if found else None
 
 
 def _ip(text: str):

@@ -1,4 +1,5 @@
-"""How much mail the primary received, per day, from its own Postfix log (docs/budget.md).
+"""What the primary's own Postfix log says: how much mail it received per day (docs/budget.md),
+and which messages it took without its milter (the failover drill, docs/failover-drill.md).
 
 The provider's quota caps real mail during an outage; the gate report turns it into
 hours from this volume. ``SCRIPT`` runs on the mail host (in the container for
@@ -22,6 +23,7 @@ is the latest that is not in the future).
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -158,3 +160,55 @@ def _day(key: str, today: datetime.date | None) -> datetime.date | None:
         if found <= today:
             return found
     return None
+
+
+# --- mail taken without the milter (the failover drill) ---------------------------
+
+# Postfix takes a message without its milter (``milter_default_action = accept``,
+# docker-mailserver's) when the milter refused the connection or timed out: smtpd
+# logs the warning between a session's "connect from" and its queue id's "client=",
+# cleanup between a queue id's "message-id=" and the next one's. QUEUE_IDS is filled in.
+MILTER_AWK = r"""
+BEGIN { n = split("QUEUE_IDS", ids, " "); for (i = 1; i <= n; i++) wanted[ids[i]] = 1 }
+/\/(smtpd|cleanup)\[[0-9]+\]: / {
+  s = substr($0, index($0, "]: ") + 3)
+  p = substr($0, 1, index($0, "]: ")); sub(/.*\//, "", p)
+  if (s ~ /^connect from /) { missed[p] = ""; next }
+  if (s ~ /^warning: (connect to Milter service|milter )/) {
+    if (p ~ /^cleanup/ && (queue[p] in wanted)) print "milter " queue[p] "|" s
+    else missed[p] = s
+    next
+  }
+  if (s ~ /^[0-9A-Za-z]+: (client|message-id)=/) {
+    q = substr(s, 1, index(s, ":") - 1); queue[p] = q
+    if ((q in wanted) && missed[p] != "") print "milter " q "|" missed[p]
+    if (p ~ /^cleanup/) missed[p] = ""
+  }
+}
+"""
+QUEUE_ID = re.compile(r"[0-9A-Za-z]+")
+
+
+def log_reader(mailhost: MailHost, awk: str, days: int = 2) -> list[str]:
+    """The argv that runs ``awk`` where Postfix runs, over its log and rotated copies of ``days`` days."""
+    return mailhost.in_target(["sh", "-c", SCRIPT, "sh", mailhost.mail_log, mailhost.postfix_config_dir,
+                               default_log(mailhost), str(days), awk])
+
+
+def milter_awk(queue_ids: Iterable[str]) -> str:
+    """``MILTER_AWK`` for these queue ids (each must look like one: they go into the program)."""
+    ids = sorted(set(queue_ids))
+    bad = [q for q in ids if not QUEUE_ID.fullmatch(q)]
+    if bad:
+        raise ValueError(f"not a Postfix queue id: {bad[0]!r}")
+    return MILTER_AWK.replace("QUEUE_IDS", " ".join(ids))
+
+
+def parse_milter_misses(lines: Iterable[str]) -> dict[str, str]:
+    """``MILTER_AWK``'s output: per queue id, the first warning Postfix logged about its milter."""
+    misses: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("milter "):
+            queue_id, _, warning = line[len("milter "):].rstrip("\n").partition("|")
+            misses.setdefault(queue_id, warning)
+    return misses

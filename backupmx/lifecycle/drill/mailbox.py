@@ -15,7 +15,9 @@ from backupmx.core.progress import Throttled
 from backupmx.core.report import FAIL, PASS, SKIP, WARN
 from backupmx.lifecycle.drill.messages import is_tagged, judge, title
 from backupmx.lifecycle.drill.run import Drill, Log, Remote
+from backupmx.lifecycle.probes import NOT_SCANNED, queue_id
 from backupmx.mailhost.maildir import MAILDIR_SCRIPT, Delivered, parse_maildir_listing
+from backupmx.mailhost.maillog import log_reader, milter_awk, parse_milter_misses
 
 
 def read_mailbox(drill: Drill, remote: Remote) -> dict[str, list[Delivered]]:
@@ -77,13 +79,13 @@ def drain(drill: Drill, remote: Remote, log: Log) -> bool:
         last = max(p.left_queue for p in drill.probes)
         drill.add("6", "provider queue drained", PASS, f"no probe left in the queue {last - drill.up_at:.1f} s "
                  "after the primary came back")
-    verify(drill, found)
+    verify(drill, remote, found)
     clean_up(drill, remote, found, log)
     return not queued
 
 
-def verify(drill: Drill, found: dict[str, list[Delivered]]) -> None:
-    """Step 7: per message, from the delivered copies."""
+def verify(drill: Drill, remote: Remote, found: dict[str, list[Delivered]]) -> None:
+    """Step 7: per message, from the delivered copies (and the primary's log for one it did not scan)."""
     cidrs = [str(c) for c in drill.settings.relay_cidrs]
     for probe in drill.probes:
         judge(probe, found.get(probe.message_id, []), cidrs)
@@ -97,19 +99,59 @@ def verify(drill: Drill, found: dict[str, list[Delivered]]) -> None:
             probe.problems.append(f"postscreen/primary delayed it: {probe.retried_after_up}")
         else:
             probe.verdicts.append("first attempt after primary-up")
+    explain_unscanned(drill, remote, found)
     for probe in drill.probes:
         queued = probe.queued_at or "-"
         delivered = "-"
         if probe.delivered_at and drill.up_at:
             delivered = (f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(probe.delivered_wall))} "
                          f"({probe.delivered_at - drill.up_at:+.1f} s after primary-up)")
-        status = FAIL if probe.problems else (WARN if probe.kind == "spam" and not is_tagged(probe) else PASS)
-        text = "; ".join(probe.problems + probe.verdicts) if probe.problems else "; ".join(probe.verdicts)
-        drill.add("7", title(probe), status, f"queued at {queued}, delivered at {delivered}: {text}")
+        untagged = probe.kind == "spam" and not is_tagged(probe)
+        status = FAIL if probe.problems else (WARN if probe.warnings or untagged else PASS)
+        text = "; ".join(probe.problems + probe.warnings + probe.verdicts)
+        drill.add("7", title(probe), status, f"queued at {queued}, delivered at {delivered}: {text}",
+                  UNSCANNED_NEXT_STEP if probe.warnings and not probe.problems else None)
     bad = [p for p in drill.probes if p.problems]
-    drill.add("7", "mailbox verdicts", FAIL if bad else PASS,
-             f"{len(drill.probes) - len(bad)}/{len(drill.probes)} messages delivered once and clean"
+    unscanned = [p for p in drill.probes if p.warnings and not p.problems]
+    clean = len(drill.probes) - len(bad) - len(unscanned)
+    drill.add("7", "mailbox verdicts", FAIL if bad else (WARN if unscanned else PASS),
+             f"{clean}/{len(drill.probes)} messages delivered once and clean"
+             + (f"; delivered but not scanned: {', '.join(title(p) for p in unscanned)}" if unscanned else "")
              + (f"; failing: {', '.join(title(p) for p in bad)}" if bad else ""))
+
+
+UNSCANNED_NEXT_STEP = ("nothing to change for the backup MX; to have the primary defer such mail until rspamd is "
+                       "up (the backups keep it meanwhile) instead of taking it unscanned, set "
+                       "milter_default_action = tempfail in its Postfix main.cf (docker-mailserver: "
+                       "postfix-main.cf in its config dir)")
+
+
+def explain_unscanned(drill: Drill, remote: Remote, found: dict[str, list[Delivered]]) -> None:
+    """A message delivered without rspamd's header is a failure unless the primary's own log says
+    why: its Postfix could not reach its milter for that message and took it anyway
+    (``milter_default_action = accept``), as docker-mailserver does when a relay delivers in the
+    seconds after a restart before rspamd listens. That is a warning, never a pass."""
+    unscanned = {}
+    for probe in drill.probes:
+        copies = found.get(probe.message_id, [])
+        if NOT_SCANNED in probe.problems and copies and queue_id(copies[0].message):
+            unscanned[queue_id(copies[0].message)] = probe
+    if not unscanned:
+        return
+    ok, lines, err = remote(log_reader(drill.mailhost, milter_awk(unscanned)))
+    misses = parse_milter_misses(lines) if ok else {}
+    for found_id, probe in unscanned.items():
+        warning = misses.get(found_id)
+        at = probe.problems.index(NOT_SCANNED)
+        if warning is None:
+            why = (f"its Postfix log names no milter failure for queue id {found_id}" if ok
+                   else f"the primary's Postfix log could not be read: {err.strip()[-200:]}")
+            probe.problems[at] = f"{NOT_SCANNED}: {why}"
+            continue
+        del probe.problems[at]
+        probe.warnings.append(f"not scanned: {drill.host_name}'s Postfix took it (queue id {found_id}) without its "
+                              f"milter ({warning}), so no spam, DKIM or SPF/DMARC verdict was applied: rspamd was "
+                              f"not up yet when the relay delivered")
 
 
 def clean_up(drill: Drill, remote: Remote, found: dict[str, list[Delivered]], log: Log) -> None:

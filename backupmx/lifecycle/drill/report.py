@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 
-from backupmx.core.report import CHANGE, FAIL, SKIP, Check
+from backupmx.core.report import CHANGE, FAIL, SKIP, WARN, Check
 from backupmx.lifecycle.drill.run import STEP_TITLES, Drill
 
 
@@ -41,6 +41,9 @@ def render(drill: Drill) -> str:
     elif drill.report.blocked:
         failed = next(c for c in drill.report.checks if c.status == FAIL)
         lines.append(f"  => DRILL FAILED at step {failed.key} ({failed.title}); the primary is up")
+    elif any(c.status == WARN for c in drill.report.checks):
+        lines.append("  => drill passed: the backups queued every message and delivered it; primary up; "
+                     "read the warn rows")
     else:
         lines.append("  => drill passed: the backups queued every message and delivered it cleanly; primary up")
     return "\n".join(lines)
