@@ -24,6 +24,7 @@ from pyinfra.api.exceptions import ConnectError
 from backupmx.core.context import deploy_error, settings_of
 from backupmx.core.errors import BackupMXError, ConfigError
 from backupmx.core.pyinfra_glue import RunEnd, at_exit, inventory_host
+from backupmx.core.review import show
 from backupmx.lifecycle.budget import SpendCheck, canary_spend, per_domain, recorder
 from backupmx.lifecycle.canary.run import CanaryRun, by_message_id
 from backupmx.lifecycle.canary.settings import load_canary
@@ -31,7 +32,6 @@ from backupmx.lifecycle.canary.verdict import MESSAGE_ID_PREFIX
 from facts.maildir import MaildirMessages
 from facts.mailhost import facts_args
 from operations.mailhost import mailhost_settings, one_mailhost_run
-from operations.review import show
 
 COMMAND_TIMEOUT = 90
 

@@ -28,6 +28,7 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.pyinfra_glue import RunEnd, at_exit, executing
 from backupmx.core.relayhost import postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS
+from backupmx.core.review import show
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.budget import SpendCheck, drill_spend, recorder
 from backupmx.lifecycle.drill.mailbox import drain
@@ -41,7 +42,6 @@ from facts.mailhost import PostscreenListeners
 from operations.mailhost import mailhost_settings, one_mailhost_run
 from operations.mailhost_proof import prove_live
 from operations.mailhost_state import listeners_args
-from operations.review import show
 
 
 def current_drill(target) -> Drill:

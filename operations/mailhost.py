@@ -25,9 +25,9 @@ from backupmx.core.context import deploy_error, run_value
 from backupmx.core.errors import BackupMXError
 from backupmx.core.validate import cidr_strings
 from backupmx.mailhost.model import MailHost, load_mailhost
+from backupmx.postfix.apply import apply_host_plan
 from operations.mailhost_proof import SETTLE_SECONDS, prove_live_settled, run_proof
 from operations.mailhost_state import exemption_plan, whitelist_plan
-from operations.transaction import apply_host_plan
 
 T = TypeVar("T")
 
@@ -66,7 +66,8 @@ def postscreen_whitelist(mailhost: MailHost, relay_cidrs, present: bool = True):
             relay_cidrs=settings.relay_cidrs,
         )
     """
-    yield from apply_host_plan(whitelist_plan(mailhost, relay_cidrs, present))
+    plan = whitelist_plan(mailhost, relay_cidrs, present)
+    yield from apply_host_plan(plan)
 
 
 @operation()
@@ -104,7 +105,8 @@ def rspamd_exemption(mailhost: MailHost, relay_cidrs, present: bool = True):
             relay_cidrs=settings.relay_cidrs,
         )
     """
-    yield from apply_host_plan(exemption_plan(mailhost, relay_cidrs, present))
+    plan = exemption_plan(mailhost, relay_cidrs, present)
+    yield from apply_host_plan(plan)
 
 
 # The operations' names in the two directions (the deploys' stage and step lists name them so).

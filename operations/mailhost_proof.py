@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-
-import gevent
 from typing import Callable, Mapping
 
+import gevent
 from pyinfra import host, logger
 
 from backupmx.core.context import remember, run_value
 from backupmx.core.errors import BackupMXError
 from backupmx.core.progress import Progress
 from backupmx.core.relayhost import postfix_size
-from backupmx.core.validate import cidr_strings
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, TODO
+from backupmx.core.validate import cidr_strings
 from backupmx.mailhost.model import MailHost
 from backupmx.mailhost.plan import plan_exemption, plan_whitelist
-from backupmx.postfix.hostplan import HostPlan
 from backupmx.mailhost.proof import Proof, judge_proof, proof_request
+from backupmx.postfix.hostplan import HostPlan
 from facts.mailhost import facts_args
 from facts.mailhost_proof import MailhostProof
 from operations.mailhost_state import plan_key, read_state

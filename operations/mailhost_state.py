@@ -78,7 +78,8 @@ def recall_plan(plan_label: str, mailhost: MailHost, relay_cidrs, present: bool)
     # Preparing, or executing under -y (the operation body runs only now): the plan
     # this run's assessment made moments ago, without reading the same facts again.
     # Safe to apply: the transaction refuses if a file no longer holds what the plan saw.
-    return recall(plan_key(plan_label, mailhost, relay_cidrs, present))
+    key = plan_key(plan_label, mailhost, relay_cidrs, present)
+    return recall(key)
 
 
 def whitelist_plan(mailhost: MailHost, relay_cidrs, present: bool = True) -> HostPlan:

@@ -40,17 +40,17 @@ from backupmx.core.errors import BackupMXError
 from backupmx.core.files import write_atomically
 from backupmx.core.plan_log import DOCUMENT, note_file_change
 from backupmx.core.pyinfra_glue import executing, executing_after_preparing, inventory_host
+from backupmx.core.review import fail, show
 from backupmx.core.settings import Settings
 from backupmx.lifecycle.plan.output import FULL_DOCS_KEY, MARKDOWN_KEY
 from backupmx.monitoring import docs
 from backupmx.monitoring.checks import check_blackbox_shape
 from backupmx.monitoring.rules import render_all
 from backupmx.monitoring.settings import BLACKBOX_FILE, RULES_FILE, SCRAPE_FILE, Monitoring, load_monitoring
+from backupmx.postfix.apply import transaction_commands
 from backupmx.postfix.shell import one_line
 from backupmx.postfix.transaction import FileChange, Transaction, unified_diff
 from facts.mailhost import MailhostFiles
-from operations.review import fail, show
-from operations.transaction import transaction_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,10 @@ from pyinfra.api import FunctionCommand, operation
 
 from backupmx.core.context import once_per_run
 from backupmx.core.errors import BackupMXError
+from backupmx.core.review import show, stop
 from backupmx.lifecycle.deploy.run import take_run_lock
 from backupmx.lifecycle.maintenance import REMINDER, Maintenance, parse_action
 from backupmx.providers.base import ManualStepRequired
-from operations.review import show, stop
 
 
 def current_maintenance(data) -> Maintenance:

@@ -27,6 +27,7 @@ from backupmx.core.pyinfra_glue import executing_after_preparing
 from backupmx.core.relayhost import RelayHost, load_relayhost, postfix_size
 from backupmx.core.report import CHANGE, FAIL, PASS, TODO, Check
 from backupmx.mailhost.proof import Proof
+from backupmx.postfix.apply import apply_host_plan
 from backupmx.postfix.hostplan import HostPlan
 from backupmx.postfix.maincf import postfix_list
 from backupmx.postfix.relay_proof import judge_smtp
@@ -41,7 +42,6 @@ from backupmx.providers.relayhost import (
 )
 from facts.relayhost import RelayFiles, RelayPostconf, RelayQueue, RelaySmtpProof
 from operations.mailhost_proof import prove_settled, run_proof
-from operations.transaction import apply_host_plan
 
 # How long verify_relay waits for a reload to take effect (postscreen restarts).
 SETTLE_SECONDS = 30.0
@@ -121,7 +121,8 @@ def relay_config(relay: RelayHost, domains: Sequence[str], present: bool = True)
             domains=["example.org"],
         )
     """
-    yield from apply_host_plan(recall_relay_plan(relay, domains, present) or plan_relay_config(relay, domains, present))
+    plan = recall_relay_plan(relay, domains, present) or plan_relay_config(relay, domains, present)
+    yield from apply_host_plan(plan)
 
 
 # --- the proof ------------------------------------------------------------------
@@ -333,7 +334,7 @@ def relay_settings(target) -> RelayHost:
 def recall_relay_plan(relay: RelayHost, domains, present: bool) -> HostPlan | None:
     """The plan ``assess_relayhost`` made for this host in this run, when it may be applied as is.
 
-    As the mail host's plans (``operations.mailhost_plans.recall_plan``): executing after
+    As the mail host's plans (``operations.mailhost_state.recall_plan``): executing after
     a preparing pass (execution may come long after, a prompt), None: read the host as
     it is now. While preparing, or executing under ``-y`` (the body runs only now), the
     plan made moments ago, without reading the same facts again. Safe to apply: the
@@ -341,7 +342,8 @@ def recall_relay_plan(relay: RelayHost, domains, present: bool) -> HostPlan | No
     """
     if executing_after_preparing():
         return None
-    return recall(_plan_key(relay, domains, present))
+    key = _plan_key(relay, domains, present)
+    return recall(key)
 
 
 def _plan_key(relay: RelayHost, domains, present: bool) -> tuple:

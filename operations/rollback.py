@@ -19,10 +19,10 @@ from backupmx.core.context import once_per_run
 from backupmx.core.errors import BackupMXError
 from backupmx.core.pyinfra_glue import EXIT_INTERRUPTED, RunEnd, at_exit, exit_now
 from backupmx.core.report import CHANGE, FAIL, PASS, SKIP, WARN
+from backupmx.core.review import show
 from backupmx.dns import check as dnscheck
 from backupmx.lifecycle.deploy.run import take_run_lock
 from backupmx.lifecycle.rollback import Rollback
-from operations.review import show
 
 STEPS = (("1", "remove backup MX {}"), ("2", "DNS without backups {}"), ("3", "disable {} at {}"))
 # Steps 1-2 done, DNS clear, but a provider step is left for the operator: not 0

@@ -84,7 +84,7 @@ def test_push_with_fifty_domains_goes_beyond_one_ssh_argument(world, mon_dir):
     assert len(blackbox) + len((files / RULES_FILE).read_text()) > 128 * 1024
     assert "backupmx_mx_bench_z50_test__mail2_rollernet_us:" in blackbox
     assert not list(files.glob("*.backupmx-*"))
-    # The uploads (named as operations.transaction names them) are gone from the host's /tmp.
+    # The uploads (named as backupmx.postfix.apply names them) are gone from the host's /tmp.
     for name in FILES:
         content = (files / name).read_bytes()
         key = f"backupmx-staged {files / name} {hashlib.sha256(content).hexdigest()}"

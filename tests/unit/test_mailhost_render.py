@@ -421,7 +421,7 @@ def test_transaction_probes_must_answer_as_expected(tmp_path, bin_dir):
 
 
 def test_transaction_with_staged_uploads_checks_them_and_always_removes_them(tmp_path, bin_dir):
-    """Contents too large for one SSH command come uploaded (operations.transaction); the script checks them."""
+    """Contents too large for one SSH command come uploaded (backupmx.postfix.apply); the script checks them."""
     old, new = scratch_files(tmp_path)
     big = "".join(f"192.0.{i // 256}.{i % 256}/32 permit\n" for i in range(8000))  # > MAX_ARG_STRLEN inline
     staged = {str(new): tmp_path / "upload-1"}

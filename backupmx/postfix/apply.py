@@ -1,4 +1,6 @@
-"""The commands that run one ``backupmx.postfix.transaction.Transaction`` on the current host.
+"""A host plan (``backupmx.postfix.hostplan.HostPlan``) as the commands of a pyinfra operation on the
+current host: its refusal, or its review lines and its transaction
+(``backupmx.postfix.transaction.Transaction``). The operations hand their plan down here once.
 
 Shared by the mail host stage (stage 3) and the monitoring stage (stage 6), so
 both get the same answer to one limit: a command sent over SSH reaches the host
@@ -21,9 +23,9 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringC
 
 from backupmx.core.plan_log import note_file_change
 from backupmx.core.pyinfra_glue import executing_after_preparing, print_output, ssh_connected
+from backupmx.core.review import fail, show, stop
 from backupmx.postfix.hostplan import HostPlan
 from backupmx.postfix.transaction import INLINE_SCRIPT_LIMIT, Transaction, transaction_script
-from operations.review import fail, show, stop
 
 
 def _script_command(script: str) -> StringCommand:
