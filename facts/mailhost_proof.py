@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import FactBase
 
+from backupmx.mailhost.model import in_target
 from backupmx.mailhost.probes import PREGREET_PROBE, parse_rspamc_action, parse_rspamc_symbols
 from backupmx.postfix.shell import one_line, parse_captures
 from facts.mailhost import (
@@ -12,9 +13,8 @@ from facts.mailhost import (
     RspamdExemption,
     capture_command,
     combined_script,
-    merged_captures,
     has_program,
-    in_target,
+    merged_captures,
     split_parts,
 )
 

@@ -17,7 +17,6 @@ from facts.mailhost import (
 )
 from facts.mailhost_proof import MailhostProof
 
-
 # The facts MailhostReads can combine, by name (a fact argument must print plainly).
 _COMBINABLE = {fact.__name__: fact for fact in (MailhostFiles, PostscreenListeners, RspamdExemption,
                                                DockerMailserverPolicies, InterruptedTransactions, MailhostProof)}

@@ -14,9 +14,9 @@ from pyinfra.api import FactBase
 
 from backupmx.postfix.maincf import parse_postconf_main
 from backupmx.postfix.mastercf import parse_postconf_services
-from backupmx.postfix.shell import one_line, parse_captures
 from backupmx.postfix.postqueue import parse_postqueue_json
 from backupmx.postfix.relay_proof import OUTSIDE_DOMAIN, SMTP_PROOF
+from backupmx.postfix.shell import one_line, parse_captures
 from facts.mailhost import MailhostFiles, capture_command, postconf_failure
 
 

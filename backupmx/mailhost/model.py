@@ -81,6 +81,14 @@ DEFAULT_PROOF_HELO = "mail.rollernet.us"
 # --- the settings model -------------------------------------------------------
 
 
+def in_target(container: str | None, docker: str, argv: Sequence[str], stdin: bool = False) -> list[str]:
+    """``argv`` as run in ``container`` through ``docker exec`` (``-i``: with ``stdin``); as is without one.
+    ``MailHost.in_target`` for a mail host; the facts, which take plain arguments, call this."""
+    if not container:
+        return list(argv)
+    return [docker, "exec", *(["-i"] if stdin else []), container, *argv]
+
+
 @dataclass(frozen=True)
 class MailHost:
     """One mail host's ``mailhost`` inventory data, validated (docs/mailhost.md)."""
@@ -210,9 +218,7 @@ class MailHost:
 
     def in_target(self, argv: Sequence[str], stdin: bool = False) -> list[str]:
         """``argv`` as run where Postfix and rspamd live (``docker exec`` for docker-mailserver)."""
-        if not self.is_docker:
-            return list(argv)
-        return [self.docker, "exec", *(["-i"] if stdin else []), str(self.container), *argv]
+        return in_target(str(self.container) if self.is_docker else None, self.docker, argv, stdin)
 
     def postfix(self, *args: str) -> list[str]:
         return self.in_target(["postfix", "-c", self.postfix_config_dir, *args])
