@@ -77,9 +77,10 @@ def changedetector_log(world: dict) -> str:
 DEPLOYED_FILES = ("postscreen_access.cidr", "rspamd/override.d/settings.conf")
 
 
-def pristine(world: dict) -> bool:
+def pristine(world: dict, restart: bool = True) -> bool:
     """The config dir as the sandbox wrote it (no file of a deploy, user-patches.sh without our
-    block); the container recreated if anything had to change. True if it did."""
+    block); the container recreated if anything had to change (``restart``: else the caller's
+    next recreate takes it). True if anything did."""
     config = Path(world["primary"]["config_dir"])
     changed = False
     for name in DEPLOYED_FILES:
@@ -90,6 +91,6 @@ def pristine(world: dict) -> bool:
     if (config / "user-patches.sh").read_text() != sandbox_patches:
         (config / "user-patches.sh").write_text(sandbox_patches)
         changed = True
-    if changed:
+    if changed and restart:
         recreate(world)
     return changed

@@ -39,14 +39,16 @@ SEED_LAYERS = {"policyd_spf": True, "unknown_client_hostname": True, "rbl_client
 def layered(dms):
     """Every handled layer on (one new container), then the deploy; the seed's layers back after."""
     switches = DmsSwitches(Sandbox(Path(dms["root"])))
-    pristine(dms)
+    restored_by_hand = pristine(dms, restart=False)
     reset_fakes(dms)
-    switches.set(dict.fromkeys(LAYER_RELAY, True))
+    if not switches.set(dict.fromkeys(LAYER_RELAY, True)) and restored_by_hand:  # one new container for both
+        recreate(dms)
     first = pyinfra("deploys/backupmx.py")
     assert first.returncode == 0, output(first)
     yield dms, switches
-    switches.set(SEED_LAYERS)
-    pristine(dms)
+    restored_by_hand = pristine(dms, restart=False)
+    if not switches.set(SEED_LAYERS) and restored_by_hand:
+        recreate(dms)
     reset_fakes(dms)
 
 
