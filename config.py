@@ -9,9 +9,10 @@ file, the line and the key, and nothing is contacted, not even over SSH
 
 from pathlib import Path
 
-from backupmx.core.pyinfra_glue import keep_bytecode
+from backupmx.core.pyinfra_glue import keep_bytecode, quick_operation_order
 
 keep_bytecode()  # before the project's other modules are imported
+quick_operation_order()
 
 from backupmx.core.context import check_before_connecting, stage_zero  # noqa: E402
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 from pyinfra.api import DeployError, Inventory
 from pyinfra.api.state import StateStage
@@ -122,3 +123,29 @@ def test_keep_bytecode_undoes_the_clis_switch(monkeypatch):
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
     glue.keep_bytecode()
     assert sys.dont_write_bytecode is False
+
+
+def orders_from(depth: int, state, is_cli: bool) -> tuple[list[int], list[int]]:
+    """pyinfra's operation order and the glue's, asked from the same frame ``depth`` calls down."""
+    if depth:
+        return orders_from(depth - 1, state, is_cli)
+    import pyinfra
+    from pyinfra.api.util import get_operation_order_from_stack
+
+    cli, pyinfra.is_cli = pyinfra.is_cli, is_cli
+    try:
+        return get_operation_order_from_stack(state), glue.operation_order(state)
+    finally:
+        pyinfra.is_cli = cli
+
+
+def test_the_operation_order_is_pyinfras_without_reading_sources():
+    """The line numbers pyinfra orders and hashes operations by: the same list, from the deploy file in."""
+    deploy = SimpleNamespace(current_deploy_filename=__file__, current_op_file_number=7)
+    for state in (deploy, SimpleNamespace(current_deploy_filename=None, current_op_file_number=0),
+                  SimpleNamespace(current_deploy_filename="/not/a/frame.py", current_op_file_number=3)):
+        for is_cli in (True, False):
+            pyinfras, ours = orders_from(5, state, is_cli)
+            assert ours == pyinfras, (state, is_cli)
+    assert len(orders_from(5, deploy, True)[1]) > 6  # the op file's number and a line per frame from this file in
+    assert orders_from(2, deploy, True)[1] != orders_from(3, deploy, True)[1]  # the depth shows: it can fail
