@@ -11,7 +11,7 @@ from __future__ import annotations
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
 from backupmx.mailhost.maildir import MAILDIR_SCRIPT, parse_maildir_listing
-from backupmx.mailhost.model import in_target
+from backupmx.postfix.shell import in_target
 
 PRESENT, MISSING = "==maildir present", "==maildir missing"
 # Says whether the Maildir exists before listing, so "not there" never reads as "not delivered".

@@ -22,12 +22,12 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 
 from backupmx.core import errors
 from backupmx.mailhost.layers import MAIN_PARAMETERS, SERVICE_NAME_OPTION
-from backupmx.mailhost.model import ACCESS_LIST, CACHE_MAP, DMS_POLICIES, RSPAMD_BLOCK, MailHost, in_target
+from backupmx.mailhost.model import ACCESS_LIST, CACHE_MAP, DMS_POLICIES, RSPAMD_BLOCK, MailHost
 from backupmx.mailhost.render import parse_postscreen_access
 from backupmx.postfix.blocks import find_block
 from backupmx.postfix.maincf import parse_postconf_main
 from backupmx.postfix.mastercf import parse_postconf_services
-from backupmx.postfix.shell import capture_script, file_content, one_line, parse_captures, read_file_argv
+from backupmx.postfix.shell import capture_script, file_content, in_target, one_line, parse_captures, read_file_argv
 
 
 def capture_command(commands, stdin=None, labels=None) -> StringCommand:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pyinfra.api import FactBase
 
-from backupmx.mailhost.model import in_target
 from backupmx.mailhost.probes import PREGREET_PROBE, parse_rspamc_action, parse_rspamc_symbols
-from backupmx.postfix.shell import one_line, parse_captures
+from backupmx.postfix.shell import in_target, one_line, parse_captures
 from facts.mailhost import (
     PostscreenAccessFile,
     PostscreenListeners,

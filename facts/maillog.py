@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
 from backupmx.mailhost.maillog import AWK, DAYS, SCRIPT, MailVolume, parse_volume
-from backupmx.mailhost.model import in_target
+from backupmx.postfix.shell import in_target
 
 
 class MailLogVolume(FactBase):

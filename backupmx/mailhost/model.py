@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 from backupmx.core.errors import ConfigError
 from backupmx.core.settings import MAILHOST_FLAVOURS
 from backupmx.core.validate import command, host_path, host_port, hostname, known_keys
+from backupmx.postfix.shell import in_target
 
 NATIVE, DMS = MAILHOST_FLAVOURS  # "native", "docker-mailserver"
 
@@ -79,14 +80,6 @@ DEFAULT_PROOF_HELO = "mail.rollernet.us"
 
 
 # --- the settings model -------------------------------------------------------
-
-
-def in_target(container: str | None, docker: str, argv: Sequence[str], stdin: bool = False) -> list[str]:
-    """``argv`` as run in ``container`` through ``docker exec`` (``-i``: with ``stdin``); as is without one.
-    ``MailHost.in_target`` for a mail host; the facts, which take plain arguments, call this."""
-    if not container:
-        return list(argv)
-    return [docker, "exec", *(["-i"] if stdin else []), container, *argv]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,14 @@ bmx_cap() {
   bmx_b64 err "$BMX_T/$bmx_n.e"
   return 0
 }
+bmx_in() {
+  bmx_k=$1; bmx_names=$2; shift 2
+  "$@" </dev/null >"$BMX_T/$bmx_k.o" 2>"$BMX_T/$bmx_k.e"; bmx_rc=$?
+  cat "$BMX_T/$bmx_k.o"
+  [ "$bmx_rc" -eq 0 ] && return 0
+  for bmx_n in $bmx_names; do printf '%s rc %s\n%s out\n' "$bmx_n" "$bmx_rc" "$bmx_n"; bmx_b64 err "$BMX_T/$bmx_k.e"; done
+  return 0
+}
 """.strip()
 
 READ_FILE = 'if [ -f "$1" ]; then cat -- "$1"; else exit 3; fi'
@@ -54,6 +62,26 @@ class Captured:
         return f"exit {self.rc}: {text}" if text else f"exit {self.rc}"
 
 
+def in_target(container: str | None, docker: str, argv: Sequence[str], stdin: bool = False) -> list[str]:
+    """``argv`` as run in ``container`` through ``docker exec`` (``-i``: with ``stdin``); as is without one.
+    ``MailHost.in_target`` for a mail host; the facts, which take plain arguments, call this;
+    ``capture_script`` runs a read's commands of one container through one exec."""
+    if not container:
+        return list(argv)
+    return [docker, "exec", *(["-i"] if stdin else []), container, *argv]
+
+
+def exec_target(argv: Sequence[str]) -> tuple[tuple[str, str], list[str]] | None:
+    """``((docker, container), the argv run there)`` for an ``in_target`` command; None for any other."""
+    argv = list(argv)
+    if len(argv) < 4 or argv[1] != "exec":
+        return None
+    at = 3 if argv[2] == "-i" else 2
+    if len(argv) <= at + 1 or argv[at].startswith("-"):
+        return None
+    return (argv[0], argv[at]), argv[at + 1:]
+
+
 def capture_script(commands: Sequence[tuple[str, Sequence[str]]], stdin: Mapping[str, str] | None = None,
                    labels: Mapping[str, str] | None = None, parallel: bool = False) -> str:
     """A read-only script that runs each (name, argv) and prints its capture lines.
@@ -63,12 +91,48 @@ def capture_script(commands: Sequence[tuple[str, Sequence[str]]], stdin: Mapping
     ``parallel``: the commands run concurrently (for independent reads that wait
     on daemons, like stage 4's probes); each one's lines are collected in a file
     of its own and printed in the given order, so the output is the same.
+
+    The commands of one container (``in_target``'s ``docker exec``) run inside it as
+    one script of their own, through a single ``docker exec``: each exec starts the
+    container engine's CLI and its runtime (for podman about a tenth of a second of
+    CPU), and a read of docker-mailserver has a few dozen. If that exec fails, each
+    of its captures carries its exit status and its error.
     """
-    parts = [CAPTURE_PRELUDE]
     names = [name for name, _ in commands]
-    for index, (name, argv) in enumerate(commands):
+    for name in names:
         if not re.match(r"^[A-Za-z0-9_]+$", name) or names.count(name) > 1:
             raise ValueError(f"capture name {name!r}: letters, digits and _, once per script")
+    inside: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
+    here = []
+    for name, argv in commands:
+        target = exec_target(argv)
+        if target is None:
+            here.append((name, list(argv)))
+        else:
+            inside.setdefault(target[0], []).append((name, target[1]))
+    jobs = [[line] for line in _capture_lines(here, stdin, labels)]
+    for index, ((docker, container), contained) in enumerate(inside.items()):
+        script = capture_script(contained, {n: t for n, t in (stdin or {}).items() if n in dict(contained)},
+                                {n: t for n, t in (labels or {}).items() if n in dict(contained)}, parallel)
+        names_inside = " ".join(name for name, _ in contained)
+        jobs.append([f"bmx_in x{index} {shlex.quote(names_inside)} "
+                     f"{shlex.join([docker, 'exec', container, 'sh', '-c', script])}"])
+    parts = [CAPTURE_PRELUDE]
+    for index, job in enumerate(jobs):
+        if parallel:
+            parts.append(f"( {'; '.join(job)} ) >\"$BMX_T/{index:04d}.lines\" &")
+        else:
+            parts.extend(job)
+    if parallel:
+        parts.append("wait; cat \"$BMX_T\"/*.lines 2>/dev/null")
+    parts.append("rm -rf \"$BMX_T\"")
+    return "\n".join(parts) + "\n"
+
+
+def _capture_lines(commands, stdin, labels) -> list[str]:
+    """One shell line per command: its label, its standard input, its capture."""
+    found = []
+    for name, argv in commands:
         lines = []
         if labels and name in labels:
             lines.append(f"printf '%s label %s\\n' {name} {base64.b64encode(labels[name].encode()).decode()}")
@@ -78,14 +142,8 @@ def capture_script(commands: Sequence[tuple[str, Sequence[str]]], stdin: Mapping
                          f"bmx_cap {name} {shlex.join(argv)}; BMX_STDIN=")
         else:
             lines.append(f"bmx_cap {name} {shlex.join(argv)}")
-        if parallel:
-            parts.append(f"( {'; '.join(lines)} ) >\"$BMX_T/{index:04d}.lines\" &")
-        else:
-            parts.extend(lines)
-    if parallel:
-        parts.append("wait; cat \"$BMX_T\"/*.lines 2>/dev/null")
-    parts.append("rm -rf \"$BMX_T\"")
-    return "\n".join(parts) + "\n"
+        found.append("; ".join(lines))
+    return found
 
 
 def parse_captures(lines: Iterable[str]) -> dict[str, Captured]:

@@ -113,7 +113,10 @@ def test_docker_mailserver_facts_run_through_docker_exec(tmp_path, bin_dir, fake
     found = run_fact(facts.PostscreenListeners, bin_dir, config_dir=m.postfix_config_dir, **facts.facts_args(m))
     assert found["postconf"] and found["services"]["2525/inet"].params == {
         "syslog_name": "postfix/smtpd-proxyprotocol", "postscreen_upstream_proxy_protocol": "haproxy"}
-    assert f"docker exec mailserver postconf -c {m.postfix_config_dir} -P" in calls(tmp_path)
+    # Every read of the fact ran in the container, through one exec of one script.
+    execs = [call for call in calls(tmp_path) if call.startswith("docker ")]
+    assert len(execs) == 1 and execs[0].startswith("docker exec mailserver sh -c "), execs
+    assert f"postconf -c {m.postfix_config_dir} -P" in "\n".join(calls(tmp_path))
     env = {"ENABLE_OPENDMARC": "0"}
     policies = run_fact(facts.DockerMailserverPolicies, bin_dir, container="mailserver", docker=m.docker)
     assert policies["ok"] and policies["env"]["ENABLE_OPENDMARC"] is None  # unset: docker-mailserver's default 1

@@ -57,7 +57,7 @@ from backupmx.mailhost.render import (
 )
 from backupmx.postfix.blocks import block_begin, block_end, find_block, with_block
 from backupmx.postfix.mastercf import MasterCfError, remove_service_options, set_service_options
-from backupmx.postfix.shell import capture_script, parse_captures
+from backupmx.postfix.shell import capture_script, in_target, parse_captures
 from backupmx.postfix.transaction import INLINE_SCRIPT_LIMIT, FileChange, Transaction, transaction_script
 from facts import mailhost as facts
 from facts.mailhost_reads import MailhostReads
@@ -633,6 +633,46 @@ def test_capture_script_leaves_no_scratch_file(tmp_path, parallel):
     assert (captured["empty"].rc, captured["empty"].out, captured["empty"].err) == (0, "", "")
     assert captured["fed"].out == "x" and captured["fails"].err == "why\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def fake_engine(tmp_path: Path, fail: str = "") -> Path:
+    """A ``docker`` that runs ``exec [-i] CONTAINER argv...`` here, and logs each exec (or fails as told)."""
+    engine = tmp_path / "docker"
+    engine.write_text("#!/bin/sh\n"
+                      f"echo \"$1 $2\" >>{tmp_path}/execs\n"
+                      + (f"echo '{fail}' >&2; exit 125\n" if fail else "")
+                      + "shift; [ \"$1\" = -i ] && shift; shift; exec \"$@\"\n")
+    engine.chmod(0o755)
+    return engine
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_containers_captures_run_through_one_exec_and_read_the_same(tmp_path, parallel):
+    """docker-mailserver's reads are ``docker exec`` each: one exec runs them all, with the same captures."""
+    engine = fake_engine(tmp_path)
+    inside = [("fed", ["cat"]), ("fails", ["sh", "-c", "echo why >&2; exit 3"]), ("says", ["printf", "a\nb"])]
+    commands = [("here", ["printf", "host"])] + [
+        (name, in_target("mailserver", str(engine), argv, stdin=name == "fed")) for name, argv in inside]
+    options = {"stdin": {"fed": "from stdin\n"}, "labels": {"says": "lab", "here": "host label"}}
+    done = subprocess.run(["sh", "-c", capture_script(commands, parallel=parallel, **options)],
+                          capture_output=True, text=True)
+    direct = subprocess.run(["sh", "-c", capture_script([("here", ["printf", "host"])] + inside, **options)],
+                            capture_output=True, text=True)
+    assert parse_captures(done.stdout.splitlines()) == parse_captures(direct.stdout.splitlines())
+    assert len((tmp_path / "execs").read_text().splitlines()) == 1
+
+
+def test_a_failed_exec_is_each_captures_error(tmp_path):
+    engine = fake_engine(tmp_path, fail="Error: no container with name or ID mailserver found")
+    commands = [("here", ["printf", "host"]), ("a", in_target("mailserver", str(engine), ["postconf", "-n"])),
+                ("b", in_target("mailserver", str(engine), ["cat"], stdin=True))]
+    done = subprocess.run(["sh", "-c", capture_script(commands, stdin={"b": "x"}, parallel=True)],
+                          capture_output=True, text=True)
+    captured = parse_captures(done.stdout.splitlines())
+    assert captured["here"].ok and captured["here"].out == "host"
+    for name in ("a", "b"):
+        assert (captured[name].rc, captured[name].out) == (125, "")
+        assert captured[name].problem() == "exit 125: Error: no container with name or ID mailserver found"
 
 
 def test_a_capture_name_is_used_once_per_script():
