@@ -35,6 +35,7 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from support.providers import admin, cloudflare_admin
 from support.settle import settle
 from support.summaries import summaries_in
+from xdist.scheduler import LoadFileScheduling
 
 MODULE_SECONDS = Path(__file__).with_name("module_seconds.json")
 
@@ -123,6 +124,30 @@ def pytest_collection_modifyitems(config, items):
     except (OSError, ValueError):
         seconds = {}
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0], 0.0))
+
+
+# The docker-mailserver modules share two workers, two to a worker: each worker that runs
+# one brings up a world with a docker-mailserver container of its own (tests/cli/dms), the
+# suite's costliest world to start and to keep running. Paired by their seconds (about
+# 200 each), so neither pair is the suite's longest job.
+DMS_PAIRS = {
+    "tests/cli/dms/test_dms_pipeline.py": "docker-mailserver: pipeline, config dir",
+    "tests/cli/dms/test_dms_config_dir.py": "docker-mailserver: pipeline, config dir",
+    "tests/cli/dms/test_dms_layers.py": "docker-mailserver: layers, changedetector",
+    "tests/cli/dms/test_dms_changedetector.py": "docker-mailserver: layers, changedetector",
+}
+
+
+class PairedDmsScheduling(LoadFileScheduling):
+    """``--dist loadfile``, but the docker-mailserver modules go out in pairs (``DMS_PAIRS``)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return DMS_PAIRS.get(module, module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    return PairedDmsScheduling(config, log) if config.getoption("dist") == "loadfile" else None
 
 
 _module_seconds: defaultdict[str, float] = defaultdict(float)
