@@ -95,7 +95,13 @@ def rcpt_reply(world, envelope: Envelope, listener: str = "proxy_listener", time
     host, port = endpoint(world[listener])
     with SMTPConnection.connect(host, port, timeout) as smtp:
         smtp.send_proxy_header(envelope.source)
-        reply = _complete(smtp)
+        try:
+            reply = _complete(smtp)
+        except TimeoutError:
+            # What the mail host was doing instead of greeting: the evidence a red run keeps.
+            log = postfix_log_path(world).read_text(errors="replace").splitlines()
+            raise AssertionError(f"{envelope.source}: no greeting from {host}:{port} within {timeout:.0f} s; "
+                                 "the mail host's log ends:\n" + "\n".join(log[-20:])) from None
         if reply.code == 220:
             reply = smtp.command(f"EHLO {envelope.helo}")
             if reply.code == 250:

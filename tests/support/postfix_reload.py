@@ -67,5 +67,13 @@ def reload_and_wait(config_dir: str, log: Path | None = None, timeout: float = 3
         assert time.monotonic() < deadline, f"the Postfix of {config_dir} did not log its reload in {log}"
         time.sleep(0.05)
     while alive := {pid for pid in old_listeners if running(pid)}:
-        assert time.monotonic() < deadline, f"the Postfix of {config_dir} still serves from before its reload: {alive}"
+        assert time.monotonic() < deadline, (f"the Postfix of {config_dir} still serves from before its reload: "
+                                             f"{alive}; their last lines in {log}:\n{last_lines(log, alive)}")
         time.sleep(0.05)
+
+
+def last_lines(log: Path, pids: set[int], count: int = 15) -> str:
+    """What the processes ``pids`` logged last: what a listener that does not exit is waiting on."""
+    marks = tuple(f"[{pid}]:" for pid in pids)
+    lines = [line for line in log.read_text(errors="replace").splitlines() if any(m in line for m in marks)]
+    return "\n".join(lines[-count:]) or "(none)"
