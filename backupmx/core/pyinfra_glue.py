@@ -17,7 +17,8 @@ Its surface, and what each part borrows:
   own table reads: ``State.ops``, ``op_meta``, ``get_op_order``), ``EXIT_INTERRUPTED``
   (SIGINT answered with 130 instead of the CLI's 0), ``exit_now`` (``os._exit``: the only
   way to set the status once the CLI has exited);
-- signals: ``flagging_signals`` (SIGINT/SIGTERM call a function instead of stopping);
+- signals: ``flagging_signals`` (SIGINT/SIGTERM call a function instead of stopping),
+  ``stop_the_run`` (a signal's exit raised in the main greenlet, not the one it lands in);
 - the SSH connection: ``ssh_connected`` (the connector's paramiko client),
   ``print_output`` (pyinfra's printer of a command's combined output).
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import greenlet
 import pyinfra
 from pyinfra.api import DeployError
 from pyinfra.api import operation as pyinfra_operation
@@ -281,7 +283,7 @@ def _exit_non_zero_on_interrupt() -> None:
     def interrupted(signum, frame):
         _interrupt["seen"] = True
         click.echo("Exiting upon user request!")
-        sys.exit(EXIT_INTERRUPTED)
+        stop_the_run(EXIT_INTERRUPTED)
 
     try:
         signal.signal(signal.SIGINT, interrupted)
@@ -290,6 +292,22 @@ def _exit_non_zero_on_interrupt() -> None:
     _interrupt["installed"] = True
     # Registered before any at-exit report, so it runs after them all.
     atexit.register(_end_an_interrupted_run)
+
+
+def stop_the_run(code: int) -> None:
+    """``sys.exit(code)`` in the run's main greenlet, wherever the signal handler runs.
+
+    Python runs a signal handler in whichever greenlet is current. Under gevent that may
+    be a host's greenlet or an SSH transport's thread (a greenlet too), and a SystemExit
+    raised there ends only it: threading drops a thread's SystemExit without a word. The
+    run then went on, its next operation waiting forever on the dead transport.
+    """
+    main = greenlet.getcurrent()
+    while main.parent is not None:
+        main = main.parent
+    if greenlet.getcurrent() is main:
+        sys.exit(code)
+    main.throw(SystemExit(code))
 
 
 def _end_an_interrupted_run() -> None:

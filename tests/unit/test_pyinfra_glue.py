@@ -118,6 +118,44 @@ def test_an_interrupted_run_exits_130_right_after_its_reports():
         glue.EXIT_INTERRUPTED, "Exiting upon user request!\nreport\n", "")
 
 
+INTERRUPTED_IN_A_THREAD = '''
+from gevent import monkey
+monkey.patch_all()  # as pyinfra does: threads (paramiko's SSH transports) become greenlets
+import atexit, os, signal, sys, threading, time
+import gevent
+
+def pyinfra_handler(signum, frame):
+    sys.exit(0)
+pyinfra_handler.__module__ = "pyinfra_cli.main"
+signal.signal(signal.SIGINT, pyinfra_handler)
+
+import backupmx.core.pyinfra_glue
+
+atexit.register(lambda: print("report", flush=True))
+
+def transport():  # busy in Python code when Ctrl-C comes: the handler runs in this greenlet
+    os.kill(os.getpid(), signal.SIGINT)
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        pass
+
+thread = threading.Thread(target=transport)
+thread.start()
+thread.join()
+gevent.sleep(0.2)
+print("the run went on after the interrupt", flush=True)
+'''
+
+
+def test_a_ctrl_c_that_lands_in_an_ssh_transports_thread_stops_the_run():
+    """Seen in the kill sweep: a rollback went on after "Exiting upon user request!" (the exit had
+    ended only the transport's thread) and then waited forever on the dead connection."""
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_IN_A_THREAD], capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        glue.EXIT_INTERRUPTED, "Exiting upon user request!\nreport\n", "")
+
+
 def test_keep_bytecode_undoes_the_clis_switch(monkeypatch):
     """pyinfra's CLI sets sys.dont_write_bytecode; the project's modules keep their __pycache__ anyway."""
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
