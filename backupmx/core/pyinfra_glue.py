@@ -302,10 +302,10 @@ def stop_the_run(code: int) -> None:
     raised there ends only it: threading drops a thread's SystemExit without a word. The
     run then went on, its next operation waiting forever on the dead transport.
     """
-    main = greenlet.getcurrent()
+    current = main = greenlet.getcurrent()
     while main.parent is not None:
         main = main.parent
-    if greenlet.getcurrent() is main:
+    if current is main:
         sys.exit(code)
     main.throw(SystemExit(code))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import re
 import shlex
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -98,9 +99,9 @@ def capture_script(commands: Sequence[tuple[str, Sequence[str]]], stdin: Mapping
     CPU), and a read of docker-mailserver has a few dozen. If that exec fails, each
     of its captures carries its exit status and its error.
     """
-    names = [name for name, _ in commands]
-    for name in names:
-        if not re.match(r"^[A-Za-z0-9_]+$", name) or names.count(name) > 1:
+    counts = Counter(name for name, _ in commands)
+    for name in counts:
+        if not re.match(r"^[A-Za-z0-9_]+$", name) or counts[name] > 1:
             raise ValueError(f"capture name {name!r}: letters, digits and _, once per script")
     inside: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
     here = []
@@ -112,10 +113,10 @@ def capture_script(commands: Sequence[tuple[str, Sequence[str]]], stdin: Mapping
             inside.setdefault(target[0], []).append((name, target[1]))
     jobs = [[line] for line in _capture_lines(here, stdin, labels)]
     for index, ((docker, container), contained) in enumerate(inside.items()):
-        script = capture_script(contained, {n: t for n, t in (stdin or {}).items() if n in dict(contained)},
-                                {n: t for n, t in (labels or {}).items() if n in dict(contained)}, parallel)
-        names_inside = " ".join(name for name, _ in contained)
-        jobs.append([f"bmx_in x{index} {shlex.quote(names_inside)} "
+        names_inside = [name for name, _ in contained]
+        script = capture_script(contained, {n: t for n, t in (stdin or {}).items() if n in names_inside},
+                                {n: t for n, t in (labels or {}).items() if n in names_inside}, parallel)
+        jobs.append([f"bmx_in x{index} {shlex.quote(' '.join(names_inside))} "
                      f"{shlex.join([docker, 'exec', container, 'sh', '-c', script])}"])
     parts = [CAPTURE_PRELUDE]
     for index, job in enumerate(jobs):

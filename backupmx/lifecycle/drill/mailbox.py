@@ -134,8 +134,9 @@ def explain_unscanned(drill: Drill, remote: Remote, found: dict[str, list[Delive
     unscanned = {}
     for probe in drill.probes:
         copies = found.get(probe.message_id, [])
-        if NOT_SCANNED in probe.problems and copies and queue_id(copies[0].message):
-            unscanned[queue_id(copies[0].message)] = probe
+        found_id = queue_id(copies[0].message) if copies and NOT_SCANNED in probe.problems else None
+        if found_id:
+            unscanned[found_id] = probe
     if not unscanned:
         return
     ok, lines, err = remote(log_reader(drill.mailhost, milter_awk(unscanned)))
