@@ -88,6 +88,12 @@ def run_script(script: str, bin_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=60)
 
 
+def run_here(argv) -> tuple[bool, list[str], str]:
+    """The drill's ``remote(argv)`` on this machine: (ok, stdout lines, stderr)."""
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
+    return done.returncode == 0, done.stdout.splitlines(), done.stderr
+
+
 def calls(tmp_path: Path) -> list[str]:
     log = tmp_path / "calls.log"
     return log.read_text().splitlines() if log.exists() else []

@@ -18,6 +18,7 @@ from backupmx.mailhost.maildir import Delivered
 from backupmx.mailhost.maillog import SCRIPT, milter_awk, parse_milter_misses
 from backupmx.mailhost.model import load_mailhost
 from backupmx_sandbox.seed import RELAY_CIDRS
+from support.scratch import run_here
 
 REFUSED = "warning: connect to Milter service inet:localhost:11332: Connection refused"
 TIMED_OUT = "warning: milter inet:localhost:11332: can't read SMFIC_BODYEOB reply packet header: Connection timed out"
@@ -89,11 +90,6 @@ def drill_with(tmp_path, qid: str):
     probe.problems.extend(verdicts(message, RELAY_CIDRS)[1])
     drill = SimpleNamespace(probes=[probe], mailhost=mailhost, host_name="mail.example")
     return drill, {probe.message_id: [Delivered(message, 100, "/m/new/1")]}
-
-
-def run_here(argv):
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
-    return done.returncode == 0, done.stdout.splitlines(), done.stderr
 
 
 def test_the_drill_warns_when_the_log_says_the_milter_was_not_there(tmp_path):

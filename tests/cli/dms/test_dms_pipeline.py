@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +30,7 @@ from backupmx_sandbox.smtp_client import build_message, send_mail
 from support.dms import in_container, pristine, recreate
 from support.mailpath import endpoint, wait_for_delivery
 from support.providers import admin, cloudflare_admin, output, pyinfra, report_row, report_rows
+from support.scratch import run_here
 
 LISTENER_FILES = ("postscreen_access.cidr", "user-patches.sh", "rspamd/override.d/settings.conf")
 
@@ -156,11 +156,6 @@ def test_mail_taken_while_rspamd_is_down_is_named_by_the_primary_s_log(fresh):
     assert probes[1].problems == [], probes[1].problems
     assert probes[1].warnings and "connect to Milter service inet:localhost:11332" in probes[1].warnings[0]
     assert queue_id(copies[unscanned_id]) in probes[1].warnings[0]
-
-
-def run_here(argv):
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
-    return done.returncode == 0, done.stdout.splitlines(), done.stderr
 
 
 def wait_for_rspamd(world, timeout: float = 60) -> None:
